@@ -1,0 +1,75 @@
+"""Data sets as token rows: every loader returns a :class:`Splits`.
+
+A data set is chosen by name in the Hydra group ``dataset/``; its YAML is passed to the
+loader registered here in ``LOADERS`` (a "module:function" path, imported on use so that
+heavy optional imports stay out of start-up). Loaders validate their inputs and raise
+:class:`DataError` with the exact fix (what to fetch, where to put it) before any model
+is built.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor
+
+LOADERS: dict[str, str] = {
+    "text8": "monarchpc.data.text8:load",
+    "chars": "monarchpc.data.chars:load",
+    "demo": "monarchpc.data.demo:load",
+    "synthetic": "monarchpc.data.synthetic:load",
+}
+
+
+class DataError(RuntimeError):
+    """Missing, corrupt or mismatched data; the message names the fix."""
+
+
+@dataclass
+class Splits:
+    """Train/dev/test rows of one data set.
+
+    ``train``, ``dev``, ``test``: integer tensors (N, T) of token (or pixel-channel) values
+    in [0, vocab_size), kept in a compact dtype (uint8/int16); take ``.long()`` per batch.
+    ``test_stream``: the test split as one 1-D line, for "long" evaluation (or None).
+    ``metric``: "bpc" (bits per character), "bpd" (bits per dimension) or "ppl" (perplexity).
+    ``info``: provenance recorded in the run (source file, sizes, checksums, ...).
+    """
+
+    train: Tensor
+    dev: Tensor
+    test: Tensor
+    vocab_size: int
+    metric: str = "bpc"
+    test_stream: Tensor | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.train.shape[1])
+
+    def describe(self) -> str:
+        return (f"{self.info.get('name', 'data')}: vocab {self.vocab_size}, rows of "
+                f"{self.seq_len}: train {len(self.train):,} / dev {len(self.dev):,} / "
+                f"test {len(self.test):,}")
+
+
+def build_dataset(cfg: Any) -> Splits:
+    """Load the data set named ``cfg.name`` with the options of its config group."""
+    name = cfg["name"]
+    if name not in LOADERS:
+        raise DataError(f"unknown dataset {name!r}; choose one of {sorted(LOADERS)} "
+                        f"(configs/dataset/)")
+    module, func = LOADERS[name].split(":")
+    options = {k: v for k, v in dict(cfg).items() if k != "name"}
+    splits: Splits = getattr(importlib.import_module(module), func)(**options)
+    splits.info.setdefault("name", name)
+    return splits
+
+
+def rows(stream: Tensor, seq_len: int) -> Tensor:
+    """Cut a 1-D stream into full rows (N, seq_len), dropping the remainder."""
+    n = stream.numel() // seq_len
+    return stream[: n * seq_len].reshape(n, seq_len)
