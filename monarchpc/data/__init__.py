@@ -10,6 +10,7 @@ is built.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,9 @@ class Splits:
     ``test_stream``: the test split as one 1-D line, for "long" evaluation (or None).
     ``metric``: "bpc" (bits per character), "bpd" (bits per dimension) or "ppl" (perplexity).
     ``info``: provenance recorded in the run (source file, sizes, checksums, ...).
+    ``epoch_train``: optional function epoch -> train rows, for data sets that draw new
+    training rows every epoch (a random patch per image); it must be deterministic in
+    the epoch so that resumed runs see the same data.
     """
 
     train: Tensor
@@ -45,6 +49,11 @@ class Splits:
     metric: str = "bpc"
     test_stream: Tensor | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    epoch_train: Callable[[int], Tensor] | None = None
+
+    def train_rows(self, epoch: int) -> Tensor:
+        """The training rows of epoch ``epoch`` (0-based)."""
+        return self.train if self.epoch_train is None else self.epoch_train(epoch)
 
     @property
     def seq_len(self) -> int:
