@@ -15,6 +15,7 @@ uninterrupted run (data order is a function of seed and epoch, EM has no other r
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import signal
@@ -33,6 +34,7 @@ from monarchpc import checkpoint
 from monarchpc.circuits.factory import ConfigError, build_model, resolve_factors
 from monarchpc.data import DataError, Splits, build_dataset
 from monarchpc.evaluate import METRICS, evaluate, long_rows, metric_value
+from monarchpc.initialize import initialize
 from monarchpc.learning.em import accumulate_flows, em_step
 from monarchpc.learning.schedules import SCHEDULES, step_size
 from monarchpc.paths import REPO_ROOT
@@ -69,10 +71,8 @@ class StopRequest:
 
     def __enter__(self) -> StopRequest:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
+            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
                 self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -162,6 +162,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     log.info(splits.describe())
     generator = torch.Generator().manual_seed(int(cfg.seed))
     model = build_model(cfg.model, splits.vocab_size, generator, splits.train_rows(0))
+    model = initialize(cfg, model, splits)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -179,8 +180,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         state = TrainState(**ckpt["trainer"])
         log.info(f"resuming {run_dir} at update {state.update}")
     model.to(device)
-    log.info(f"model: {model.__class__.__name__} {model.transition if hasattr(model, 'transition') else ''}"
-             f" ({model.madds_per_token():,} multiply-adds per token) on {device}")
+    log.info(f"model: {model}\n{model.madds_per_token():,} multiply-adds per token, on {device}")
 
     tracker = Tracker(run_dir, dict(cfg.logger), config, state.wandb_id)
     tracker.truncate_after(state.update)
@@ -217,7 +217,8 @@ def train(cfg: DictConfig, model: torch.nn.Module, splits: Splits, device: torch
         sets = {"dev": dev, "test": splits.test}
         long_wanted = t.long_eval == "always" or (t.long_eval == "final" and final)
         if long_wanted and splits.test_stream is not None:
-            sets["test_long"] = long_rows(splits.test_stream, int(cfg.dataset.get("long_rows", 125)))
+            num_rows = int(cfg.dataset.get("long_rows", 125))
+            sets["test_long"] = long_rows(splits.test_stream, num_rows)
         record: dict[str, Any] = {
             "update": state.update, "epoch": state.update / updates_per_epoch,
             "tokens": state.tokens, "train_flops": 6 * madds * state.tokens,

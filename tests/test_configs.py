@@ -13,7 +13,6 @@ from monarchpc.circuits.factory import ConfigError
 from monarchpc.data import DataError
 from monarchpc.paths import REPO_ROOT
 from monarchpc.train import run, validate
-
 from tests.helpers import compose_config
 
 CONFIGS = REPO_ROOT / "configs"
@@ -40,16 +39,17 @@ def test_every_group_option_composes(model: str, group: str) -> None:
 
 
 def test_hidden_size_that_does_not_factor_is_rejected() -> None:
-    cfg = compose_config(["model=monarch2_hmm", "model.hidden_size=1000", "model.factors=[16,16]"])
-    with pytest.raises(ConfigError, match="not the product of model.factors"):
+    cfg = compose_config(["model=monarch2_hmm", "model.hidden_size=1000",
+                          "model.factors=[16,16]"])
+    with pytest.raises(ConfigError, match=r"not the product of model\.factors"):
         validate(cfg)
 
 
 def test_vocabulary_mismatch_is_rejected(tmp_path: Path) -> None:
     cfg = compose_config(["model=hmm", "model.hidden_size=8", "model.vocab_size=30"],
                          tmp_path / "run")
-    with pytest.raises(ConfigError, match="model.vocab_size=30 but dataset demo has a vocabulary "
-                                          "of 27"):
+    with pytest.raises(ConfigError, match=r"model\.vocab_size=30 but dataset demo has a "
+                                          r"vocabulary of 27"):
         run(cfg)
 
 

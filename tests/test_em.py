@@ -109,7 +109,7 @@ def test_full_batch_em_never_lowers_the_likelihood(make) -> None:
     for _ in range(15):
         history.append(float(accumulate_flows(hmm, x).sum()))
         em_step(hmm, eta=1.0, pseudocount=0.0)
-    assert all(b >= a - 1e-8 * abs(a) for a, b in zip(history, history[1:], strict=False))
+    assert all(b >= a - 1e-8 * abs(a) for a, b in itertools.pairwise(history))
     assert history[-1] > history[0] + 1.0  # and it does learn
     for p in hmm.parameters():  # parameters stay normalized
         torch.testing.assert_close(p.sum(-1), torch.ones_like(p.sum(-1)))
@@ -138,7 +138,7 @@ def test_step_size_schedules() -> None:
     assert step_size("cosine", 100, 100) == pytest.approx(0.0)
     assert step_size("constant", 70, 100, eta0=0.3) == 0.3
     values = [step_size("cosine", u, 40) for u in range(40)]
-    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(values))
     with pytest.raises(ValueError, match="unknown step-size schedule"):
         step_size("exponential", 0, 10)
     assert math.isclose(step_size("linear", 10, 20, eta0=1.0, eta_min=0.2), 0.6)

@@ -67,13 +67,13 @@ def test_resume_refuses_a_different_run_and_fresh_runs_refuse_to_overwrite(tmp_p
     run(compose_config([*SMALL, "trainer.stop_after=2"], run_dir))
     try:
         run(compose_config(SMALL, run_dir))
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         assert "resume=true" in str(err)
     else:
         raise AssertionError("a fresh run overwrote an existing checkpoint")
     try:
         run(compose_config([*SMALL, "model.hidden_size=64", "resume=true"], run_dir))
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         assert "model config differs" in str(err)
     else:
         raise AssertionError("resumed a run with another model")
