@@ -33,9 +33,11 @@ from tqdm import tqdm
 from monarchpc import checkpoint
 from monarchpc.circuits.factory import ConfigError, build_model, resolve_factors
 from monarchpc.data import DataError, Splits, build_dataset
-from monarchpc.evaluate import METRICS, evaluate, long_rows, metric_value
+from monarchpc.evaluate import METRICS, evaluate, long_rows, metric_value, scorer
 from monarchpc.initialize import initialize
+from monarchpc.circuits.hmm import HMM
 from monarchpc.learning.em import accumulate_flows, em_step
+from monarchpc.learning.forward_backward import DTYPES, hmm_estep
 from monarchpc.learning.schedules import SCHEDULES, step_size
 from monarchpc.paths import REPO_ROOT
 from monarchpc.tracking import Tracker, write_json_atomic
@@ -99,8 +101,13 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"optim.{key} must be >= 1, got {o[key]}")
     if float(o.pseudocount) < 0:
         raise ConfigError(f"optim.pseudocount must be >= 0, got {o.pseudocount}")
-    if cfg.trainer.precision not in ("fp32", "tf32"):
-        raise ConfigError(f"trainer.precision={cfg.trainer.precision!r}; use fp32 or tf32")
+    if cfg.trainer.precision not in DTYPES:
+        raise ConfigError(f"trainer.precision={cfg.trainer.precision!r}; use one of "
+                          f"{sorted(DTYPES)}")
+    if cfg.trainer.engine not in ("auto", "fused", "autograd"):
+        raise ConfigError("trainer.engine must be auto, fused or autograd")
+    if cfg.trainer.engine == "fused" and cfg.model.structure != "hmm":
+        raise ConfigError("trainer.engine=fused exists for HMMs only; use auto or autograd")
     if cfg.trainer.long_eval not in ("never", "final", "always"):
         raise ConfigError("trainer.long_eval must be never, final or always")
 
@@ -111,6 +118,18 @@ def select_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("trainer.device=cuda but no CUDA GPU is visible; use trainer.device=cpu")
     return torch.device(name)
+
+
+def make_estep(t: DictConfig, model: torch.nn.Module) -> Any:
+    """The E-step: x (N, T) -> log p(x) (N,), adding flows (as gradients) to the parameters.
+
+    ``fused`` (HMMs; what ``auto`` picks for them) is the scaled forward-backward of
+    learning/forward_backward.py in ``trainer.precision`` with recomputation every
+    ``trainer.segment`` steps; ``autograd`` is the plain PyTorch reference.
+    """
+    if t.engine != "autograd" and isinstance(model, HMM):
+        return lambda x: hmm_estep(model, x, int(t.segment), t.precision)
+    return lambda x: accumulate_flows(model, x)
 
 
 def check_vocab(cfg: DictConfig, splits: Splits) -> None:
@@ -154,8 +173,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
     torch.manual_seed(int(cfg.seed))
     device = select_device(cfg.trainer.device)
-    torch.backends.cuda.matmul.allow_tf32 = cfg.trainer.precision == "tf32"
-    torch.backends.cudnn.allow_tf32 = cfg.trainer.precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = cfg.trainer.precision != "fp32"
+    torch.backends.cudnn.allow_tf32 = cfg.trainer.precision != "fp32"
 
     splits = build_dataset(cfg.dataset)
     check_vocab(cfg, splits)
@@ -210,6 +229,8 @@ def train(cfg: DictConfig, model: torch.nn.Module, splits: Splits, device: torch
     stop_after = t.get("stop_after")
     eta = step_size(o.schedule, state.update, total_updates, float(o.eta0), float(o.eta_min))
     last: dict[str, Any] = {}
+    estep = make_estep(t, model)
+    score = scorer(model, "fp32" if t.precision == "fp32" else "tf32")
 
     def evaluation(final: bool) -> dict[str, Any]:
         model.eval()
@@ -225,7 +246,7 @@ def train(cfg: DictConfig, model: torch.nn.Module, splits: Splits, device: torch
             "madds_per_token": madds, "step_size": eta, "wall_time": state.train_seconds}
         if state.train_units:
             record[f"train_{metric}"] = metric_value(metric, state.train_nll, state.train_units)
-        record.update(evaluate(model, sets, metric, int(t.eval_batch_size), device))
+        record.update(evaluate(score, sets, metric, int(t.eval_batch_size), device))
         record["final"] = final
         state.train_nll, state.train_units = 0.0, 0
         tracker.log(record)
@@ -257,7 +278,7 @@ def train(cfg: DictConfig, model: torch.nn.Module, splits: Splits, device: torch
                 nll, units = 0.0, 0
                 for m in group:
                     x = rows[order[m * bs:(m + 1) * bs]].to(device, non_blocking=True).long()
-                    nll -= float(accumulate_flows(model, x).double().sum())
+                    nll -= float(estep(x).double().sum())
                     units += x.numel()
                     if stop.requested:
                         break

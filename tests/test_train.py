@@ -90,14 +90,18 @@ def cli(args: list[str], **kwargs) -> subprocess.Popen:
 
 
 def test_ctrl_c_leaves_a_checkpoint_and_resume_finishes(tmp_path: Path) -> None:
-    args = [*SMALL, "optim.epochs=400", "trainer.eval_every=1000", f"paths.output_dir={tmp_path}",
-            "run_name=interrupted"]
+    args = [*SMALL, "optim.epochs=400", "trainer.eval_every=1000",
+            "trainer.checkpoint_every=1", f"paths.output_dir={tmp_path}", "run_name=interrupted"]
     proc = cli(args)
     run_dir = tmp_path / "interrupted"
     deadline = time.time() + 120
-    while time.time() < deadline and not (run_dir / "metrics.jsonl").is_file():
-        time.sleep(0.2)
-    time.sleep(1.0)
+    while time.time() < deadline and proc.poll() is None:  # wait for a few updates
+        try:
+            if json.loads((run_dir / "run.json").read_text())["updates"] >= 3:
+                break
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+        time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out

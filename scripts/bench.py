@@ -1,0 +1,205 @@
+"""Benchmark the E-step (forward + flows) and the full EM update of HMMs.
+
+    python scripts/bench.py                       # the issue's cases on a GPU
+    python scripts/bench.py --tiny                # small sizes on the CPU (CI smoke test)
+    python scripts/bench.py --precision tf32 --segment 8 --out bench.jsonl
+
+One JSON line per case (tokens/s, achieved TFLOP/s counted as 6 x multiply-adds per token,
+peak GPU memory, precision, device), correctness checks of the fused path against the
+plain PyTorch (autograd) path, the GEMM and copy ceilings measured on this device, then a
+Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from typing import Any
+
+import torch
+
+from monarchpc.circuits import DenseBlock, MonarchBlock
+from monarchpc.circuits.hmm import HMM
+from monarchpc.learning.em import accumulate_flows, em_step, flows
+from monarchpc.learning.forward_backward import DTYPES, hmm_estep
+
+# (name, factors): one factor is a dense block
+GPU_CASES = [("dense 4096", [4096], 128), ("dense 16384", [16384], 128),
+             ("monarch2 2^16", [256, 256], 128), ("monarch2 2^18", [512, 512], 128),
+             ("monarch2 2^19", [512, 1024], 128), ("monarch3 2^18", [64, 64, 64], 128),
+             ("monarch4 2^16", [16, 16, 16, 16], 128), ("monarch2 2^19", [512, 1024], 512)]
+TINY_CASES = [("dense 64", [64], 16), ("monarch2 2^8", [16, 16], 16),
+              ("monarch3 2^9", [8, 8, 8], 16)]
+CHECK_CASES = [("dense 512", [512]), ("monarch2 2^12", [64, 64]), ("monarch3 2^12", [16, 16, 16])]
+
+
+def build(factors: list[int], vocab: int, device: torch.device, seed: int = 0) -> HMM:
+    g = torch.Generator().manual_seed(seed)
+    block = DenseBlock(factors[0], g) if len(factors) == 1 else MonarchBlock(factors, g)
+    return HMM(block, vocab, g).to(device)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device, reps: int) -> float:
+    """Median seconds of ``fn()`` over ``reps`` runs after one warm-up."""
+    fn()
+    sync(device)
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def bench_case(name: str, factors: list[int], batch: int, args: argparse.Namespace,
+               device: torch.device) -> dict[str, Any]:
+    hmm = build(factors, args.vocab, device)
+    x = torch.randint(0, args.vocab, (batch, args.length), device=device,
+                      generator=torch.Generator(device).manual_seed(1))
+    madds = hmm.madds_per_token()
+    tokens = batch * args.length
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def estep() -> None:
+        hmm_estep(hmm, x, args.segment, args.precision)
+
+    def update() -> None:
+        hmm_estep(hmm, x, args.segment, args.precision)
+        em_step(hmm, 0.5, 0.1)
+
+    row: dict[str, Any] = {"case": name, "factors": factors, "hidden_size": math.prod(factors),
+                           "batch": batch, "length": args.length, "vocab": args.vocab,
+                           "madds_per_token": madds, "precision": args.precision,
+                           "segment": args.segment, "device": device_name(device)}
+    try:
+        t_e = timed(estep, device, args.reps)
+        for p in hmm.parameters():
+            p.grad = None
+        t_u = timed(update, device, args.reps)
+    except torch.OutOfMemoryError:
+        row["error"] = "out of memory"
+        return row
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    row |= {"estep_s": t_e, "estep_tokens_per_s": tokens / t_e,
+            "estep_tflops": 6 * madds * tokens / t_e / 1e12,
+            "update_s": t_u, "update_tokens_per_s": tokens / t_u,
+            "peak_memory_gb": peak / 1e9 if peak is not None else None}
+    return row
+
+
+def check_case(name: str, factors: list[int], args: argparse.Namespace,
+               device: torch.device) -> dict[str, Any]:
+    """Fused fp32 path vs the autograd path: relative errors of log p and of the flows."""
+    ref, fast = build(factors, args.vocab, device), build(factors, args.vocab, device)
+    x = torch.randint(0, args.vocab, (16, 64), device=device,
+                      generator=torch.Generator(device).manual_seed(2))
+    torch.backends.cuda.matmul.allow_tf32 = False
+    ll_ref = accumulate_flows(ref, x)
+    row: dict[str, Any] = {"check": name, "device": device_name(device)}
+    for precision in ("fp32", "bf16"):
+        for p in fast.parameters():
+            p.grad = None
+        ll = hmm_estep(fast, x, 5, precision)
+        flow_err = max(float((flows(p) - flows(q)).abs().max() / flows(q).abs().max())
+                       for p, q in zip(fast.parameters(), ref.parameters(), strict=True))
+        row[f"{precision}_ll_rel_err"] = float(((ll - ll_ref).abs() / ll_ref.abs()).max())
+        row[f"{precision}_flow_rel_err"] = flow_err
+    torch.backends.cuda.matmul.allow_tf32 = args.precision != "fp32"
+    return row
+
+
+def ceilings(device: torch.device) -> list[dict[str, Any]]:
+    """Batched GEMM TFLOP/s in the E-step's shapes, and device-to-device copy bandwidth."""
+    rows = []
+    for h, b, n in [(2**19, 1024, 128), (2**19, 512, 128), (2**18, 64, 128), (4096, 4096, 128),
+                    (2**19, 1024, 512)]:
+        for name, dtype in [("tf32", torch.float32), ("bf16", torch.bfloat16)]:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            w = torch.rand(h // b, b, b, device=device, dtype=dtype)
+            y = torch.rand(h // b, b, n, device=device, dtype=dtype)
+            t = timed(lambda w=w, y=y: torch.bmm(w, y), device, 10)
+            rows.append({"gemm": f"h={h} b={b} n={n}", "dtype": name,
+                         "tflops": 2 * h * b * n / t / 1e12})
+    a = torch.empty(2**30, dtype=torch.uint8, device=device)
+    t = timed(lambda: a.clone(), device, 10)
+    rows.append({"copy_tb_per_s": 2 * a.numel() / t / 1e12})
+    return rows
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    out = ["| case | batch | precision | E-step tokens/s | TFLOP/s | EM update tokens/s | "
+           "peak GB |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        if "error" in r:
+            out.append(f"| {r['case']} | {r['batch']} | {r['precision']} | {r['error']} | | | |")
+            continue
+        peak = f"{r['peak_memory_gb']:.1f}" if r["peak_memory_gb"] is not None else "-"
+        out.append(f"| {r['case']} | {r['batch']} | {r['precision']} | "
+                   f"{r['estep_tokens_per_s']:,.0f} | {r['estep_tflops']:.1f} | "
+                   f"{r['update_tokens_per_s']:,.0f} | {peak} |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="small CPU-sized cases")
+    parser.add_argument("--precision", default="bf16", choices=sorted(DTYPES))
+    parser.add_argument("--segment", type=int, default=16)
+    parser.add_argument("--length", type=int, default=256)
+    parser.add_argument("--vocab", type=int, default=27)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--cases", default=None, help="comma-separated case indices to run")
+    parser.add_argument("--no-check", action="store_true")
+    parser.add_argument("--ceilings", action="store_true", help="measure GEMM/copy ceilings")
+    parser.add_argument("--out", default=None, help="also append the JSON lines here")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+    torch.backends.cuda.matmul.allow_tf32 = args.precision != "fp32"
+    if args.tiny:
+        args.length, args.reps = min(args.length, 32), 1
+    cases = TINY_CASES if args.tiny else GPU_CASES
+    if args.cases:
+        cases = [cases[int(i)] for i in args.cases.split(",")]
+    sink = open(args.out, "a") if args.out else None  # noqa: SIM115
+
+    def emit(row: dict[str, Any]) -> None:
+        line = json.dumps(row)
+        print(line, flush=True)
+        if sink:
+            sink.write(line + "\n")
+            sink.flush()
+
+    if not args.no_check:
+        for name, factors in (CHECK_CASES[:1] if args.tiny else CHECK_CASES):
+            emit(check_case(name, factors if not args.tiny else [32], args, device))
+    if args.ceilings and device.type == "cuda":
+        for row in ceilings(device):
+            emit(row)
+    rows = []
+    for name, factors, batch in cases:
+        row = bench_case(name, factors, batch, args, device)
+        rows.append(row)
+        emit(row)
+    print(markdown(rows))
+    if sink:
+        sink.close()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
