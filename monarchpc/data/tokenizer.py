@@ -113,7 +113,7 @@ def train_sentencepiece(sentences: Iterable[str], path: Path, vocab_size: int,
             f"dataset.model_type=bpe (it reaches larger vocabularies on little text), or "
             f"train on more text (dataset.max_chars, a larger training split)") from None
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_bytes(model.getvalue())
     tmp.replace(path)
     return path
@@ -215,7 +215,7 @@ def build_token_splits(
             log.info("%s %s: %d sentences -> %d tokens -> %d rows of %d", name, split, n_sent,
                      stream.size, len(data[split]), seq_len)
         packed_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = packed_path.with_suffix(".tmp")
+        tmp = packed_path.with_suffix(f".{os.getpid()}.tmp")
         torch.save(data, tmp)
         tmp.replace(packed_path)
     for split in ("train", "dev", "test"):
