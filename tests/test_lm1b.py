@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import lzma
 import random
 import re
@@ -10,14 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from monarchpc.circuits.dense import DenseBlock
 from monarchpc.circuits.hmm import HMM
-from monarchpc.data import DataError, build_dataset, lines, lm1b
+from monarchpc.data import EVAL_KEYS, LOADERS, DataError, build_dataset, lines, lm1b
 from monarchpc.data import tokenizer as tok
+from tests.helpers import SHARED_DATA, compose_config
 
-WIKITEXT = (Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext2"
-            / "wikitext-2_valid.txt.xz")
+WIKITEXT = SHARED_DATA / "wikitext2" / "wikitext-2_valid.txt.xz"
 
 
 @pytest.fixture(scope="module")
@@ -232,3 +234,20 @@ def test_missing_data_errors_name_the_fix(tmp_path: Path) -> None:
     tiny.write_text("\n".join(fake_sentences(200, 5)) + "\n")
     with pytest.raises(DataError, match=re.escape("smaller dataset.seq_len")):
         lines.load(path=str(tiny), vocab_size=60, seq_len=4096, cache_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize("dataset", ["lm1b", "wikitext2"])
+def test_dataset_configs_match_the_loaders(dataset: str) -> None:
+    """Every key of configs/dataset/<name>.yaml is an argument of the loader or of the
+    tokenizer pipeline it forwards to (the loaders take **token_options)."""
+    cfg = OmegaConf.to_container(compose_config([f"dataset={dataset}"]).dataset, resolve=True)
+    module, func = LOADERS[cfg["name"]].split(":")
+    loader = getattr(__import__(module, fromlist=[func]), func)
+    own = set(inspect.signature(loader).parameters) - {"token_options"}
+    pipeline = set(inspect.signature(tok.build_token_splits).parameters) - {
+        "name", "source", "train", "dev", "test", "tokenizer_text", "tokenizer_source"}
+    keys = set(cfg) - set(EVAL_KEYS)
+    assert keys - own - pipeline == set()
+    assert pipeline <= keys  # every tokenizer setting is visible in the config
+    assert cfg["vocab_size"] == (8192 if dataset == "lm1b" else 4096)
+    assert cfg["seq_len"] == 128 and Path(cfg["cache_dir"]).is_absolute()

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from monarchpc.data import DataError, Splits
-from monarchpc.data.tokenizer import build_token_splits, file_sha256, project_path
+from monarchpc.data.tokenizer import build_token_splits, file_sha256
+from monarchpc.paths import resolve
 
 
 def read_lines(path: Path) -> list[str]:
@@ -47,18 +48,18 @@ def split_lines(lines: list[str], train_fraction: float, dev_fraction: float,
 
 def load(path: str, train_fraction: float = 0.8, dev_fraction: float = 0.1,
          max_lines: int | None = None, **token_options: Any) -> Splits:
-    """Sentences of the text file ``path`` (relative paths from the project root) as rows.
+    """Sentences of the text file ``path`` (relative: see monarchpc.paths.resolve) as rows.
 
     ``max_lines``: use only the first lines of the file (quick tests). ``token_options`` go
     to :func:`~monarchpc.data.tokenizer.build_token_splits` (vocab_size, model_type,
     character_coverage, max_chars, tokenizer, seq_len, add_bos, cache_dir,
     user_defined_symbols).
     """
-    file = project_path(path)
+    file = resolve(path)
     if not file.is_file():
-        raise DataError(f"text file {file} not found; fix dataset.path (relative paths start "
-                        f"at the project root; WikiText-2 lives in "
-                        f"../shared/data/wikitext2/wikitext-2_valid.txt.xz on this workplace)")
+        raise DataError(f"text file {file} not found; fix dataset.path (WikiText-2 lives in "
+                        f"../shared/data/wikitext2/wikitext-2_valid.txt.xz beside the project "
+                        f"on this workplace: dataset=wikitext2)")
     lines = read_lines(file)[:max_lines]
     train, dev, test = split_lines(lines, train_fraction, dev_fraction)
     key = {"kind": "lines", "file": file.name, "sha256": file_sha256(file),

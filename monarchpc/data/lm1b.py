@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from monarchpc.data import DataError, Splits
-from monarchpc.data.tokenizer import Batches, build_token_splits, project_path, take
+from monarchpc.data.tokenizer import Batches, build_token_splits, take
+from monarchpc.paths import resolve
 
 URL = ("http://www.statmt.org/lm-benchmark/"
        "1-billion-word-language-modeling-benchmark-r13output.tar.gz")
@@ -138,9 +139,9 @@ def load(source: str = "auto", root: str = "data/lm1b", dev_sentences: int = 30_
 
     ``token_options`` go to :func:`~monarchpc.data.tokenizer.build_token_splits`
     (vocab_size, model_type, character_coverage, max_chars, tokenizer, seq_len, add_bos,
-    cache_dir, user_defined_symbols). Relative paths are taken from the project root.
+    cache_dir, user_defined_symbols). Relative paths: see :func:`monarchpc.paths.resolve`.
     """
-    path = project_path(root)
+    path = resolve(root)
     if source == "auto":
         source = "tarball" if find_official(path) else "disk" if (
             path / "dataset_dict.json").is_file() else ""

@@ -41,23 +41,16 @@ import torch
 from torch import Tensor
 
 from monarchpc.data import DataError, Splits, rows
+from monarchpc.paths import resolve
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 UNK_ID, EOS_ID, BOS_ID = 0, 1, 2
 UNK_PIECE = "<sp-unk>"
 MODEL_TYPES = ("unigram", "bpe")
 
 Batches = Callable[[], Iterator[list[str]]]
 """A split of raw sentences: a function that starts a fresh pass over its batches."""
-
-
-def project_path(path: str | os.PathLike) -> Path:
-    """``path`` as given if absolute, else relative to the project root (not the cwd,
-    which Hydra changes)."""
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else (PROJECT_ROOT / p).resolve()
 
 
 def digest(obj: Any, n: int = 12) -> str:
@@ -181,7 +174,7 @@ def build_token_splits(
     """
     if seq_len < 1:
         raise DataError(f"dataset.seq_len must be positive, got {seq_len}")
-    cache = project_path(cache_dir)
+    cache = resolve(cache_dir)
     symbols = [str(s) for s in user_defined_symbols]
     if tokenizer is None:
         spm_settings = {"source": tokenizer_source or source, "vocab_size": vocab_size, "model_type": model_type,
@@ -195,7 +188,7 @@ def build_token_splits(
             train_sentencepiece(sample_text((tokenizer_text or train)(), max_chars), sp_path, vocab_size,
                                 model_type, character_coverage, symbols)
     else:
-        sp_path = project_path(tokenizer)
+        sp_path = resolve(tokenizer)
     sp = load_sentencepiece(sp_path, vocab_size)
     sp_sha = file_sha256(sp_path)
 
