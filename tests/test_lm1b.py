@@ -199,7 +199,7 @@ def test_official_layout_reader(tmp_path: Path) -> None:
     assert torch.equal(capped.dev, splits.dev)
 
 
-def test_saved_hugging_face_copy(tmp_path: Path) -> None:
+def test_saved_hugging_face_copy(tmp_path: Path, monkeypatch) -> None:
     datasets = pytest.importorskip("datasets")
     train, test = fake_sentences(300, 1), fake_sentences(120, 2)
     dd = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": train}),
@@ -212,6 +212,17 @@ def test_saved_hugging_face_copy(tmp_path: Path) -> None:
             splits.info["test_split"]["sentences"]) == (30, 270, 120)
     sp = tok.load_sentencepiece(Path(splits.info["tokenizer"]), 80)
     assert splits.test.flatten().tolist() == expected_stream(sp, test)[:splits.test.numel()]
+    # source=hf goes through load_dataset(hf_name, revision=...) (stubbed: no network here)
+    calls = []
+    monkeypatch.setattr(datasets, "load_dataset",
+                        lambda name, revision=None: calls.append((name, revision)) or dd)
+    hub = lm1b.load(source="hf", hf_name="someone/lm1b", hf_revision="refs/convert/parquet",
+                    vocab_size=80, seq_len=16, cache_dir=str(tmp_path / "cache"),
+                    dev_sentences=30)
+    assert calls == [("someone/lm1b", "refs/convert/parquet")]
+    assert hub.info["source"]["kind"] == "hf"
+    assert all(hub.info[f"{k}_split"]["sentences"] == splits.info[f"{k}_split"]["sentences"]
+               for k in ("train", "dev", "test"))
 
 
 def test_missing_data_errors_name_the_fix(tmp_path: Path) -> None:
