@@ -37,7 +37,7 @@ def read_lines(path: Path) -> list[str]:
 def split_lines(lines: list[str], train_fraction: float, dev_fraction: float,
                 ) -> tuple[list[str], list[str], list[str]]:
     """Contiguous train/dev/test blocks of ``lines`` by fraction (test gets the rest)."""
-    if not (0 < train_fraction and 0 < dev_fraction and train_fraction + dev_fraction < 1):
+    if not (train_fraction > 0 and dev_fraction > 0 and train_fraction + dev_fraction < 1):
         raise DataError(f"need 0 < train_fraction, 0 < dev_fraction and their sum < 1, got "
                         f"{train_fraction} and {dev_fraction} (dataset.train_fraction, "
                         f"dataset.dev_fraction)")

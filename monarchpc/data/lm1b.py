@@ -112,7 +112,7 @@ def hf_source(source: str, root: Path, hf_name: str, hf_revision: str | None,
             dd = datasets.load_from_disk(str(root))
         else:
             dd = datasets.load_dataset(hf_name, revision=hf_revision)
-    except Exception as err:  # noqa: BLE001 - any failure means: no data, say the fix
+    except Exception as err:  # whatever failed (network, cache, format): no data, name the fix
         raise DataError(f"could not load LM1B through Hugging Face ({source}): "
                         f"{type(err).__name__}: {err}\n" + missing_data_message(root)) from None
     if not {"train", "test"} <= set(dd) or "text" not in dd["train"].column_names:

@@ -177,16 +177,18 @@ def build_token_splits(
     cache = resolve(cache_dir)
     symbols = [str(s) for s in user_defined_symbols]
     if tokenizer is None:
-        spm_settings = {"source": tokenizer_source or source, "vocab_size": vocab_size, "model_type": model_type,
-                        "character_coverage": character_coverage, "max_chars": max_chars,
-                        "user_defined_symbols": symbols}
-        sp_path = cache / "tokenizers" / f"{name}-{model_type}{vocab_size}-{digest(spm_settings)}.model"
+        spm_settings = {"source": tokenizer_source or source, "vocab_size": vocab_size,
+                        "model_type": model_type, "character_coverage": character_coverage,
+                        "max_chars": max_chars, "user_defined_symbols": symbols}
+        sp_name = f"{name}-{model_type}{vocab_size}-{digest(spm_settings)}.model"
+        sp_path = cache / "tokenizers" / sp_name
         if not sp_path.is_file():
             log.info("training SentencePiece (%s, %d pieces) on the first %d characters of "
                      "the %s training split -> %s", model_type, vocab_size, max_chars, name,
                      sp_path)
-            train_sentencepiece(sample_text((tokenizer_text or train)(), max_chars), sp_path, vocab_size,
-                                model_type, character_coverage, symbols)
+            sample = sample_text((tokenizer_text or train)(), max_chars)
+            train_sentencepiece(sample, sp_path, vocab_size, model_type, character_coverage,
+                                symbols)
     else:
         sp_path = resolve(tokenizer)
     sp = load_sentencepiece(sp_path, vocab_size)
@@ -194,7 +196,8 @@ def build_token_splits(
 
     pack_settings = {"source": source, "tokenizer_sha256": sp_sha, "seq_len": seq_len,
                      "add_bos": add_bos, "vocab_size": vocab_size}
-    packed_path = cache / "packed" / f"{name}-v{vocab_size}-T{seq_len}-{digest(pack_settings)}.pt"
+    packed_name = f"{name}-v{vocab_size}-T{seq_len}-{digest(pack_settings)}.pt"
+    packed_path = cache / "packed" / packed_name
     if packed_path.is_file():
         data = torch.load(packed_path, mmap=True)
     else:
