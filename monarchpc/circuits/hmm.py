@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from monarchpc.circuits.sum_block import SumBlock, random_stochastic
 
@@ -48,14 +49,17 @@ class HMM(nn.Module):
         """Natural-log likelihood of each row of ``x`` (N, T) LongTensor -> (N,)."""
         if x.dim() != 2:
             raise ValueError(f"expected token rows (N, T), got shape {tuple(x.shape)}")
-        table = self.emission_table()
         x = torch.where(x == MISSING, self.vocab_size, x)
-        y = table[x[:, -1]]
+        # One lookup for all positions, split into per-step views: autograd then scatters
+        # the emission flows into one (V + 1, h) gradient per call. A lookup per step would
+        # allocate a zero (V + 1, h) gradient per step, which dominates at V = 8192.
+        emit = F.embedding(x, self.emission_table()).unbind(1)  # T x (N, h)
+        y = emit[-1]
         log_scale = torch.zeros(x.shape[0], dtype=y.dtype, device=y.device)
         for t in range(x.shape[1] - 2, -1, -1):
             s = y.sum(-1, keepdim=True).clamp_min(torch.finfo(y.dtype).tiny)
             log_scale = log_scale + s.squeeze(-1).log()
-            y = table[x[:, t]] * self.transition(y / s)
+            y = emit[t] * self.transition(y / s)
         p = (y * self.initial).sum(-1).clamp_min(torch.finfo(y.dtype).tiny)
         return p.log() + log_scale
 

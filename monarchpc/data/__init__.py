@@ -22,6 +22,8 @@ LOADERS: dict[str, str] = {
     "chars": "monarchpc.data.chars:load",
     "demo": "monarchpc.data.demo:load",
     "synthetic": "monarchpc.data.synthetic:load",
+    "lm1b": "monarchpc.data.lm1b:load",
+    "lines": "monarchpc.data.lines:load",
 }
 
 

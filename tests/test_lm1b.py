@@ -1,0 +1,264 @@
+"""LM1B and local text lines: SentencePiece round trip, packing, splits, caches, errors."""
+
+from __future__ import annotations
+
+import inspect
+import lzma
+import random
+import re
+import unicodedata
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from monarchpc.circuits.dense import DenseBlock
+from monarchpc.circuits.hmm import HMM
+from monarchpc.data import EVAL_KEYS, LOADERS, DataError, build_dataset, lines, lm1b
+from monarchpc.data import tokenizer as tok
+from tests.helpers import SHARED_DATA, compose_config
+
+WIKITEXT = SHARED_DATA / "wikitext2" / "wikitext-2_valid.txt.xz"
+
+
+@pytest.fixture(scope="module")
+def wikitext_lines() -> list[str]:
+    """The non-blank lines of the real WikiText-2 validation text (../shared/data), or skip."""
+    if not WIKITEXT.is_file():
+        pytest.skip(f"real WikiText-2 text not found at {WIKITEXT}")
+    return lines.read_lines(WIKITEXT)
+
+
+def normalized(s: str) -> str:
+    """What SentencePiece's default normalizer (nmt_nfkc) keeps of ``s`` for plain text."""
+    return " ".join(unicodedata.normalize("NFKC", s).split())
+
+
+def fake_sentences(n: int, seed: int) -> list[str]:
+    """Generated word-level sentences (LM1B-like: tokenized, space separated)."""
+    rng = random.Random(seed)
+    syllables = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "pe", "da", "gu", "be"]
+    words = ["".join(random.Random(i).choices(syllables, k=1 + i % 3))
+             for i in range(150)]
+    words += ["U.S.", "3.5", "%", ",", "'s", "Tuesday"]
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(3, 20))) + " ."
+            for _ in range(n)]
+
+
+def fake_lm1b(root: Path, train_shards: int = 3, heldout_shards: int = 2,
+              per_shard: int = 150) -> dict[str, list[list[str]]]:
+    """An official-layout tree under ``root`` with generated sentences; returns its shards."""
+    top = root / lm1b.TOP
+    shards: dict[str, list[list[str]]] = {"train": [], "test": []}
+    for i in range(train_shards):
+        s = fake_sentences(per_shard, seed=i)
+        f = top / lm1b.TRAIN_DIR / f"news.en-{i + 1:05d}-of-00100"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text("\n".join(s) + "\n", encoding="utf-8")
+        shards["train"].append(s)
+    for i in range(heldout_shards):
+        s = fake_sentences(per_shard, seed=100 + i)
+        f = top / lm1b.HELDOUT_DIR / f"news.en.heldout-{i:05d}-of-00050"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text("\n".join(s) + "\n", encoding="utf-8")
+        shards["test"].append(s)
+    return shards
+
+
+def expected_stream(sp, sentences: list[str]) -> list[int]:
+    """Each sentence's ids then EOS, concatenated: what packing must preserve."""
+    return [i for s in sentences for i in [*sp.encode(s), tok.EOS_ID]]
+
+
+def test_sentencepiece_round_trip_on_real_text(tmp_path: Path, wikitext_lines: list[str]
+                                               ) -> None:
+    sample = wikitext_lines[:300]
+    path = tok.train_sentencepiece(sample, tmp_path / "sp.model", vocab_size=200,
+                                   user_defined_symbols=["<unk>"])
+    sp = tok.load_sentencepiece(path, 200)
+    assert (sp.eos_id(), sp.unk_id(), sp.get_piece_size()) == (tok.EOS_ID, tok.UNK_ID, 200)
+    assert sp.encode("a <unk> b", out_type=str).count("<unk>") == 1  # a word, not 5 pieces
+    for s in sample:
+        ids = sp.encode(s)
+        assert tok.UNK_ID not in ids and tok.EOS_ID not in ids
+        assert sp.decode(ids) == normalized(s)
+    with pytest.raises(DataError, match="vocab_size=201"):
+        tok.load_sentencepiece(path, 201)
+
+
+def test_too_large_vocabulary_names_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=re.escape("lower dataset.vocab_size")):
+        tok.train_sentencepiece(fake_sentences(50, 0), tmp_path / "sp.model", vocab_size=5000)
+
+
+def test_pack_and_take() -> None:
+    stream = torch.arange(23)
+    rows = tok.pack(stream.numpy(), 5)
+    assert rows.shape == (4, 5) and torch.equal(rows.flatten(), stream[:20])
+    batches = [["a", "b", "c"], ["d"], ["e", "f"]]
+    assert list(tok.take(iter(batches), 2, 5)) == [["c"], ["d"], ["e"]]
+    assert [s for b in tok.take(iter(batches), 0, None) for s in b] == list("abcdef")
+    assert list(tok.take(iter(batches), 6)) == []
+
+
+def test_lines_packing_keeps_every_token_in_order(tmp_path: Path, wikitext_lines: list[str]
+                                                  ) -> None:
+    text = tmp_path / "wiki.txt.xz"
+    sample = wikitext_lines[:240]
+    with lzma.open(text, "wt", encoding="utf-8") as f:  # with blank lines, as in the file
+        f.write("\n\n".join(sample) + "\n")
+    splits = build_dataset({"name": "lines", "path": str(text), "vocab_size": 256,
+                            "seq_len": 32, "cache_dir": str(tmp_path / "cache"),
+                            "user_defined_symbols": ["<unk>"]})
+    assert splits.metric == "ppl" and splits.vocab_size == 256
+    assert splits.train.dtype == torch.int16 and splits.seq_len == 32
+    sp = tok.load_sentencepiece(Path(splits.info["tokenizer"]), 256)
+    blocks = {"train": sample[:192], "dev": sample[192:216], "test": sample[216:]}  # 0.8/0.1
+    for name, sentences in blocks.items():
+        rows = getattr(splits, name)
+        stream = expected_stream(sp, sentences)
+        assert len(stream) - rows.numel() == splits.info[f"{name}_split"]["dropped_tokens"]
+        assert 0 <= len(stream) - rows.numel() < 32  # only the last partial row is dropped
+        assert rows.flatten().tolist() == stream[:rows.numel()]
+        assert splits.info[f"{name}_split"]["sentences"] == len(sentences)
+    # the rows decode back to the sentences, split at the separators
+    flat = splits.dev.flatten().tolist()
+    decoded, cur = [], []
+    for i in flat:
+        if i == tok.EOS_ID:
+            decoded.append(sp.decode(cur))
+            cur = []
+        else:
+            cur.append(i)
+    assert decoded == [normalized(s) for s in blocks["dev"][:len(decoded)]]
+    assert len(decoded) >= len(blocks["dev"]) - 2
+
+
+def test_packed_cache_is_reused_and_keyed_by_settings(tmp_path: Path, monkeypatch) -> None:
+    text = tmp_path / "s.txt"
+    text.write_text("\n".join(fake_sentences(400, 7)) + "\n")
+    opts = {"path": str(text), "vocab_size": 80, "seq_len": 16, "cache_dir": str(tmp_path)}
+    first = lines.load(**opts)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("re-encoded although the packed cache exists")
+
+    monkeypatch.setattr(tok, "encode_stream", fail)
+    again = lines.load(**opts)
+    assert torch.equal(first.train, again.train) and torch.equal(first.test, again.test)
+    with pytest.raises(AssertionError, match="re-encoded"):
+        lines.load(**{**opts, "seq_len": 8})  # other settings, other cache file
+    assert len(list((tmp_path / "tokenizers").glob("*.model"))) == 1
+    with pytest.raises(DataError, match=re.escape("has 80 pieces but dataset.vocab_size=96")):
+        lines.load(**{**opts, "vocab_size": 96, "tokenizer": first.info["tokenizer"]})
+
+
+def test_uniform_model_perplexity_is_the_vocabulary_size(tmp_path: Path) -> None:
+    text = tmp_path / "s.txt"
+    text.write_text("\n".join(fake_sentences(400, 3)) + "\n")
+    splits = lines.load(path=str(text), vocab_size=64, seq_len=16, cache_dir=str(tmp_path))
+    g = torch.Generator().manual_seed(0)
+    random_rows = torch.randint(0, 8192, (8, 128), generator=g)
+    for vocab, x in ((64, splits.dev.long()), (8192, random_rows)):
+        model = HMM(DenseBlock(8, g), vocab, g)  # random transition and initial distribution
+        model.emission.data.fill_(1.0 / vocab)
+        nll = -model.log_likelihood(x).double().sum()
+        assert torch.exp(nll / x.numel()).item() == pytest.approx(vocab, rel=1e-4)
+    # a model that knows the unigram frequencies does better than uniform on this text
+    counts = torch.bincount(splits.train.long().flatten(), minlength=64).double() + 0.5
+    model = HMM(DenseBlock(1), 64)
+    model.emission.data.copy_((counts / counts.sum()).float()[None])
+    ppl = torch.exp(-model.log_likelihood(splits.dev.long()).double().sum()
+                    / splits.dev.numel()).item()
+    assert ppl < 64 * 0.8
+
+
+def test_official_layout_reader(tmp_path: Path) -> None:
+    shards = fake_lm1b(tmp_path / "lm1b")
+    opts = {"root": str(tmp_path / "lm1b"), "vocab_size": 80, "seq_len": 16,
+            "cache_dir": str(tmp_path / "cache"), "dev_sentences": 40}
+    with pytest.raises(DataError, match="allow_partial=true"):
+        lm1b.load(**opts)  # 3 of 99 training shards: refused unless asked for
+    splits = build_dataset({"name": "lm1b", **opts, "allow_partial": True})
+    train_all = [s for shard in shards["train"] for s in shard]
+    test_all = [s for shard in shards["test"] for s in shard]
+    info = splits.info
+    assert info["source"]["kind"] == "tarball"
+    assert [n for n, _ in info["source"]["train"]] == [f"news.en-{i:05d}-of-00100"
+                                                     for i in (1, 2, 3)]
+    assert (info["dev_split"]["sentences"], info["train_split"]["sentences"],
+            info["test_split"]["sentences"]) == (40, len(train_all) - 40, len(test_all))
+    sp = tok.load_sentencepiece(Path(info["tokenizer"]), 80)
+    for name, sentences in (("dev", train_all[:40]), ("train", train_all[40:]),
+                            ("test", test_all)):
+        rows = getattr(splits, name)
+        assert rows.flatten().tolist() == expected_stream(sp, sentences)[:rows.numel()]
+    capped = lm1b.load(**opts, allow_partial=True, max_train_sentences=100)
+    assert capped.info["train_split"]["sentences"] == 100
+    assert torch.equal(capped.dev, splits.dev)
+
+
+def test_saved_hugging_face_copy(tmp_path: Path, monkeypatch) -> None:
+    datasets = pytest.importorskip("datasets")
+    train, test = fake_sentences(300, 1), fake_sentences(120, 2)
+    dd = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": train}),
+                               "test": datasets.Dataset.from_dict({"text": test})})
+    dd.save_to_disk(str(tmp_path / "hf"))
+    splits = lm1b.load(root=str(tmp_path / "hf"), vocab_size=80, seq_len=16,
+                       cache_dir=str(tmp_path / "cache"), dev_sentences=30)  # source=auto
+    assert splits.info["source"]["kind"] == "disk"
+    assert (splits.info["dev_split"]["sentences"], splits.info["train_split"]["sentences"],
+            splits.info["test_split"]["sentences"]) == (30, 270, 120)
+    sp = tok.load_sentencepiece(Path(splits.info["tokenizer"]), 80)
+    assert splits.test.flatten().tolist() == expected_stream(sp, test)[:splits.test.numel()]
+    # source=hf goes through load_dataset(hf_name, revision=...) (stubbed: no network here)
+    calls = []
+    monkeypatch.setattr(datasets, "load_dataset",
+                        lambda name, revision=None: calls.append((name, revision)) or dd)
+    hub = lm1b.load(source="hf", hf_name="someone/lm1b", hf_revision="refs/convert/parquet",
+                    vocab_size=80, seq_len=16, cache_dir=str(tmp_path / "cache"),
+                    dev_sentences=30)
+    assert calls == [("someone/lm1b", "refs/convert/parquet")]
+    assert hub.info["source"]["kind"] == "hf"
+    assert all(hub.info[f"{k}_split"]["sentences"] == splits.info[f"{k}_split"]["sentences"]
+               for k in ("train", "dev", "test"))
+
+
+def test_missing_data_errors_name_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(DataError) as err:
+        lm1b.load(root=str(tmp_path / "nowhere"))
+    msg = str(err.value)
+    assert lm1b.URL in msg and "tar -xzf" in msg and lm1b.TRAIN_DIR in msg
+    assert "source=disk" in msg and "source=hf" in msg
+    with pytest.raises(DataError, match=re.escape("dataset.source")):
+        lm1b.load(root=str(tmp_path), source="s3")
+    with pytest.raises(DataError, match="source=disk"):
+        lm1b.load(root=str(tmp_path / "nowhere"), source="disk")
+    with pytest.raises(DataError, match=re.escape("dataset.path")):
+        lines.load(path=str(tmp_path / "missing.txt.xz"))
+    bad = tmp_path / "corrupt.txt.xz"
+    bad.write_bytes(b"not xz at all")
+    with pytest.raises(DataError, match="re-fetch"):
+        lines.load(path=str(bad))
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text("\n".join(fake_sentences(200, 5)) + "\n")
+    with pytest.raises(DataError, match=re.escape("smaller dataset.seq_len")):
+        lines.load(path=str(tiny), vocab_size=60, seq_len=4096, cache_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize("dataset", ["lm1b", "wikitext2"])
+def test_dataset_configs_match_the_loaders(dataset: str) -> None:
+    """Every key of configs/dataset/<name>.yaml is an argument of the loader or of the
+    tokenizer pipeline it forwards to (the loaders take **token_options)."""
+    cfg = OmegaConf.to_container(compose_config([f"dataset={dataset}"]).dataset, resolve=True)
+    module, func = LOADERS[cfg["name"]].split(":")
+    loader = getattr(__import__(module, fromlist=[func]), func)
+    own = set(inspect.signature(loader).parameters) - {"token_options"}
+    pipeline = set(inspect.signature(tok.build_token_splits).parameters) - {
+        "name", "source", "train", "dev", "test", "tokenizer_text", "tokenizer_source"}
+    keys = set(cfg) - set(EVAL_KEYS)
+    assert keys - own - pipeline == set()
+    assert pipeline <= keys  # every tokenizer setting is visible in the config
+    assert cfg["vocab_size"] == (8192 if dataset == "lm1b" else 4096)
+    assert cfg["seq_len"] == 128 and Path(cfg["cache_dir"]).is_absolute()
