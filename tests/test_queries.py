@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from tiny_runs import text8_rows
 
 from monarchpc.circuits.factory import build_model
 from monarchpc.circuits.hmm import MISSING
@@ -21,6 +21,13 @@ from monarchpc.circuits.queries import (
 from monarchpc.reports import tables
 from monarchpc.reports.measure import evaluate_pruning, load_model, measure_sampling
 from monarchpc.reports.records import load_run, load_runs
+from tests.report_runs import REPO_ROOT, shared_runs, text8_rows
+
+
+@pytest.fixture
+def runs() -> dict[str, Path]:
+    """name -> run directory of the session's small real runs (tests/report_runs.py)."""
+    return shared_runs()
 
 CONFIGS = [{"structure": "hmm", "block": "dense", "hidden_size": 12},
            {"structure": "hmm", "block": "monarch", "hidden_size": 16, "k": 2},
@@ -143,6 +150,18 @@ def test_eval_pruning_writes_pruning_json(runs, tmp_path):
 
     paths = figure6([rec], tmp_path)
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+@pytest.mark.skipif(not (REPO_ROOT / "monarchpc" / "data" / "chars.py").is_file(),
+                    reason="the chars data loader is not in this checkout yet")
+def test_eval_pruning_rebuilds_the_test_split_from_the_config(runs, tmp_path):
+    run = tmp_path / "copy"
+    shutil.copytree(runs["hmm16"], run)
+    r = evaluate_pruning(run, [0.0, 0.5], device="cpu", max_rows=1000)
+    rows = text8_rows()["test"]
+    assert r["rows"] == len(rows) and r["seq_len"] == rows.shape[1]
+    assert r["points"][0]["bits_per_token"] == pytest.approx(
+        json.loads((run / "run.json").read_text())["final"]["test_bpc"], abs=1e-5)
 
 
 def test_load_model_rejects_missing_checkpoint(tmp_path, runs):

@@ -22,6 +22,13 @@ from monarchpc.reports.records import (
     record_from_wandb,
     select,
 )
+from tests.report_runs import shared_runs
+
+
+@pytest.fixture
+def runs() -> dict[str, Path]:
+    """name -> run directory of the session's small real runs (tests/report_runs.py)."""
+    return shared_runs()
 
 DS = "chars"  # the tiny runs are on the text8 prefix, recorded as "chars"
 
@@ -51,14 +58,15 @@ def test_find_and_load_runs_recursively(runs):
     assert rec.config["model"]["hidden_size"] == 64 and rec.kind == "Monarch-2"
 
 
-def test_running_run_and_truncated_metrics(runs, tmp_path):
-    rec = load_run(runs["m2_64_running"])
-    assert rec.status == "running" and rec.final is None
-    assert rec.value("test") == rec.history[-1]["test_bpc"]  # latest evaluation
+def test_stopped_run_and_truncated_metrics(runs, tmp_path):
+    rec = load_run(runs["m2_64_stopped"])
+    assert rec.status == "interrupted" and not rec.finished
+    assert rec.value("test") == rec.history[-1]["test_bpc"]  # its latest evaluation
+    assert not rec.history[-1]["final"] and rec.history[-1]["update"] == 2
     copy = tmp_path / "copy"
     copy.mkdir()
     for name in ("run.json", "metrics.jsonl"):
-        (copy / name).write_text((runs["m2_64_running"] / name).read_text())
+        (copy / name).write_text((runs["m2_64_stopped"] / name).read_text())
     with open(copy / "metrics.jsonl", "a") as f:
         f.write('{"update": 4, "dev_b')  # a line being written
     assert len(load_run(copy).history) == len(rec.history)
@@ -205,15 +213,14 @@ def _check_files(paths: list[Path]) -> None:
         assert data[:4] == (b"\x89PNG" if p.suffix == ".png" else b"%PDF"), p
 
 
-def test_plots_from_runs(runs, tmp_path):
+def test_scaling_plot_points_from_runs(runs, tmp_path):
     records = load_runs([root_of(runs)])
-    paths = plots.build_plots(records, tmp_path, text8=DS)
-    assert {p.name for p in paths} == {f"{s}.{e}" for e in ("png", "pdf") for s in (
-        "figure4_bpc_vs_madds", "figure5_bpc_vs_hidden", "figure6_pruning",
-        "figure7_imagenet_bpd_vs_madds")}
-    _check_files(paths)
     pts = plots.our_points(records, DS, "hmm", 2)
     assert [r.hidden_size for r in pts] == [16, 64]
+    finished64 = [r for r in records
+                  if r.kind == "Monarch-2" and r.hidden_size == 64 and r.finished]
+    assert pts[1].name == min(finished64, key=lambda r: r.value("dev")).name
+    _check_files(plots.figure4(records, tmp_path, DS))
 
 
 def test_plots_without_runs(tmp_path):
@@ -229,6 +236,9 @@ def test_make_plots_script(runs, tmp_path, monkeypatch, capsys):
     make_plots.main()
     printed = capsys.readouterr().out
     assert printed.count("wrote ") == 8
+    assert {p.name for p in tmp_path.iterdir()} == {f"{s}.{e}" for e in ("png", "pdf") for s in (
+        "figure4_bpc_vs_madds", "figure5_bpc_vs_hidden", "figure6_pruning",
+        "figure7_imagenet_bpd_vs_madds")}
     _check_files(sorted(tmp_path.iterdir()))
 
 

@@ -84,7 +84,7 @@ def _scaling(records: Sequence[RunRecord], dataset: str, out: Path, x: str) -> l
         title, stem = "Figure 5: BPC vs hidden size", "figure5_bpc_vs_hidden"
     ax.set_ylabel("Test BPC (lower is better)")
     ax.set_title(f"{title} ({dataset})")
-    ax.grid(True, which="both", alpha=0.3)
+    ax.grid(True, alpha=0.3)
     if n_ours == 0:
         _message(ax, f"no runs of ours on {dataset!r} yet:\npaper's Table B.2 only (dashed)",
                  0.3, 0.12)
@@ -155,7 +155,7 @@ def figure7(records: Sequence[RunRecord], out: str | Path, dataset: str = "image
     ax.set_ylabel("Test BPD (lower is better)")
     tr = f" ({transform})" if transform else ""
     ax.set_title(f"Figure 7: {dataset}{tr} BPD vs multiply-adds per dim.")
-    ax.grid(True, which="both", alpha=0.3)
+    ax.grid(True, alpha=0.3)
     if n == 0:
         _message(ax, f"no HCLT runs of ours on {dataset!r}{tr} yet\n"
                      "(the paper prints no numbers for this figure)")

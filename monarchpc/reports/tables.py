@@ -217,9 +217,16 @@ def table2(records: Sequence[RunRecord], dataset: str = "text8",
 
 # ---------------------------------------------------------------------------- Table 3
 
-BATCH_KEYS = ("trainer.micro_batch_size", "trainer.batch_size", "optim.micro_batch_size",
-              "optim.batch_size")
+BATCH_KEYS = ("optim.batch_size",)  # rows per forward/backward pass (the micro-batch)
 SEQ_KEYS = ("dataset.seq_len",)
+
+
+def _as_int(v: object) -> int | None:
+    """An int setting, or None (unset, or an unresolved ${...} interpolation)."""
+    try:
+        return int(v)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return None
 
 
 def memory_formula_bytes(hidden_size: int, madds: int, k: int, seq_len: int, batch: int,
@@ -258,12 +265,11 @@ def table3(records: Sequence[RunRecord], dataset: str = "text8") -> Table:
             rows.append([model, f"${flops}$", f"${mem}$", f"{paper_gb}", f"{formula_gib:.0f}",
                          NO_RUN, DASH, DASH, DASH])
             continue
-        seq = run.setting(*SEQ_KEYS)
-        batch = run.setting(*BATCH_KEYS)
+        seq, batch = _as_int(run.setting(*SEQ_KEYS)), _as_int(run.setting(*BATCH_KEYS))
         pred = DASH
         if seq is not None and batch is not None and run.madds_per_token is not None:
             pred_bytes = memory_formula_bytes(run.hidden_size, run.madds_per_token, k or 1,
-                                              int(seq), int(batch))
+                                              seq, batch)
             pred = f"{pred_bytes / GIB:.3g} (T={seq}, B={batch})"
         peak = run.peak_gpu_memory_bytes
         rows.append([model, f"${flops}$", f"${mem}$", f"{paper_gb}", f"{formula_gib:.0f}",
