@@ -103,7 +103,7 @@ def train_with_loop(run_dir: Path, block: str, hidden_size: int, k: int | None =
     overrides = [
         "logger=none", "trainer.progress=false", "trainer.device=cpu",
         f"run_dir={run_dir}", f"paths.data_dir={run_dir.parent / 'data'}",
-        "dataset=chars", f"dataset.max_chars={MAX_CHARS}",
+        "dataset=chars", f"dataset.paths=[{TEXT8}]", f"dataset.max_chars={MAX_CHARS}",
         f"dataset.fractions=[{','.join(map(str, FRACTIONS))}]", f"dataset.seq_len={SEQ_LEN}",
         f"dataset.long_rows={LONG_ROWS}", f"model={model_name(block, k)}",
         f"model.hidden_size={hidden_size}", f"optim.batch_size={BATCH}", "optim.epochs=1",

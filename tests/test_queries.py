@@ -127,7 +127,7 @@ def test_measure_sampling_writes_run_json(runs, tmp_path, monkeypatch, capsys):
     assert rec.sampling_seconds_per_sequence == secs
     # the time reaches Table 1 when this run is the largest dense HMM (alone here)
     row = next(r for r in tables.table1([rec], "chars").rows if r[1] == "HMM")
-    assert row[6] == f"{secs:.3g}"
+    assert row[6] == f"{secs:.3g} (cpu, T=32)"
     again = measure_sampling(run, n=4, length=10, repeats=1, device="cpu")
     assert again["length"] == 10
 

@@ -16,6 +16,7 @@ from monarchpc.circuits.sum_block import factorize
 from monarchpc.reports import paper, plots, tables
 from monarchpc.reports.records import (
     find_run_dirs,
+    load_all,
     load_run,
     load_runs,
     load_wandb_runs,
@@ -96,12 +97,20 @@ def test_wandb_summary_becomes_the_same_record(runs):
     assert crashed.status == "interrupted" and crashed.final is None
     assert crashed.value("test") == from_dir.value("test")  # the latest logged value
 
-    fake_run = SimpleNamespace(name="m2", config=config, state="finished",
+    def fake_run(name, run_id):
+        return SimpleNamespace(name=name, id=run_id, config=config, state="finished",
                                summary=SimpleNamespace(_json_dict=summary),
                                scan_history=lambda: iter([]))
-    api = SimpleNamespace(runs=lambda project: [fake_run])
+
+    api = SimpleNamespace(runs=lambda project: [fake_run("m2", "abc")])
     [got] = load_wandb_runs("entity/project", api=api)
     assert got.hidden_size == 16 and got.value("test") == from_dir.value("test")
+    assert got.info["wandb_id"] == "abc"
+    # merged with the run dirs: a wandb run without an id that names a dir is dropped
+    api = SimpleNamespace(runs=lambda project: [fake_run("m2", "abc"),
+                                                fake_run(from_dir.name, None)])
+    merged = load_all([d], ["entity/project"], api=api)
+    assert sorted(r.source for r in merged) == ["dir", "wandb:entity/project"]
 
 
 # ------------------------------------------------------------------------------- paper

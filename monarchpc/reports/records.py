@@ -224,7 +224,7 @@ WANDB_STATES = {"finished": "finished", "running": "running", "crashed": "interr
 
 def record_from_wandb(name: str, config: dict[str, Any], summary: dict[str, Any],
                       state: str = "finished", history: list[dict[str, Any]] | None = None,
-                      project: str = "") -> RunRecord:
+                      project: str = "", run_id: str | None = None) -> RunRecord:
     """A :class:`RunRecord` from a wandb run: ``config`` is the composed config the run
     was started with (monarchpc.tracking passes it to ``wandb.init``), ``summary`` the last
     logged metrics (dev_bpc, test_bpc, ... as logged from metrics.jsonl), ``history`` the
@@ -236,6 +236,7 @@ def record_from_wandb(name: str, config: dict[str, Any], summary: dict[str, Any]
         if key in summary and key not in info:
             info[key] = summary[key]
     info.setdefault("name", name)
+    info.setdefault("wandb_id", run_id)
     info.setdefault("status", WANDB_STATES.get(state, state))
     metrics = {k: v for k, v in summary.items()
                if not k.startswith("_") and isinstance(v, int | float)}
@@ -247,7 +248,8 @@ def record_from_wandb(name: str, config: dict[str, Any], summary: dict[str, Any]
     return _record(info, config, rows, None, path=None, source=f"wandb:{project}")
 
 
-def load_wandb_runs(project: str, api: Any = None, with_history: bool = False) -> list[RunRecord]:
+def load_wandb_runs(project: str, api: Any = None, with_history: bool = False
+                    ) -> list[RunRecord]:
     """Records of every run of wandb ``project`` ("entity/project"); ``api`` defaults to
     ``wandb.Api()`` (needs network and a login)."""
     if api is None:
@@ -259,17 +261,24 @@ def load_wandb_runs(project: str, api: Any = None, with_history: bool = False) -
         summary = getattr(run.summary, "_json_dict", None) or dict(run.summary)
         history = list(run.scan_history()) if with_history else None
         out.append(record_from_wandb(run.name, dict(run.config), summary, run.state,
-                                     history, project))
+                                     history, project, getattr(run, "id", None)))
     return out
 
 
-def load_all(roots: Iterable[str | Path], wandb_projects: Iterable[str] = ()) -> list[RunRecord]:
-    """Run directories under ``roots`` plus wandb projects; a wandb run whose name is also
-    a run directory is dropped (the directory is the record of truth)."""
+def load_all(roots: Iterable[str | Path], wandb_projects: Iterable[str] = (),
+             api: Any = None) -> list[RunRecord]:
+    """Run directories under ``roots`` plus wandb projects; a wandb run that is also a run
+    directory (its id is the run.json's ``wandb_id``; by name only where a wandb run has
+    no id) is dropped: the directory is the record of truth."""
     records = load_runs(roots)
+    ids = {r.info.get("wandb_id") for r in records} - {None}
     names = {r.name for r in records}
     for project in wandb_projects:
-        records += [r for r in load_wandb_runs(project) if r.name not in names]
+        for r in load_wandb_runs(project, api):
+            wid = r.info.get("wandb_id")
+            if (wid in ids) if wid is not None else (r.name in names):
+                continue
+            records.append(r)
     return records
 
 
