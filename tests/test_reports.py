@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,6 +16,7 @@ from monarchpc.circuits.monarch import MonarchBlock
 from monarchpc.circuits.sum_block import factorize
 from monarchpc.reports import paper, plots, tables
 from monarchpc.reports.records import (
+    RunRecord,
     find_run_dirs,
     load_all,
     load_run,
@@ -164,6 +166,25 @@ def test_tables_without_runs_say_no_run():
     assert "320.78" in t4 and "190.34" in t4 and "0.0026" in t4
 
 
+def test_table5_and_figure7_place_image_runs(tmp_path):
+    # In-memory records (no image runs exist in this checkout): each lands in its column.
+    def rec(res, transform, block, h, bpd):
+        return RunRecord(name=f"{block}{res}{transform}{h}", dataset=f"imagenet{res}",
+                         metric="bpd", structure="hclt", block=block, hidden_size=h,
+                         madds_per_token=h * h, final={"dev_bpd": bpd, "test_bpd": bpd},
+                         info={"data": {"transform": transform}})
+
+    records = [rec(32, "lossless", "monarch", 256, 4.7), rec(32, "lossless", "monarch", 1024, 4.6),
+               rec(64, "lossy", "monarch", 256, 3.9), rec(64, "lossless", "dense", 64, 4.5),
+               rec(64, "lossless", "dense", 128, 4.4)]
+    rows = {r[0]: r for r in tables.table5(records).rows}
+    # columns: model, then (paper, ours) for 32 lossy, 32 lossless, 64 lossy, 64 lossless
+    assert rows["Monarch"][1:] == ["4.01", tables.NO_RUN, "4.62", "4.600", "3.74", "3.900",
+                                   "4.33", tables.NO_RUN]
+    assert rows["HCLT (dense)"][8] == "4.400" and rows["QPC"][2] == "—"
+    _check_files(plots.figure7(records, tmp_path))
+
+
 def test_table2_init_ablation(runs):
     records = load_runs([root_of(runs)])
     t = tables.table2(records, DS)
@@ -210,6 +231,12 @@ def test_make_tables_script_writes_files(runs, tmp_path, monkeypatch, capsys):
             assert (out / f"{key}{suffix}").stat().st_size > 0
             assert f"wrote {out / (key + suffix)}" in printed
     assert f"{final_test(runs['hmm16']):.3f}" in (out / "tables.md").read_text()
+    for t in tables.build_tables(load_runs([root_of(runs)]), text8=DS):  # well-formed LaTeX
+        body = t.latex().split("\\midrule\n")[1].split("\\bottomrule")[0].splitlines()
+        assert len(body) == len(t.rows)
+        for line in body:
+            assert len(re.split(r"(?<!\\)&", line)) == len(t.columns), line
+            assert line.count("$") % 2 == 0 and line.endswith("\\\\")
 
 
 # ------------------------------------------------------------------------------- plots

@@ -8,7 +8,8 @@ recognised by its ``run.json``. It holds
   peak_gpu_memory_bytes, final, sampling_seconds_per_sequence, vocab_size, ...);
 * ``metrics.jsonl``: one evaluation per line (update, epoch, tokens, train_flops,
   step_size, wall_time, ``<split>_<metric>``, final);
-* ``.hydra/config.yaml``: the composed config;
+* ``.hydra/config.yaml``: the composed config (what the Hydra CLI saves; ``config.yaml``
+  or ``config.json`` in the run directory are read where it is absent);
 * ``pruning.json`` (optional): written by ``scripts/eval_pruning.py``.
 
 Runs logged to wandb become the same :class:`RunRecord` through :func:`record_from_wandb`
@@ -29,6 +30,7 @@ import yaml
 from monarchpc.circuits.factory import ConfigError, resolve_factors
 
 METRICS = ("bpc", "bpd", "ppl")
+CONFIG_FILES = (".hydra/config.yaml", "config.yaml", "config.json")  # first found is read
 
 
 @dataclass
@@ -90,17 +92,11 @@ class RunRecord:
 
     @property
     def transform(self) -> str | None:
-        """"lossless" (YCoCg-R) or "lossy" (quantized YCoCg) for image runs, else None."""
-        raw = self.info.get("transform") or _get(self.config, "dataset.transform") \
-            or _get(self.config, "dataset.color") or _get(self.config, "dataset.color_transform")
-        if raw is None:
-            return None
-        raw = str(raw).lower().replace("-", "_")
-        if raw in ("lossless", "ycocg_r", "ycocgr"):
-            return "lossless"
-        if raw in ("lossy", "ycocg", "ycocg_lossy", "ycocg_quantized"):
-            return "lossy"
-        return raw
+        """The colour transform of an image run: "lossless" (YCoCg-R), "lossy" (quantized
+        YCoCg) or "rgb"; None for other runs."""
+        raw = (self.info.get("transform") or _get(self.info, "data.transform")
+               or _get(self.config, "dataset.transform"))
+        return None if raw is None else str(raw)
 
     def setting(self, *names: str) -> Any:
         """The first config value found among dotted ``names`` (None if none is set)."""
@@ -154,8 +150,11 @@ def load_run(run_dir: str | Path) -> RunRecord:
     """The :class:`RunRecord` of one run directory."""
     run_dir = Path(run_dir)
     info = json.loads((run_dir / "run.json").read_text())
-    cfg_path = run_dir / ".hydra" / "config.yaml"
-    config = (yaml.safe_load(cfg_path.read_text()) or {}) if cfg_path.is_file() else {}
+    config: dict[str, Any] = {}
+    for name in CONFIG_FILES:
+        if (run_dir / name).is_file():
+            config = yaml.safe_load((run_dir / name).read_text()) or {}  # JSON is YAML too
+            break
     pruning_path = run_dir / "pruning.json"
     pruning = json.loads(pruning_path.read_text()) if pruning_path.is_file() else None
     return _record(info, config, read_metrics(run_dir / "metrics.jsonl"), pruning,
@@ -193,7 +192,9 @@ def _record(info: dict[str, Any], config: dict[str, Any], history: list[dict[str
             factors = None
     factors = [int(b) for b in factors] if factors else None
     k = pick("k")
-    k = None if block == "dense" else int(k if k is not None else len(factors or [0, 0]))
+    if k is None and factors:
+        k = len(factors)
+    k = None if block == "dense" or k is None else int(k)
     madds = info.get("madds_per_token")
     if madds is None and pick("structure", "hmm") == "hmm":
         madds = hidden**2 if block == "dense" else (hidden * sum(factors) if factors else None)
