@@ -55,12 +55,13 @@ def pruned_log_likelihood(hmm: HMM, x: Tensor, keep_fraction: float,
     The recursion is HMM.log_likelihood's, right to left in scaled linear space:
     y_T = B[:, x_T]; y_t = B[:, x_t] * (A @ keep_top(y_{t+1} / s_{t+1})); p = g . keep_top(y_1)
     where s_t is the sum of the vector (its log is accumulated). Pruning happens exactly on
-    the normalized vector fed into each sum block: into the transition A at every one of
-    the T - 1 steps, and into the root (the dot product with the initial distribution g).
-    With ``between_layers=True`` and a Monarch transition, the intermediate vector between
-    consecutive Monarch layers is pruned too ("across all layers"). Pruning keeps the
-    ``ceil(keep_fraction * h)`` largest entries of each row; top-k is scale-invariant, so
-    this equals pruning the unnormalized values.
+    the vector fed into each sum block: the normalized y_{t+1} / s_{t+1} fed into the
+    transition A at every one of the T - 1 steps, and y_1 fed into the root (the dot
+    product with the initial distribution g). With ``between_layers=True`` and a Monarch
+    transition, the intermediate vector fed into every further Monarch layer is pruned too
+    ("across all layers"). Pruning keeps the ``ceil(keep_fraction * h)`` largest entries of
+    each row (at least one); top-k is scale-invariant, so this equals pruning the
+    unnormalized values. Emission products are not pruned: they only rescale entries.
     """
     if x.dim() != 2:
         raise ValueError(f"expected token rows (N, T), got shape {tuple(x.shape)}")
