@@ -61,7 +61,7 @@ def pruned_log_likelihood(hmm: HMM, x: Tensor, keep_fraction: float,
     transition, the intermediate vector fed into every further Monarch layer is pruned too
     ("across all layers"). Pruning keeps the ``ceil(keep_fraction * h)`` largest entries of
     each row (at least one); top-k is scale-invariant, so this equals pruning the
-    unnormalized values. Emission products are not pruned: they only rescale entries.
+    unnormalized values.
     """
     if x.dim() != 2:
         raise ValueError(f"expected token rows (N, T), got shape {tuple(x.shape)}")
