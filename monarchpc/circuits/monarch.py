@@ -29,7 +29,7 @@ class MonarchBlock(SumBlock):
     """Monarch-k sum block over ``factors`` (b_0, ..., b_{k-1}); see the module docstring."""
 
     def __init__(self, factors: list[int] | tuple[int, ...],
-                 generator: torch.Generator | None = None, perturbation: float = 2.0) -> None:
+                 generator: torch.Generator | None = None, perturbation: float = 8.0) -> None:
         super().__init__()
         self.factors = [int(b) for b in factors]
         if any(b < 1 for b in self.factors):
@@ -80,7 +80,7 @@ class MonarchBlock(SumBlock):
         # M = L_0 L_1 ... L_{k-1}: a row of M is reached by walking the layers in order.
         z = z.clone()
         for d in range(self.k):
-            pre, post, b, _ = self.layer_shape(d)
+            _pre, post, b, _ = self.layer_shape(d)
             p, rest = z // (b * post), z % (b * post)
             i, q = rest // post, rest % post
             rows = self.layers[d].detach()[p, q, i]  # (N, b)

@@ -28,7 +28,7 @@ def normalize(t: Tensor, dim: int = -1) -> Tensor:
 
 
 def random_stochastic(shape: tuple[int, ...], generator: torch.Generator | None,
-                      perturbation: float = 2.0) -> Tensor:
+                      perturbation: float = 8.0) -> Tensor:
     """Random stochastic tensor (linear space) normalized along its last dimension.
 
     Entries are exp(-perturbation * u), u ~ U(0, 1), then normalized: perturbation 0 gives
@@ -79,7 +79,7 @@ def factorize(hidden_size: int, k: int) -> list[int]:
     best: list[int] | None = None
     target = hidden_size ** (1.0 / k)
     # choose the first factor as the largest divisor not above the k-th root, recurse
-    for b in range(int(math.floor(target + 1e-9)), 1, -1):
+    for b in range(math.floor(target + 1e-9), 1, -1):
         if hidden_size % b == 0:
             try:
                 rest = factorize(hidden_size // b, k - 1)
