@@ -94,24 +94,27 @@ def model_name(block: str, k: int | None) -> str:
 
 
 def train_with_loop(run_dir: Path, block: str, hidden_size: int, k: int | None = None,
-                    seed: int = 0, stop_after: int | None = None) -> Path:
-    """A random-init run through ``monarchpc.train.run`` on the 50,000-character prefix."""
-    from hydra import compose, initialize_config_dir
-    from monarchpc.train import run
+                    seed: int = 0, stop_after: int | None = None,
+                    cache_dir: Path | None = None) -> Path:
+    """A random-init run through ``monarchpc.train.run`` on the 50,000-character prefix
+    (the encoded characters are cached in ``cache_dir``: share one between runs)."""
     from omegaconf import OmegaConf
 
+    from monarchpc.train import run
+    from tests.helpers import compose_config
+
     overrides = [
-        "logger=none", "trainer.progress=false", "trainer.device=cpu",
-        f"run_dir={run_dir}", f"paths.data_dir={run_dir.parent / 'data'}",
-        "dataset=chars", f"dataset.paths=[{TEXT8}]", f"dataset.max_chars={MAX_CHARS}",
-        f"dataset.fractions=[{','.join(map(str, FRACTIONS))}]", f"dataset.seq_len={SEQ_LEN}",
-        f"dataset.long_rows={LONG_ROWS}", f"model={model_name(block, k)}",
-        f"model.hidden_size={hidden_size}", f"optim.batch_size={BATCH}", "optim.epochs=1",
-        f"trainer.eval_every={EVAL_EVERY}", "trainer.eval_at_start=false", f"seed={seed}"]
+        "trainer.device=cpu", "dataset=chars", f"dataset.paths=[{TEXT8}]",
+        f"dataset.max_chars={MAX_CHARS}", f"dataset.fractions=[{','.join(map(str, FRACTIONS))}]",
+        f"dataset.seq_len={SEQ_LEN}", f"dataset.long_rows={LONG_ROWS}",
+        f"model={model_name(block, k)}", f"model.hidden_size={hidden_size}",
+        f"optim.batch_size={BATCH}", "optim.epochs=1", f"trainer.eval_every={EVAL_EVERY}",
+        "trainer.eval_at_start=false", f"seed={seed}"]
     if stop_after is not None:
         overrides.append(f"trainer.stop_after={stop_after}")
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
+    if cache_dir is not None:
+        overrides.append(f"dataset.cache_dir={cache_dir}")
+    cfg = compose_config(overrides, run_dir)
     run(cfg)
     # what the Hydra CLI saves beside every run (run() called directly does not)
     (run_dir / ".hydra").mkdir(exist_ok=True)
@@ -186,10 +189,10 @@ def train_own_loop(run_dir: Path, block: str, hidden_size: int, k: int | None = 
 
 def train_run(run_dir: Path, block: str, hidden_size: int, k: int | None = None,
               init: str = "random", factor_runs: list[Path] | None = None, seed: int = 0,
-              stop_after: int | None = None) -> Path:
+              stop_after: int | None = None, cache_dir: Path | None = None) -> Path:
     """One run: through the training loop when it exists and the init is random."""
     if HAVE_TRAIN_LOOP and init == "random":
-        return train_with_loop(run_dir, block, hidden_size, k, seed, stop_after)
+        return train_with_loop(run_dir, block, hidden_size, k, seed, stop_after, cache_dir)
     return train_own_loop(run_dir, block, hidden_size, k, init, factor_runs, seed, stop_after)
 
 
@@ -200,19 +203,21 @@ def make_runs(root: Path) -> dict[str, Path]:
     the dense 4 and 8 runs); Monarch-3 h = 64 (4x4x4); one Monarch-2 h = 64 run stopped
     after 2 updates (status "interrupted").
     """
+    data = root / "data"  # one cache of the encoded characters for every run
     runs: dict[str, Path] = {}
     for h in (4, 8, 16):
-        runs[f"hmm{h}"] = train_run(root / f"hmm_h{h}", "dense", h)
+        runs[f"hmm{h}"] = train_run(root / f"hmm_h{h}", "dense", h, cache_dir=data)
     sweep = root / "multirun" / "2025-01-01_12-00-00"
     for i, h in enumerate((16, 64)):
-        runs[f"m2_{h}_random"] = train_run(sweep / f"{i}-monarch2_hmm-h{h}", "monarch", h, k=2)
-    runs["m3_64"] = train_run(sweep / "2-monarch3_hmm-h64", "monarch", 64, k=3)
+        runs[f"m2_{h}_random"] = train_run(sweep / f"{i}-monarch2_hmm-h{h}", "monarch", h, k=2,
+                                           cache_dir=data)
+    runs["m3_64"] = train_run(sweep / "2-monarch3_hmm-h64", "monarch", 64, k=3, cache_dir=data)
     runs["m2_16_multiply"] = train_run(root / "m2_h16_multiply", "monarch", 16, k=2,
                                        init="multiply", factor_runs=[runs["hmm4"]] * 2)
     runs["m2_64_multiply"] = train_run(root / "m2_h64_multiply", "monarch", 64, k=2,
                                        init="multiply", factor_runs=[runs["hmm8"]] * 2)
     runs["m2_64_stopped"] = train_run(root / "m2_h64_stopped", "monarch", 64, k=2, seed=1,
-                                      stop_after=2)
+                                      stop_after=2, cache_dir=data)
     return runs
 
 

@@ -130,6 +130,12 @@ def test_measure_sampling_writes_run_json(runs, tmp_path, monkeypatch, capsys):
     assert row[6] == f"{secs:.3g} (cpu, T=32)"
     again = measure_sampling(run, n=4, length=10, repeats=1, device="cpu")
     assert again["length"] == 10
+    # a run.json rewritten by the training loop (no sampling fields) keeps the measurement
+    info = json.loads((run / "run.json").read_text())
+    for key in ("sampling_seconds_per_sequence", "sampling"):
+        info.pop(key)
+    (run / "run.json").write_text(json.dumps(info))
+    assert load_run(run).sampling_seconds_per_sequence == again["seconds_per_sequence"]
 
 
 def test_eval_pruning_writes_pruning_json(runs, tmp_path):

@@ -1,7 +1,7 @@
 """Measurements taken on a finished run's checkpoint and written back into its directory.
 
 * :func:`measure_sampling`: seconds per sampled sequence -> ``run.json``
-  ``sampling_seconds_per_sequence`` (Tables 1 and 4, "Time");
+  ``sampling_seconds_per_sequence`` and ``sampling.json`` (Tables 1 and 4, "Time");
 * :func:`evaluate_pruning`: bits per token with hidden states pruned -> ``pruning.json``
   (Figure 6).
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,9 +21,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from monarchpc import checkpoint
 from monarchpc.circuits.factory import build_model
 from monarchpc.circuits.hmm import HMM
 from monarchpc.circuits.queries import pruned_log_likelihood, sampling_seconds_per_sequence
+from monarchpc.tracking import write_json_atomic
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -42,10 +43,10 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu"
     """
     run_dir = Path(run_dir)
     info = json.loads((run_dir / "run.json").read_text())
-    path = run_dir / "checkpoint.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: the run saved no checkpoint")
-    ckpt = torch.load(path, map_location=device, weights_only=False)
+    ckpt = checkpoint.load(run_dir, map_location=device)
+    if ckpt is None:
+        raise FileNotFoundError(f"{run_dir / checkpoint.FILENAME} does not exist: the run "
+                                f"saved no checkpoint")
     config = ckpt["config"]
     if config["model"]["structure"] != "hmm":
         raise ValueError(f"{run_dir}: sampling time and pruning are measured for HMM runs "
@@ -59,11 +60,7 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu"
 def update_run_json(run_dir: str | Path, **fields: Any) -> None:
     """Set ``fields`` in ``run_dir/run.json`` (atomic rewrite)."""
     path = Path(run_dir) / "run.json"
-    info = json.loads(path.read_text())
-    info.update(fields)
-    tmp = path.with_name("run.json.tmp")
-    tmp.write_text(json.dumps(info, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, {**json.loads(path.read_text()), **fields})
 
 
 def seq_len_of(config: dict[str, Any], default: int = 256) -> int:
@@ -83,6 +80,8 @@ def measure_sampling(run_dir: str | Path, n: int = 128, length: int | None = Non
     result["device"] = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     update_run_json(run_dir, sampling_seconds_per_sequence=result["seconds_per_sequence"],
                     sampling=result)
+    # also beside run.json, which the training loop rewrites (e.g. when a run is resumed)
+    write_json_atomic(Path(run_dir) / "sampling.json", result)
     return result
 
 
@@ -123,6 +122,5 @@ def evaluate_pruning(run_dir: str | Path, pruned_fractions: Sequence[float],
               "seq_len": int(rows.shape[1]), "between_layers": between_layers,
               "metric": info.get("metric"), "hidden_size": model.hidden_size,
               "points": points}
-    path = Path(run_dir) / "pruning.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    write_json_atomic(Path(run_dir) / "pruning.json", result)
     return result

@@ -10,7 +10,8 @@ recognised by its ``run.json``. It holds
   step_size, wall_time, ``<split>_<metric>``, final);
 * ``.hydra/config.yaml``: the composed config (what the Hydra CLI saves; ``config.yaml``
   or ``config.json`` in the run directory are read where it is absent);
-* ``pruning.json`` (optional): written by ``scripts/eval_pruning.py``.
+* ``pruning.json``, ``sampling.json`` (optional): written by ``scripts/eval_pruning.py``
+  and ``scripts/measure_sampling.py``.
 
 Runs logged to wandb become the same :class:`RunRecord` through :func:`record_from_wandb`
 (offline-testable) and :func:`load_wandb_runs` (the thin API call).
@@ -157,6 +158,10 @@ def load_run(run_dir: str | Path) -> RunRecord:
             break
     pruning_path = run_dir / "pruning.json"
     pruning = json.loads(pruning_path.read_text()) if pruning_path.is_file() else None
+    sampling = run_dir / "sampling.json"  # kept if the training loop rewrote run.json
+    if info.get("sampling_seconds_per_sequence") is None and sampling.is_file():
+        info["sampling"] = json.loads(sampling.read_text())
+        info["sampling_seconds_per_sequence"] = info["sampling"]["seconds_per_sequence"]
     return _record(info, config, read_metrics(run_dir / "metrics.jsonl"), pruning,
                    path=str(run_dir), source="dir")
 
