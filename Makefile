@@ -10,7 +10,8 @@ TORCH_VERSION ?= 2.13.0
 # Extra Hydra overrides for any training target, e.g. make text8-hmm ARGS="trainer.max_epochs=1"
 ARGS ?=
 
-.PHONY: install demo test lint text8-hmm text8-monarch2 chars-text8-prefix clean-venv
+.PHONY: install demo test lint text8-hmm text8-monarch2 chars-text8-prefix clean-venv bench \
+	lm1b-hmm lm1b-monarch2 lm1b-sweep wikitext2-hmm wikitext2-monarch2 tables plots sampling-time pruning
 
 install: $(VENV)/.installed
 
@@ -49,3 +50,50 @@ chars-text8-prefix: install
 
 clean-venv:
 	rm -rf $(VENV)
+# LM1B needs the official release unpacked under data/lm1b (the loader's error says how).
+lm1b-hmm: install
+	$(PY) -m monarchpc.train experiment=lm1b_hmm $(ARGS)
+
+lm1b-monarch2: install
+	$(PY) -m monarchpc.train experiment=lm1b_monarch2 $(ARGS)
+
+# Dense vs Monarch-2 at three hidden sizes on 2M training sentences (Hydra multirun).
+lm1b-sweep: install
+	$(PY) -m monarchpc.train experiment=sweep_lm1b $(ARGS)
+
+# The LM1B pipeline on real text shipped in ../shared/data (WikiText-2 validation text).
+wikitext2-hmm: install
+	$(PY) -m monarchpc.train experiment=wikitext2_hmm $(ARGS)
+
+wikitext2-monarch2: install
+	$(PY) -m monarchpc.train experiment=wikitext2_monarch2 $(ARGS)
+RUNS ?= outputs
+OUT ?= docs/results
+# optional: read runs logged to wandb too, e.g. WANDB_PROJECT=me/monarchpc
+WANDB_PROJECT ?=
+# extra flags, e.g. TABLE_ARGS="--text8-dataset chars --table2-sizes 4096,8192,16384,32768"
+TABLE_ARGS ?=
+PLOT_ARGS ?=
+# the run directory (or directories) for sampling-time and pruning
+RUN ?=
+WANDB_FLAG = $(if $(WANDB_PROJECT),--wandb-project $(WANDB_PROJECT))
+
+
+tables: install
+	$(PY) scripts/make_tables.py --runs $(RUNS) --out $(OUT) $(WANDB_FLAG) $(TABLE_ARGS)
+
+plots: install
+	$(PY) scripts/make_plots.py --runs $(RUNS) --out $(OUT) $(WANDB_FLAG) $(PLOT_ARGS)
+
+# Table 1/4 "Time": writes sampling_seconds_per_sequence into $(RUN)/run.json
+sampling-time: install
+	$(PY) scripts/measure_sampling.py --run $(RUN)
+
+# Figure 6: writes $(RUN)/pruning.json
+pruning: install
+	$(PY) scripts/eval_pruning.py --run $(RUN) --fractions 0,0.5,0.75,0.9,0.95,0.99
+
+# E-step / EM-update throughput (GPU: the issue's cases; CPU: a tiny smoke test). JSON + Markdown.
+BENCH_ARGS ?=
+bench: install
+	$(PY) scripts/bench.py $(BENCH_ARGS)

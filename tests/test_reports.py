@@ -1,0 +1,289 @@
+"""Reports: run discovery, the paper's numbers, tables and plots from real tiny runs."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from monarchpc.circuits.monarch import MonarchBlock
+from monarchpc.circuits.sum_block import factorize
+from monarchpc.reports import paper, plots, tables
+from monarchpc.reports.records import (
+    RunRecord,
+    find_run_dirs,
+    load_all,
+    load_run,
+    load_runs,
+    load_wandb_runs,
+    record_from_wandb,
+    select,
+)
+from tests.report_runs import shared_runs
+
+
+@pytest.fixture
+def runs() -> dict[str, Path]:
+    """name -> run directory of the session's small real runs (tests/report_runs.py)."""
+    return shared_runs()
+
+DS = "chars"  # the tiny runs are on the text8 prefix, recorded as "chars"
+
+
+def root_of(runs: dict[str, Path]) -> Path:
+    return runs["hmm4"].parent
+
+
+def final_test(run_dir: Path, split: str = "test") -> float:
+    return json.loads((run_dir / "run.json").read_text())["final"][f"{split}_bpc"]
+
+
+# ----------------------------------------------------------------------------- records
+
+def test_find_and_load_runs_recursively(runs):
+    dirs = find_run_dirs([root_of(runs)])
+    assert set(dirs) == {p.resolve() for p in runs.values()}  # multirun jobs included
+    assert find_run_dirs([runs["m3_64"]]) == [runs["m3_64"].resolve()]  # a run dir itself
+    rec = load_run(runs["m2_64_multiply"])
+    info = json.loads((runs["m2_64_multiply"] / "run.json").read_text())
+    assert (rec.dataset, rec.structure, rec.block, rec.k, rec.hidden_size, rec.init) == \
+        ("chars", "hmm", "monarch", 2, 64, "multiply")
+    assert rec.factors == [8, 8] and rec.madds_per_token == 64 * 16 == info["madds_per_token"]
+    assert rec.value("test") == info["final"]["test_bpc"]
+    assert rec.value("test_long") == info["final"]["test_long_bpc"]
+    assert rec.history[-1]["final"] and len(rec.history) == 3
+    assert rec.config["model"]["hidden_size"] == 64 and rec.kind == "Monarch-2"
+
+
+def test_stopped_run_and_truncated_metrics(runs, tmp_path):
+    rec = load_run(runs["m2_64_stopped"])
+    assert rec.status == "interrupted" and not rec.finished
+    assert rec.value("test") == rec.history[-1]["test_bpc"]  # its latest evaluation
+    assert not rec.history[-1]["final"] and rec.history[-1]["update"] == 2
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("run.json", "metrics.jsonl"):
+        (copy / name).write_text((runs["m2_64_stopped"] / name).read_text())
+    with open(copy / "metrics.jsonl", "a") as f:
+        f.write('{"update": 4, "dev_b')  # a line being written
+    assert len(load_run(copy).history) == len(rec.history)
+
+
+def test_selection_prefers_finished_then_dev(runs):
+    records = load_runs([root_of(runs)])
+    chosen = select(records, dataset=DS, structure="hmm", block="monarch", k=2, hidden_size=64)
+    candidates = [r for r in records if r.kind == "Monarch-2" and r.hidden_size == 64]
+    assert len(candidates) == 3
+    finished = [r for r in candidates if r.finished]
+    assert chosen.finished
+    assert chosen.value("dev") == min(r.value("dev") for r in finished)
+
+
+def test_wandb_summary_becomes_the_same_record(runs):
+    d = runs["m2_16_multiply"]
+    from_dir = load_run(d)
+    config = yaml.safe_load((d / ".hydra" / "config.yaml").read_text())
+    summary = {**from_dir.final, "_step": 6, "_runtime": 1.5}
+    rec = record_from_wandb(from_dir.name, config, summary, "finished", project="p")
+    for field in ("name", "dataset", "metric", "structure", "block", "k", "factors",
+                  "hidden_size", "madds_per_token", "init", "status"):
+        assert getattr(rec, field) == getattr(from_dir, field), field
+    assert rec.value("test") == from_dir.value("test") and rec.source == "wandb:p"
+    crashed = record_from_wandb("x", config, summary, "crashed")
+    assert crashed.status == "interrupted" and crashed.final is None
+    assert crashed.value("test") == from_dir.value("test")  # the latest logged value
+
+    def fake_run(name, run_id):
+        return SimpleNamespace(name=name, id=run_id, config=config, state="finished",
+                               summary=SimpleNamespace(_json_dict=summary),
+                               scan_history=lambda: iter([]))
+
+    api = SimpleNamespace(runs=lambda project: [fake_run("m2", "abc")])
+    [got] = load_wandb_runs("entity/project", api=api)
+    assert got.hidden_size == 16 and got.value("test") == from_dir.value("test")
+    assert got.info["wandb_id"] == "abc"
+    # merged with the run dirs: a wandb run without an id that names a dir is dropped
+    api = SimpleNamespace(runs=lambda project: [fake_run("m2", "abc"),
+                                                fake_run(from_dir.name, None)])
+    merged = load_all([d], ["entity/project"], api=api)
+    assert sorted(r.source for r in merged) == ["dir", "wandb:entity/project"]
+
+
+# ------------------------------------------------------------------------------- paper
+
+def test_paper_b2_flops_match_our_block_formulas():
+    for k, points in paper.TABLE_B2.items():
+        for h, flops, _ in points:
+            ours = h * h if k is None else h * sum(factorize(h, k))
+            assert ours == flops, (k, h)
+    for factors in ([4, 8], [2, 3, 4]):  # the formula above is MonarchBlock's count
+        assert MonarchBlock(factors).madds() == math.prod(factors) * sum(factors)
+
+
+def test_paper_table3_memory_column_matches_formula():
+    ex = paper.TABLE3_EXAMPLE
+    h = ex["hidden_size"]
+    for _, k, _, _, gb in paper.TABLE3:
+        madds = h * h if k is None else h * sum(factorize(h, k))
+        b = tables.memory_formula_bytes(h, madds, k or 1, ex["seq_len"], ex["batch_size"])
+        assert round(b / 2**30) == gb
+
+
+# ------------------------------------------------------------------------------ tables
+
+def test_table1_paper_and_ours(runs):
+    records = load_runs([root_of(runs)])
+    t = tables.table1(records, DS)
+    md = t.markdown()
+    for number in ("1.69", "1.57", "0.006", "0.017", "1.61", "3.6"):
+        assert number in md
+    hmm_row = next(r for r in t.rows if r[1] == "HMM")
+    mon_row = next(r for r in t.rows if r[1] == "Monarch-HMM")
+    assert hmm_row[3] == f"{final_test(runs['hmm16']):.3f}"  # the largest dense HMM
+    assert hmm_row[4] == f"{final_test(runs['hmm16'], 'test_long'):.3f}"
+    best64 = min((runs["m2_64_random"], runs["m2_64_multiply"]),
+                 key=lambda d: json.loads((d / "run.json").read_text())["final"]["dev_bpc"])
+    assert mon_row[3] == f"{final_test(best64):.3f}"  # largest Monarch-2, lowest dev
+    assert "not measured" in hmm_row[6]
+    tex = t.latex()
+    assert "\\begin{tabular}" in tex and "\\toprule" in tex and hmm_row[3] in tex
+    assert "hmm\\_h16" in tex and "hmm_h16" not in tex  # escaped
+
+
+def test_tables_without_runs_say_no_run():
+    for t in tables.build_tables([]):
+        assert tables.NO_RUN in t.markdown(), t.key
+    t5 = tables.table5([]).markdown()
+    for number in ("4.01", "4.62", "3.74", "4.33", "4.06", "3.80"):
+        assert number in t5
+    t4 = tables.table4([]).markdown()
+    assert "320.78" in t4 and "190.34" in t4 and "0.0026" in t4
+
+
+def test_table5_and_figure7_place_image_runs(tmp_path):
+    # In-memory records (no image runs exist in this checkout): each lands in its column.
+    def rec(res, transform, block, h, bpd):
+        return RunRecord(name=f"{block}{res}{transform}{h}", dataset=f"imagenet{res}",
+                         metric="bpd", structure="hclt", block=block, hidden_size=h,
+                         madds_per_token=h * h, final={"dev_bpd": bpd, "test_bpd": bpd},
+                         info={"data": {"transform": transform}})
+
+    records = [rec(32, "lossless", "monarch", 256, 4.7), rec(32, "lossless", "monarch", 1024, 4.6),
+               rec(64, "lossy", "monarch", 256, 3.9), rec(64, "lossless", "dense", 64, 4.5),
+               rec(64, "lossless", "dense", 128, 4.4)]
+    rows = {r[0]: r for r in tables.table5(records).rows}
+    # columns: model, then (paper, ours) for 32 lossy, 32 lossless, 64 lossy, 64 lossless
+    assert rows["Monarch"][1:] == ["4.01", tables.NO_RUN, "4.62", "4.600", "3.74", "3.900",
+                                   "4.33", tables.NO_RUN]
+    assert rows["HCLT (dense)"][8] == "4.400" and rows["QPC"][2] == "—"
+    _check_files(plots.figure7(records, tmp_path))
+
+
+def test_table2_init_ablation(runs):
+    records = load_runs([root_of(runs)])
+    t = tables.table2(records, DS)
+    assert [r[1] for r in t.rows] == ["16", "64", "—", "—"]
+    for row, h in zip(t.rows[:2], (16, 64), strict=True):
+        rnd, mul = runs[f"m2_{h}_random"], runs[f"m2_{h}_multiply"]
+        assert row[3] == f"{final_test(rnd):.3f}" and row[5] == f"{final_test(mul):.3f}"
+        assert row[6] == f"{final_test(rnd) - final_test(mul):.3f}"
+    assert t.rows[0][2] == "2.25" and t.rows[3][4] == "1.81"
+    assert tables.NO_RUN in t.rows[3][-1]
+
+
+def test_table3_and_b2(runs):
+    records = load_runs([root_of(runs)])
+    t3 = tables.table3(records, DS)
+    by_model = {r[0]: r for r in t3.rows}
+    assert by_model["HMM"][4] == "288" and by_model["Monarch 2"][4] == "65"
+    assert by_model["Monarch 2"][6] == "1,024"  # 64 * (8 + 8), from run.json
+    assert by_model["Monarch 3"][6] == "768"
+    assert "T=32, B=256" in by_model["HMM"][7]  # read from the run's config
+    assert by_model["HMM"][8] == "—"  # CPU runs measure no GPU memory
+    assert by_model["Monarch 4"][5] == tables.NO_RUN
+    b2 = tables.table_b2(records, DS)
+    rows = {(r[0], r[1]): r for r in b2.rows}
+    assert rows[("Monarch-2", "$2^{19}$")][2:4] == ["805,306,368", "1.578"]
+    assert rows[("Monarch-2", "$2^{6}$")][4] == "1,024"  # ours only: paper columns empty
+    assert rows[("Monarch-2", "$2^{6}$")][2] == "—"
+    assert rows[("HMM", "$2^{12}$")][5] == tables.NO_RUN
+
+
+def test_make_tables_script_writes_files(runs, tmp_path, monkeypatch, capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import make_tables
+
+    out = tmp_path / "results"
+    monkeypatch.setattr(sys, "argv", ["make_tables.py", "--runs", str(root_of(runs)),
+                                      "--out", str(out), "--text8-dataset", DS])
+    make_tables.main()
+    printed = capsys.readouterr().out
+    assert "loaded 9 runs" in printed
+    for key in ("table1_text8", "table2_init", "table3_memory", "table4_lm1b",
+                "table5_imagenet", "tableB2_scaling"):
+        for suffix in (".md", ".tex"):
+            assert (out / f"{key}{suffix}").stat().st_size > 0
+            assert f"wrote {out / (key + suffix)}" in printed
+    assert f"{final_test(runs['hmm16']):.3f}" in (out / "tables.md").read_text()
+    for t in tables.build_tables(load_runs([root_of(runs)]), text8=DS):  # well-formed LaTeX
+        body = t.latex().split("\\midrule\n")[1].split("\\bottomrule")[0].splitlines()
+        assert len(body) == len(t.rows)
+        for line in body:
+            assert len(re.split(r"(?<!\\)&", line)) == len(t.columns), line
+            assert line.count("$") % 2 == 0 and line.endswith("\\\\")
+
+
+# ------------------------------------------------------------------------------- plots
+
+def _check_files(paths: list[Path]) -> None:
+    assert paths
+    for p in paths:
+        data = p.read_bytes()
+        assert len(data) > 1000, p
+        assert data[:4] == (b"\x89PNG" if p.suffix == ".png" else b"%PDF"), p
+
+
+def test_scaling_plot_points_from_runs(runs, tmp_path):
+    records = load_runs([root_of(runs)])
+    pts = plots.our_points(records, DS, "hmm", 2)
+    assert [r.hidden_size for r in pts] == [16, 64]
+    finished64 = [r for r in records
+                  if r.kind == "Monarch-2" and r.hidden_size == 64 and r.finished]
+    assert pts[1].name == min(finished64, key=lambda r: r.value("dev")).name
+    _check_files(plots.figure4(records, tmp_path, DS))
+
+
+def test_plots_without_runs(tmp_path):
+    _check_files(plots.build_plots([], tmp_path))
+
+
+def test_make_plots_script(runs, tmp_path, monkeypatch, capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import make_plots
+
+    monkeypatch.setattr(sys, "argv", ["make_plots.py", "--runs", str(root_of(runs)),
+                                      "--out", str(tmp_path), "--text8-dataset", DS])
+    make_plots.main()
+    printed = capsys.readouterr().out
+    assert printed.count("wrote ") == 8
+    assert {p.name for p in tmp_path.iterdir()} == {f"{s}.{e}" for e in ("png", "pdf") for s in (
+        "figure4_bpc_vs_madds", "figure5_bpc_vs_hidden", "figure6_pruning",
+        "figure7_imagenet_bpd_vs_madds")}
+    _check_files(sorted(tmp_path.iterdir()))
+
+
+@pytest.mark.parametrize("value", [1.0, math.nan])
+def test_missing_or_nan_metric_is_no_value(runs, tmp_path, value):
+    d = tmp_path / "r"
+    d.mkdir()
+    info = json.loads((runs["hmm4"] / "run.json").read_text())
+    info["final"] = {"dev_bpc": value, "test_bpc": value if value == 1.0 else math.nan}
+    (d / "run.json").write_text(json.dumps(info))
+    rec = load_run(d)
+    assert rec.value("test") == (1.0 if value == 1.0 else None)
