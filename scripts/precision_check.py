@@ -1,0 +1,61 @@
+"""Accuracy of the low-precision E-step on real text.
+
+Trains one configuration three times, with fp32, tf32 and bf16 matrix products in the
+fused E-step (evaluation always in fp32), and scores the fp32-trained model's dev split in
+each precision. Prints one JSON object; the README's Performance section quotes it.
+
+    python scripts/precision_check.py dataset=chars model.hidden_size=4096 optim.epochs=1
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+
+from monarchpc import checkpoint
+from monarchpc.circuits.factory import build_model
+from monarchpc.data import build_dataset
+from monarchpc.evaluate import metric_value, scorer, total_nll
+from monarchpc.paths import REPO_ROOT
+from monarchpc.train import run
+
+
+def main(overrides: list[str]) -> None:
+    out: dict = {"overrides": overrides, "train": {}, "score_fp32_model": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for precision in ("fp32", "tf32", "bf16"):
+            run_dir = Path(tmp) / precision
+            with initialize_config_dir(str(REPO_ROOT / "configs"), version_base="1.3"):
+                cfg = compose("train", overrides=["logger=none", "trainer.progress=false",
+                                                  f"run_dir={run_dir}", *overrides,
+                                                  f"trainer.precision={precision}"])
+            record = run(cfg)
+            out["train"][precision] = {k: v for k, v in record.items() if k.startswith("dev_")}
+            if precision == "fp32":
+                splits = build_dataset(cfg.dataset)
+                model = build_model(cfg.model, splits.vocab_size)
+                model.load_state_dict(checkpoint.load(run_dir)["model"])
+                model.to("cuda" if torch.cuda.is_available() else "cpu")
+                dev = splits.dev[: cfg.trainer.eval_max_rows or None]
+                for p in ("fp32", "tf32", "bf16"):
+                    torch.backends.cuda.matmul.allow_tf32 = p != "fp32"
+                    nll, units = total_nll(scorer(model, p), dev, 128,
+                                           next(model.parameters()).device)
+                    out["score_fp32_model"][p] = metric_value(splits.metric, nll, units)
+    base = out["train"]["fp32"]
+    out["train_dev_diff_vs_fp32"] = {p: {k: v - base[k] for k, v in r.items()}
+                                     for p, r in out["train"].items()}
+    s = out["score_fp32_model"]
+    out["score_diff_vs_fp32"] = {p: s[p] - s["fp32"] for p in s}
+    assert all(math.isfinite(v) for v in s.values())
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
