@@ -80,7 +80,7 @@ class MonarchBlock(SumBlock):
         # M = L_0 L_1 ... L_{k-1}: a row of M is reached by walking the layers in order.
         z = z.clone()
         for d in range(self.k):
-            pre, post, b, _ = self.layer_shape(d)
+            _pre, post, b, _ = self.layer_shape(d)
             p, rest = z // (b * post), z % (b * post)
             i, q = rest // post, rest % post
             rows = self.layers[d].detach()[p, q, i]  # (N, b)

@@ -79,7 +79,7 @@ def factorize(hidden_size: int, k: int) -> list[int]:
     best: list[int] | None = None
     target = hidden_size ** (1.0 / k)
     # choose the first factor as the largest divisor not above the k-th root, recurse
-    for b in range(int(math.floor(target + 1e-9)), 1, -1):
+    for b in range(math.floor(target + 1e-9), 1, -1):
         if hidden_size % b == 0:
             try:
                 rest = factorize(hidden_size // b, k - 1)
