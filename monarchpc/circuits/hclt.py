@@ -84,6 +84,8 @@ class HCLT(nn.Module):
         self.register_buffer("parent", torch.as_tensor(parent))
         self.register_buffer("order", torch.as_tensor(order), persistent=False)
         self.register_buffer("inverse", torch.as_tensor(position), persistent=False)
+        vocab_int = torch.as_tensor(self.vocab_sizes)[torch.as_tensor(order)]
+        self.register_buffer("vocab_int", vocab_int, persistent=False)
         self.tied = tied
         self.leaves = nn.ParameterList(
             nn.Parameter(random_stochastic(
@@ -147,13 +149,17 @@ class HCLT(nn.Module):
     def log_likelihood(self, x: Tensor) -> Tensor:
         """Natural-log likelihood of each row of ``x`` (N, D) LongTensor -> (N,).
 
-        Entries equal to MISSING (-1) are marginalized out.
+        Entries equal to MISSING (-1) are marginalized out; a value outside its variable's
+        vocabulary (which has probability zero) raises ValueError.
         """
         if x.dim() != 2 or x.shape[1] != self.num_vars:
             raise ValueError(f"expected rows (N, {self.num_vars}), got shape {tuple(x.shape)}")
         x = x[:, self.order].long()
         missing = x < 0
-        missing = missing if bool(missing.any()) else None
+        has_missing, too_large = torch.stack([missing.any(), (x >= self.vocab_int).any()]).tolist()
+        if too_large:
+            raise ValueError("a value lies outside its variable's vocabulary (vocab_sizes)")
+        missing = missing if has_missing else None
         x = x.clamp_min(0)
         tables, edges = self.leaf_tables(), self.blocks.split(self.edge_sizes)
         tiny = torch.finfo(self.root.dtype).tiny
