@@ -12,7 +12,7 @@ class DenseBlock(SumBlock):
     """Dense sum block. ``weight`` (h, h): row i holds sum node i's weights, rows sum to 1."""
 
     def __init__(self, hidden_size: int, generator: torch.Generator | None = None,
-                 perturbation: float = 2.0) -> None:
+                 perturbation: float = 8.0) -> None:
         super().__init__()
         self.hidden_size = hidden_size
         self.weight = nn.Parameter(
@@ -22,7 +22,7 @@ class DenseBlock(SumBlock):
     def from_matrix(cls, matrix: Tensor) -> DenseBlock:
         """A block holding ``matrix`` (h, h), row-stochastic, linear space."""
         block = cls(matrix.shape[0])
-        block.weight.data.copy_(matrix)
+        block.weight = nn.Parameter(matrix.detach().clone())
         return block
 
     def forward(self, y: Tensor) -> Tensor:

@@ -48,7 +48,7 @@ def resolve_factors(block: str, hidden_size: int, k: int | None = None,
 
 def build_sum_block(block: str, hidden_size: int, k: int | None = None,
                     factors: list[int] | None = None, generator: torch.Generator | None = None,
-                    perturbation: float = 2.0) -> SumBlock:
+                    perturbation: float = 8.0) -> SumBlock:
     """A dense or Monarch sum block of size ``hidden_size`` with random stochastic weights."""
     f = resolve_factors(block, hidden_size, k, factors)
     if f is None:
@@ -66,7 +66,7 @@ def build_model(cfg: Any, vocab_size: int, generator: torch.Generator | None = N
     ``vocab_size`` for all).
     """
     structure = cfg["structure"]
-    perturbation = float(cfg.get("perturbation", 2.0))
+    perturbation = float(cfg.get("perturbation", 8.0))
     if structure == "hmm":
         block = build_sum_block(cfg["block"], int(cfg["hidden_size"]), cfg.get("k"),
                                 cfg.get("factors"), generator, perturbation)

@@ -28,7 +28,7 @@ class HMM(nn.Module):
     """
 
     def __init__(self, transition: SumBlock, vocab_size: int,
-                 generator: torch.Generator | None = None, perturbation: float = 2.0) -> None:
+                 generator: torch.Generator | None = None, perturbation: float = 8.0) -> None:
         super().__init__()
         h = transition.hidden_size
         self.hidden_size = h

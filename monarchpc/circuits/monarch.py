@@ -29,7 +29,7 @@ class MonarchBlock(SumBlock):
     """Monarch-k sum block over ``factors`` (b_0, ..., b_{k-1}); see the module docstring."""
 
     def __init__(self, factors: list[int] | tuple[int, ...],
-                 generator: torch.Generator | None = None, perturbation: float = 2.0) -> None:
+                 generator: torch.Generator | None = None, perturbation: float = 8.0) -> None:
         super().__init__()
         self.factors = [int(b) for b in factors]
         if any(b < 1 for b in self.factors):

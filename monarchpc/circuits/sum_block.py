@@ -28,7 +28,7 @@ def normalize(t: Tensor, dim: int = -1) -> Tensor:
 
 
 def random_stochastic(shape: tuple[int, ...], generator: torch.Generator | None,
-                      perturbation: float = 2.0) -> Tensor:
+                      perturbation: float = 8.0) -> Tensor:
     """Random stochastic tensor (linear space) normalized along its last dimension.
 
     Entries are exp(-perturbation * u), u ~ U(0, 1), then normalized: perturbation 0 gives

@@ -10,6 +10,7 @@ is built.
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,10 @@ LOADERS: dict[str, str] = {
     "image_folder": "monarchpc.data.images:load_folder",
     "image_demo": "monarchpc.data.images:load_demo",
 }
+
+
+EVAL_KEYS = ("name", "long_rows")
+"""Dataset config keys read by the training loop, not passed to the loader."""
 
 
 class DataError(RuntimeError):
@@ -79,8 +84,14 @@ def build_dataset(cfg: Any) -> Splits:
         raise DataError(f"unknown dataset {name!r}; choose one of {sorted(LOADERS)} "
                         f"(configs/dataset/)")
     module, func = LOADERS[name].split(":")
-    options = {k: v for k, v in dict(cfg).items() if k != "name"}
-    splits: Splits = getattr(importlib.import_module(module), func)(**options)
+    options = {k: v for k, v in dict(cfg).items() if k not in EVAL_KEYS}
+    loader = getattr(importlib.import_module(module), func)
+    try:
+        inspect.signature(loader).bind(**options)
+    except TypeError as err:
+        raise DataError(f"dataset {name!r}: {err} (check the keys of configs/dataset/"
+                        f"{name}.yaml and your overrides)") from None
+    splits: Splits = loader(**options)
     splits.info.setdefault("name", name)
     return splits
 

@@ -1,0 +1,315 @@
+"""The training loop: one Hydra entry point for every data set and circuit.
+
+    python -m monarchpc.train experiment=demo
+    python -m monarchpc.train -m model=hmm,monarch2_hmm model.hidden_size=256,1024
+
+Flow: validate the config -> load data -> build (and initialize) the circuit -> stochastic
+mini-batch EM (flows of ``optim.accumulate`` micro-batches of ``optim.batch_size`` rows per
+update) -> evaluate every ``trainer.eval_every`` updates and at the end -> records in the
+run directory (``metrics.jsonl``, ``run.json``, ``checkpoint.pt``) and wandb.
+
+Interruption (Ctrl-C, SIGTERM) finishes at an update boundary and leaves a checkpoint;
+``resume=true`` continues the run in its directory to the same result as an
+uninterrupted run (data order is a function of seed and epoch, EM has no other randomness).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from monarchpc import checkpoint
+from monarchpc.circuits.factory import ConfigError, build_model, resolve_factors
+from monarchpc.data import DataError, Splits, build_dataset
+from monarchpc.evaluate import METRICS, evaluate, long_rows, metric_value
+from monarchpc.initialize import initialize
+from monarchpc.learning.em import accumulate_flows, em_step
+from monarchpc.learning.schedules import SCHEDULES, step_size
+from monarchpc.paths import REPO_ROOT
+from monarchpc.tracking import Tracker, write_json_atomic
+
+log = logging.getLogger("monarchpc")
+OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT), replace=True)
+
+# Keys whose change makes a checkpoint belong to a different run.
+RUN_IDENTITY = ("dataset", "model", "init", "optim", "seed")
+
+
+@dataclass
+class TrainState:
+    """Counters of a run, saved in every checkpoint (always at an update boundary)."""
+
+    update: int = 0  # EM updates done
+    epoch: int = 0  # current epoch, 0-based
+    micro: int = 0  # micro-batches of this epoch consumed by completed updates
+    tokens: int = 0  # training tokens (row positions) consumed by completed updates
+    train_seconds: float = 0.0  # wall time spent in training steps, over all segments
+    train_nll: float = 0.0  # training NLL (nats) of the updates since the last evaluation
+    train_units: int = 0  # ... and the positions it covers
+    wandb_id: str | None = None
+
+
+class StopRequest:
+    """Turns SIGINT/SIGTERM into a flag checked between micro-batches (a second Ctrl-C
+    interrupts at once)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequest:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("stop requested: finishing at the next update boundary (Ctrl-C again to "
+                    "abort without a checkpoint)")
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Fail fast, before any data or GPU work, on settings that cannot work."""
+    resolve_factors(cfg.model.block, int(cfg.model.hidden_size), cfg.model.get("k"),
+                    cfg.model.get("factors"))
+    o = cfg.optim
+    if o.schedule not in SCHEDULES:
+        raise ConfigError(f"optim.schedule={o.schedule!r} is unknown; use one of {SCHEDULES}")
+    for key in ("batch_size", "accumulate", "epochs"):
+        if int(o[key]) < 1:
+            raise ConfigError(f"optim.{key} must be >= 1, got {o[key]}")
+    if float(o.pseudocount) < 0:
+        raise ConfigError(f"optim.pseudocount must be >= 0, got {o.pseudocount}")
+    if cfg.trainer.precision not in ("fp32", "tf32"):
+        raise ConfigError(f"trainer.precision={cfg.trainer.precision!r}; use fp32 or tf32")
+    if cfg.trainer.long_eval not in ("never", "final", "always"):
+        raise ConfigError("trainer.long_eval must be never, final or always")
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("trainer.device=cuda but no CUDA GPU is visible; use trainer.device=cpu")
+    return torch.device(name)
+
+
+def check_vocab(cfg: DictConfig, splits: Splits) -> None:
+    want = cfg.model.get("vocab_size")
+    if want is not None and int(want) != splits.vocab_size:
+        raise ConfigError(f"model.vocab_size={want} but dataset {splits.info.get('name')} has a "
+                          f"vocabulary of {splits.vocab_size}; drop model.vocab_size (it follows "
+                          f"the data) or pick the matching dataset")
+    for name in ("train", "dev", "test"):
+        rows = getattr(splits, name)
+        if rows.numel() and int(rows.max()) >= splits.vocab_size:
+            raise DataError(f"{name} split holds token {int(rows.max())}, outside the vocabulary "
+                            f"of {splits.vocab_size}; the data cache is stale or corrupt: delete "
+                            f"it under data/ and rerun")
+
+
+def run_info(cfg: DictConfig, model: torch.nn.Module, splits: Splits, device: torch.device,
+             status: str, final: dict[str, Any] | None, state: TrainState) -> dict[str, Any]:
+    """The content of ``run.json`` (see tracking.py)."""
+    m = cfg.model
+    factors = resolve_factors(m.block, int(m.hidden_size), m.get("k"), m.get("factors"))
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    return {
+        "name": Path(cfg.run_dir).name, "dataset": splits.info.get("name"),
+        "metric": splits.metric, "structure": m.structure, "block": m.block,
+        "k": len(factors) if factors else None, "factors": factors,
+        "hidden_size": int(m.hidden_size), "vocab_size": splits.vocab_size,
+        "madds_per_token": model.madds_per_token(),
+        "num_params": sum(p.numel() for p in model.parameters()),
+        "init": cfg.init.name, "factor_runs": list(cfg.init.get("factor_runs") or []),
+        "status": status, "updates": state.update, "tokens": state.tokens,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "peak_gpu_memory_bytes": peak, "wandb_id": state.wandb_id, "data": splits.info,
+        "final": final,
+    }
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train as configured; returns the last evaluation record."""
+    validate(cfg)
+    run_dir = Path(cfg.run_dir)
+    torch.manual_seed(int(cfg.seed))
+    device = select_device(cfg.trainer.device)
+    torch.backends.cuda.matmul.allow_tf32 = cfg.trainer.precision == "tf32"
+    torch.backends.cudnn.allow_tf32 = cfg.trainer.precision == "tf32"
+
+    splits = build_dataset(cfg.dataset)
+    check_vocab(cfg, splits)
+    log.info(splits.describe())
+    generator = torch.Generator().manual_seed(int(cfg.seed))
+    model = build_model(cfg.model, splits.vocab_size, generator, splits.train_rows(0))
+    model = initialize(cfg, model, splits)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    state = TrainState()
+    ckpt = checkpoint.load(run_dir)
+    if ckpt is not None and not cfg.resume:
+        raise ConfigError(f"{run_dir} already holds a checkpoint; pass resume=true to continue "
+                          f"it, or choose another run_name")
+    if ckpt is not None:
+        changed = [k for k in RUN_IDENTITY if ckpt["config"].get(k) != config.get(k)]
+        if changed:
+            raise ConfigError(f"cannot resume {run_dir}: its {', '.join(changed)} config differs "
+                              f"from this one; use the same settings or another run_name")
+        model.load_state_dict(ckpt["model"])
+        state = TrainState(**ckpt["trainer"])
+        log.info(f"resuming {run_dir} at update {state.update}")
+    model.to(device)
+    log.info(f"model: {model}\n{model.madds_per_token():,} multiply-adds per token, on {device}")
+
+    tracker = Tracker(run_dir, dict(cfg.logger), config, state.wandb_id)
+    tracker.truncate_after(state.update)
+    state.wandb_id = tracker.wandb_id
+    try:
+        final = train(cfg, model, splits, device, state, tracker, run_dir, config)
+    finally:
+        tracker.close()
+    return final
+
+
+def train(cfg: DictConfig, model: torch.nn.Module, splits: Splits, device: torch.device,
+          state: TrainState, tracker: Tracker, run_dir: Path, config: dict[str, Any]
+          ) -> dict[str, Any]:
+    """The EM loop; returns the last evaluation record."""
+    o, t = cfg.optim, cfg.trainer
+    bs, acc, epochs = int(o.batch_size), int(o.accumulate), int(o.epochs)
+    micro_per_epoch = math.ceil(len(splits.train_rows(0)) / bs)
+    updates_per_epoch = math.ceil(micro_per_epoch / acc)
+    total_updates = updates_per_epoch * epochs
+    madds = model.madds_per_token()
+    metric = splits.metric
+    if metric not in METRICS:
+        raise DataError(f"dataset metric {metric!r} unknown")
+    eval_every = int(t.eval_every)
+    ckpt_every = int(t.checkpoint_every or eval_every)
+    stop_after = t.get("stop_after")
+    eta = step_size(o.schedule, state.update, total_updates, float(o.eta0), float(o.eta_min))
+    last: dict[str, Any] = {}
+
+    def evaluation(final: bool) -> dict[str, Any]:
+        model.eval()
+        dev = splits.dev if t.eval_max_rows is None else splits.dev[: int(t.eval_max_rows)]
+        sets = {"dev": dev, "test": splits.test}
+        long_wanted = t.long_eval == "always" or (t.long_eval == "final" and final)
+        if long_wanted and splits.test_stream is not None:
+            num_rows = int(cfg.dataset.get("long_rows", 125))
+            sets["test_long"] = long_rows(splits.test_stream, num_rows)
+        record: dict[str, Any] = {
+            "update": state.update, "epoch": state.update / updates_per_epoch,
+            "tokens": state.tokens, "train_flops": 6 * madds * state.tokens,
+            "madds_per_token": madds, "step_size": eta, "wall_time": state.train_seconds}
+        if state.train_units:
+            record[f"train_{metric}"] = metric_value(metric, state.train_nll, state.train_units)
+        record.update(evaluate(model, sets, metric, int(t.eval_batch_size), device))
+        record["final"] = final
+        state.train_nll, state.train_units = 0.0, 0
+        tracker.log(record)
+        model.train()
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in record.items()
+                          if k.endswith(f"_{metric}"))
+        log.info(f"update {state.update}/{total_updates} epoch {record['epoch']:.2f}: {shown}")
+        return record
+
+    def save(status: str, final: dict[str, Any] | None) -> None:
+        checkpoint.save(run_dir, model, asdict(state), config)
+        write_json_atomic(run_dir / "run.json",
+                          run_info(cfg, model, splits, device, status, final, state))
+
+    save("running", None)
+    if state.update == 0 and t.eval_at_start:
+        last = evaluation(final=False)
+    bar = tqdm(total=total_updates, initial=state.update, desc=run_dir.name, unit="upd",
+               disable=not t.progress, dynamic_ncols=True,
+               mininterval=1.0 if sys.stderr.isatty() else 30.0)
+    with StopRequest() as stop:
+        while state.update < total_updates and not stop.requested:
+            rows = splits.train_rows(state.epoch)
+            order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(
+                int(cfg.seed) * 1_000_003 + state.epoch))
+            while state.micro < micro_per_epoch and not stop.requested:
+                start = time.perf_counter()
+                group = range(state.micro, min(state.micro + acc, micro_per_epoch))
+                nll, units = 0.0, 0
+                for m in group:
+                    x = rows[order[m * bs:(m + 1) * bs]].to(device, non_blocking=True).long()
+                    nll -= float(accumulate_flows(model, x).double().sum())
+                    units += x.numel()
+                    if stop.requested:
+                        break
+                if stop.requested:  # drop the partial group: resume recomputes it
+                    model.zero_grad(set_to_none=True)
+                    break
+                eta = step_size(o.schedule, state.update, total_updates, float(o.eta0),
+                                float(o.eta_min))
+                em_step(model, eta, float(o.pseudocount))
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                state.update += 1
+                state.micro = group.stop
+                state.tokens += units
+                state.train_seconds += time.perf_counter() - start
+                state.train_nll += nll
+                state.train_units += units
+                bar.update(1)
+                bar.set_postfix({"eta": f"{eta:.3f}",
+                                 f"train_{metric}": f"{metric_value(metric, nll, units):.3f}"})
+                done = state.update == total_updates
+                if state.update % eval_every == 0 or done:
+                    last = evaluation(final=done)
+                if state.update % ckpt_every == 0 or done or state.update % eval_every == 0:
+                    save("finished" if done else "running", last or None)
+                if stop_after is not None and state.update >= int(stop_after):
+                    stop.requested = True
+            if state.micro >= micro_per_epoch:
+                state.epoch += 1
+                state.micro = 0
+        bar.close()
+        if state.update < total_updates:
+            save("interrupted", last or None)
+            log.warning(f"stopped at update {state.update}/{total_updates}; checkpoint in "
+                        f"{run_dir} (continue with resume=true run_name={run_dir.name})")
+    return last
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Console entry point; returns the final dev metric (for Hydra sweepers)."""
+    if cfg.run_dir is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        cfg.run_dir = HydraConfig.get().runtime.output_dir
+    try:
+        record = run(cfg)
+    except (ConfigError, DataError) as err:
+        print(f"monarchpc: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    return next((v for k, v in record.items() if k.startswith("dev_")), None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,17 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import TEXT8_PREFIX
+
+
+@pytest.fixture
+def text8_prefix() -> Path:
+    """The real first 12.5M characters of text8 (../shared/data), or skip."""
+    if not TEXT8_PREFIX.is_file():
+        pytest.skip(f"real text8 prefix not found at {TEXT8_PREFIX}")
+    return TEXT8_PREFIX

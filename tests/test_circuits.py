@@ -1,0 +1,135 @@
+"""Sum blocks and HMMs: normalization, materialization and sampling against brute force."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from monarchpc.circuits import DenseBlock, MonarchBlock, factorize
+from monarchpc.circuits.factory import ConfigError, build_sum_block, resolve_factors
+from monarchpc.circuits.hmm import HMM, MISSING
+
+torch.set_default_dtype(torch.float32)
+
+BLOCKS = {
+    "dense": lambda g: DenseBlock(6, g),
+    "monarch2": lambda g: MonarchBlock([2, 3], g),
+    "monarch3": lambda g: MonarchBlock([2, 2, 2], g),
+}
+
+
+def as_double(module: torch.nn.Module) -> torch.nn.Module:
+    """The module in float64, its stochastic parameters renormalized at that precision."""
+    module.double()
+    for p in module.parameters():
+        p.data /= p.data.sum(-1, keepdim=True)
+    return module
+
+
+def all_sequences(vocab: int, length: int) -> torch.Tensor:
+    return torch.tensor(list(itertools.product(range(vocab), repeat=length)))
+
+
+@pytest.mark.parametrize("kind", sorted(BLOCKS))
+def test_probabilities_of_all_sequences_sum_to_one(kind: str) -> None:
+    g = torch.Generator().manual_seed(0)
+    hmm = as_double(HMM(BLOCKS[kind](g), vocab_size=3, generator=g))
+    x = all_sequences(3, 5)  # 243 sequences
+    total = torch.logsumexp(hmm.log_likelihood(x).detach(), 0).exp()
+    assert abs(float(total) - 1.0) < 1e-10
+
+
+@pytest.mark.parametrize("factors", [[2, 3], [3, 2], [2, 2, 2], [2, 3, 2, 2], [4]])
+def test_monarch_block_materializes_as_product_of_stochastic_layers(factors: list[int]) -> None:
+    g = torch.Generator().manual_seed(1)
+    block = as_double(MonarchBlock(factors, g))
+    m = block.dense()
+    h = math.prod(factors)
+    assert m.shape == (h, h)
+    torch.testing.assert_close(m.sum(1), torch.ones(h, dtype=m.dtype))
+    product = torch.eye(h, dtype=m.dtype)
+    for d in range(len(factors)):
+        product = product @ block.layer_dense(d)  # M = L_0 @ L_1 @ ... @ L_{k-1}
+    torch.testing.assert_close(m, product)
+    y = torch.rand(7, h, generator=g, dtype=m.dtype)
+    torch.testing.assert_close(block(y), y @ m.t())
+    assert block.madds() == h * sum(factors)
+    # each layer is block-diagonal up to a permutation: b_d non-zeros per row
+    for d, b in enumerate(factors):
+        assert int((block.layer_dense(d) > 0).sum(1).max()) == b
+
+
+def test_tied_monarch_layers_are_the_kronecker_product() -> None:
+    g = torch.Generator().manual_seed(2)
+    a = [DenseBlock(b, g).dense().double() for b in (2, 3, 2)]
+    block = MonarchBlock([2, 3, 2]).double()
+    for d, layer in enumerate(block.layers):
+        layer.data[:] = a[d]
+    expected = torch.kron(torch.kron(a[0], a[1]), a[2])
+    torch.testing.assert_close(block.dense(), expected)
+
+
+@pytest.mark.parametrize("kind", sorted(BLOCKS))
+def test_monarch_hmm_equals_dense_hmm_of_its_materialized_transition(kind: str) -> None:
+    g = torch.Generator().manual_seed(3)
+    hmm = as_double(HMM(BLOCKS[kind](g), vocab_size=4, generator=g))
+    dense = as_double(HMM(DenseBlock.from_matrix(hmm.transition.dense()), vocab_size=4))
+    dense.initial.data.copy_(hmm.initial.data)
+    dense.emission.data.copy_(hmm.emission.data)
+    x = torch.randint(0, 4, (16, 9), generator=g)
+    torch.testing.assert_close(hmm.log_likelihood(x), dense.log_likelihood(x))
+
+
+def test_marginal_of_missing_token_equals_brute_force_sum() -> None:
+    g = torch.Generator().manual_seed(4)
+    hmm = as_double(HMM(MonarchBlock([2, 2], g), vocab_size=3, generator=g))
+    x = all_sequences(3, 4)
+    p = hmm.log_likelihood(x).exp().reshape(3, 3, 3, 3)
+    marginal = p.sum(dim=(1, 3))  # p(x_1, x_3), x_2 and x_4 summed out
+    query = torch.tensor([[a, MISSING, c, MISSING] for a in range(3) for c in range(3)])
+    torch.testing.assert_close(hmm.log_likelihood(query).exp().reshape(3, 3), marginal)
+
+
+def test_long_sequences_stay_finite() -> None:
+    g = torch.Generator().manual_seed(5)
+    hmm = HMM(MonarchBlock([4, 4], g), vocab_size=27, generator=g)
+    ll = hmm.log_likelihood(torch.randint(0, 27, (2, 20_000), generator=g))
+    assert torch.isfinite(ll).all() and (ll < 0).all()
+
+
+@pytest.mark.parametrize("kind", sorted(BLOCKS))
+def test_samples_follow_the_model(kind: str) -> None:
+    g = torch.Generator().manual_seed(6)
+    hmm = as_double(HMM(BLOCKS[kind](g), vocab_size=3, generator=g, perturbation=3.0))
+    x = all_sequences(3, 3)
+    exact = hmm.log_likelihood(x).detach().exp()
+    samples = hmm.sample(40_000, 3, generator=torch.Generator().manual_seed(7))
+    codes = samples[:, 0] * 9 + samples[:, 1] * 3 + samples[:, 2]
+    freq = torch.bincount(codes, minlength=27).double() / len(samples)
+    assert 0.5 * float((freq - exact).abs().sum()) < 0.02  # total variation
+
+
+@pytest.mark.parametrize("kind", ["dense", "monarch3"])
+def test_sample_next_follows_transition_rows(kind: str) -> None:
+    g = torch.Generator().manual_seed(8)
+    block = BLOCKS[kind](g)
+    z = torch.full((50_000,), 5)
+    nxt = block.sample_next(z, torch.Generator().manual_seed(9))
+    freq = torch.bincount(nxt, minlength=block.hidden_size).float() / len(z)
+    torch.testing.assert_close(freq, block.dense()[5], atol=0.01, rtol=0)
+
+
+def test_factorize_and_factor_errors() -> None:
+    assert factorize(2**19, 2) == [512, 1024]
+    assert factorize(2**18, 3) == [64, 64, 64]
+    assert factorize(2**16, 4) == [16, 16, 16, 16]
+    assert math.prod(factorize(1000, 3)) == 1000
+    with pytest.raises(ValueError, match="cannot be factored"):
+        factorize(13, 2)
+    with pytest.raises(ConfigError, match="not the product"):
+        resolve_factors("monarch", 1000, 2, [16, 16])
+    with pytest.raises(ConfigError, match="unknown sum-block kind"):
+        build_sum_block("sparse", 16)

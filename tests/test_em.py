@@ -1,0 +1,144 @@
+"""Flows and EM: flows equal brute-force expected counts; full-batch EM never lowers the
+likelihood; step-size schedules."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from monarchpc.circuits import DenseBlock, MonarchBlock
+from monarchpc.circuits.hmm import HMM
+from monarchpc.learning.em import accumulate_flows, em_step, flows
+from monarchpc.learning.schedules import step_size
+
+
+def as_double(module: torch.nn.Module) -> torch.nn.Module:
+    module.double()
+    for p in module.parameters():
+        p.data /= p.data.sum(-1, keepdim=True)
+    return module
+
+
+def layer_matrices(block: torch.nn.Module) -> list[np.ndarray]:
+    """The transition as a chain of dense layers: [A] for dense, [L_0, ..., L_{k-1}]."""
+    if isinstance(block, DenseBlock):
+        return [block.dense().numpy()]
+    return [block.layer_dense(d).numpy() for d in range(block.k)]
+
+
+def brute_force_counts(hmm: HMM, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, list]:
+    """Expected counts of initial, emission and every transition-layer edge, summed over the
+    rows of x, by enumerating every path of hidden and intermediate (between-layer) states."""
+    g, b = hmm.initial.detach().numpy(), hmm.emission.detach().numpy()
+    layers = layer_matrices(hmm.transition)
+    h, k = hmm.hidden_size, len(layers)
+    c_init, c_emit = np.zeros(h), np.zeros_like(b)
+    c_layers = [np.zeros((h, h)) for _ in layers]
+    for row in x.tolist():
+        t_len = len(row)
+        paths, weights = [], []
+        # a path: z_1, then per transition k states (k - 1 intermediates and z_{t+1})
+        for path in itertools.product(range(h), repeat=1 + k * (t_len - 1)):
+            w = g[path[0]] * b[path[0], row[0]]
+            for t in range(t_len - 1):
+                prev = path[k * t]
+                for d in range(k):
+                    cur = path[k * t + 1 + d]
+                    w *= layers[d][prev, cur]
+                    prev = cur
+                w *= b[prev, row[t + 1]]
+            paths.append(path)
+            weights.append(w)
+        post = np.array(weights) / sum(weights)
+        for path, p in zip(paths, post, strict=True):
+            c_init[path[0]] += p
+            for t in range(t_len):
+                c_emit[path[k * t], row[t]] += p
+            for t in range(t_len - 1):
+                for d in range(k):
+                    c_layers[d][path[k * t + d], path[k * t + d + 1]] += p
+    return c_init, c_emit, c_layers
+
+
+def flow_matrices(block: torch.nn.Module) -> list[np.ndarray]:
+    """The accumulated flows of each layer, laid out as dense (h, h) matrices."""
+    if isinstance(block, DenseBlock):
+        return [flows(block.weight).numpy()]
+    holder = MonarchBlock(block.factors).double()
+    for d, layer in enumerate(block.layers):
+        holder.layers[d].data = flows(layer)  # a layer is linear in its weights
+    return [holder.layer_dense(d).numpy() for d in range(block.k)]
+
+
+@pytest.mark.parametrize(("make", "length"), [
+    (lambda g: DenseBlock(3, g), 4),
+    (lambda g: MonarchBlock([2, 2], g), 3),
+    (lambda g: MonarchBlock([2, 1, 2], g), 3),
+    (lambda g: MonarchBlock([2, 2, 2], g), 2),
+])
+def test_flows_equal_expected_counts(make, length: int) -> None:
+    g = torch.Generator().manual_seed(0)
+    hmm = as_double(HMM(make(g), vocab_size=3, generator=g, perturbation=3.0))
+    x = torch.randint(0, 3, (3, length), generator=g)
+    accumulate_flows(hmm, x)
+    c_init, c_emit, c_layers = brute_force_counts(hmm, x)
+    np.testing.assert_allclose(flows(hmm.initial).numpy(), c_init, atol=1e-10)
+    np.testing.assert_allclose(flows(hmm.emission).numpy(), c_emit, atol=1e-10)
+    for got, want in zip(flow_matrices(hmm.transition), c_layers, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-10)
+    # every row contributes one unit of initial flow and T units of emission flow
+    assert abs(flows(hmm.initial).sum().item() - 3) < 1e-10
+    assert abs(flows(hmm.emission).sum().item() - 3 * length) < 1e-9
+
+
+@pytest.mark.parametrize("make", [
+    lambda g: DenseBlock(8, g),
+    lambda g: MonarchBlock([2, 4], g),
+    lambda g: MonarchBlock([2, 2, 2], g),
+])
+def test_full_batch_em_never_lowers_the_likelihood(make) -> None:
+    g = torch.Generator().manual_seed(1)
+    truth = HMM(DenseBlock(4, g, perturbation=6.0), 5, g, perturbation=6.0)
+    x = truth.sample(300, 12, generator=g)
+    hmm = as_double(HMM(make(g), vocab_size=5, generator=g))
+    history = []
+    for _ in range(15):
+        history.append(float(accumulate_flows(hmm, x).sum()))
+        em_step(hmm, eta=1.0, pseudocount=0.0)
+    assert all(b >= a - 1e-8 * abs(a) for a, b in itertools.pairwise(history))
+    assert history[-1] > history[0] + 1.0  # and it does learn
+    for p in hmm.parameters():  # parameters stay normalized
+        torch.testing.assert_close(p.sum(-1), torch.ones_like(p.sum(-1)))
+
+
+def test_em_step_mixes_with_step_size_and_pseudocount() -> None:
+    block = DenseBlock(2)
+    block.weight.data = torch.tensor([[0.5, 0.5], [0.9, 0.1]])
+    block.weight.grad = torch.tensor([[2.0, 6.0], [0.0, 0.0]])  # flows [[1, 3], [0, 0]]
+    em_step(block, eta=0.5, pseudocount=0.0)
+    torch.testing.assert_close(block.weight.data, torch.tensor([[0.375, 0.625], [0.9, 0.1]]))
+    block.weight.grad = torch.zeros(2, 2)
+    em_step(block, eta=1.0, pseudocount=1.0)  # no flow: the pseudocount makes rows uniform
+    torch.testing.assert_close(block.weight.data, torch.full((2, 2), 0.5))
+    assert block.weight.grad is None
+    with pytest.raises(ValueError):
+        em_step(block, eta=1.5, pseudocount=0.0)
+
+
+def test_step_size_schedules() -> None:
+    assert step_size("linear", 0, 100) == 1.0
+    assert step_size("linear", 50, 100) == pytest.approx(0.5)
+    assert 0 < step_size("linear", 99, 100) < 0.02
+    assert step_size("cosine", 0, 100) == 1.0
+    assert step_size("cosine", 50, 100) == pytest.approx(0.5)
+    assert step_size("cosine", 100, 100) == pytest.approx(0.0)
+    assert step_size("constant", 70, 100, eta0=0.3) == 0.3
+    values = [step_size("cosine", u, 40) for u in range(40)]
+    assert all(a >= b for a, b in itertools.pairwise(values))
+    with pytest.raises(ValueError, match="unknown step-size schedule"):
+        step_size("exponential", 0, 10)
+    assert math.isclose(step_size("linear", 10, 20, eta0=1.0, eta_min=0.2), 0.6)

@@ -1,0 +1,123 @@
+"""The training loop: it learns, records every evaluation, resumes exactly, survives Ctrl-C,
+and runs Hydra multiruns."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from monarchpc import checkpoint
+from monarchpc.paths import REPO_ROOT
+from monarchpc.train import run
+from tests.helpers import compose_config
+
+SMALL = ["dataset=synthetic", "dataset.n_train=256", "dataset.n_dev=64", "dataset.n_test=64",
+         "model=monarch2_hmm", "model.hidden_size=16", "optim.batch_size=32",
+         "optim.accumulate=2", "optim.epochs=3", "trainer.eval_every=3"]
+
+
+def records(run_dir: Path) -> list[dict]:
+    return [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_demo_sized_run_lowers_dev_bpc_and_writes_records(tmp_path: Path) -> None:
+    run_dir = tmp_path / "demo"
+    cfg = compose_config(["experiment=demo", "optim.epochs=1", "model.hidden_size=64",
+                          "dataset.fractions=[0.3,0.05,0.05]",
+                          "trainer.eval_every=10"], run_dir)
+    final = run(cfg)
+    recs = records(run_dir)
+    assert recs[0]["update"] == 0 and recs[-1] is not recs[0] and recs[-1]["final"]
+    assert recs[-1]["dev_bpc"] < recs[0]["dev_bpc"] - 0.5
+    assert final["dev_bpc"] == recs[-1]["dev_bpc"]
+    for key in ("epoch", "tokens", "train_flops", "step_size", "wall_time", "test_bpc",
+                "test_long_bpc", "train_bpc"):
+        assert key in recs[-1]
+    assert recs[-1]["train_flops"] == 6 * recs[-1]["madds_per_token"] * recs[-1]["tokens"]
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "finished" and info["madds_per_token"] == 64 * (8 + 8)
+    assert info["factors"] == [8, 8] and info["final"]["dev_bpc"] == final["dev_bpc"]
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    full = tmp_path / "full"
+    run(compose_config(SMALL, full))
+    part = tmp_path / "part"
+    run(compose_config([*SMALL, "trainer.stop_after=5"], part))  # stops mid-epoch (4/epoch)
+    assert json.loads((part / "run.json").read_text())["status"] == "interrupted"
+    assert checkpoint.load(part)["trainer"]["update"] == 5
+    run(compose_config([*SMALL, "resume=true"], part))
+    a, b = checkpoint.load(full), checkpoint.load(part)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "wall_time"} for r in rs]  # noqa: E731
+    assert strip(records(full)) == strip(records(part))
+
+
+def test_resume_refuses_a_different_run_and_fresh_runs_refuse_to_overwrite(tmp_path: Path
+                                                                          ) -> None:
+    run_dir = tmp_path / "r"
+    run(compose_config([*SMALL, "trainer.stop_after=2"], run_dir))
+    try:
+        run(compose_config(SMALL, run_dir))
+    except Exception as err:
+        assert "resume=true" in str(err)
+    else:
+        raise AssertionError("a fresh run overwrote an existing checkpoint")
+    try:
+        run(compose_config([*SMALL, "model.hidden_size=64", "resume=true"], run_dir))
+    except Exception as err:
+        assert "model config differs" in str(err)
+    else:
+        raise AssertionError("resumed a run with another model")
+
+
+def cli(args: list[str], **kwargs) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    flags = [a for a in args if a.startswith("-")]  # Hydra wants -m before the overrides
+    overrides = [a for a in args if not a.startswith("-")]
+    return subprocess.Popen([sys.executable, "-m", "monarchpc.train", *flags, "logger=none",
+                             "trainer.progress=false", *overrides], cwd=REPO_ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            **kwargs)
+
+
+def test_ctrl_c_leaves_a_checkpoint_and_resume_finishes(tmp_path: Path) -> None:
+    args = [*SMALL, "optim.epochs=400", "trainer.eval_every=1000", f"paths.output_dir={tmp_path}",
+            "run_name=interrupted"]
+    proc = cli(args)
+    run_dir = tmp_path / "interrupted"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run_dir / "metrics.jsonl").is_file():
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "interrupted" and info["updates"] > 0, out
+    assert "resume=true" in out
+    state = checkpoint.load(run_dir)["trainer"]
+    assert state["update"] == info["updates"] and state["micro"] % 2 == 0
+    resumed = cli([*args, "resume=true", "optim.epochs=400", "trainer.stop_after=" +
+                   str(state["update"] + 2)])
+    out, _ = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, out
+    assert checkpoint.load(run_dir)["trainer"]["update"] == state["update"] + 2
+
+
+def test_hydra_multirun_leaves_one_run_directory_per_job(tmp_path: Path) -> None:
+    proc = cli(["-m", "model=hmm,monarch2_hmm", "model.hidden_size=16", "dataset=synthetic",
+                "dataset.n_train=64", "optim.epochs=1", f"paths.output_dir={tmp_path}"])
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, out
+    infos = sorted(json.loads(p.read_text())["block"]
+                   for p in (tmp_path / "multirun").glob("*/*/run.json"))
+    assert infos == ["dense", "monarch"], out
