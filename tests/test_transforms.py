@@ -74,7 +74,7 @@ def test_colour_transform_dispatch():
     for name in ("lossless", "rgb"):
         np.testing.assert_array_equal(
             inverse_colour_transform(colour_transform(rgb, name), name), rgb)
-    with pytest.raises(ValueError, match="lossless|lossy|rgb"):
+    with pytest.raises(ValueError, match=r"use lossless\|lossy\|rgb"):
         colour_transform(rgb, "hsv")
 
 

@@ -30,7 +30,7 @@ import io
 import json
 import pickle
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +46,8 @@ from monarchpc.data.transforms import (
     patches,
     select_patches,
 )
+from monarchpc.paths import REPO_ROOT, resolve
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 DOWNLOAD_PAGE = "https://image-net.org/download-images.php"
 IMAGENET_ZIPS = {
@@ -60,15 +60,8 @@ IMAGENET_ZIPS = {
 
 
 # ----------------------------------------------------------------------------- caching
-def resolve(path: str | Path) -> Path:
-    """A path as given if it exists (absolute or from the working directory), else
-    relative to the project root (so configs can say ``../shared/data/...``)."""
-    p = Path(path).expanduser()
-    return p if p.is_absolute() or p.exists() else PROJECT_ROOT / p
-
-
 def cache_dir(option: str | None) -> Path:
-    return resolve(option) if option else PROJECT_ROOT / "data" / "cache"
+    return resolve(option) if option else REPO_ROOT / "data" / "cache"
 
 
 def cache_key(kind: str, files: list[Path], settings: dict[str, Any]) -> str:
@@ -154,7 +147,7 @@ def load_imagenet(resolution: int = 32, root: str | None = None, transform: str 
     """Downsampled ImageNet (resolution 32 or 64) as patch rows; see the module docstring."""
     if resolution not in IMAGENET_ZIPS:
         raise DataError(f"dataset.resolution must be 32 or 64, got {resolution}")
-    folder = resolve(root) if root else PROJECT_ROOT / "data" / f"imagenet{resolution}"
+    folder = resolve(root) if root else REPO_ROOT / "data" / f"imagenet{resolution}"
     batches = list(train_batches or range(1, 11))
     train, test, info = read_imagenet(resolution, folder, batches, cache_dir(cache))
     train_idx, dev_idx = split_indices(len(train), dev_fraction, seed, max_train_images)
@@ -165,21 +158,30 @@ def load_imagenet(resolution: int = 32, root: str | None = None, transform: str 
 
 
 # ----------------------------------------------------------------------------- folders
-def list_images(path: Path) -> tuple[list[str], Callable[[str], bytes]]:
-    """Sorted names of the image files in a folder or tar, and a reader of their bytes."""
+def is_image(name: str) -> bool:
+    return Path(name).suffix.lower() in IMAGE_SUFFIXES and not Path(name).name.startswith("._")
+
+
+def folder_images(path: Path) -> list[Path]:
+    """The image files under a folder (recursively), sorted by relative path."""
+    return sorted(f for f in path.rglob("*") if f.is_file() and is_image(f.name))
+
+
+def image_bytes(path: Path) -> Iterator[tuple[str, bytes]]:
+    """(name, encoded bytes) of every image file of a folder or tar file, sorted by name."""
     if path.is_dir():
-        names = sorted(str(f.relative_to(path)) for f in path.rglob("*")
-                       if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-        return names, lambda n: (path / n).read_bytes()
-    if path.is_file() and tarfile.is_tarfile(path):
-        tar = tarfile.open(path)
-        members = {m.name: m for m in tar.getmembers()
-                   if m.isfile() and Path(m.name).suffix.lower() in IMAGE_SUFFIXES
-                   and not Path(m.name).name.startswith("._")}
-        return sorted(members), lambda n: tar.extractfile(members[n]).read()  # type: ignore[union-attr]
-    raise DataError(f"{path} is neither a folder nor a tar file of images: set dataset.train "
-                    f"(and dataset.test) to one, e.g. "
-                    f"../shared/data/tiny_imagenet/tiny-imagenet-200_val.tar")
+        for f in folder_images(path):
+            yield str(f.relative_to(path)), f.read_bytes()
+    elif path.is_file() and tarfile.is_tarfile(path):
+        with tarfile.open(path) as tar:
+            members = sorted((m for m in tar.getmembers() if m.isfile() and is_image(m.name)),
+                             key=lambda m: m.name)
+            for m in members:
+                yield m.name, tar.extractfile(m).read()  # type: ignore[union-attr]
+    else:
+        raise DataError(f"{path} is neither a folder nor a tar file of images: set "
+                        f"dataset.train (and dataset.test) to one, e.g. "
+                        f"../shared/data/tiny_imagenet/tiny-imagenet-200_val.tar")
 
 
 def to_square(image: Image.Image, size: int) -> np.ndarray:
@@ -197,17 +199,16 @@ def to_square(image: Image.Image, size: int) -> np.ndarray:
 
 def decode_images(path: Path, image_size: int) -> np.ndarray:
     """Every image of a folder or tar file, sorted by name: uint8 (N, S, S, 3)."""
-    names, read = list_images(path)
-    if not names:
-        raise DataError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {path}")
-    out = np.empty((len(names), image_size, image_size, 3), dtype=np.uint8)
-    for i, n in enumerate(names):
+    out = []
+    for name, data in image_bytes(path):
         try:
-            out[i] = to_square(Image.open(io.BytesIO(read(n))), image_size)
+            out.append(to_square(Image.open(io.BytesIO(data)), image_size))
         except Exception as err:
-            raise DataError(f"cannot decode image {n} in {path} ({err}): remove or replace "
-                            f"that file") from None
-    return out
+            raise DataError(f"cannot decode image {name} in {path} ({err}): remove or "
+                            f"replace that file") from None
+    if not out:
+        raise DataError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {path}")
+    return np.stack(out)
 
 
 def read_images(path: Path, image_size: int, store: Path) -> np.ndarray:
@@ -216,7 +217,7 @@ def read_images(path: Path, image_size: int, store: Path) -> np.ndarray:
         raise DataError(f"image source {path} not found: set dataset.train / dataset.test to a "
                         f"folder or tar file of images (for Tiny ImageNet: "
                         f"../shared/data/tiny_imagenet/tiny-imagenet-200_val.tar)")
-    files = [path] if path.is_file() else [path / n for n in list_images(path)[0]]
+    files = [path] if path.is_file() else folder_images(path)
     key = cache_key("images", files, {"image_size": image_size})
     return cached(store / f"{key}.npy", lambda: decode_images(path, image_size))
 
@@ -291,7 +292,7 @@ def split_indices(n: int, fraction: float, seed: int, max_keep: int | None = Non
 
     ``max_keep`` caps the kept part (the first ones of the random order)."""
     order = np.random.default_rng(seed).permutation(n)
-    held = int(round(n * fraction))
+    held = round(n * fraction)
     kept = order[held:][: max_keep or n]
     return np.sort(kept), np.sort(order[:held])
 
