@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from monarchpc.circuits.chow_liu import (
+    bin_values,
     chow_liu_tree,
     maximum_spanning_tree,
     mutual_information,
@@ -69,6 +70,26 @@ def test_chow_liu_recovers_the_generating_tree():
     found = {tuple(sorted((int(parent[v]), v))) for v in range(6) if parent[v] >= 0}
     assert found == set(edges)
     assert parent[1] == -1 or parent[3] == -1  # rooted at a center of the tree
+
+
+def test_binning_and_chow_liu_on_many_valued_variables():
+    gen = torch.Generator().manual_seed(0)
+    co = 255 + torch.randint(-4, 5, (5000, 1), generator=gen)  # concentrated, like Co
+    uniform, _ = bin_values(co, torch.tensor([511]), 16, "uniform")
+    quantile, _ = bin_values(co, torch.tensor([511]), 16, "quantile")
+    assert len(uniform.unique()) <= 2 and len(quantile.unique()) == 9  # one bin per value
+    # a Markov chain of 6 variables with 200 values each, columns shuffled: 5 path edges
+    x = torch.zeros(20000, 6, dtype=torch.long)
+    x[:, 0] = torch.randint(0, 200, (20000,), generator=gen)
+    for v in range(1, 6):
+        x[:, v] = (x[:, v - 1] + torch.randint(-15, 16, (20000,), generator=gen)).clamp(0, 199)
+    perm = torch.tensor([3, 0, 5, 1, 4, 2])  # column perm[i] holds chain position i
+    shuffled = torch.empty_like(x)
+    shuffled[:, perm] = x
+    for method in ("quantile", "uniform"):
+        parent = chow_liu_tree(shuffled, [200] * 6, num_bins=16, binning=method)
+        found = {tuple(sorted((int(parent[v]), v))) for v in range(6) if parent[v] >= 0}
+        assert found == {tuple(sorted((int(perm[i]), int(perm[i + 1])))) for i in range(5)}
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -163,6 +184,11 @@ def test_monarch_hclt_equals_dense_hclt_of_its_blocks():
     x = torch.stack([torch.randint(0, v, (64,), generator=gen) for v in vocab], 1)
     torch.testing.assert_close(dense.log_likelihood(x), monarch.log_likelihood(x))
     assert monarch.madds_per_token() == round(((d - 1) * h * (3 + 3 + 3) + h) / d)
+    copy = hclt(parent, "monarch", h, vocab, seed=5)
+    copy.load_state_dict(monarch.state_dict())  # same tree: loads
+    torch.testing.assert_close(copy.log_likelihood(x), monarch.log_likelihood(x))
+    with pytest.raises(ValueError, match="another Chow-Liu tree"):
+        hclt(random_tree(d, 1), "monarch", h, vocab).load_state_dict(monarch.state_dict())
     assert dense.madds_per_token() == round(((d - 1) * h * h + h) / d)
 
 

@@ -120,6 +120,14 @@ class HCLT(nn.Module):
             parent_local[s:e] = position[parent[order[s:e]]] - self.levels[lvl - 1][0]
         self.register_buffer("parent_local", torch.as_tensor(parent_local), persistent=False)
 
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str,
+                              *args: Any, **kwargs: Any) -> None:
+        saved = state_dict.get(prefix + "parent")
+        if saved is not None and not torch.equal(saved.cpu(), self.parent.cpu()):
+            raise ValueError("the checkpoint holds an HCLT over another Chow-Liu tree: build "
+                             "the model from the same data, seed and model.chow_liu_* settings")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def leaf_tables(self) -> list[list[Tensor]]:
         """Per leaf group: [table (V, h)] if tied, else the (n, h, V) rows of every level."""
         if self.tied:
@@ -234,12 +242,16 @@ def build_hclt(cfg: Any, train_rows: Tensor, vocab_sizes: list[int],
 
     Config keys: ``block`` (dense|monarch), ``hidden_size``, ``factors``, ``monarch_layers``,
     ``leaf_tying`` (none|channel), ``channels`` (variable v is in channel v % channels),
-    ``chow_liu_rows``, ``chow_liu_bins``, ``perturbation``.
+    ``chow_liu_rows``, ``chow_liu_bins``, ``chow_liu_binning``, ``perturbation``. The mutual
+    information is computed on the GPU when one is visible.
     """
     n, d = train_rows.shape
     m = min(n, int(cfg.get("chow_liu_rows") or n))
     sample = train_rows[torch.randperm(n, generator=generator)[:m].to(train_rows.device)]
-    parent = chow_liu_tree(sample, vocab_sizes, cfg.get("chow_liu_bins", 32))
+    if torch.cuda.is_available():  # the mutual information is a few large products
+        sample = sample.cuda()
+    parent = chow_liu_tree(sample, vocab_sizes, cfg.get("chow_liu_bins", 32),
+                           cfg.get("chow_liu_binning") or "quantile")
     perturbation = float(cfg.get("perturbation", 2.0))
     blocks = stacked_blocks(cfg["block"], d - 1, int(cfg["hidden_size"]), cfg.get("factors"),
                             int(cfg.get("monarch_layers") or 3), generator, perturbation)
