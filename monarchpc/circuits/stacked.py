@@ -20,12 +20,15 @@ Kinds (see :func:`stacked_blocks`):
 
 * dense: factors [h], axes [0]: one full h x h matrix, h^2 multiply-adds;
 * Monarch-k: factors [b_0..b_{k-1}], axes [0..k-1]: h * (b_0 + ... + b_{k-1});
-* Monarch-HCLT: factors [b_0, b_1], axes [0, 1, 0]: three block-diagonal layers with the
-  transposing permutation between them, as the paper's reference builds "a composition
-  of two Monarch-2 matrices" (the two middle block-diagonal layers of (L_0 L_1)(L_1' L_0')
-  mix the same axis, so they merge into one); h * (2 b_0 + b_1) = 3 h^1.5 multiply-adds
-  for b_0 = b_1 = sqrt(h). ``axes`` [0, 1, 0, 1] is the literal composition of two
-  Monarch-2 matrices, 4 h^1.5 (the count the paper reports).
+* Monarch-HCLT: factors [b_0, b_1], axes [0, 1, 0]: the paper's "composition of two
+  Monarch-2 matrices (as described in Dao et al. 2022)", i.e. Dao et al.'s class MM* of
+  products M_1 M_2^T of a Monarch matrix and a transposed one. M_1 = L_0 L_1 mixes axis 1
+  then axis 0; M_2^T mixes axis 0 then axis 1; the two middle layers mix the same axis and
+  merge, leaving three block-diagonal layers with the transposing permutation between
+  them, as the paper's reference builds it: h * (2 b_0 + b_1) = 3 h^1.5 multiply-adds for
+  b_0 = b_1 = sqrt(h). ``axes`` [0, 1, 0, 1] is the product of two Monarch matrices of the
+  same orientation, M_1 M_2 (nothing merges: four layers, 4 h^1.5, the FLOPs count the
+  paper reports for Monarch-HCLT; it contains the three-layer class).
 
 Every parameter is normalized along its last dimension (EM convention of the package).
 """
@@ -133,7 +136,7 @@ def stacked_blocks(block: str, num_blocks: int, hidden_size: int,
     ``block`` "dense": full matrices. "monarch": factors (b_0, b_1) (given, or the most
     square factorization of h) and ``monarch_layers`` layers alternating between the two
     axes, starting with axis 0: 2 is one Monarch-2 matrix, 3 the reference's Monarch-HCLT
-    (default), 4 the literal composition of two Monarch-2 matrices.
+    (default, M_1 M_2^T), 4 a product M_1 M_2 of two Monarch-2 matrices.
     """
     from monarchpc.circuits.factory import ConfigError, resolve_factors
 

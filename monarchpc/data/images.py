@@ -111,7 +111,8 @@ def read_imagenet_file(path: Path, resolution: int) -> np.ndarray:
         raise DataError(f"{path} holds rows of {data.shape[1:]} values, expected {width} for "
                         f"ImageNet{resolution}: are these files of another resolution? Set "
                         f"dataset.resolution or dataset.root accordingly")
-    return data.astype(np.uint8).reshape(-1, 3, resolution, resolution).transpose(0, 2, 3, 1)
+    planar = np.asarray(data, dtype=np.uint8).reshape(-1, 3, resolution, resolution)
+    return planar.transpose(0, 2, 3, 1)
 
 
 def read_imagenet(resolution: int, root: Path, batches: list[int], store: Path
@@ -336,8 +337,13 @@ def patch_splits(train: tuple[np.ndarray, np.ndarray], dev: tuple[np.ndarray, np
     vocabs = CHANNEL_VOCABS[transform]
     epoch_train = None
     if train_patches == "random":
+        latest: dict[int, torch.Tensor] = {}  # the last epoch drawn (callers ask repeatedly)
+
         def epoch_train(epoch: int) -> torch.Tensor:
-            return random_patch_rows(*train, p, transform, seed, epoch)
+            if epoch not in latest:
+                latest.clear()
+                latest[epoch] = random_patch_rows(*train, p, transform, seed, epoch)
+            return latest[epoch]
         train_rows = epoch_train(0)
     else:
         train_rows = eval_rows(*train, p, transform)
