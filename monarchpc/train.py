@@ -180,7 +180,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     check_vocab(cfg, splits)
     log.info(splits.describe())
     generator = torch.Generator().manual_seed(int(cfg.seed))
-    model = build_model(cfg.model, splits.vocab_size, generator, splits.train_rows(0))
+    model = build_model(cfg.model, splits.vocab_size, generator, splits.train_rows(0),
+                        vocab_sizes=splits.vocab_sizes)
     model = initialize(cfg, model, splits)
 
     run_dir.mkdir(parents=True, exist_ok=True)

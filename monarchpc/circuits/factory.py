@@ -57,10 +57,13 @@ def build_sum_block(block: str, hidden_size: int, k: int | None = None,
 
 
 def build_model(cfg: Any, vocab_size: int, generator: torch.Generator | None = None,
-                train_rows: torch.Tensor | None = None) -> nn.Module:
+                train_rows: torch.Tensor | None = None,
+                vocab_sizes: list[int] | None = None) -> nn.Module:
     """A randomly initialized circuit from a ``model/`` config (see configs/model/).
 
-    ``train_rows`` (N, D) is used by structures learned from data (HCLT's Chow-Liu tree).
+    ``train_rows`` (N, D) is used by structures learned from data (HCLT's Chow-Liu tree);
+    ``vocab_sizes`` (D,) gives each variable its own vocabulary (HCLT leaves; default:
+    ``vocab_size`` for all).
     """
     structure = cfg["structure"]
     perturbation = float(cfg.get("perturbation", 8.0))
@@ -68,4 +71,11 @@ def build_model(cfg: Any, vocab_size: int, generator: torch.Generator | None = N
         block = build_sum_block(cfg["block"], int(cfg["hidden_size"]), cfg.get("k"),
                                 cfg.get("factors"), generator, perturbation)
         return HMM(block, vocab_size, generator, perturbation)
-    raise ConfigError(f"unknown model.structure {structure!r}; available: hmm")
+    if structure == "hclt":
+        from monarchpc.circuits.hclt import build_hclt
+
+        if train_rows is None:
+            raise ConfigError("model.structure=hclt learns its tree from data: pass train_rows")
+        vocab = vocab_sizes or [vocab_size] * train_rows.shape[1]
+        return build_hclt(cfg, train_rows, list(vocab), generator)
+    raise ConfigError(f"unknown model.structure {structure!r}; available: hmm, hclt")

@@ -24,6 +24,9 @@ LOADERS: dict[str, str] = {
     "synthetic": "monarchpc.data.synthetic:load",
     "lm1b": "monarchpc.data.lm1b:load",
     "lines": "monarchpc.data.lines:load",
+    "imagenet": "monarchpc.data.images:load_imagenet",
+    "image_folder": "monarchpc.data.images:load_folder",
+    "image_demo": "monarchpc.data.images:load_demo",
 }
 
 
@@ -47,6 +50,9 @@ class Splits:
     ``epoch_train``: optional function epoch -> train rows, for data sets that draw new
     training rows every epoch (a random patch per image); it must be deterministic in
     the epoch so that resumed runs see the same data.
+    ``vocab_sizes``: optional vocabulary of each variable (T,), each <= ``vocab_size``
+    (images under YCoCg-R: 256 for Y, 511 for Co and Cg); models that support it give
+    values beyond a variable's vocabulary no probability.
     """
 
     train: Tensor
@@ -57,6 +63,7 @@ class Splits:
     test_stream: Tensor | None = None
     info: dict[str, Any] = field(default_factory=dict)
     epoch_train: Callable[[int], Tensor] | None = None
+    vocab_sizes: list[int] | None = None
 
     def train_rows(self, epoch: int) -> Tensor:
         """The training rows of epoch ``epoch`` (0-based)."""

@@ -1,0 +1,188 @@
+"""Image data sets: ImageNet batch files, folders and tars of images, the embedded demo."""
+
+import io
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from monarchpc.data import DataError, build_dataset
+from monarchpc.data.images import decode_images, load_demo, load_folder, load_imagenet
+from monarchpc.data.transforms import (
+    box_downsample,
+    patches,
+    unpatch,
+    ycocg_r,
+    ycocg_r_inverse,
+)
+
+TINY_IMAGENET = Path(__file__).resolve().parents[1] / "../shared/data/tiny_imagenet"
+
+
+def rows_to_images(rows: torch.Tensor, p: int, size: int) -> np.ndarray:
+    """All-patch rows (N * G, p*p*3) back to images (N, S, S, 3)."""
+    g = (size // p) ** 2
+    return unpatch(rows.numpy().reshape(-1, g, p * p * 3), p)
+
+
+def make_images(folder: Path, n: int, size: int = 64) -> np.ndarray:
+    """Write n PNG images (every third greyscale) to ``folder``; return them as RGB arrays."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        if i % 3 == 0:
+            grey = rng.integers(0, 256, size=(size, size), dtype=np.uint8)
+            Image.fromarray(grey, mode="L").save(folder / f"img_{i:02d}.png")
+            out.append(np.repeat(grey[:, :, None], 3, axis=2))
+        else:
+            rgb = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+            Image.fromarray(rgb).save(folder / f"img_{i:02d}.png")
+            out.append(rgb)
+    (folder / "notes.txt").write_text("not an image")
+    return np.stack(out)
+
+
+def test_folder_and_tar_reading(tmp_path):
+    originals = make_images(tmp_path / "imgs" / "sub", 12)
+    with tarfile.open(tmp_path / "imgs.tar", "w") as tar:
+        tar.add(tmp_path / "imgs", arcname="imgs")
+    expected = box_downsample(originals, 2)  # 64 -> 32 by exact 2 x 2 boxes
+    np.testing.assert_array_equal(decode_images(tmp_path / "imgs", 32), expected)
+    np.testing.assert_array_equal(decode_images(tmp_path / "imgs.tar", 32), expected)
+    np.testing.assert_array_equal(decode_images(tmp_path / "imgs.tar", 64), originals)
+
+    cache = tmp_path / "cache"
+    splits = load_folder(str(tmp_path / "imgs.tar"), image_size=32, patch_size=8,
+                         dev_fraction=0.2, test_fraction=0.25, cache=str(cache))
+    assert len(list(cache.glob("images-*.npy"))) == 1  # decoded once, cached
+    assert splits.metric == "bpd" and splits.vocab_size == 512
+    assert splits.vocab_sizes == [256, 511, 511] * 64
+    assert splits.info["images"] == {"train": 7, "dev": 2, "test": 3}
+    assert len(splits.test) == 3 * 16 and len(splits.dev) == 2 * 16  # all 4 x 4 patches
+    # lossless rows give the images back exactly; the three splits are disjoint
+    keys = {split: {a.tobytes() for a in
+                    ycocg_r_inverse(rows_to_images(getattr(splits, split).long(), 8, 32))}
+            for split in ("dev", "test")}
+    assert not keys["dev"] & keys["test"]
+    whole = {a.tobytes() for a in expected}
+    assert keys["dev"] <= whole and keys["test"] <= whole
+
+
+def test_random_patches_per_epoch(tmp_path):
+    originals = box_downsample(make_images(tmp_path / "imgs", 10), 2)
+    splits = load_folder(str(tmp_path / "imgs"), test=str(tmp_path / "imgs"), image_size=32,
+                         transform="rgb", patch_size=8, dev_fraction=0.2, cache=str(tmp_path))
+    assert splits.vocab_size == 256 and splits.train.dtype == torch.uint8
+    e1, e1_again, e2 = splits.train_rows(1), splits.train_rows(1), splits.train_rows(2)
+    assert e1.shape == (8, 192)  # one patch of each of the 8 training images
+    assert torch.equal(e1, e1_again) and not torch.equal(e1, e2)
+    assert torch.equal(splits.train_rows(0), splits.train)
+    all_patches = patches(originals, 8)  # (10, 16, 192)
+    owners = [np.flatnonzero((all_patches == row.numpy()).all(-1).any(-1)) for row in e1]
+    assert all(len(o) == 1 for o in owners)  # every row is an aligned patch of one image
+    assert len({int(o[0]) for o in owners}) == 8  # of 8 different images
+
+
+def test_tiny_imagenet_jpegs(tmp_path):
+    tar_path = TINY_IMAGENET / "tiny-imagenet-200_val.tar"
+    if not tar_path.exists():
+        pytest.skip(f"real JPEGs not available here ({tar_path})")
+    folder = tmp_path / "jpegs"
+    folder.mkdir()
+    kept, grey = 0, None
+    with tarfile.open(tar_path) as tar:  # 31 colour JPEGs and the first greyscale one
+        for m in tar:
+            if not m.name.endswith(".JPEG"):
+                continue
+            data = tar.extractfile(m).read()
+            mode = Image.open(io.BytesIO(data)).mode
+            if (mode == "L" and grey is None) or (mode == "RGB" and kept < 31):
+                (folder / Path(m.name).name).write_bytes(data)
+                kept += mode == "RGB"
+                grey = Path(m.name).name if mode == "L" else grey
+            if kept == 31 and grey is not None:
+                break
+    assert grey is not None, "expected some greyscale JPEGs in Tiny ImageNet"
+    full = decode_images(folder, 64)
+    assert full.shape == (32, 64, 64, 3) and full.dtype == np.uint8
+    assert full.std() > 10  # real photographs, not blank
+    g = sorted(p.name for p in folder.iterdir()).index(grey)  # greyscale: R = G = B
+    assert (full[g, ..., 0] == full[g, ..., 1]).all() and (full[g, ..., 1] == full[g, ..., 2]).all()
+    np.testing.assert_array_equal(decode_images(folder, 32), box_downsample(full, 2))
+    splits = load_folder(str(folder), image_size=32, cache=str(tmp_path / "cache"))
+    assert splits.train.shape[1] == 192 and int(splits.train.max()) <= 510
+
+
+def write_imagenet(root: Path, resolution: int, n: int, pickled: bool = False) -> np.ndarray:
+    """Fake downsampled-ImageNet files (channel-planar rows); returns all images channel-last."""
+    rng = np.random.default_rng(resolution)
+    images = rng.integers(0, 256, size=(11 * n, resolution, resolution, 3), dtype=np.uint8)
+    planar = images.transpose(0, 3, 1, 2).reshape(11 * n, -1)
+    root.mkdir(parents=True, exist_ok=True)
+    names = [f"train_data_batch_{i}" for i in range(1, 11)] + ["val_data"]
+    for i, name in enumerate(names):
+        batch = {"data": planar[i * n : (i + 1) * n], "labels": [1] * n}
+        if pickled:
+            with open(root / name, "wb") as f:
+                pickle.dump(batch, f)
+        else:
+            np.savez(root / f"{name}.npz", **batch)
+    return images
+
+
+@pytest.mark.parametrize("pickled", [False, True])
+def test_imagenet_files(tmp_path, pickled):
+    images = write_imagenet(tmp_path / "in32" / "unzipped", 32, 6, pickled)
+    splits = load_imagenet(32, str(tmp_path / "in32"), patch_size=8, dev_fraction=0.1,
+                           cache=str(tmp_path / "cache"))
+    assert len(splits.train) == 54 and splits.info["images"]["dev"] == 6
+    # test = the official val file, in order; rows decode to its images exactly
+    np.testing.assert_array_equal(ycocg_r_inverse(rows_to_images(splits.test, 8, 32)),
+                                  images[60:])
+    lossy = load_imagenet(32, str(tmp_path / "in32"), transform="lossy", patch_size=4,
+                          train_patches="all", cache=str(tmp_path / "cache"))
+    assert lossy.vocab_size == 256 and lossy.train.shape == (59 * 64, 48)
+    again = build_dataset({"name": "imagenet", "resolution": 32, "root": str(tmp_path / "in32"),
+                           "cache": str(tmp_path / "cache"), "dev_fraction": 0.1})
+    assert torch.equal(again.train, splits.train) and torch.equal(again.dev, splits.dev)
+
+
+def test_data_errors_name_the_fix(tmp_path):
+    with pytest.raises(DataError, match=r"Imagenet32_train_npz\.zip.*image-net\.org"):
+        load_imagenet(32, str(tmp_path / "nothing"), cache=str(tmp_path))
+    with pytest.raises(DataError, match=r"Imagenet64_train_part1_npz\.zip"):
+        load_imagenet(64, str(tmp_path / "nothing"), cache=str(tmp_path))
+    write_imagenet(tmp_path / "in64", 64, 2)
+    with pytest.raises(DataError, match=r"expected 3072 for ImageNet32.*dataset\.resolution"):
+        load_imagenet(32, str(tmp_path / "in64"), cache=str(tmp_path))
+    with pytest.raises(DataError, match=r"dataset\.train"):
+        load_folder(str(tmp_path / "missing.tar"), cache=str(tmp_path))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no image files"):
+        load_folder(str(tmp_path / "empty"), cache=str(tmp_path))
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "broken.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match=r"broken\.jpg.*remove or replace"):
+        load_folder(str(tmp_path / "bad"), cache=str(tmp_path))
+    with pytest.raises(DataError, match=r"dataset\.patch_size"):
+        load_demo(patch_size=5)
+
+
+def test_demo_image_splits():
+    splits = load_demo()  # grace_hopper.jpg (512 x 600) in 18 x 16 crops of 32
+    assert splits.info["images"] == {"train": 230, "dev": 29, "test": 29}
+    assert splits.train.shape == (230 * 16, 192) and splits.test.shape == (29 * 16, 192)
+    photo = np.asarray(Image.open(splits.info["source"]).convert("RGB"))
+    crops = {split: ycocg_r_inverse(rows_to_images(getattr(splits, split).long(), 8, 32))
+             for split in ("train", "dev", "test")}
+    # crop n (row-major) is test if n % 10 == 0, dev if n % 10 == 5: crop 0 and crop 5
+    np.testing.assert_array_equal(crops["test"][0], photo[:32, :32])
+    np.testing.assert_array_equal(crops["dev"][0], photo[:32, 5 * 32 : 6 * 32])
+    np.testing.assert_array_equal(crops["train"][0], photo[:32, 32:64])
+    assert int(splits.train[:, 1::3].max()) <= 510 and splits.vocab_sizes[:3] == [256, 511, 511]
+    assert np.array_equal(ycocg_r(photo[:32, :32]).reshape(-1)[:3], splits.test[0, :3].numpy())
