@@ -64,7 +64,8 @@ class TrainState:
 
 
 class StopRequest:
-    """Turns SIGINT/SIGTERM into a flag checked between micro-batches (a second Ctrl-C
+    """Turns SIGINT/SIGTERM/SIGUSR2 (the warning that SLURM jobs of hydra/launcher=slurm get
+    before their time limit) into a flag checked between micro-batches (a second Ctrl-C
     interrupts at once). ``deferred`` (several ranks): a signal only sets ``pending``, and
     the loop sets ``requested`` once all ranks have agreed on it at an update boundary."""
 
@@ -75,7 +76,7 @@ class StopRequest:
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopRequest:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):
             with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -317,7 +318,7 @@ def train(cfg: DictConfig, model: torch.nn.Module, splits: Splits, device: torch
     return last
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(REPO_ROOT / "configs"), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Console entry point; returns the final dev metric (for Hydra sweepers)."""
     if cfg.run_dir is None:
@@ -333,4 +334,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run the importable monarchpc.train.main, not this __main__ copy: launchers that
+    # pickle the task function (hydra/launcher=slurm, submitit) can then pickle it by name.
+    from monarchpc.train import main as importable_main
+
+    importable_main()

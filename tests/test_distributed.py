@@ -145,3 +145,16 @@ def test_deferred_stop_waits_for_agreement() -> None:
     with StopRequest() as stop:
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.pending and stop.requested
+
+
+def test_slurm_launcher_config_composes_with_the_plugin() -> None:
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")  # the [slurm] extra
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=4"],
+                      return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert launcher.tasks_per_node == 4 and launcher.nodes == 1
+    assert "export NCCL_NVLS_ENABLE=0" in launcher.setup
