@@ -36,6 +36,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from monarchpc.circuits.factory import ConfigError
 from monarchpc.evaluate import metric_value, total_nll
 
 log = logging.getLogger("monarchpc")
@@ -262,7 +263,12 @@ def setup(device: torch.device) -> Dist:
         return Dist(device=device)
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
-        device = torch.device("cuda", local % torch.cuda.device_count())
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        visible = torch.cuda.device_count()  # 1 per rank (SLURM's gpus_per_task) is fine
+        if per_node > visible > 1:
+            raise ConfigError(f"{per_node} ranks on this node but {visible} GPUs visible: "
+                              f"start one rank per GPU (GPUS={visible})")
+        device = torch.device("cuda", local % visible)
         torch.cuda.set_device(device)
         os.environ.setdefault("NCCL_NVLS_ENABLE", "0")  # never NVLink multicast
     if not dist.is_initialized():
