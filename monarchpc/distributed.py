@@ -23,6 +23,7 @@ signal to any rank) is agreed across ranks once per update, so all stop together
 from __future__ import annotations
 
 import atexit
+import datetime
 import logging
 import os
 import re
@@ -271,11 +272,12 @@ def setup(device: torch.device) -> Dist:
         device = torch.device("cuda", local % visible)
         torch.cuda.set_device(device)
         os.environ.setdefault("NCCL_NVLS_ENABLE", "0")  # never NVLink multicast
-    if not dist.is_initialized():
+    if not dist.is_initialized():  # rank 0 alone may spend minutes on a download or a
+        timeout = datetime.timedelta(minutes=30)  # multi-GB checkpoint while others wait
         if device.type == "cuda":
-            dist.init_process_group("nccl", device_id=device)
+            dist.init_process_group("nccl", device_id=device, timeout=timeout)
         else:
-            dist.init_process_group("gloo")
+            dist.init_process_group("gloo", timeout=timeout)
         atexit.register(_teardown)
     if rank != 0:
         log.setLevel(logging.WARNING)
