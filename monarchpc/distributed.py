@@ -12,12 +12,13 @@ unless set), gloo on the CPU.
 Why results do not depend on the number of ranks: all ranks draw the same seeded
 permutation of the epoch's rows and ``optim.batch_size`` is the *global* micro-batch;
 rank r takes the r-th contiguous share of it (:meth:`Dist.shard`). Before each EM step
-the flows (``param.grad``) are summed over ranks (:meth:`Dist.reduce_update`); as
-flows are linear in the rows, every rank then holds the flows of the whole micro-batches
-and takes the same EM step. So 2 ranks equal 1 rank up to float summation order, and a
-checkpoint resumes under any world size. Evaluation shards rows the same way and sums
-NLL and unit counts. Rank 0 alone writes records and checkpoints; a stop request (a
-signal to any rank) is agreed across ranks once per update, so all stop together.
+``param.grad`` is summed over ranks (:meth:`Dist.reduce_update`); flows are theta * grad
+with theta equal on all ranks and are linear in the rows, so every rank then holds the
+flows of the whole micro-batches and takes the same EM step. So 2 ranks equal 1 rank up
+to float summation order, and a checkpoint resumes under any world size. Evaluation
+shards rows the same way and sums NLL and unit counts. Rank 0 alone writes records and
+checkpoints; a stop request (a signal to any rank) is agreed across ranks once per
+update, so all stop together.
 """
 
 from __future__ import annotations
