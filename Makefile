@@ -7,11 +7,26 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 TORCH_VERSION ?= 2.13.0
-# Extra Hydra overrides for any training target, e.g. make text8-hmm ARGS="trainer.max_epochs=1"
+# Extra Hydra overrides for any training target: make text8-hmm ARGS="optim.epochs=1"
 ARGS ?=
+# Data parallel on one node: GPUS=N runs N ranks (one per GPU) through torchrun, e.g.
+#   make text8-monarch2 GPUS=4
+# optim.batch_size is the global micro-batch, split across ranks, so results do not depend
+# on GPUS; to keep 128 rows per GPU on 4 GPUs: ARGS="optim.batch_size=512 optim.accumulate=8".
+# NVLink multicast stays off (NCCL_NVLS_ENABLE=0).
+GPUS ?= 1
+ifeq ($(strip $(GPUS)),1)
+TRAIN := $(PY) -m monarchpc.train
+else
+TRAIN := NCCL_NVLS_ENABLE=0 $(PY) -m torch.distributed.run --standalone --nproc_per_node=$(GPUS) -m monarchpc.train
+endif
 
-.PHONY: install demo test lint text8-hmm text8-monarch2 chars-text8-prefix clean-venv bench \
-	lm1b-hmm lm1b-monarch2 lm1b-sweep wikitext2-hmm wikitext2-monarch2 tables plots sampling-time pruning
+TEXT_TARGETS := demo text8-hmm text8-monarch2 chars-text8-prefix \
+	lm1b-hmm lm1b-monarch2 lm1b-sweep wikitext2-hmm wikitext2-monarch2
+IMAGE_TARGETS := image-demo tiny-imagenet32-monarch-hclt imagenet32-monarch-hclt \
+	imagenet64-monarch-hclt fig7-sweep
+.PHONY: install test lint bench bench-ddp tables plots sampling-time pruning clean-venv \
+	$(TEXT_TARGETS) $(IMAGE_TARGETS)
 
 install: $(VENV)/.installed
 
@@ -28,56 +43,79 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
-demo: install
-	$(PY) -m monarchpc.train experiment=demo $(ARGS)
-
+# One torch thread per process: the suite runs many tiny models, where threads only contend.
 test: install
-	$(PY) -m pytest tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest tests
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+
+# ---- text: the embedded demo, text8, the real text8 prefix, LM1B, WikiText-2 -------------
+demo: install
+	$(TRAIN) experiment=demo $(ARGS)
 
 text8-hmm: install
-	$(PY) -m monarchpc.train experiment=text8_hmm $(ARGS)
+	$(TRAIN) experiment=text8_hmm $(ARGS)
 
 text8-monarch2: install
-	$(PY) -m monarchpc.train experiment=text8_monarch2 $(ARGS)
+	$(TRAIN) experiment=text8_monarch2 $(ARGS)
 
-# The real text8 prefix in ../shared/data (no download needed on this workplace's machines).
 chars-text8-prefix: install
-	$(PY) -m monarchpc.train experiment=chars_text8_prefix $(ARGS)
+	$(TRAIN) experiment=chars_text8_prefix $(ARGS)
 
-clean-venv:
-	rm -rf $(VENV)
 # LM1B needs the official release unpacked under data/lm1b (the loader's error says how).
 lm1b-hmm: install
-	$(PY) -m monarchpc.train experiment=lm1b_hmm $(ARGS)
+	$(TRAIN) experiment=lm1b_hmm $(ARGS)
 
 lm1b-monarch2: install
-	$(PY) -m monarchpc.train experiment=lm1b_monarch2 $(ARGS)
+	$(TRAIN) experiment=lm1b_monarch2 $(ARGS)
 
-# Dense vs Monarch-2 at three hidden sizes on 2M training sentences (Hydra multirun).
 lm1b-sweep: install
-	$(PY) -m monarchpc.train experiment=sweep_lm1b $(ARGS)
+	$(TRAIN) experiment=sweep_lm1b $(ARGS)
 
 # The LM1B pipeline on real text shipped in ../shared/data (WikiText-2 validation text).
 wikitext2-hmm: install
-	$(PY) -m monarchpc.train experiment=wikitext2_hmm $(ARGS)
+	$(TRAIN) experiment=wikitext2_hmm $(ARGS)
 
 wikitext2-monarch2: install
-	$(PY) -m monarchpc.train experiment=wikitext2_monarch2 $(ARGS)
+	$(TRAIN) experiment=wikitext2_monarch2 $(ARGS)
+
+# ---- images: HCLT and Monarch-HCLT on image patches -------------------------------------
+image-demo: install
+	$(TRAIN) experiment=image_demo $(ARGS)
+
+tiny-imagenet32-monarch-hclt: install
+	$(TRAIN) experiment=tiny_imagenet32_monarch_hclt $(ARGS)
+
+imagenet32-monarch-hclt: install
+	$(TRAIN) experiment=imagenet32_monarch_hclt $(ARGS)
+
+imagenet64-monarch-hclt: install
+	$(TRAIN) experiment=imagenet64_monarch_hclt $(ARGS)
+
+fig7-sweep: install
+	$(TRAIN) experiment=sweep_fig7 $(ARGS)
+
+# ---- speed ------------------------------------------------------------------------------
+# E-step / EM-update throughput (GPU: the issue's cases; CPU: BENCH_ARGS=--tiny). JSON + Markdown.
+BENCH_ARGS ?=
+bench: install
+	$(PY) scripts/bench.py $(BENCH_ARGS)
+
+# Tokens/s with 1 and 2 GPUs and the ranks' parameter divergence after 10 updates.
+BENCH_GPUS ?= 1 2
+bench-ddp: install
+	NCCL_NVLS_ENABLE=0 $(PY) scripts/bench_ddp.py --gpus $(BENCH_GPUS) --out outputs/bench_ddp.json $(if $(ARGS),-- $(ARGS))
+
+# ---- tables and plots from run directories ------------------------------------------------
+# RUNS may name several folders: make tables RUNS="outputs /other/runs"
 RUNS ?= outputs
 OUT ?= docs/results
-# optional: read runs logged to wandb too, e.g. WANDB_PROJECT=me/monarchpc
 WANDB_PROJECT ?=
-# extra flags, e.g. TABLE_ARGS="--text8-dataset chars --table2-sizes 4096,8192,16384,32768"
 TABLE_ARGS ?=
 PLOT_ARGS ?=
-# the run directory (or directories) for sampling-time and pruning
 RUN ?=
 WANDB_FLAG = $(if $(WANDB_PROJECT),--wandb-project $(WANDB_PROJECT))
-
 
 tables: install
 	$(PY) scripts/make_tables.py --runs $(RUNS) --out $(OUT) $(WANDB_FLAG) $(TABLE_ARGS)
@@ -93,7 +131,5 @@ sampling-time: install
 pruning: install
 	$(PY) scripts/eval_pruning.py --run $(RUN) --fractions 0,0.5,0.75,0.9,0.95,0.99
 
-# E-step / EM-update throughput (GPU: the issue's cases; CPU: a tiny smoke test). JSON + Markdown.
-BENCH_ARGS ?=
-bench: install
-	$(PY) scripts/bench.py $(BENCH_ARGS)
+clean-venv:
+	rm -rf $(VENV)

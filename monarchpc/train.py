@@ -11,6 +11,8 @@ run directory (``metrics.jsonl``, ``run.json``, ``checkpoint.pt``) and wandb.
 Interruption (Ctrl-C, SIGTERM) finishes at an update boundary and leaves a checkpoint;
 ``resume=true`` continues the run in its directory to the same result as an
 uninterrupted run (data order is a function of seed and epoch, EM has no other randomness).
+
+Under torchrun (or SLURM) the ranks share every micro-batch: see monarchpc/distributed.py.
 """
 
 from __future__ import annotations
@@ -30,12 +32,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from monarchpc import checkpoint
+from monarchpc import checkpoint, distributed
 from monarchpc.circuits.factory import ConfigError, build_model, resolve_factors
-from monarchpc.data import DataError, Splits, build_dataset
-from monarchpc.evaluate import METRICS, evaluate, long_rows, metric_value, scorer
-from monarchpc.initialize import initialize
 from monarchpc.circuits.hmm import HMM
+from monarchpc.data import DataError, Splits, build_dataset
+from monarchpc.evaluate import METRICS, long_rows, metric_value, scorer
+from monarchpc.initialize import initialize
 from monarchpc.learning.em import accumulate_flows, em_step
 from monarchpc.learning.forward_backward import DTYPES, hmm_estep
 from monarchpc.learning.schedules import SCHEDULES, step_size
@@ -64,23 +66,28 @@ class TrainState:
 
 
 class StopRequest:
-    """Turns SIGINT/SIGTERM into a flag checked between micro-batches (a second Ctrl-C
-    interrupts at once)."""
+    """Turns SIGINT/SIGTERM/SIGUSR2 (the warning that SLURM jobs of hydra/launcher=slurm get
+    before their time limit) into a flag checked between micro-batches (a second Ctrl-C
+    interrupts at once). ``deferred`` (several ranks): a signal only sets ``pending``, and
+    the loop sets ``requested`` once all ranks have agreed on it at an update boundary."""
 
-    def __init__(self) -> None:
+    def __init__(self, deferred: bool = False) -> None:
         self.requested = False
+        self.pending = False
+        self.deferred = deferred
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopRequest:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):
             with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested and signum == signal.SIGINT:
+        if self.pending and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.requested = True
+        self.pending = True
+        self.requested = self.requested or not self.deferred
         log.warning("stop requested: finishing at the next update boundary (Ctrl-C again to "
                     "abort without a checkpoint)")
 
@@ -170,13 +177,16 @@ def run_info(cfg: DictConfig, model: torch.nn.Module, splits: Splits, device: to
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train as configured; returns the last evaluation record."""
     validate(cfg)
-    run_dir = Path(cfg.run_dir)
     torch.manual_seed(int(cfg.seed))
     device = select_device(cfg.trainer.device)
+    ddp = distributed.setup(device)  # ranks of torchrun / SLURM; one process: a no-op
+    device = ddp.device
+    cfg.run_dir = ddp.agree_run_dir(str(cfg.run_dir))
+    run_dir = Path(cfg.run_dir)
     torch.backends.cuda.matmul.allow_tf32 = cfg.trainer.precision != "fp32"
     torch.backends.cudnn.allow_tf32 = cfg.trainer.precision != "fp32"
 
-    splits = build_dataset(cfg.dataset)
+    splits = ddp.main_first(lambda: build_dataset(cfg.dataset))
     check_vocab(cfg, splits)
     log.info(splits.describe())
     generator = torch.Generator().manual_seed(int(cfg.seed))
@@ -199,24 +209,28 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         model.load_state_dict(ckpt["model"])
         state = TrainState(**ckpt["trainer"])
         log.info(f"resuming {run_dir} at update {state.update}")
+    ddp.barrier()  # every rank has checked for a checkpoint before rank 0 writes one
     model.to(device)
+    ddp.broadcast_parameters(model)
     log.info(f"model: {model}\n{model.madds_per_token():,} multiply-adds per token, on {device}")
 
-    tracker = Tracker(run_dir, dict(cfg.logger), config, state.wandb_id)
+    tracker = (Tracker(run_dir, dict(cfg.logger), config, state.wandb_id) if ddp.is_main
+               else distributed.NullTracker())
     tracker.truncate_after(state.update)
     state.wandb_id = tracker.wandb_id
     try:
-        final = train(cfg, model, splits, device, state, tracker, run_dir, config)
+        final = train(cfg, model, splits, device, state, tracker, run_dir, config, ddp)
     finally:
         tracker.close()
     return final
 
 
 def train(cfg: DictConfig, model: torch.nn.Module, splits: Splits, device: torch.device,
-          state: TrainState, tracker: Tracker, run_dir: Path, config: dict[str, Any]
-          ) -> dict[str, Any]:
+          state: TrainState, tracker: Tracker | distributed.NullTracker, run_dir: Path,
+          config: dict[str, Any], ddp: distributed.Dist | None = None) -> dict[str, Any]:
     """The EM loop; returns the last evaluation record."""
     o, t = cfg.optim, cfg.trainer
+    ddp = ddp or distributed.Dist(device=device)
     bs, acc, epochs = int(o.batch_size), int(o.accumulate), int(o.epochs)
     micro_per_epoch = math.ceil(len(splits.train_rows(0)) / bs)
     updates_per_epoch = math.ceil(micro_per_epoch / acc)
@@ -247,7 +261,7 @@ def train(cfg: DictConfig, model: torch.nn.Module, splits: Splits, device: torch
             "madds_per_token": madds, "step_size": eta, "wall_time": state.train_seconds}
         if state.train_units:
             record[f"train_{metric}"] = metric_value(metric, state.train_nll, state.train_units)
-        record.update(evaluate(score, sets, metric, int(t.eval_batch_size), device))
+        record.update(ddp.evaluate(score, sets, metric, int(t.eval_batch_size), device))
         record["final"] = final
         state.train_nll, state.train_units = 0.0, 0
         tracker.log(record)
@@ -258,17 +272,21 @@ def train(cfg: DictConfig, model: torch.nn.Module, splits: Splits, device: torch
         return record
 
     def save(status: str, final: dict[str, Any] | None) -> None:
+        divergence = ddp.max_divergence(model)  # collective: all ranks save at the same updates
+        if not ddp.is_main:
+            return
         checkpoint.save(run_dir, model, asdict(state), config)
+        info = run_info(cfg, model, splits, device, status, final, state)
         write_json_atomic(run_dir / "run.json",
-                          run_info(cfg, model, splits, device, status, final, state))
+                          {**info, "world_size": ddp.world, "rank_divergence": divergence})
 
     save("running", None)
     if state.update == 0 and t.eval_at_start:
         last = evaluation(final=False)
     bar = tqdm(total=total_updates, initial=state.update, desc=run_dir.name, unit="upd",
-               disable=not t.progress, dynamic_ncols=True,
+               disable=not t.progress or not ddp.is_main, dynamic_ncols=True,
                mininterval=1.0 if sys.stderr.isatty() else 30.0)
-    with StopRequest() as stop:
+    with StopRequest(deferred=ddp.enabled) as stop:
         while state.update < total_updates and not stop.requested:
             rows = splits.train_rows(state.epoch)
             order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(
@@ -278,14 +296,18 @@ def train(cfg: DictConfig, model: torch.nn.Module, splits: Splits, device: torch
                 group = range(state.micro, min(state.micro + acc, micro_per_epoch))
                 nll, units = 0.0, 0
                 for m in group:
-                    x = rows[order[m * bs:(m + 1) * bs]].to(device, non_blocking=True).long()
-                    nll -= float(estep(x).double().sum())
+                    x = rows[ddp.shard(order[m * bs:(m + 1) * bs])]
+                    x = x.to(device, non_blocking=True).long()
+                    if len(x):  # a rank's share of a short last micro-batch can be empty
+                        nll -= float(estep(x).double().sum())
                     units += x.numel()
                     if stop.requested:
                         break
                 if stop.requested:  # drop the partial group: resume recomputes it
                     model.zero_grad(set_to_none=True)
                     break
+                nll, units, agreed = ddp.reduce_update(model, nll, units, stop.pending)
+                stop.requested = stop.requested or agreed  # all ranks end this same update
                 eta = step_size(o.schedule, state.update, total_updates, float(o.eta0),
                                 float(o.eta_min))
                 em_step(model, eta, float(o.pseudocount))
@@ -318,7 +340,7 @@ def train(cfg: DictConfig, model: torch.nn.Module, splits: Splits, device: torch
     return last
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(REPO_ROOT / "configs"), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Console entry point; returns the final dev metric (for Hydra sweepers)."""
     if cfg.run_dir is None:
@@ -334,4 +356,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run the importable monarchpc.train.main, not this __main__ copy: launchers that
+    # pickle the task function (hydra/launcher=slurm, submitit) can then pickle it by name.
+    from monarchpc.train import main as importable_main
+
+    importable_main()

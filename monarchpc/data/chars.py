@@ -22,6 +22,7 @@ from monarchpc.data import DataError, Splits, rows
 from monarchpc.paths import resolve
 
 VOCAB = " abcdefghijklmnopqrstuvwxyz"
+OPENERS = {".xz": lzma.open, ".gz": gzip.open, ".bz2": bz2.open}
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
@@ -32,12 +33,9 @@ def read_text(path: str | Path) -> str:
         raise DataError(f"text file not found: {path}; check dataset.paths")
     suffix = path.suffix.lower()
     try:
-        if suffix == ".xz":
-            raw = lzma.open(path).read()
-        elif suffix == ".gz":
-            raw = gzip.open(path).read()
-        elif suffix == ".bz2":
-            raw = bz2.open(path).read()
+        if suffix in OPENERS:
+            with OPENERS[suffix](path) as f:
+                raw = f.read()
         elif suffix == ".zip":
             with zipfile.ZipFile(path) as zf:
                 raw = b" ".join(zf.read(name) for name in zf.namelist() if not name.endswith("/"))

@@ -121,7 +121,7 @@ def patches(images: np.ndarray, p: int) -> np.ndarray:
 def unpatch(rows: np.ndarray, p: int, channels: int = 3) -> np.ndarray:
     """Inverse of :func:`patches`: (N, G, p*p*C) with G = (S/p)^2 -> images (N, S, S, C)."""
     n, gg, _ = rows.shape
-    g = int(round(gg**0.5))
+    g = round(gg**0.5)
     x = rows.reshape(n, g, g, p, p, channels).transpose(0, 1, 3, 2, 4, 5)
     return x.reshape(n, g * p, g * p, channels)
 
