@@ -1,0 +1,90 @@
+"""The fused E-step equals the plain PyTorch (autograd) path; the benchmark runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from monarchpc.circuits import DenseBlock, MonarchBlock
+from monarchpc.circuits.hmm import HMM
+from monarchpc.learning.em import accumulate_flows, em_step, flows
+from monarchpc.learning.forward_backward import hmm_estep
+from monarchpc.paths import REPO_ROOT
+
+BLOCKS = {
+    "dense": lambda g: DenseBlock(12, g),
+    "monarch2": lambda g: MonarchBlock([3, 4], g),
+    "monarch2-unequal": lambda g: MonarchBlock([4, 2], g),
+    "monarch3": lambda g: MonarchBlock([2, 3, 2], g),
+    "monarch4": lambda g: MonarchBlock([2, 2, 2, 2], g),
+}
+
+
+def twins(kind: str, vocab: int = 5) -> tuple[HMM, HMM]:
+    g = torch.Generator().manual_seed(0)
+    a = HMM(BLOCKS[kind](g), vocab, g, perturbation=4.0)
+    b = HMM(BLOCKS[kind](torch.Generator()), vocab)
+    b.load_state_dict(a.state_dict())
+    return a, b
+
+
+@pytest.mark.parametrize("kind", sorted(BLOCKS))
+@pytest.mark.parametrize("segment", [1, 3, 16, 100])
+def test_fused_estep_equals_autograd(kind: str, segment: int) -> None:
+    ref, fast = twins(kind)
+    x = torch.randint(0, 5, (9, 17), generator=torch.Generator().manual_seed(1))
+    x[2, 4] = 4  # every token value appears
+    ll_ref = accumulate_flows(ref, x)
+    ll = hmm_estep(fast, x, checkpoint_every=segment, precision="fp32", compile_=False)
+    assert float(((ll - ll_ref).abs() / ll_ref.abs()).max()) < 1e-4
+    for p, q in zip(fast.parameters(), ref.parameters(), strict=True):
+        scale = flows(q).abs().max()
+        assert float((flows(p) - flows(q)).abs().max() / scale) < 1e-3
+
+
+def test_fused_estep_accumulates_over_micro_batches_and_evaluates() -> None:
+    ref, fast = twins("monarch2")
+    g = torch.Generator().manual_seed(2)
+    batches = [torch.randint(0, 5, (4, 11), generator=g) for _ in range(3)]
+    for x in batches:
+        accumulate_flows(ref, x)
+        hmm_estep(fast, x, checkpoint_every=4, compile_=False)
+    for p, q in zip(fast.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(flows(p), flows(q), rtol=1e-4, atol=1e-6)
+    em_step(ref, 0.7, 0.1)
+    em_step(fast, 0.7, 0.1)
+    for p, q in zip(fast.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+    x = batches[0]
+    score = hmm_estep(fast, x, checkpoint_every=x.shape[1], grad=False, compile_=False)
+    torch.testing.assert_close(score, fast.log_likelihood(x).detach(), rtol=1e-5, atol=1e-4)
+    assert all(p.grad is None for p in fast.parameters())  # evaluation adds no flows
+
+
+def test_low_precision_is_close_and_bad_precision_fails() -> None:
+    ref, fast = twins("monarch2")
+    x = torch.randint(0, 5, (6, 20), generator=torch.Generator().manual_seed(3))
+    ll_ref = ref.log_likelihood(x).detach()
+    ll = hmm_estep(fast, x, checkpoint_every=5, precision="bf16", compile_=False)
+    assert torch.isfinite(ll).all()
+    assert float(((ll - ll_ref).abs() / ll_ref.abs()).max()) < 1e-2
+    with pytest.raises(ValueError, match="precision must be one of"):
+        hmm_estep(fast, x, precision="fp8")
+
+
+def test_benchmark_runs_on_the_cpu_and_prints_json() -> None:
+    result = subprocess.run(
+        [sys.executable, "scripts/bench.py", "--tiny", "--cases", "0,1", "--precision", "fp32"],
+        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(ln) for ln in result.stdout.splitlines() if ln.startswith("{")]
+    checks = [r for r in rows if "check" in r]
+    cases = [r for r in rows if "case" in r]
+    assert checks and checks[0]["fp32_ll_rel_err"] < 1e-4 and checks[0]["fp32_flow_rel_err"] < 1e-3
+    assert [r["case"] for r in cases] == ["dense 64", "monarch2 2^8"]
+    assert all(r["estep_tokens_per_s"] > 0 and r["device"] == "cpu" for r in cases)
+    assert "| case |" in result.stdout
