@@ -45,6 +45,10 @@ def initialize(cfg: Any, model: nn.Module, splits: Splits) -> nn.Module:
     assert isinstance(model, HMM)
     dirs = factor_runs(cfg, splits)
     factors = [load_factor(d, splits.vocab_size) for d in dirs]
-    multiply_into(model, factors, renormalize=bool(cfg.init.get("renormalize", True)))
+    try:
+        multiply_into(model, factors, renormalize=bool(cfg.init.get("renormalize", True)))
+    except ValueError as err:  # factor runs given by hand that do not fit the model
+        raise ConfigError(f"init=multiply: {err} (factor runs {[str(d) for d in dirs]})"
+                          ) from None
     cfg.init.factor_runs = [str(d) for d in dirs]
     return model

@@ -165,3 +165,20 @@ def test_init_factors_must_match_the_model() -> None:
         validate(compose_config([*TINY, "init=multiply", "init.factors=[2,8]"]))
     with pytest.raises(ConfigError, match="multiply to 8"):
         validate(compose_config([*TINY, "model=hmm", "init=multiply", "init.factors=[2,4]"]))
+
+
+def test_given_factor_runs_are_used_and_checked(tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    run(compose_config([*TINY, "init=multiply"], first))
+    dirs = json.loads((first / "run.json").read_text())["factor_runs"]
+    given = f"init.factor_runs=[{dirs[1]},{dirs[0]}]"  # swapped: still two HMMs of 4
+    run(compose_config([*TINY, "init=multiply", given, "init.cache_dir=/nonexistent"],
+                       tmp_path / "given"))
+    assert json.loads((tmp_path / "given" / "run.json").read_text())["factor_runs"] == \
+        [dirs[1], dirs[0]]
+    with pytest.raises(ConfigError, match="cannot hold the product"):
+        run(compose_config([*TINY, "init=multiply", f"init.factor_runs=[{dirs[0]}]"],
+                           tmp_path / "short"))
+    with pytest.raises(ConfigError, match="not finished"):
+        run(compose_config([*TINY, "init=multiply", f"init.factor_runs=[{tmp_path}]"],
+                           tmp_path / "unfinished"))
