@@ -16,7 +16,9 @@ from monarchpc.circuits import DenseBlock, MonarchBlock
 from monarchpc.circuits.factory import ConfigError
 from monarchpc.circuits.hmm import HMM
 from monarchpc.circuits.multiply import kron, kronecker_block, multiply_hmms, multiply_into
-from monarchpc.factor_runs import factor_config, run_name, train_factor
+from monarchpc.data import build_dataset
+from monarchpc.evaluate import evaluate
+from monarchpc.factor_runs import factor_config, load_factor, run_name, train_factor
 from monarchpc.train import run, validate
 from tests.helpers import compose_config
 
@@ -182,3 +184,16 @@ def test_given_factor_runs_are_used_and_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not finished"):
         run(compose_config([*TINY, "init=multiply", f"init.factor_runs=[{tmp_path}]"],
                            tmp_path / "unfinished"))
+
+
+def test_init_multiply_with_three_factors_starts_from_their_product(tmp_path: Path) -> None:
+    run_dir = tmp_path / "m3"
+    overrides = [*TINY, "model=monarch3_hmm", "model.hidden_size=8", "model.factors=null",
+                 "init=multiply", "optim.epochs=1"]
+    run(compose_config(overrides, run_dir))
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["factors"] == [2, 2, 2] and len(info["factor_runs"]) == 3
+    product = multiply_hmms([load_factor(Path(d), 6) for d in info["factor_runs"]])
+    splits = build_dataset(compose_config(overrides).dataset)
+    expected = evaluate(product, {"dev": splits.dev}, "bpc", 256)["dev_bpc"]
+    assert records(run_dir)[0]["dev_bpc"] == pytest.approx(expected, abs=1e-6)
