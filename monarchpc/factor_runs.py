@@ -55,8 +55,13 @@ def factor_sizes(cfg: DictConfig) -> list[int]:
     hidden = int(m.hidden_size)
     model_factors = resolve_factors(m.block, hidden, m.get("k"), m.get("factors"))
     given = cfg.init.get("factors")
+    if given is None and model_factors is not None:
+        return model_factors
     if given is None:
-        return model_factors if model_factors is not None else factorize(hidden, 2)
+        try:
+            return factorize(hidden, 2)
+        except ValueError as err:
+            raise ConfigError(f"init=multiply: {err}; or set init.factors") from None
     sizes = [int(b) for b in given]
     if model_factors is not None and sizes != model_factors:
         raise ConfigError(f"init.factors={sizes} must equal the Monarch factors "

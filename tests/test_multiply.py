@@ -167,6 +167,8 @@ def test_init_factors_must_match_the_model() -> None:
         validate(compose_config([*TINY, "init=multiply", "init.factors=[2,8]"]))
     with pytest.raises(ConfigError, match="multiply to 8"):
         validate(compose_config([*TINY, "model=hmm", "init=multiply", "init.factors=[2,4]"]))
+    with pytest.raises(ConfigError, match="cannot be factored"):
+        validate(compose_config([*TINY, "model=hmm", "model.hidden_size=13", "init=multiply"]))
 
 
 def test_given_factor_runs_are_used_and_checked(tmp_path: Path) -> None:
