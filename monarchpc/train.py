@@ -37,7 +37,8 @@ from monarchpc.circuits.factory import ConfigError, build_model, resolve_factors
 from monarchpc.circuits.hmm import HMM
 from monarchpc.data import DataError, Splits, build_dataset
 from monarchpc.evaluate import METRICS, long_rows, metric_value, scorer
-from monarchpc.initialize import initialize
+from monarchpc.factor_runs import FactorRunIncomplete, factor_costs
+from monarchpc.initialize import check_init, initialize
 from monarchpc.learning.em import accumulate_flows, em_step
 from monarchpc.learning.forward_backward import DTYPES, hmm_estep
 from monarchpc.learning.schedules import SCHEDULES, step_size
@@ -100,6 +101,7 @@ def validate(cfg: DictConfig) -> None:
     """Fail fast, before any data or GPU work, on settings that cannot work."""
     resolve_factors(cfg.model.block, int(cfg.model.hidden_size), cfg.model.get("k"),
                     cfg.model.get("factors"))
+    check_init(cfg)
     o = cfg.optim
     if o.schedule not in SCHEDULES:
         raise ConfigError(f"optim.schedule={o.schedule!r} is unknown; use one of {SCHEDULES}")
@@ -159,6 +161,7 @@ def run_info(cfg: DictConfig, model: torch.nn.Module, splits: Splits, device: to
     m = cfg.model
     factors = resolve_factors(m.block, int(m.hidden_size), m.get("k"), m.get("factors"))
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    factor_dirs = list(cfg.init.get("factor_runs") or [])
     return {
         "name": Path(cfg.run_dir).name, "dataset": splits.info.get("name"),
         "metric": splits.metric, "structure": m.structure, "block": m.block,
@@ -166,7 +169,7 @@ def run_info(cfg: DictConfig, model: torch.nn.Module, splits: Splits, device: to
         "hidden_size": int(m.hidden_size), "vocab_size": splits.vocab_size,
         "madds_per_token": model.madds_per_token(),
         "num_params": sum(p.numel() for p in model.parameters()),
-        "init": cfg.init.name, "factor_runs": list(cfg.init.get("factor_runs") or []),
+        "init": cfg.init.name, "factor_runs": factor_dirs, **factor_costs(factor_dirs),
         "status": status, "updates": state.update, "tokens": state.tokens,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "peak_gpu_memory_bytes": peak, "wandb_id": state.wandb_id, "data": splits.info,
@@ -174,8 +177,11 @@ def run_info(cfg: DictConfig, model: torch.nn.Module, splits: Splits, device: to
     }
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train as configured; returns the last evaluation record."""
+def run(cfg: DictConfig, splits: Splits | None = None) -> dict[str, Any]:
+    """Train as configured; returns the last evaluation record.
+
+    ``splits``: the data of ``cfg.dataset`` if already loaded (factor runs of init=multiply).
+    """
     validate(cfg)
     torch.manual_seed(int(cfg.seed))
     device = select_device(cfg.trainer.device)
@@ -186,7 +192,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     torch.backends.cuda.matmul.allow_tf32 = cfg.trainer.precision != "fp32"
     torch.backends.cudnn.allow_tf32 = cfg.trainer.precision != "fp32"
 
-    splits = ddp.main_first(lambda: build_dataset(cfg.dataset))
+    if (run_dir / checkpoint.FILENAME).is_file() and not cfg.resume:
+        raise ConfigError(f"{run_dir} already holds a checkpoint; pass resume=true to continue "
+                          f"it, or choose another run_name")
+    if splits is None:
+        splits = ddp.main_first(lambda: build_dataset(cfg.dataset))
     check_vocab(cfg, splits)
     log.info(splits.describe())
     generator = torch.Generator().manual_seed(int(cfg.seed))
@@ -198,9 +208,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     config = OmegaConf.to_container(cfg, resolve=True)
     state = TrainState()
     ckpt = checkpoint.load(run_dir)
-    if ckpt is not None and not cfg.resume:
-        raise ConfigError(f"{run_dir} already holds a checkpoint; pass resume=true to continue "
-                          f"it, or choose another run_name")
     if ckpt is not None:
         changed = [k for k in RUN_IDENTITY if ckpt["config"].get(k) != config.get(k)]
         if changed:
@@ -210,6 +217,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         state = TrainState(**ckpt["trainer"])
         log.info(f"resuming {run_dir} at update {state.update}")
     ddp.barrier()  # every rank has checked for a checkpoint before rank 0 writes one
+    if ddp.is_main:
+        OmegaConf.save(config, run_dir / "config.yaml")  # resolved, init.factor_runs filled in
     model.to(device)
     ddp.broadcast_parameters(model)
     log.info(f"model: {model}\n{model.madds_per_token():,} multiply-adds per token, on {device}")
@@ -352,6 +361,9 @@ def main(cfg: DictConfig) -> float | None:
     except (ConfigError, DataError) as err:
         print(f"monarchpc: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except FactorRunIncomplete as err:
+        print(f"monarchpc: stopped: {err}", file=sys.stderr)
+        sys.exit(130)
     return next((v for k, v in record.items() if k.startswith("dev_")), None)
 
 

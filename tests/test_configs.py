@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from monarchpc.circuits.factory import ConfigError
+from monarchpc.circuits.factory import ConfigError, resolve_factors
 from monarchpc.data import DataError
 from monarchpc.paths import REPO_ROOT
 from monarchpc.train import run, validate
@@ -74,3 +75,46 @@ def test_cli_fails_with_one_clear_line(tmp_path: Path, overrides: list[str], mes
     errors = [ln for ln in result.stderr.splitlines() if ln.startswith("monarchpc: error:")]
     assert len(errors) == 1 and message in errors[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+def sweep_params(experiment: str) -> dict[str, list[str]]:
+    """The Hydra multirun parameters a preset declares (hydra.sweeper.params)."""
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    return {k: str(v).split(",") for k, v in cfg.hydra.sweeper.params.items()}
+
+
+# Table B.2 of the paper: FLOPs per token of every text8 run it lists, by column.
+TABLE_B2_FLOPS = {
+    "hmm": [16777216, 67108864, 268435456, 1073741824],
+    "monarch2": [524288, 1572864, 4194304, 12582912, 33554432, 100663296, 268435456,
+                 805306368],
+    "monarch3": [196608, 524288, 1310720, 3145728, 8388608],
+    "monarch4": [131072, 327680, 786432, 1835008],
+}
+
+
+@pytest.mark.parametrize("column", sorted(TABLE_B2_FLOPS))
+def test_table_b2_sweeps_cover_the_papers_flops(column: str) -> None:
+    flops = []
+    for size in sweep_params(f"sweep_b2_{column}")["model.hidden_size"]:
+        cfg = compose_config([f"experiment=sweep_b2_{column}", f"model.hidden_size={size}"])
+        validate(cfg)
+        factors = resolve_factors(cfg.model.block, int(size), cfg.model.k, cfg.model.factors)
+        flops.append(int(size) * (sum(factors) if factors else int(size)))
+        assert cfg.dataset.name == "text8" and cfg.optim.epochs == 20
+        assert cfg.optim.batch_size * cfg.optim.accumulate == 4096
+        assert cfg.init.name == ("random" if column == "hmm" else "multiply")
+    assert flops == TABLE_B2_FLOPS[column]
+
+
+def test_main_text8_recipe_and_init_ablation_presets() -> None:
+    cfg = compose_config(["experiment=text8_monarch2"])
+    assert cfg.model.hidden_size == 2**19 and list(cfg.model.factors) == [512, 1024]
+    assert cfg.init.name == "multiply" and cfg.init.optim.batch_size == 1024
+    assert cfg.init.optim.accumulate == 1 and cfg.init.optim.epochs == 20
+    assert cfg.optim.schedule == "linear" and cfg.optim.eta0 == 1.0
+    assert cfg.trainer.long_eval == "final"
+    params = sweep_params("text8_ablation_init")
+    assert sorted(params["init"]) == ["multiply", "random"]
+    assert len(params["model.hidden_size"]) == 4
