@@ -17,7 +17,7 @@ from monarchpc.circuits.factory import ConfigError
 from monarchpc.circuits.hmm import HMM
 from monarchpc.circuits.multiply import kron, kronecker_block, multiply_hmms, multiply_into
 from monarchpc.data import build_dataset
-from monarchpc.evaluate import evaluate
+from monarchpc.evaluate import evaluate, scorer
 from monarchpc.factor_runs import factor_config, load_factor, run_name, train_factor
 from monarchpc.train import run, validate
 from tests.helpers import compose_config
@@ -197,5 +197,5 @@ def test_init_multiply_with_three_factors_starts_from_their_product(tmp_path: Pa
     assert info["factors"] == [2, 2, 2] and len(info["factor_runs"]) == 3
     product = multiply_hmms([load_factor(Path(d), 6) for d in info["factor_runs"]])
     splits = build_dataset(compose_config(overrides).dataset)
-    expected = evaluate(product, {"dev": splits.dev}, "bpc", 256)["dev_bpc"]
+    expected = evaluate(scorer(product), {"dev": splits.dev}, "bpc", 256)["dev_bpc"]
     assert records(run_dir)[0]["dev_bpc"] == pytest.approx(expected, abs=1e-6)
