@@ -129,14 +129,21 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_estep(t: DictConfig, model: torch.nn.Module) -> Any:
+def use_fused(t: DictConfig, model: torch.nn.Module, device: torch.device) -> bool:
+    """Whether the fused HMM E-step runs: ``engine=fused``, or ``auto`` for HMMs on a GPU
+    (on the CPU the plain path is faster for the small models that run there)."""
+    fused = t.engine == "fused" or (t.engine == "auto" and device.type == "cuda")
+    return fused and isinstance(model, HMM)
+
+
+def make_estep(t: DictConfig, model: torch.nn.Module, device: torch.device) -> Any:
     """The E-step: x (N, T) -> log p(x) (N,), adding flows (as gradients) to the parameters.
 
-    ``fused`` (HMMs; what ``auto`` picks for them) is the scaled forward-backward of
-    learning/forward_backward.py in ``trainer.precision`` with recomputation every
-    ``trainer.segment`` steps; ``autograd`` is the plain PyTorch reference.
+    ``fused`` is the scaled forward-backward of learning/forward_backward.py in
+    ``trainer.precision`` with recomputation every ``trainer.segment`` steps; ``autograd``
+    is the plain PyTorch reference (see :func:`use_fused` for ``auto``).
     """
-    if t.engine != "autograd" and isinstance(model, HMM):
+    if use_fused(t, model, device):
         return lambda x: hmm_estep(model, x, int(t.segment), t.precision)
     return lambda x: accumulate_flows(model, x)
 
@@ -183,8 +190,11 @@ def run(cfg: DictConfig, splits: Splits | None = None) -> dict[str, Any]:
     ``splits``: the data of ``cfg.dataset`` if already loaded (factor runs of init=multiply).
     """
     validate(cfg)
+    torch.set_flush_denormal(True)  # tiny probabilities must not fall onto the CPU's slow path
     torch.manual_seed(int(cfg.seed))
     device = select_device(cfg.trainer.device)
+    if device.type == "cpu" and cfg.trainer.get("cpu_threads"):
+        torch.set_num_threads(int(cfg.trainer.cpu_threads))
     ddp = distributed.setup(device)  # ranks of torchrun / SLURM; one process: a no-op
     device = ddp.device
     cfg.run_dir = ddp.agree_run_dir(str(cfg.run_dir))
@@ -253,8 +263,9 @@ def train(cfg: DictConfig, model: torch.nn.Module, splits: Splits, device: torch
     stop_after = t.get("stop_after")
     eta = step_size(o.schedule, state.update, total_updates, float(o.eta0), float(o.eta_min))
     last: dict[str, Any] = {}
-    estep = make_estep(t, model)
-    score = scorer(model, "fp32" if t.precision == "fp32" else "tf32")
+    estep = make_estep(t, model, device)
+    score = (scorer(model, "fp32" if t.precision == "fp32" else "tf32")
+             if use_fused(t, model, device) else model.log_likelihood)
 
     def evaluation(final: bool) -> dict[str, Any]:
         model.eval()
