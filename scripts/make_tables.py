@@ -5,20 +5,12 @@
 
 from __future__ import annotations
 
-import argparse
-
-from monarchpc.reports.records import load_all
+from monarchpc.reports.records import load_from_args, source_parser
 from monarchpc.reports.tables import build_tables, write_tables
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", nargs="+", default=["outputs"],
-                   help="run directories or folders searched recursively for run.json")
-    p.add_argument("--out", default="docs/results", help="output folder")
-    p.add_argument("--wandb-project", action="append", default=[],
-                   help="also read runs of this wandb project (entity/project); repeatable")
+    p = source_parser(__doc__)
     p.add_argument("--text8-dataset", default="text8",
                    help="dataset name of the runs behind Tables 1, 2, 3, B.2 (e.g. chars)")
     p.add_argument("--lm1b-dataset", default="lm1b", help="dataset name for Table 4")
@@ -27,9 +19,7 @@ def main() -> None:
     p.add_argument("--table2-sizes", default=None,
                    help="comma-separated hidden sizes for Table 2's four columns")
     args = p.parse_args()
-    records = load_all(args.runs, args.wandb_project)
-    print(f"loaded {len(records)} runs from {', '.join(args.runs)}"
-          + (f" and wandb {args.wandb_project}" if args.wandb_project else ""))
+    records = load_from_args(args)
     sizes = [int(s) for s in args.table2_sizes.split(",")] if args.table2_sizes else None
     tables = build_tables(records, text8=args.text8_dataset, lm1b=args.lm1b_dataset,
                           imagenet={32: args.imagenet32_dataset, 64: args.imagenet64_dataset},

@@ -19,6 +19,7 @@ Runs logged to wandb become the same :class:`RunRecord` through :func:`record_fr
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from collections.abc import Iterable
@@ -345,3 +346,23 @@ def _metric_from_keys(final: dict[str, Any], history: list[dict[str, Any]]) -> s
                 if key.endswith("_" + m):
                     return m
     return None
+
+
+def source_parser(description: str) -> argparse.ArgumentParser:
+    """The command-line options shared by the report scripts: --runs, --out, --wandb-project."""
+    p = argparse.ArgumentParser(description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", nargs="+", default=["outputs"],
+                   help="run directories or folders searched recursively for run.json")
+    p.add_argument("--out", default="docs/results", help="output folder")
+    p.add_argument("--wandb-project", action="append", default=[],
+                   help="also read runs of this wandb project (entity/project); repeatable")
+    return p
+
+
+def load_from_args(args: argparse.Namespace) -> list[RunRecord]:
+    """The runs named by :func:`source_parser`'s options, with a line saying how many."""
+    records = load_all(args.runs, args.wandb_project)
+    print(f"loaded {len(records)} runs from {', '.join(args.runs)}"
+          + (f" and wandb {args.wandb_project}" if args.wandb_project else ""))
+    return records
