@@ -198,6 +198,9 @@ class NullTracker:
     def truncate_after(self, update: int) -> None:
         pass
 
+    def last_record(self) -> dict[str, Any]:
+        return {}
+
     def close(self) -> None:
         pass
 

@@ -66,6 +66,13 @@ class Tracker:
                  if ln.strip() and json.loads(ln)["update"] <= update]
         self.metrics_path.write_text("".join(ln + "\n" for ln in lines))
 
+    def last_record(self) -> dict[str, Any]:
+        """The last evaluation record written ({} if none), e.g. when resuming."""
+        if not self.metrics_path.is_file():
+            return {}
+        lines = [ln for ln in self.metrics_path.read_text().splitlines() if ln.strip()]
+        return json.loads(lines[-1]) if lines else {}
+
     def close(self) -> None:
         if self.wandb is not None:
             self.wandb.finish()

@@ -300,7 +300,8 @@ def train(cfg: DictConfig, model: torch.nn.Module, splits: Splits, device: torch
         write_json_atomic(run_dir / "run.json",
                           {**info, "world_size": ddp.world, "rank_divergence": divergence})
 
-    save("running", None)
+    last = tracker.last_record() if state.update else {}  # resuming: what was logged last
+    save("finished" if state.update >= total_updates else "running", last or None)
     if state.update == 0 and t.eval_at_start:
         last = evaluation(final=False)
     bar = tqdm(total=total_updates, initial=state.update, desc=run_dir.name, unit="upd",

@@ -59,6 +59,11 @@ def test_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
         assert torch.equal(a["model"][key], b["model"][key]), key
     strip = lambda rs: [{k: v for k, v in r.items() if k != "wall_time"} for r in rs]  # noqa: E731
     assert strip(records(full)) == strip(records(part))
+    # resuming a finished run changes nothing and keeps it finished
+    run(compose_config([*SMALL, "resume=true"], part))
+    info = json.loads((part / "run.json").read_text())
+    assert info["status"] == "finished" and info["final"]["dev_bpc"] == records(full)[-1]["dev_bpc"]
+    assert strip(records(full)) == strip(records(part))
 
 
 def test_resume_refuses_a_different_run_and_fresh_runs_refuse_to_overwrite(tmp_path: Path
