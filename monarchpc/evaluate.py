@@ -21,8 +21,8 @@ Score = Callable[[Tensor], Tensor]
 
 
 def scorer(model: nn.Module, precision: str = "fp32") -> Score:
-    """The fastest exact scorer of ``model``: the fused first pass for HMMs, else
-    ``model.log_likelihood``."""
+    """An exact scorer of ``model`` that builds no autograd graph: the fused first pass of
+    learning/forward_backward.py for HMMs (in ``precision``), else ``model.log_likelihood``."""
     from monarchpc.circuits.hmm import HMM
     from monarchpc.learning.forward_backward import hmm_estep
 
