@@ -39,7 +39,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from monarchpc.circuits.factory import ConfigError
-from monarchpc.evaluate import Score, metric_value, total_nll
+from monarchpc.evaluate import Score, evaluate
 
 log = logging.getLogger("monarchpc")
 T = TypeVar("T")
@@ -126,12 +126,7 @@ class Dist:
                  batch_size: int, device: torch.device) -> dict[str, float]:
         """:func:`monarchpc.evaluate.evaluate` with the rows of every split shared out
         across ranks and the NLL and unit counts summed: ``{f"{name}_{metric}": value}``."""
-        out = {}
-        for name, rows in sets.items():
-            nll, units = total_nll(score, self.shard(rows), batch_size, device)
-            nll, units = self.sum(nll, units)
-            out[f"{name}_{metric}"] = metric_value(metric, nll, round(units))
-        return out
+        return evaluate(score, sets, metric, batch_size, device, self.shard, self.sum)
 
     @torch.no_grad()
     def broadcast_parameters(self, model: nn.Module) -> None:

@@ -8,7 +8,7 @@ bpc / bpd = NLL / (units * ln 2); ppl = exp(NLL / units).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -64,11 +64,17 @@ def long_rows(stream: Tensor, num_rows: int) -> Tensor:
     return stream[: num_rows * length].reshape(num_rows, length)
 
 
-def evaluate(score: Score, splits: dict[str, Tensor], metric: str, batch_size: int,
-             device: torch.device | str = "cpu") -> dict[str, float]:
-    """``{f"{name}_{metric}": value}`` for every named split of rows."""
+def evaluate(score: Score, splits: Mapping[str, Tensor], metric: str, batch_size: int,
+             device: torch.device | str = "cpu",
+             shard: Callable[[Tensor], Tensor] = lambda rows: rows,
+             total: Callable[[float, int], tuple[float, float]] = lambda nll, n: (nll, n),
+             ) -> dict[str, float]:
+    """``{f"{name}_{metric}": value}`` for every named split of rows.
+
+    Data parallel ranks pass ``shard`` (this rank's rows) and ``total`` (sum over ranks).
+    """
     out = {}
     for name, rows in splits.items():
-        nll, units = total_nll(score, rows, batch_size, device)
-        out[f"{name}_{metric}"] = metric_value(metric, nll, units)
+        nll, units = total(*total_nll(score, shard(rows), batch_size, device))
+        out[f"{name}_{metric}"] = metric_value(metric, nll, round(units))
     return out

@@ -262,7 +262,6 @@ def train(cfg: DictConfig, model: torch.nn.Module, splits: Splits, device: torch
     ckpt_every = int(t.checkpoint_every or eval_every)
     stop_after = t.get("stop_after")
     eta = step_size(o.schedule, state.update, total_updates, float(o.eta0), float(o.eta_min))
-    last: dict[str, Any] = {}
     estep = make_estep(t, model, device)
     score = (scorer(model, "fp32" if t.precision == "fp32" else "tf32")
              if use_fused(t, model, device) else model.log_likelihood)
@@ -300,7 +299,7 @@ def train(cfg: DictConfig, model: torch.nn.Module, splits: Splits, device: torch
         write_json_atomic(run_dir / "run.json",
                           {**info, "world_size": ddp.world, "rank_divergence": divergence})
 
-    last = tracker.last_record() if state.update else {}  # resuming: what was logged last
+    last: dict[str, Any] = tracker.last_record() if state.update else {}  # resuming
     save("finished" if state.update >= total_updates else "running", last or None)
     if state.update == 0 and t.eval_at_start:
         last = evaluation(final=False)

@@ -119,7 +119,7 @@ def posterior_and_top(v: Tensor, y: Tensor, table: Tensor, tokens: Tensor, s: Te
 _COMPILED: dict[str, Any] = {}
 
 
-def kernels(device: torch.device, compile_: bool) -> tuple[Any, Any]:
+def kernels(compile_: bool) -> tuple[Any, Any]:
     """The element-wise steps, compiled into fused kernels (torch.compile) when asked."""
     if not compile_:
         return emit_normalize, posterior_and_top
@@ -153,7 +153,7 @@ def hmm_estep(hmm: HMM, x: Tensor, checkpoint_every: int = 16, precision: str = 
     initial = hmm.initial.detach().float()
     c = max(1, min(int(checkpoint_every), length))
     xt = x.t().contiguous()  # (T, N)
-    emit_step, post_step = kernels(x.device, x.is_cuda if compile_ is None else compile_)
+    emit_step, post_step = kernels(x.is_cuda if compile_ is None else compile_)
 
     def step_down(y_next: Tensor, t: int, keep: list[Tensor] | None = None
                   ) -> tuple[Tensor, Tensor]:
