@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import TEXT8_PREFIX
+from tests.report_runs import shared_runs
 
 
 @pytest.fixture
@@ -15,3 +16,9 @@ def text8_prefix() -> Path:
     if not TEXT8_PREFIX.is_file():
         pytest.skip(f"real text8 prefix not found at {TEXT8_PREFIX}")
     return TEXT8_PREFIX
+
+
+@pytest.fixture
+def runs() -> dict[str, Path]:
+    """name -> run directory of the session's small real runs (tests/report_runs.py)."""
+    return shared_runs()

@@ -21,13 +21,7 @@ from monarchpc.circuits.queries import (
 from monarchpc.reports import tables
 from monarchpc.reports.measure import evaluate_pruning, load_model, measure_sampling
 from monarchpc.reports.records import load_run, load_runs
-from tests.report_runs import REPO_ROOT, shared_runs, text8_rows
-
-
-@pytest.fixture
-def runs() -> dict[str, Path]:
-    """name -> run directory of the session's small real runs (tests/report_runs.py)."""
-    return shared_runs()
+from tests.report_runs import REPO_ROOT, text8_rows
 
 CONFIGS = [{"structure": "hmm", "block": "dense", "hidden_size": 12},
            {"structure": "hmm", "block": "monarch", "hidden_size": 16, "k": 2},

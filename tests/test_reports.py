@@ -25,13 +25,6 @@ from monarchpc.reports.records import (
     record_from_wandb,
     select,
 )
-from tests.report_runs import shared_runs
-
-
-@pytest.fixture
-def runs() -> dict[str, Path]:
-    """name -> run directory of the session's small real runs (tests/report_runs.py)."""
-    return shared_runs()
 
 DS = "chars"  # the tiny runs are on the text8 prefix, recorded as "chars"
 
