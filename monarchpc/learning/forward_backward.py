@@ -183,7 +183,10 @@ def hmm_estep(hmm: HMM, x: Tensor, checkpoint_every: int = 16, precision: str = 
 
     # Pass 2: left to right, segment by segment, carrying v (v_0 . y_1 = 1).
     grads = [torch.zeros(w.shape, dtype=torch.float32, device=x.device) for w in layers.w]
-    onehot = torch.nn.functional.one_hot(xt, table.shape[1]).float()  # (T, N, V)
+
+    def onehot(t: int) -> Tensor:  # (N, V): built per step, (T, N, V) is GBs at V = 8192
+        return torch.nn.functional.one_hot(xt[t], table.shape[1]).float()
+
     emission_flows = torch.zeros_like(table)
     v = (initial[:, None] / g_dot[None, :]).view(shape)
     initial_flows = (v.reshape(h, n) * y_first).sum(1)
@@ -204,7 +207,7 @@ def hmm_estep(hmm: HMM, x: Tensor, checkpoint_every: int = 16, precision: str = 
                 x_buf[d][..., t - start, :] = keep[d]
         for t in range(start, stop):
             gamma, a = post_step(v, ys[t], table, xt[t], scales[t], dtype)
-            emission_flows.addmm_(gamma, onehot[t])
+            emission_flows.addmm_(gamma, onehot(t))
             for d in range(k):
                 a_buf[d][..., t - start, :] = a
                 a = layers.apply(d, a, transpose=True)
@@ -214,7 +217,7 @@ def hmm_estep(hmm: HMM, x: Tensor, checkpoint_every: int = 16, precision: str = 
             grads[d].add_(layers.weight_grad(d, a_buf[d][..., :width, :].flatten(-2),
                                              x_buf[d][..., :width, :].flatten(-2)))
     gamma, _ = post_step(v, checkpoints[length - 1], table, xt[-1], scales[-1], dtype)
-    emission_flows.addmm_(gamma, onehot[-1])
+    emission_flows.addmm_(gamma, onehot(length - 1))
 
     # Gradients: transition layers directly; emission and initial from their flows.
     for param, grad in zip(layer_params(hmm), grads, strict=True):
