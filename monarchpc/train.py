@@ -40,7 +40,7 @@ from monarchpc.evaluate import METRICS, long_rows, metric_value, scorer
 from monarchpc.factor_runs import FactorRunIncomplete, factor_costs
 from monarchpc.initialize import check_init, initialize
 from monarchpc.learning.em import accumulate_flows, em_step
-from monarchpc.learning.forward_backward import DTYPES, hmm_estep
+from monarchpc.learning.forward_backward import DTYPES, fused_estep
 from monarchpc.learning.schedules import SCHEDULES, step_size
 from monarchpc.paths import REPO_ROOT
 from monarchpc.tracking import Tracker, write_json_atomic
@@ -144,7 +144,8 @@ def make_estep(t: DictConfig, model: torch.nn.Module, device: torch.device) -> A
     is the plain PyTorch reference (see :func:`use_fused` for ``auto``).
     """
     if use_fused(t, model, device):
-        return lambda x: hmm_estep(model, x, int(t.segment), t.precision)
+        return fused_estep(model, device, int(t.segment), t.precision, float(t.keep_gb),
+                           t.cuda_graphs)
     return lambda x: accumulate_flows(model, x)
 
 

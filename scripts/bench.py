@@ -24,7 +24,8 @@ import torch
 from monarchpc.circuits import DenseBlock, MonarchBlock
 from monarchpc.circuits.hmm import HMM
 from monarchpc.learning.em import accumulate_flows, em_step, flows
-from monarchpc.learning.forward_backward import DTYPES, hmm_estep
+from monarchpc.learning.forward_backward import DTYPES, GraphedEStep, fused_estep, hmm_estep
+from monarchpc.learning.kernels import element_ops
 
 # (name, factors): one factor is a dense block
 GPU_CASES = [("dense 4096", [4096], 128), ("dense 16384", [16384], 128),
@@ -71,17 +72,22 @@ def bench_case(name: str, factors: list[int], batch: int, args: argparse.Namespa
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
 
+    run = fused_estep(hmm, device, args.segment, args.precision, args.keep_gb, args.graphs)
+
     def estep() -> None:
-        hmm_estep(hmm, x, args.segment, args.precision)
+        run(x)
 
     def update() -> None:
-        hmm_estep(hmm, x, args.segment, args.precision)
+        run(x)
         em_step(hmm, 0.5, 0.1)
 
     row: dict[str, Any] = {"case": name, "factors": factors, "hidden_size": math.prod(factors),
                            "batch": batch, "length": args.length, "vocab": args.vocab,
                            "madds_per_token": madds, "precision": args.precision,
-                           "segment": args.segment, "device": device_name(device)}
+                           "segment": args.segment, "keep_gb": args.keep_gb,
+                           "kernels": element_ops("auto", device, args.vocab).name,
+                           "cuda_graph": isinstance(run, GraphedEStep),
+                           "device": device_name(device)}
     try:
         t_e = timed(estep, device, args.reps)
         for p in hmm.parameters():
@@ -100,23 +106,52 @@ def bench_case(name: str, factors: list[int], batch: int, args: argparse.Namespa
 
 def check_case(name: str, factors: list[int], args: argparse.Namespace,
                device: torch.device) -> dict[str, Any]:
-    """Fused fp32 path vs the autograd path: relative errors of log p and of the flows."""
+    """Fused path vs the autograd path: relative errors of log p and of the flows, for fp32
+    (recomputing every segment, and keeping them all) and bf16 products."""
     ref, fast = build(factors, args.vocab, device), build(factors, args.vocab, device)
     x = torch.randint(0, args.vocab, (16, 64), device=device,
                       generator=torch.Generator(device).manual_seed(2))
     torch.backends.cuda.matmul.allow_tf32 = False
     ll_ref = accumulate_flows(ref, x)
     row: dict[str, Any] = {"check": name, "device": device_name(device)}
-    for precision in ("fp32", "bf16"):
+    for key, precision, keep_gb in [("fp32", "fp32", 0.0), ("fp32_kept", "fp32", 1.0),
+                                    ("bf16", "bf16", 0.0)]:
         for p in fast.parameters():
             p.grad = None
-        ll = hmm_estep(fast, x, 5, precision)
+        ll = hmm_estep(fast, x, 5, precision, keep_gb=keep_gb)
         flow_err = max(float((flows(p) - flows(q)).abs().max() / flows(q).abs().max())
                        for p, q in zip(fast.parameters(), ref.parameters(), strict=True))
-        row[f"{precision}_ll_rel_err"] = float(((ll - ll_ref).abs() / ll_ref.abs()).max())
-        row[f"{precision}_flow_rel_err"] = flow_err
+        row[f"{key}_ll_rel_err"] = float(((ll - ll_ref).abs() / ll_ref.abs()).max())
+        row[f"{key}_flow_rel_err"] = flow_err
+    if device.type == "cuda":  # the CUDA-graph replay (second call) equals the plain path
+        run = GraphedEStep(fast, checkpoint_every=5, precision="fp32")
+        for _ in range(2):
+            for p in fast.parameters():
+                p.grad = None
+            ll = run(x)
+        row["fp32_graph_ll_rel_err"] = float(((ll - ll_ref).abs() / ll_ref.abs()).max())
+        row["fp32_graph_flow_rel_err"] = max(
+            float((flows(p) - flows(q)).abs().max() / flows(q).abs().max())
+            for p, q in zip(fast.parameters(), ref.parameters(), strict=True))
     torch.backends.cuda.matmul.allow_tf32 = args.precision != "fp32"
     return row
+
+
+def profile_case(factors: list[int], batch: int, args: argparse.Namespace,
+                 device: torch.device) -> None:
+    """Print where one E-step's time goes (torch.profiler, top 15 kernels by total time)."""
+    hmm = build(factors, args.vocab, device)
+    x = torch.randint(0, args.vocab, (batch, args.length), device=device)
+    hmm_estep(hmm, x, args.segment, args.precision, keep_gb=args.keep_gb)  # warm-up
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        hmm_estep(hmm, x, args.segment, args.precision, keep_gb=args.keep_gb)
+        sync(device)
+    sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort, row_limit=15, max_name_column_width=60),
+          flush=True)
 
 
 def ceilings(device: torch.device) -> list[dict[str, Any]]:
@@ -160,12 +195,18 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="small CPU-sized cases")
     parser.add_argument("--precision", default="bf16", choices=sorted(DTYPES))
     parser.add_argument("--segment", type=int, default=16)
+    parser.add_argument("--keep-gb", type=float, default=8.0,
+                        help="memory for segments kept from the first pass (no recomputation)")
+    parser.add_argument("--graphs", default="auto", type=lambda v: {"true": True,
+                        "false": False}.get(v, v), help="CUDA graphs: auto | true | false")
     parser.add_argument("--length", type=int, default=256)
     parser.add_argument("--vocab", type=int, default=27)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--cases", default=None, help="comma-separated case indices to run")
     parser.add_argument("--no-check", action="store_true")
     parser.add_argument("--ceilings", action="store_true", help="measure GEMM/copy ceilings")
+    parser.add_argument("--profile", action="store_true",
+                        help="print the top GPU kernels of one E-step of each case")
     parser.add_argument("--out", default=None, help="also append the JSON lines here")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
@@ -192,6 +233,8 @@ def main() -> None:
             emit(row)
     rows = []
     for name, factors, batch in cases:
+        if args.profile:
+            profile_case(factors, batch, args, device)
         row = bench_case(name, factors, batch, args, device)
         rows.append(row)
         emit(row)

@@ -13,6 +13,7 @@ from monarchpc.circuits import DenseBlock, MonarchBlock
 from monarchpc.circuits.hmm import HMM
 from monarchpc.learning.em import accumulate_flows, em_step, flows
 from monarchpc.learning.forward_backward import hmm_estep
+from monarchpc.learning.kernels import element_ops, triton_usable
 from monarchpc.paths import REPO_ROOT
 
 BLOCKS = {
@@ -32,6 +33,10 @@ def twins(kind: str, vocab: int = 5) -> tuple[HMM, HMM]:
     return a, b
 
 
+KERNELS = ["torch", pytest.param("triton", marks=pytest.mark.skipif(
+    not triton_usable(torch.device("cpu")), reason="triton not installed"))]
+
+
 @pytest.mark.parametrize("kind", sorted(BLOCKS))
 @pytest.mark.parametrize("segment", [1, 3, 16, 100])
 def test_fused_estep_equals_autograd(kind: str, segment: int) -> None:
@@ -39,11 +44,56 @@ def test_fused_estep_equals_autograd(kind: str, segment: int) -> None:
     x = torch.randint(0, 5, (9, 17), generator=torch.Generator().manual_seed(1))
     x[2, 4] = 4  # every token value appears
     ll_ref = accumulate_flows(ref, x)
-    ll = hmm_estep(fast, x, checkpoint_every=segment, precision="fp32", compile_=False)
+    ll = hmm_estep(fast, x, checkpoint_every=segment, precision="fp32", kernels="torch")
+    assert_matches(fast, ref, ll, ll_ref)
+
+
+@pytest.mark.parametrize("kind", sorted(BLOCKS))
+@pytest.mark.parametrize("kernels", KERNELS)
+@pytest.mark.parametrize("keep_gb", [0.0, 1e-6, 1.0])  # recompute all, keep some, keep all
+def test_kept_segments_and_triton_kernels_equal_autograd(kind: str, kernels: str,
+                                                          keep_gb: float) -> None:
+    ref, fast = twins(kind)
+    x = torch.randint(0, 5, (7, 15), generator=torch.Generator().manual_seed(4))
+    x[1, 3] = 4
+    ll_ref = accumulate_flows(ref, x)
+    ll = hmm_estep(fast, x, checkpoint_every=4, precision="fp32", kernels=kernels,
+                   keep_gb=keep_gb)
+    assert_matches(fast, ref, ll, ll_ref)
+
+
+def assert_matches(fast: HMM, ref: HMM, ll: torch.Tensor, ll_ref: torch.Tensor) -> None:
+    """log p to 1e-4 relative, every parameter's flows to 1e-3 of their largest value."""
     assert float(((ll - ll_ref).abs() / ll_ref.abs()).max()) < 1e-4
     for p, q in zip(fast.parameters(), ref.parameters(), strict=True):
         scale = flows(q).abs().max()
         assert float((flows(p) - flows(q)).abs().max() / scale) < 1e-3
+
+
+@pytest.mark.skipif(not triton_usable(torch.device("cpu")), reason="triton not installed")
+def test_triton_kernels_equal_torch_on_strided_states() -> None:
+    """The two element-wise kernels read permuted states and write into buffer slots."""
+    g = torch.Generator().manual_seed(5)
+    b0, b1, n, vocab = 4, 6, 20, 7
+    table = torch.rand(b0 * b1, vocab, generator=g)
+    tokens = torch.randint(0, vocab, (n,), generator=g)
+    s = torch.rand(n, generator=g) + 0.5
+    m = torch.rand(b1, b0, n, generator=g).permute(1, 0, 2)  # a permuted product output
+    w = torch.rand(b0, b1, n, generator=g)
+    outs = {}
+    for name, ops in [("torch", element_ops("torch", m.device, vocab)),
+                      ("triton", element_ops("triton", m.device, vocab))]:
+        buf = torch.zeros(b0, b1, 3, n)  # a segment buffer; the kernels write slot 1
+        col_sums = ops.emit(m, table, tokens, s, buf[:, :, 1])
+        flow = torch.zeros(b0 * b1, vocab)
+        ops.post(w, buf[:, :, 1], table, tokens, s, buf[:, :, 2], flow)
+        outs[name] = (buf, col_sums, flow)
+        assert buf[:, :, 0].abs().max() == 0  # nothing written outside the slots
+    for got, want in zip(outs["triton"], outs["torch"], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    assert float(outs["torch"][2].sum()) > 0
+    with pytest.raises(ValueError, match="kernels must be"):
+        element_ops("cuda", m.device, vocab)
 
 
 def test_fused_estep_accumulates_over_micro_batches_and_evaluates() -> None:
@@ -52,7 +102,7 @@ def test_fused_estep_accumulates_over_micro_batches_and_evaluates() -> None:
     batches = [torch.randint(0, 5, (4, 11), generator=g) for _ in range(3)]
     for x in batches:
         accumulate_flows(ref, x)
-        hmm_estep(fast, x, checkpoint_every=4, compile_=False)
+        hmm_estep(fast, x, checkpoint_every=4, kernels="torch")
     for p, q in zip(fast.parameters(), ref.parameters(), strict=True):
         torch.testing.assert_close(flows(p), flows(q), rtol=1e-4, atol=1e-6)
     em_step(ref, 0.7, 0.1)
@@ -60,7 +110,7 @@ def test_fused_estep_accumulates_over_micro_batches_and_evaluates() -> None:
     for p, q in zip(fast.parameters(), ref.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
     x = batches[0]
-    score = hmm_estep(fast, x, checkpoint_every=x.shape[1], grad=False, compile_=False)
+    score = hmm_estep(fast, x, checkpoint_every=x.shape[1], grad=False, kernels="torch")
     torch.testing.assert_close(score, fast.log_likelihood(x).detach(), rtol=1e-5, atol=1e-4)
     assert all(p.grad is None for p in fast.parameters())  # evaluation adds no flows
 
@@ -69,7 +119,7 @@ def test_low_precision_is_close_and_bad_precision_fails() -> None:
     ref, fast = twins("monarch2")
     x = torch.randint(0, 5, (6, 20), generator=torch.Generator().manual_seed(3))
     ll_ref = ref.log_likelihood(x).detach()
-    ll = hmm_estep(fast, x, checkpoint_every=5, precision="bf16", compile_=False)
+    ll = hmm_estep(fast, x, checkpoint_every=5, precision="bf16", kernels="torch")
     assert torch.isfinite(ll).all()
     assert float(((ll - ll_ref).abs() / ll_ref.abs()).max()) < 1e-2
     with pytest.raises(ValueError, match="precision must be one of"):

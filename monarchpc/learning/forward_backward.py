@@ -3,31 +3,35 @@
 The reference path (:func:`monarchpc.learning.em.accumulate_flows`) lets autograd cache
 every hidden state of every layer. This path computes the same log-likelihood and the
 same gradients with respect to the parameters (so ``theta * grad`` are the flows) with
-three matrix products per layer and step, and memory O(T/c + k c) hidden states for a
-checkpoint interval c instead of O(k T):
+three matrix products per layer and step (four where a step is recomputed), in linear
+space with one scale per column and step:
 
-1. Right to left (the HMM recursion of circuits/hmm.py), keeping only every c-th scaled
-   hidden vector y_t and the per-step scales s_t:
-       y_T = e_T / s_T,   y_t = e_t * (M y_{t+1}) / s_t,   log p = log(g . y_1) + sum log s_t
-   where e_t = B[:, x_t] and s_t normalizes each column to sum 1.
-2. Left to right, one segment of c steps at a time: recompute the segment's y_t and the
-   inputs X_d(t) of every Monarch layer d (M = L_0 ... L_{k-1}) from the checkpoint, then
-   carry the scaled forward vector v (v_0 = g / (g . y_1)):
-       posterior of z_t:   gamma_t = v_{t-1} * y_t               (sums to 1)
-       a_0 = v_{t-1} * e_t / s_t,   a_{d+1} = L_d^T a_d,   v_t = a_k
-       dlogp/dL_d += sum_t a_d(t) X_d(t)^T   (one batched product per segment, K = c * B)
-   The scaling makes v_t . y_{t+1} = 1 exactly, so no further normalizer is needed.
+1. Right to left (the HMM recursion of circuits/hmm.py), with e_t = B[:, x_t]:
+       y_{T-1} = e_{T-1},   y_t = e_t * (M y_{t+1}) / s_{t+1},   s_t = sum_i y_t[i]
+       log p = log(g . y_0) + sum_{t >= 1} log s_t
+   (y_t sums to s_t: dividing by the previous step's sum needs one pass over a state).
+2. Left to right over segments of c transitions, carrying w (w_{-1} = g / (g . y_0)):
+       posterior of z_t:   gamma_t = w_{t-1} * y_t               (sums to 1)
+       a_0 = w_{t-1} * e_t / s_{t+1},   a_{d+1} = L_d^T a_d,   w_t = a_k
+       dlogp/dL_d += sum_t a_d(t) X_d(t)^T   (one batched product per segment, K = c * N)
+   where X_d(t) = L_{d+1} ... L_{k-1} y_{t+1} is the input of layer d (M = L_0 ... L_{k-1}).
 
-Hidden states are kept hidden-major, (b_0, ..., b_{k-1}, B), so every Monarch layer is one
+The first pass keeps every c-th y_t; the second recomputes a segment's X_d(t) from it,
+except for the leading segments that fit in ``keep_gb``, whose X_d(t) the first pass
+wrote into their buffers already. Products write straight into their slots of a segment
+buffer (b_0, ..., b_{k-1}, c, N), and the element-wise work of a step is one kernel
+(:mod:`monarchpc.learning.kernels`: Triton on a GPU, PyTorch otherwise).
+
+Hidden states are kept hidden-major, (b_0, ..., b_{k-1}, N), so every Monarch layer is one
 batched matrix product over strided views (the permutations between layers cost nothing
 for k = 2). Matrix operands may be bf16 or fp16 (fp32 accumulation) or TF32; scales,
-sums and accumulated gradients stay fp32 (linear space throughout).
+sums and accumulated gradients stay fp32.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -35,7 +39,9 @@ from torch import Tensor
 from monarchpc.circuits.dense import DenseBlock
 from monarchpc.circuits.hmm import HMM
 from monarchpc.circuits.monarch import MonarchBlock
+from monarchpc.learning.kernels import element_ops
 
+GRAPH_MAX_HIDDEN = 16384  # CUDA graphs by default up to this hidden size
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16,
           "fp16": torch.float16}
 
@@ -55,6 +61,29 @@ def as_layer(param: Tensor) -> Tensor:
     return param.detach().view(1, 1, *param.shape) if param.dim() == 2 else param.detach()
 
 
+def batch_view(t: Tensor) -> Tensor | None:
+    """(pre, post, r, c) as a (pre * post, r, c) view, or None where the strides forbid it."""
+    try:
+        return t.view(-1, *t.shape[2:])
+    except RuntimeError:
+        return None
+
+
+def add_products(acc: Tensor, a: Tensor, b: Tensor) -> None:
+    """acc (B, m, n) fp32 += a (B, m, K) @ b (B, K, n), accumulating in fp32."""
+    if a.dtype == acc.dtype:
+        acc.baddbmm_(a, b)
+        return
+    if acc.is_cuda:  # 16-bit operands, fp32 output straight from cuBLAS
+        try:
+            torch.baddbmm(acc, a, b, out_dtype=acc.dtype, out=acc)
+            return
+        except (RuntimeError, TypeError):  # a torch without out_dtype: chunks of 64 blocks
+            pass
+    for i in range(0, acc.shape[0], 64):
+        acc[i:i + 64].add_(torch.bmm(a[i:i + 64], b[i:i + 64]).to(acc.dtype))
+
+
 class Layers:
     """The transition's layers in the compute dtype, applied to hidden-major states.
 
@@ -67,10 +96,10 @@ class Layers:
         self.k = len(self.w)
         self.h = math.prod(self.factors)
 
-    def view(self, state: Tensor, d: int) -> Tensor:
-        """``state`` as (pre_d, b_d, post_d, N) (a view whenever the strides allow)."""
+    def split(self, state: Tensor, d: int) -> Tensor:
+        """``state`` as (pre_d, post_d, b_d, N) (a view whenever the strides allow)."""
         pre, post = self.w[d].shape[0], self.w[d].shape[1]
-        return state.reshape(pre, self.factors[d], post, state.shape[-1])
+        return state.reshape(pre, self.factors[d], post, state.shape[-1]).transpose(1, 2)
 
     def unview(self, out: Tensor, d: int) -> Tensor:
         """A product's output (pre_d, post_d, b_d, N) as a state (b_0, ..., b_{k-1}, N)."""
@@ -79,153 +108,225 @@ class Layers:
         order = [*range(d), self.k - 1, *range(d, self.k - 1), self.k]
         return out.permute(order)
 
-    def apply(self, d: int, state: Tensor, transpose: bool = False) -> Tensor:
-        """L_d @ state (or L_d^T @ state) for every column: one batched product."""
+    def apply(self, d: int, state: Tensor, transpose: bool = False,
+              out: Tensor | None = None) -> Tensor:
+        """L_d @ state (or L_d^T @ state) for every column: one batched product.
+
+        With ``out`` (a state, e.g. a slot of a segment buffer) the product is written there,
+        directly where its strides allow, and ``out`` is returned.
+        """
         w = self.w[d].transpose(-1, -2) if transpose else self.w[d]
-        return self.unview(torch.matmul(w, self.view(state, d).transpose(1, 2)), d)
+        w3 = w.reshape(-1, *w.shape[2:])
+        x3 = self.split(state, d).reshape(w3.shape[0], self.factors[d], state.shape[-1])
+        if out is None:
+            return self.unview(torch.bmm(w3, x3), d)
+        try:  # out as (pre, post, b, N), flattened to (pre * post, b, N) without a copy
+            target = batch_view(out.view(self.w[d].shape[0], self.factors[d], -1,
+                                         out.shape[-1]).transpose(1, 2))
+        except RuntimeError:
+            target = None
+        if target is not None:
+            torch.bmm(w3, x3, out=target)
+        else:  # the slot's strides do not flatten (middle layers of k >= 3): one copy
+            out.copy_(self.unview(torch.bmm(w3, x3), d))
+        return out
 
-    def weight_grad(self, d: int, a: Tensor, x: Tensor) -> Tensor:
-        """sum over columns of a x^T per block: (pre, post, b, b) in the compute dtype."""
-        av = self.view(a, d).transpose(1, 2)
-        xv = self.view(x, d).transpose(1, 2)
-        return torch.matmul(av, xv.transpose(-1, -2))
+    def accumulate_grad(self, d: int, grad: Tensor, a: Tensor, x: Tensor) -> None:
+        """grad (pre, post, b, b) fp32 += sum over columns of a x^T per block.
 
-
-def emit_normalize(m: Tensor, table: Tensor, tokens: Tensor, dtype: torch.dtype
-                   ) -> tuple[Tensor, Tensor]:
-    """y = e * m / s with e = B[:, tokens]: the element-wise half of a right-to-left step.
-
-    m: a state (b_0, ..., b_{k-1}, N) of any strides; table: B (h, V) fp32; tokens (N,).
-    Returns (y in ``dtype``, s (N,) fp32), columns of y summing to 1 (linear space).
-    """
-    y = table[:, tokens].view(m.shape) * m.float()
-    s = y.sum(dim=tuple(range(y.dim() - 1)))
-    return (y / s).to(dtype), s
-
-
-def posterior_and_top(v: Tensor, y: Tensor, table: Tensor, tokens: Tensor, s: Tensor,
-                      dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """The element-wise half of a left-to-right step (states of any strides, linear space).
-
-    Returns (gamma = v * y as (h, N) fp32: the posterior of z_t, columns summing to 1;
-    a_0 = v * e / s in ``dtype``: the scaled forward vector entering the transition).
-    """
-    vf = v.float()
-    gamma = (vf * y.float()).reshape(-1, v.shape[-1])
-    a0 = (vf * table[:, tokens].view(v.shape) / s).to(dtype)
-    return gamma, a0
-
-
-_COMPILED: dict[str, Any] = {}
-
-
-def kernels(compile_: bool) -> tuple[Any, Any]:
-    """The element-wise steps, compiled into fused kernels (torch.compile) when asked."""
-    if not compile_:
-        return emit_normalize, posterior_and_top
-    if not _COMPILED:
-        torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
-        _COMPILED["emit"] = torch.compile(emit_normalize, dynamic=False)
-        _COMPILED["post"] = torch.compile(posterior_and_top, dynamic=False)
-    return _COMPILED["emit"], _COMPILED["post"]
+        a, x: (b_0, ..., b_{k-1}, K) in the compute dtype (K = columns of a whole segment).
+        """
+        pre, post, b, _ = grad.shape
+        a3 = self.split(a, d).reshape(pre * post, b, a.shape[-1])
+        x3 = self.split(x, d).reshape(pre * post, b, x.shape[-1])
+        add_products(grad.view(pre * post, b, b), a3, x3.transpose(1, 2))
 
 
 @torch.no_grad()
 def hmm_estep(hmm: HMM, x: Tensor, checkpoint_every: int = 16, precision: str = "fp32",
-              grad: bool = True, compile_: bool | None = None) -> Tensor:
+              grad: bool = True, kernels: str = "auto", keep_gb: float = 0.0) -> Tensor:
     """Log-likelihood (N,) of rows ``x`` (N, T); adds dlogp/dtheta to every ``param.grad``.
 
     With ``grad=False`` only the first pass runs (evaluation).
 
     ``checkpoint_every`` (c >= 1): the first pass keeps every c-th hidden vector and the
-    second recomputes c steps at a time (memory: T/c + (2k + 1) c hidden states of N
-    columns; c = T keeps one segment, like caching everything, at the same cost).
-    ``precision``: fp32, tf32, bf16 or fp16 operands for the matrix products.
-    ``compile_``: fuse the element-wise steps with torch.compile (default: on CUDA).
+    second recomputes c steps at a time. ``keep_gb``: memory for segments whose layer
+    inputs the first pass keeps (no recomputation); each takes (k c + 1) states of N
+    columns. ``precision``: fp32, tf32, bf16 or fp16 operands for the matrix products.
+    ``kernels``: the element-wise steps in ``triton``, ``torch`` or ``auto`` (Triton on a GPU).
     """
+    log_likelihood, grads = estep_values(hmm, x, checkpoint_every, precision, grad, kernels,
+                                         keep_gb)
+    for param, g in grads:
+        add_grad(param, g)
+    return log_likelihood
+
+
+def fused_estep(hmm: HMM, device: torch.device, checkpoint_every: int = 16,
+                precision: str = "fp32", keep_gb: float = 0.0, graphs: str | bool = "auto"
+                ) -> Callable[[Tensor], Tensor]:
+    """The training E-step x (N, T) -> log p (N,): :func:`hmm_estep` with these settings,
+    replayed from CUDA graphs when ``graphs`` is true, or ``auto`` and h <= GRAPH_MAX_HIDDEN
+    on a GPU (small models, where launching the kernels takes longer than running them)."""
+    if graphs not in ("auto", True, False):
+        raise ValueError(f"graphs must be auto, true or false, got {graphs!r}")
+    settings = {"checkpoint_every": checkpoint_every, "precision": precision,
+                "keep_gb": keep_gb}
+    if graphs == "auto":
+        graphs = device.type == "cuda" and hmm.hidden_size <= GRAPH_MAX_HIDDEN
+    if graphs:
+        if device.type != "cuda":
+            raise ValueError("CUDA graphs need a GPU; set graphs to auto or false")
+        return GraphedEStep(hmm, **settings)
+    return lambda x: hmm_estep(hmm, x, **settings)
+
+
+class GraphedEStep:
+    """:func:`hmm_estep` captured as a CUDA graph per input shape, then replayed.
+
+    For models whose steps are too short to hide the launch of their kernels (dense
+    HMMs of a few thousand states). Parameters must be updated in place (as
+    :func:`~monarchpc.learning.em.em_step` does); each captured shape keeps its memory.
+    """
+
+    def __init__(self, hmm: HMM, max_shapes: int = 2, **settings: object) -> None:
+        self.hmm, self.settings, self.max_shapes = hmm, settings, max_shapes
+        self.graphs: dict[tuple[int, ...], tuple[Tensor, torch.cuda.CUDAGraph, tuple]] = {}
+
+    @torch.no_grad()
+    def __call__(self, x: Tensor) -> Tensor:
+        key = tuple(x.shape)
+        if key not in self.graphs:
+            if len(self.graphs) >= self.max_shapes:  # an odd shape: no new graph
+                return hmm_estep(self.hmm, x, **self.settings)
+            self.graphs[key] = self.capture(x)
+        static_x, graph, (log_likelihood, grads) = self.graphs[key]
+        static_x.copy_(x)
+        graph.replay()
+        for param, g in grads:
+            add_grad(param, g)
+        return log_likelihood.clone()
+
+    def capture(self, x: Tensor) -> tuple[Tensor, torch.cuda.CUDAGraph, tuple]:
+        static_x = x.clone()
+        side = torch.cuda.Stream(x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side):  # warm-up: compiles kernels, sets up cuBLAS
+            estep_values(self.hmm, static_x, **self.settings)
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outputs = estep_values(self.hmm, static_x, **self.settings)
+        return static_x, graph, outputs
+
+
+def estep_values(hmm: HMM, x: Tensor, checkpoint_every: int = 16, precision: str = "fp32",
+                 grad: bool = True, kernels: str = "auto", keep_gb: float = 0.0
+                 ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+    """:func:`hmm_estep` without touching ``.grad``: (log p (N,), [(param, dlogp/dparam)])."""
     if precision not in DTYPES:
         raise ValueError(f"precision must be one of {sorted(DTYPES)}, got {precision!r}")
     dtype = DTYPES[precision]
     n, length = x.shape
+    dev = x.device
     layers = Layers(layer_params(hmm), dtype)
-    k, h, shape = layers.k, layers.h, (*layers.factors, n)
-    table = hmm.emission.detach().float()  # (h, V)
+    k, h, factors = layers.k, layers.h, layers.factors
+    table = hmm.emission.detach().float().contiguous()  # (h, V)
     initial = hmm.initial.detach().float()
-    c = max(1, min(int(checkpoint_every), length))
+    ops = element_ops(kernels, dev, table.shape[1])
     xt = x.t().contiguous()  # (T, N)
-    emit_step, post_step = kernels(x.is_cuda if compile_ is None else compile_)
+    c = max(1, min(int(checkpoint_every), length))
 
-    def step_down(y_next: Tensor, t: int, keep: list[Tensor] | None = None
-                  ) -> tuple[Tensor, Tensor]:
-        """(y_t, s_t) from y_{t+1}, optionally keeping every layer's input (M = L_0..L_{k-1})."""
+    def new_state() -> Tensor:
+        return torch.empty(*factors, n, dtype=dtype, device=dev)
+
+    def new_buffers() -> list[Tensor]:
+        """Segment buffer: slot j of layer d < k-1 holds X_d(start + j); layer k-1 holds
+        y_{start + j} for j in [0, c] (so X_{k-1}(t) = y_{t+1} is slot t - start + 1)."""
+        return [torch.empty(*factors, c + (d == k - 1), n, dtype=dtype, device=dev)
+                for d in range(k)]
+
+    # transitions t -> t+1 for t in [start, stop); the first `kept` keep the first pass's X
+    segments = [(s, min(s + c, length - 1)) for s in range(0, length - 1, c)]
+    seg_bytes = (k * c + 1) * h * n * dtype.itemsize
+    kept = min(len(segments), int(keep_gb * 1e9) // seg_bytes) if grad else 0
+    buffers = [new_buffers() for _ in range(kept)]
+
+    def step_down(t: int, y_next: Tensor, s_next: Tensor, xs: list[Tensor] | None,
+                  start: int, y_out: Tensor) -> Tensor:
+        """y_t (into ``y_out``) from y_{t+1}; returns s_t. With ``xs``, every layer's input
+        goes into its slot t - start (y_{t+1} is there already)."""
         m = y_next
         for d in reversed(range(k)):
-            if keep is not None:
-                keep.insert(0, m)
-            m = layers.apply(d, m)
-        return emit_step(m, table, xt[t], dtype)
+            slot = xs[d - 1][..., t - start, :] if xs is not None and d > 0 else None
+            m = layers.apply(d, m, out=slot)
+        return ops.emit(m, table, xt[t], s_next, y_out)
 
-    # Pass 1: right to left, keeping y_t for t = 0, c, 2c, ... (0-based) and T - 1.
+    # Pass 1: right to left; y_u of a kept segment lands in its slots, and y_stop of every
+    # other segment is kept as its checkpoint.
+    scales = torch.empty(length, n, dtype=torch.float32, device=dev)
     e_last = table[:, xt[-1]]
-    scales = torch.empty(length, n, dtype=torch.float32, device=x.device)
     scales[-1] = e_last.sum(0)
-    y = (e_last / scales[-1]).to(dtype).view(shape)
-    checkpoints = {length - 1: y}
-    for t in range(length - 2, -1, -1):
-        y, scales[t] = step_down(y, t)
-        if t % c == 0:
-            checkpoints[t] = y
+    y_last = new_state()
+    y_last.copy_(e_last.view(y_last.shape))
+    checkpoints = {length - 1: y_last}
+    y = y_last
+    for t in range(length - 1, -1, -1):
+        j = min(t // c, len(segments) - 1) if segments else 0
+        if t < length - 1:
+            keep = j < kept
+            out = buffers[j][k - 1][..., t - segments[j][0], :] if keep else new_state()
+            scales[t] = step_down(t, y, scales[t + 1], buffers[j] if keep else None,
+                                  segments[j][0] if keep else 0, out)
+            y = out
+            if grad and not keep and t > 0 and t % c == 0:
+                checkpoints[t] = y
+        for i in (j - 1, j):  # y_t is slot t - start of segment i when kept (both ends)
+            if 0 <= i < kept and segments[i][0] <= t <= segments[i][1]:
+                slot = buffers[i][k - 1][..., t - segments[i][0], :]
+                if slot.data_ptr() != y.data_ptr():
+                    slot.copy_(y)
     y_first = y.reshape(h, n).float()
     g_dot = initial @ y_first  # (N,)
-    log_likelihood = g_dot.log() + scales.log().sum(0)
+    log_likelihood = g_dot.log() + scales[1:].log().sum(0)
     if not grad:
-        return log_likelihood
+        return log_likelihood, []
 
-    # Pass 2: left to right, segment by segment, carrying v (v_0 . y_1 = 1).
-    grads = [torch.zeros(w.shape, dtype=torch.float32, device=x.device) for w in layers.w]
-
-    def onehot(t: int) -> Tensor:  # (N, V): built per step, (T, N, V) is GBs at V = 8192
-        return torch.nn.functional.one_hot(xt[t], table.shape[1]).float()
-
+    # Pass 2: left to right, segment by segment, carrying w (w_{-1} . y_0 = 1).
+    grads = [torch.zeros(w.shape, dtype=torch.float32, device=dev) for w in layers.w]
     emission_flows = torch.zeros_like(table)
-    v = (initial[:, None] / g_dot[None, :]).view(shape)
-    initial_flows = (v.reshape(h, n) * y_first).sum(1)
-    seg = min(c, length - 1)
-    x_buf = [torch.empty(*layers.factors, seg, n, dtype=dtype, device=x.device) for _ in range(k)]
-    a_buf = [torch.empty_like(b) for b in x_buf]
-    for start in range(0, length - 1, c):
-        stop = min(start + c, length - 1)  # transitions t -> t+1 for t in [start, stop)
-        # recompute y_t for t in [start, stop) from the checkpoint at stop, keeping the
-        # input of every layer of every transition in the segment buffers
-        y = checkpoints[stop]  # stop is a multiple of c, or T - 1
-        ys = {}
-        for t in range(stop - 1, start - 1, -1):
-            keep: list[Tensor] = []
-            y, _ = step_down(y, t, keep)
-            ys[t] = y
-            for d in range(k):
-                x_buf[d][..., t - start, :] = keep[d]
+    w = (initial[:, None] / g_dot[None, :]).view(*factors, n)
+    initial_flows = (w.reshape(h, n) * y_first).sum(1)
+    a_buf = [torch.empty(*factors, c, n, dtype=dtype, device=dev) for _ in range(k)]
+    work = new_buffers() if kept < len(segments) else None
+    for j, (start, stop) in enumerate(segments):
+        xs = buffers[j] if j < kept else work
+        if j >= kept:  # recompute X_d(t) for t in [start, stop) from the checkpoint y_stop
+            xs[k - 1][..., stop - start, :].copy_(checkpoints[stop])
+            for t in range(stop - 1, start - 1, -1):
+                step_down(t, xs[k - 1][..., t - start + 1, :], scales[t + 1], xs, start,
+                          xs[k - 1][..., t - start, :])
         for t in range(start, stop):
-            gamma, a = post_step(v, ys[t], table, xt[t], scales[t], dtype)
-            emission_flows.addmm_(gamma, onehot(t))
+            a = a_buf[0][..., t - start, :]
+            ops.post(w, xs[k - 1][..., t - start, :], table, xt[t], scales[t + 1], a,
+                     emission_flows)
             for d in range(k):
-                a_buf[d][..., t - start, :] = a
-                a = layers.apply(d, a, transpose=True)
-            v = a
+                a = layers.apply(d, a, transpose=True,
+                                 out=a_buf[d + 1][..., t - start, :] if d + 1 < k else None)
+            w = a
         width = stop - start
         for d in range(k):
-            grads[d].add_(layers.weight_grad(d, a_buf[d][..., :width, :].flatten(-2),
-                                             x_buf[d][..., :width, :].flatten(-2)))
-    gamma, _ = post_step(v, checkpoints[length - 1], table, xt[-1], scales[-1], dtype)
-    emission_flows.addmm_(gamma, onehot(length - 1))
+            first = 1 if d == k - 1 else 0
+            layers.accumulate_grad(d, grads[d], a_buf[d][..., :width, :].flatten(-2),
+                                   xs[d][..., first:first + width, :].flatten(-2))
+    ops.post(w, y_last, table, xt[-1], scales[-1], None, emission_flows)
 
     # Gradients: transition layers directly; emission and initial from their flows.
-    for param, grad in zip(layer_params(hmm), grads, strict=True):
-        add_grad(param, grad.view(param.shape))
     tiny = torch.finfo(torch.float32).tiny
-    add_grad(hmm.emission, emission_flows / hmm.emission.detach().clamp_min(tiny))
-    add_grad(hmm.initial, initial_flows / hmm.initial.detach().clamp_min(tiny))
-    return log_likelihood
+    out = [(param, g.view(param.shape)) for param, g in zip(layer_params(hmm), grads, strict=True)]
+    out.append((hmm.emission, emission_flows / hmm.emission.detach().clamp_min(tiny)))
+    out.append((hmm.initial, initial_flows / hmm.initial.detach().clamp_min(tiny)))
+    return log_likelihood, out
 
 
 def add_grad(param: Tensor, grad: Tensor) -> None:
