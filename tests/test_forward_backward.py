@@ -12,8 +12,8 @@ import torch
 from monarchpc.circuits import DenseBlock, MonarchBlock
 from monarchpc.circuits.hmm import HMM
 from monarchpc.learning.em import accumulate_flows, em_step, flows
-from monarchpc.learning.forward_backward import hmm_estep
-from monarchpc.learning.kernels import element_ops, triton_usable
+from monarchpc.learning.forward_backward import GraphedEStep, fused_estep, hmm_estep
+from monarchpc.learning.kernels import as_rows, element_ops, triton_usable
 from monarchpc.paths import REPO_ROOT
 
 BLOCKS = {
@@ -138,3 +138,25 @@ def test_benchmark_runs_on_the_cpu_and_prints_json() -> None:
     assert [r["case"] for r in cases] == ["dense 64", "monarch2 2^8"]
     assert all(r["estep_tokens_per_s"] > 0 and r["device"] == "cpu" for r in cases)
     assert "| case |" in result.stdout
+
+
+def test_bad_engine_settings_fail_with_the_fix() -> None:
+    _, fast = twins("dense")
+    x = torch.zeros(2, 3, dtype=torch.long)
+    with pytest.raises(ValueError, match="CUDA graphs need a GPU"):
+        fused_estep(fast, torch.device("cpu"), graphs=True)
+    with pytest.raises(ValueError, match="graphs must be"):
+        fused_estep(fast, torch.device("cpu"), graphs="yes")
+    run = fused_estep(fast, torch.device("cpu"))  # auto: no graphs on the CPU
+    assert not isinstance(run, GraphedEStep)
+    assert torch.isfinite(run(x)).all()
+    with pytest.raises(ValueError, match="not a \\(R0, R1, N\\) view"):
+        as_rows(torch.zeros(2, 3, 4, 5).permute(1, 0, 2, 3))
+
+
+def test_triton_kernels_without_triton_or_interpreter_fail_with_the_fix(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="use kernels=torch"):
+        element_ops("triton", torch.device("cpu"), 27)
+    assert element_ops("auto", torch.device("cpu"), 27).name == "torch"

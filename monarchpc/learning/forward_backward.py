@@ -41,7 +41,7 @@ from monarchpc.circuits.hmm import HMM
 from monarchpc.circuits.monarch import MonarchBlock
 from monarchpc.learning.kernels import element_ops
 
-GRAPH_MAX_HIDDEN = 16384  # CUDA graphs by default up to this hidden size
+GRAPH_MAX_HIDDEN = 2**18  # CUDA graphs by default up to this hidden size (launch-bound sizes)
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16,
           "fp16": torch.float16}
 
