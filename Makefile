@@ -113,7 +113,7 @@ fig7-sweep: install
 
 # ---- speed ------------------------------------------------------------------------------
 # E-step / EM-update throughput (GPU: the issue's cases; CPU: BENCH_ARGS=--tiny). JSON + Markdown.
-BENCH_ARGS ?=
+BENCH_ARGS ?= --precision bf16 --reps 5 --ceilings --lean
 bench: install
 	$(PY) scripts/bench.py $(BENCH_ARGS)
 

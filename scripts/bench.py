@@ -13,6 +13,7 @@ Markdown table.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import sys
@@ -61,26 +62,33 @@ def timed(fn, device: torch.device, reps: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def reset_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_gb(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
+
+
 def bench_case(name: str, factors: list[int], batch: int, args: argparse.Namespace,
                device: torch.device) -> dict[str, Any]:
+    """Time the E-step (peak memory of the E-step alone), the EM update, and with ``--lean``
+    the E-step recomputing every segment (keep_gb = 0: least memory)."""
     hmm = build(factors, args.vocab, device)
     x = torch.randint(0, args.vocab, (batch, args.length), device=device,
                       generator=torch.Generator(device).manual_seed(1))
     madds = hmm.madds_per_token()
     tokens = batch * args.length
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
 
+    def clear() -> None:
+        for p in hmm.parameters():
+            p.grad = None
+
+    reset_memory(device)
     run = fused_estep(hmm, device, args.segment, args.precision, args.keep_gb, args.graphs)
-
-    def estep() -> None:
-        run(x)
-
-    def update() -> None:
-        run(x)
-        em_step(hmm, 0.5, 0.1)
-
     row: dict[str, Any] = {"case": name, "factors": factors, "hidden_size": math.prod(factors),
                            "batch": batch, "length": args.length, "vocab": args.vocab,
                            "madds_per_token": madds, "precision": args.precision,
@@ -89,18 +97,23 @@ def bench_case(name: str, factors: list[int], batch: int, args: argparse.Namespa
                            "cuda_graph": isinstance(run, GraphedEStep),
                            "device": device_name(device)}
     try:
-        t_e = timed(estep, device, args.reps)
-        for p in hmm.parameters():
-            p.grad = None
-        t_u = timed(update, device, args.reps)
+        t_e = timed(lambda: run(x), device, args.reps)
+        row |= {"estep_s": t_e, "estep_tokens_per_s": tokens / t_e,
+                "estep_tflops": 6 * madds * tokens / t_e / 1e12, "peak_memory_gb": peak_gb(device)}
+        clear()
+        reset_memory(device)
+        t_u = timed(lambda: (run(x), em_step(hmm, 0.5, 0.1)), device, args.reps)
+        row |= {"update_s": t_u, "update_tokens_per_s": tokens / t_u,
+                "update_peak_memory_gb": peak_gb(device)}
+        if args.lean:
+            del run
+            clear()
+            reset_memory(device)
+            lean = fused_estep(hmm, device, args.segment, args.precision, 0.0, args.graphs)
+            t_l = timed(lambda: lean(x), device, args.reps)
+            row |= {"lean_estep_tokens_per_s": tokens / t_l, "lean_peak_memory_gb": peak_gb(device)}
     except torch.OutOfMemoryError:
         row["error"] = "out of memory"
-        return row
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    row |= {"estep_s": t_e, "estep_tokens_per_s": tokens / t_e,
-            "estep_tflops": 6 * madds * tokens / t_e / 1e12,
-            "update_s": t_u, "update_tokens_per_s": tokens / t_u,
-            "peak_memory_gb": peak / 1e9 if peak is not None else None}
     return row
 
 
@@ -177,16 +190,23 @@ def device_name(device: torch.device) -> str:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    out = ["| case | batch | precision | E-step tokens/s | TFLOP/s | EM update tokens/s | "
-           "peak GB |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    def num(r: dict[str, Any], key: str, fmt: str) -> str:
+        return format(r[key], fmt) if r.get(key) is not None else "-"
+
+    out = ["| case | batch | precision | E-step tokens/s | TFLOP/s | peak GB | "
+           "EM update tokens/s | update peak GB | lean tokens/s | lean peak GB |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         if "error" in r:
-            out.append(f"| {r['case']} | {r['batch']} | {r['precision']} | {r['error']} | | | |")
+            out.append(f"| {r['case']} | {r['batch']} | {r['precision']} | {r['error']} "
+                       "| | | | | | |")
             continue
-        peak = f"{r['peak_memory_gb']:.1f}" if r["peak_memory_gb"] is not None else "-"
         out.append(f"| {r['case']} | {r['batch']} | {r['precision']} | "
-                   f"{r['estep_tokens_per_s']:,.0f} | {r['estep_tflops']:.1f} | "
-                   f"{r['update_tokens_per_s']:,.0f} | {peak} |")
+                   f"{num(r, 'estep_tokens_per_s', ',.0f')} | {num(r, 'estep_tflops', '.1f')} | "
+                   f"{num(r, 'peak_memory_gb', '.1f')} | {num(r, 'update_tokens_per_s', ',.0f')} | "
+                   f"{num(r, 'update_peak_memory_gb', '.1f')} | "
+                   f"{num(r, 'lean_estep_tokens_per_s', ',.0f')} | "
+                   f"{num(r, 'lean_peak_memory_gb', '.1f')} |")
     return "\n".join(out)
 
 
@@ -205,6 +225,8 @@ def main() -> None:
     parser.add_argument("--cases", default=None, help="comma-separated case indices to run")
     parser.add_argument("--no-check", action="store_true")
     parser.add_argument("--ceilings", action="store_true", help="measure GEMM/copy ceilings")
+    parser.add_argument("--lean", action="store_true",
+                        help="also time each case with keep_gb = 0 (least memory)")
     parser.add_argument("--profile", action="store_true",
                         help="print the top GPU kernels of one E-step of each case")
     parser.add_argument("--out", default=None, help="also append the JSON lines here")

@@ -40,9 +40,12 @@ def em_step(model: nn.Module, eta: float, pseudocount: float) -> None:
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"EM step size must lie in [0, 1], got {eta}")
     for param in model.parameters():
-        f = flows(param) + pseudocount / param.shape[-1]
+        # in place, in the gradient's storage: no temporaries the size of the parameter
+        f = param.grad.mul_(param) if param.grad is not None else torch.zeros_like(param)
+        f.add_(pseudocount / param.shape[-1])
         total = f.sum(-1, keepdim=True)
-        target = torch.where(total > 0, f / total.clamp_min(torch.finfo(f.dtype).tiny), param)
-        mixed = (1.0 - eta) * param + eta * target
-        param.copy_(mixed / mixed.sum(-1, keepdim=True))
+        f.div_(total.clamp_min(torch.finfo(f.dtype).tiny))
+        f.addcmul_((total <= 0).to(f.dtype), param)  # rows without flow: target = param
+        f.mul_(eta).add_(param, alpha=1.0 - eta)
+        param.copy_(f.div_(f.sum(-1, keepdim=True)))
         param.grad = None

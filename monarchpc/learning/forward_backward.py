@@ -156,9 +156,10 @@ def hmm_estep(hmm: HMM, x: Tensor, checkpoint_every: int = 16, precision: str = 
     ``kernels``: the element-wise steps in ``triton``, ``torch`` or ``auto`` (Triton on a GPU).
     """
     log_likelihood, grads = estep_values(hmm, x, checkpoint_every, precision, grad, kernels,
-                                         keep_gb)
+                                         keep_gb, into_grad=True)
     for param, g in grads:
-        add_grad(param, g)
+        if param.grad is None or g.data_ptr() != param.grad.data_ptr():
+            add_grad(param, g, owned=True)  # (else accumulated in param.grad already)
     return log_likelihood
 
 
@@ -221,9 +222,11 @@ class GraphedEStep:
 
 
 def estep_values(hmm: HMM, x: Tensor, checkpoint_every: int = 16, precision: str = "fp32",
-                 grad: bool = True, kernels: str = "auto", keep_gb: float = 0.0
-                 ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
-    """:func:`hmm_estep` without touching ``.grad``: (log p (N,), [(param, dlogp/dparam)])."""
+                 grad: bool = True, kernels: str = "auto", keep_gb: float = 0.0,
+                 into_grad: bool = False) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+    """:func:`hmm_estep`'s values: (log p (N,), [(param, dlogp/dparam)]) without touching
+    ``.grad``, except with ``into_grad``: then transition gradients accumulate straight
+    into existing fp32 ``param.grad`` tensors (which are returned as they are)."""
     if precision not in DTYPES:
         raise ValueError(f"precision must be one of {sorted(DTYPES)}, got {precision!r}")
     dtype = DTYPES[precision]
@@ -293,7 +296,9 @@ def estep_values(hmm: HMM, x: Tensor, checkpoint_every: int = 16, precision: str
         return log_likelihood, []
 
     # Pass 2: left to right, segment by segment, carrying w (w_{-1} . y_0 = 1).
-    grads = [torch.zeros(w.shape, dtype=torch.float32, device=dev) for w in layers.w]
+    grads = [param.grad.view(w.shape) if into_grad and accumulable(param) else
+             torch.zeros(w.shape, dtype=torch.float32, device=dev)
+             for param, w in zip(layer_params(hmm), layers.w, strict=True)]
     emission_flows = torch.zeros_like(table)
     w = (initial[:, None] / g_dot[None, :]).view(*factors, n)
     initial_flows = (w.reshape(h, n) * y_first).sum(1)
@@ -329,10 +334,16 @@ def estep_values(hmm: HMM, x: Tensor, checkpoint_every: int = 16, precision: str
     return log_likelihood, out
 
 
-def add_grad(param: Tensor, grad: Tensor) -> None:
-    """Accumulate ``grad`` into ``param.grad`` (as autograd would)."""
-    grad = grad.to(param.dtype)
+def accumulable(param: Tensor) -> bool:
+    """Whether ``param.grad`` exists as a contiguous fp32 tensor to accumulate into."""
+    g = param.grad
+    return g is not None and g.dtype == torch.float32 and g.is_contiguous()
+
+
+def add_grad(param: Tensor, grad: Tensor, owned: bool = False) -> None:
+    """Accumulate ``grad`` into ``param.grad`` (as autograd would); an ``owned`` tensor
+    (fresh, used nowhere else) becomes the gradient itself instead of a copy."""
     if param.grad is None:
-        param.grad = grad.clone()
+        param.grad = grad.to(param.dtype) if owned else grad.to(param.dtype, copy=True)
     else:
         param.grad += grad
