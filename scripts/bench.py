@@ -127,25 +127,27 @@ def check_case(name: str, factors: list[int], args: argparse.Namespace,
     torch.backends.cuda.matmul.allow_tf32 = False
     ll_ref = accumulate_flows(ref, x)
     row: dict[str, Any] = {"check": name, "device": device_name(device)}
-    for key, precision, keep_gb in [("fp32", "fp32", 0.0), ("fp32_kept", "fp32", 1.0),
-                                    ("bf16", "bf16", 0.0)]:
-        for p in fast.parameters():
-            p.grad = None
-        ll = hmm_estep(fast, x, 5, precision, keep_gb=keep_gb)
-        flow_err = max(float((flows(p) - flows(q)).abs().max() / flows(q).abs().max())
-                       for p, q in zip(fast.parameters(), ref.parameters(), strict=True))
+
+    def record(key: str, ll: torch.Tensor) -> None:
         row[f"{key}_ll_rel_err"] = float(((ll - ll_ref).abs() / ll_ref.abs()).max())
-        row[f"{key}_flow_rel_err"] = flow_err
-    if device.type == "cuda":  # the CUDA-graph replay (second call) equals the plain path
-        run = GraphedEStep(fast, checkpoint_every=5, precision="fp32")
-        for _ in range(2):
-            for p in fast.parameters():
-                p.grad = None
-            ll = run(x)
-        row["fp32_graph_ll_rel_err"] = float(((ll - ll_ref).abs() / ll_ref.abs()).max())
-        row["fp32_graph_flow_rel_err"] = max(
+        row[f"{key}_flow_rel_err"] = max(
             float((flows(p) - flows(q)).abs().max() / flows(q).abs().max())
             for p, q in zip(fast.parameters(), ref.parameters(), strict=True))
+
+    def clear() -> None:
+        for p in fast.parameters():
+            p.grad = None
+
+    for key, precision, keep_gb in [("fp32", "fp32", 0.0), ("fp32_kept", "fp32", 1.0),
+                                    ("bf16", "bf16", 0.0)]:
+        clear()
+        record(key, hmm_estep(fast, x, 5, precision, keep_gb=keep_gb))
+    if device.type == "cuda":  # the CUDA-graph replay (second call) equals the plain path
+        run = GraphedEStep(fast, checkpoint_every=5, precision="fp32")
+        clear()
+        run(x)
+        clear()
+        record("fp32_graph", run(x))
     torch.backends.cuda.matmul.allow_tf32 = args.precision != "fp32"
     return row
 

@@ -61,14 +61,6 @@ def as_layer(param: Tensor) -> Tensor:
     return param.detach().view(1, 1, *param.shape) if param.dim() == 2 else param.detach()
 
 
-def batch_view(t: Tensor) -> Tensor | None:
-    """(pre, post, r, c) as a (pre * post, r, c) view, or None where the strides forbid it."""
-    try:
-        return t.view(-1, *t.shape[2:])
-    except RuntimeError:
-        return None
-
-
 def add_products(acc: Tensor, a: Tensor, b: Tensor) -> None:
     """acc (B, m, n) fp32 += a (B, m, K) @ b (B, K, n), accumulating in fp32."""
     if a.dtype == acc.dtype:
@@ -120,15 +112,13 @@ class Layers:
         x3 = self.split(state, d).reshape(w3.shape[0], self.factors[d], state.shape[-1])
         if out is None:
             return self.unview(torch.bmm(w3, x3), d)
+        b, n = self.factors[d], out.shape[-1]
         try:  # out as (pre, post, b, N), flattened to (pre * post, b, N) without a copy
-            target = batch_view(out.view(self.w[d].shape[0], self.factors[d], -1,
-                                         out.shape[-1]).transpose(1, 2))
-        except RuntimeError:
-            target = None
-        if target is not None:
-            torch.bmm(w3, x3, out=target)
-        else:  # the slot's strides do not flatten (middle layers of k >= 3): one copy
+            target = out.view(self.w[d].shape[0], b, -1, n).transpose(1, 2).view(-1, b, n)
+        except RuntimeError:  # the slot's strides do not flatten (middle layers of k >= 3)
             out.copy_(self.unview(torch.bmm(w3, x3), d))
+            return out
+        torch.bmm(w3, x3, out=target)
         return out
 
     def accumulate_grad(self, d: int, grad: Tensor, a: Tensor, x: Tensor) -> None:

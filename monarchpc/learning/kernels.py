@@ -96,6 +96,12 @@ if triton is not None:
         return ((rows // r1) * s0 + (rows % r1) * s1)[:, None] + cols[None, :]
 
     @triton.jit
+    def _emission(table_ptr, rows, tok, vocab, mask):
+        """B[rows, tok] as (rows, columns) fp32, from the (h, V) table."""
+        return tl.load(table_ptr + rows.to(tl.int64)[:, None] * vocab + tok[None, :], mask=mask,
+                       other=0.0)
+
+    @triton.jit
     def _emit_kernel(m_ptr, m_r1, m_s0, m_s1, y_ptr, y_r1, y_s0, y_s1, table_ptr, tok_ptr,
                      s_ptr, part_ptr, h, n, vocab,
                      BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -106,8 +112,7 @@ if triton is not None:
         tok = tl.load(tok_ptr + cols, mask=cmask, other=0)
         s = tl.load(s_ptr + cols, mask=cmask, other=1.0)
         m = tl.load(m_ptr + _offsets(rows, cols, m_r1, m_s0, m_s1), mask=mask, other=0.0)
-        e = tl.load(table_ptr + rows.to(tl.int64)[:, None] * vocab + tok[None, :], mask=mask,
-                    other=0.0)
+        e = _emission(table_ptr, rows, tok, vocab, mask)
         y = e * m.to(tl.float32) / s[None, :]
         tl.store(y_ptr + _offsets(rows, cols, y_r1, y_s0, y_s1),
                  y.to(y_ptr.dtype.element_ty), mask=mask)
@@ -147,8 +152,7 @@ if triton is not None:
                 flows = tl.dot(lo, onehot.to(tl.bfloat16), flows)
             if HAS_OUT:
                 s = tl.load(s_ptr + cols, mask=cmask, other=1.0)
-                e = tl.load(table_ptr + rows.to(tl.int64)[:, None] * vocab + tok[None, :],
-                            mask=mask, other=0.0)
+                e = _emission(table_ptr, rows, tok, vocab, mask)
                 tl.store(a_ptr + _offsets(rows, cols, a_r1, a_s0, a_s1),
                          (w * e / s[None, :]).to(a_ptr.dtype.element_ty), mask=mask)
         fmask = rmask[:, None] & (words < vocab)[None, :]
@@ -189,7 +193,7 @@ def post_triton(w: Tensor, y: Tensor, table: Tensor, tokens: Tensor, s: Tensor,
     _post_kernel[(triton.cdiv(h, block_h),)](
         *wv, *yv, *av, table, tokens, s, flows, h, vocab, N=n, HAS_OUT=out is not None,
         VP=max(16, triton.next_power_of_2(vocab)), BLOCK_H=block_h, BLOCK_N=block_n,
-        INTERPRET=os.environ.get("TRITON_INTERPRET") == "1")
+        INTERPRET=interpreting())
 
 
 @dataclass(frozen=True)
@@ -201,11 +205,16 @@ class ElementOps:
     post: Callable[..., None]
 
 
+def interpreting() -> bool:
+    """Whether Triton runs kernels through its CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def triton_usable(device: torch.device) -> bool:
     """Whether the Triton kernels can run on ``device`` (a GPU, or the CPU interpreter)."""
     if triton is None:
         return False
-    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+    return device.type == "cuda" or interpreting()
 
 
 def element_ops(kind: str, device: torch.device, vocab: int) -> ElementOps:
