@@ -3,7 +3,8 @@
 Factor d (size h_d, d = 0..k-1) is an ordinary training run of a dense HMM, derived from
 the Monarch run's config: same dataset, trainer and logger; ``model`` = dense HMM of size
 h_d; ``optim`` = the run's optim with the non-null keys of ``init.optim`` on top (the
-paper's text8 factors: batch 1024, 20 epochs, same schedule); ``init`` = random;
+paper's text8 factors: batch 1024, 20 epochs, same schedule); ``init`` = random (with the
+run's ``init.space_token``);
 ``seed`` = ``init.seed + d`` (so equal sizes, e.g. 16 x 16, give two different HMMs and
 not the same one twice).
 
@@ -82,7 +83,7 @@ def factor_config(cfg: DictConfig, size: int, index: int) -> dict[str, Any]:
                   "k": None, "factors": None,
                   "perturbation": parent["model"].get("perturbation", 8.0),
                   "vocab_size": parent["model"].get("vocab_size")}
-    c["init"] = {"name": "random"}
+    c["init"] = {"name": "random", "space_token": init.get("space_token")}
     c["optim"] = {**parent["optim"],
                   **{k: v for k, v in (init.get("optim") or {}).items() if v is not None}}
     c["trainer"] = {**parent["trainer"],
@@ -95,8 +96,11 @@ def factor_config(cfg: DictConfig, size: int, index: int) -> dict[str, Any]:
 def identity(config: dict[str, Any]) -> dict[str, Any]:
     """What makes two factor runs the same run (the cache key)."""
     dataset = {k: v for k, v in config["dataset"].items() if k not in DATASET_LOCATION_KEYS}
-    return {"dataset": dataset, "model": config["model"], "optim": config["optim"],
-            "seed": config["seed"], "precision": config["trainer"]["precision"]}
+    key = {"dataset": dataset, "model": config["model"], "optim": config["optim"],
+           "seed": config["seed"], "precision": config["trainer"]["precision"]}
+    if config["init"].get("space_token") is not None:  # (absent: the keys of earlier caches)
+        key["space_token"] = config["init"]["space_token"]
+    return key
 
 
 def run_name(config: dict[str, Any]) -> str:

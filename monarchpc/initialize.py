@@ -1,6 +1,8 @@
 """Initialization of a freshly built circuit, chosen by the ``init/`` config group.
 
-``random``: the random stochastic parameters the circuit was built with (seeded).
+``random``: the random stochastic parameters the circuit was built with (seeded), with
+``init.space_token`` set (text8: 0) changed as the paper's reference code starts text8 runs
+(:func:`space_states`).
 ``multiply``: circuit multiplication (paper Section 3, Table 2). Dense HMMs of sizes
 h_0..h_{k-1} (the model's Monarch factors) are trained by the same loop, or reused from
 their cache (:mod:`monarchpc.factor_runs`), and their product is written into the model:
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from monarchpc.circuits.factory import ConfigError
@@ -35,12 +38,17 @@ def check_init(cfg: Any) -> None:
             raise ConfigError(f"init=multiply builds HMMs; model.structure is "
                               f"{cfg.model.structure!r}")
         factor_sizes(cfg)
+    if cfg.init.get("space_token") is not None and cfg.model.structure != "hmm":
+        raise ConfigError("init.space_token (the text8 initialization) is for HMMs; set "
+                          "init.space_token=null")
 
 
 def initialize(cfg: Any, model: nn.Module, splits: Splits) -> nn.Module:
     """Return ``model`` initialized as ``cfg.init`` says (``cfg`` is the whole run config)."""
     check_init(cfg)
     if cfg.init.name == "random":
+        if cfg.init.get("space_token") is not None:
+            space_states(model, int(cfg.init.space_token))
         return model
     assert isinstance(model, HMM)
     dirs = factor_runs(cfg, splits)
@@ -52,3 +60,31 @@ def initialize(cfg: Any, model: nn.Module, splits: Splits) -> nn.Module:
                           ) from None
     cfg.init.factor_runs = [str(d) for d in dirs]
     return model
+
+
+@torch.no_grad()
+def space_states(model: nn.Module, space: int) -> None:
+    """The reference's text8 initialization of an HMM, in place (token ``space``).
+
+    With b the last Monarch factor (dense: b = h), the designated states are those whose
+    last multi-index entry is b - 1 (state i with i % b == b - 1; dense: state h - 1 alone).
+    Only they may emit ``space`` (dense: that state emits nothing else), and the transition
+    from one designated state to another is ~0 (1e-10): the layer that mixes the last axis
+    (the only one that changes it) gets ~0 at entry (b - 1, b - 1) of every block.
+    """
+    if not isinstance(model, HMM):
+        raise ConfigError("init.space_token applies to HMMs only")
+    if not 0 <= space < model.vocab_size:
+        raise ConfigError(f"init.space_token={space} is outside the vocabulary of "
+                          f"{model.vocab_size}")
+    last = list(model.transition.parameters())[-1]  # layer mixing the last axis (..., b, b)
+    b = last.shape[-1]
+    last[..., b - 1, b - 1] = 1e-10
+    last.div_(last.sum(-1, keepdim=True))
+    emission = model.emission
+    designated = torch.arange(model.hidden_size, device=emission.device) % b == b - 1
+    emission[~designated, space] = 0.0
+    if b == model.hidden_size:  # dense: the one space state emits only the space
+        emission[designated] = 0.0
+        emission[designated, space] = 1.0
+    emission.div_(emission.sum(-1, keepdim=True))

@@ -39,7 +39,7 @@ from monarchpc.data import DataError, Splits, build_dataset
 from monarchpc.evaluate import METRICS, long_rows, metric_value, scorer
 from monarchpc.factor_runs import FactorRunIncomplete, factor_costs
 from monarchpc.initialize import check_init, initialize
-from monarchpc.learning.em import accumulate_flows, em_step
+from monarchpc.learning.em import EM, UPDATES, accumulate_flows
 from monarchpc.learning.forward_backward import DTYPES, fused_estep
 from monarchpc.learning.schedules import SCHEDULES, step_size
 from monarchpc.paths import REPO_ROOT
@@ -64,6 +64,10 @@ class TrainState:
     train_nll: float = 0.0  # training NLL (nats) of the updates since the last evaluation
     train_units: int = 0  # ... and the positions it covers
     wandb_id: str | None = None
+
+
+class Diverged(RuntimeError):
+    """A non-finite log-likelihood or parameter: the run stops, its last checkpoint kept."""
 
 
 class StopRequest:
@@ -110,6 +114,10 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"optim.{key} must be >= 1, got {o[key]}")
     if float(o.pseudocount) < 0:
         raise ConfigError(f"optim.pseudocount must be >= 0, got {o.pseudocount}")
+    if o.get("update", "probs") not in UPDATES:
+        raise ConfigError(f"optim.update={o.update!r}; use one of {UPDATES}")
+    if not 0.0 <= float(o.get("floor", 0.0)) < 1.0:
+        raise ConfigError(f"optim.floor must lie in [0, 1) (reference: 1e-10), got {o.floor}")
     if cfg.trainer.precision not in DTYPES:
         raise ConfigError(f"trainer.precision={cfg.trainer.precision!r}; use one of "
                           f"{sorted(DTYPES)}")
@@ -218,6 +226,8 @@ def run(cfg: DictConfig, splits: Splits | None = None) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     config = OmegaConf.to_container(cfg, resolve=True)
     state = TrainState()
+    o = cfg.optim
+    em = EM(o.get("update", "probs"), float(o.pseudocount), float(o.get("floor", 0.0)))
     ckpt = checkpoint.load(run_dir)
     if ckpt is not None:
         changed = [k for k in RUN_IDENTITY if ckpt["config"].get(k) != config.get(k)]
@@ -226,11 +236,13 @@ def run(cfg: DictConfig, splits: Splits | None = None) -> dict[str, Any]:
                               f"from this one; use the same settings or another run_name")
         model.load_state_dict(ckpt["model"])
         state = TrainState(**ckpt["trainer"])
+        em.load_state_dict(ckpt.get("em") or {})
         log.info(f"resuming {run_dir} at update {state.update}")
     ddp.barrier()  # every rank has checked for a checkpoint before rank 0 writes one
     if ddp.is_main:
         OmegaConf.save(config, run_dir / "config.yaml")  # resolved, init.factor_runs filled in
     model.to(device)
+    em.load_state_dict(em.state_dict(), device)
     ddp.broadcast_parameters(model)
     log.info(f"model: {model}\n{model.madds_per_token():,} multiply-adds per token, on {device}")
 
@@ -239,7 +251,7 @@ def run(cfg: DictConfig, splits: Splits | None = None) -> dict[str, Any]:
     tracker.truncate_after(state.update)
     state.wandb_id = tracker.wandb_id
     try:
-        final = train(cfg, model, splits, device, state, tracker, run_dir, config, ddp)
+        final = train(cfg, model, splits, device, state, tracker, run_dir, config, ddp, em)
     finally:
         tracker.close()
     return final
@@ -247,10 +259,12 @@ def run(cfg: DictConfig, splits: Splits | None = None) -> dict[str, Any]:
 
 def train(cfg: DictConfig, model: torch.nn.Module, splits: Splits, device: torch.device,
           state: TrainState, tracker: Tracker | distributed.NullTracker, run_dir: Path,
-          config: dict[str, Any], ddp: distributed.Dist | None = None) -> dict[str, Any]:
+          config: dict[str, Any], ddp: distributed.Dist | None = None,
+          em: EM | None = None) -> dict[str, Any]:
     """The EM loop; returns the last evaluation record."""
     o, t = cfg.optim, cfg.trainer
     ddp = ddp or distributed.Dist(device=device)
+    em = em or EM(o.get("update", "probs"), float(o.pseudocount), float(o.get("floor", 0.0)))
     bs, acc, epochs = int(o.batch_size), int(o.accumulate), int(o.epochs)
     micro_per_epoch = math.ceil(len(splits.train_rows(0)) / bs)
     updates_per_epoch = math.ceil(micro_per_epoch / acc)
@@ -295,10 +309,20 @@ def train(cfg: DictConfig, model: torch.nn.Module, splits: Splits, device: torch
         divergence = ddp.max_divergence(model)  # collective: all ranks save at the same updates
         if not ddp.is_main:
             return
-        checkpoint.save(run_dir, model, asdict(state), config)
+        checkpoint.save(run_dir, model, asdict(state), config, em=em.state_dict())
         info = run_info(cfg, model, splits, device, status, final, state)
         write_json_atomic(run_dir / "run.json",
                           {**info, "world_size": ddp.world, "rank_divergence": divergence})
+
+    def diverged(why: str) -> None:
+        """Stop: record status "diverged" in run.json, keep the last good checkpoint."""
+        if ddp.is_main:
+            info = run_info(cfg, model, splits, device, "diverged", last or None, state)
+            write_json_atomic(run_dir / "run.json", {**info, "world_size": ddp.world})
+        raise Diverged(
+            f"{why} at update {state.update + 1}: stopped, the last good checkpoint (update "
+            f"{state.update} or before) is kept. Raise optim.pseudocount (e.g. 0.1) or set "
+            f"optim.floor=1e-10 so no probability reaches 0, or use trainer.precision=fp32")
 
     last: dict[str, Any] = tracker.last_record() if state.update else {}  # resuming
     save("finished" if state.update >= total_updates else "running", last or None)
@@ -331,7 +355,11 @@ def train(cfg: DictConfig, model: torch.nn.Module, splits: Splits, device: torch
                 stop.requested = stop.requested or agreed  # all ranks end this same update
                 eta = step_size(o.schedule, state.update, total_updates, float(o.eta0),
                                 float(o.eta_min))
-                em_step(model, eta, float(o.pseudocount))
+                if not math.isfinite(nll):
+                    diverged("the log-likelihood of this update's batch is not finite")
+                em.step(model, eta)
+                if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+                    diverged("an EM update made a parameter non-finite")
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 state.update += 1
@@ -373,6 +401,9 @@ def main(cfg: DictConfig) -> float | None:
     except (ConfigError, DataError) as err:
         print(f"monarchpc: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except Diverged as err:
+        print(f"monarchpc: diverged: {err}", file=sys.stderr)
+        sys.exit(3)
     except FactorRunIncomplete as err:
         print(f"monarchpc: stopped: {err}", file=sys.stderr)
         sys.exit(130)

@@ -12,7 +12,7 @@ import torch
 
 from monarchpc.circuits import DenseBlock, MonarchBlock
 from monarchpc.circuits.hmm import HMM
-from monarchpc.learning.em import accumulate_flows, em_step, flows
+from monarchpc.learning.em import EM, accumulate_flows, em_step, flows
 from monarchpc.learning.schedules import step_size
 
 
@@ -95,20 +95,21 @@ def test_flows_equal_expected_counts(make, length: int) -> None:
     assert abs(flows(hmm.emission).sum().item() - 3 * length) < 1e-9
 
 
+@pytest.mark.parametrize("update", ["probs", "counts"])
 @pytest.mark.parametrize("make", [
     lambda g: DenseBlock(8, g),
     lambda g: MonarchBlock([2, 4], g),
     lambda g: MonarchBlock([2, 2, 2], g),
 ])
-def test_full_batch_em_never_lowers_the_likelihood(make) -> None:
+def test_full_batch_em_never_lowers_the_likelihood(make, update: str) -> None:
     g = torch.Generator().manual_seed(1)
     truth = HMM(DenseBlock(4, g, perturbation=6.0), 5, g, perturbation=6.0)
     x = truth.sample(300, 12, generator=g)
     hmm = as_double(HMM(make(g), vocab_size=5, generator=g))
-    history = []
+    history, em = [], EM(update, pseudocount=0.0)
     for _ in range(15):
         history.append(float(accumulate_flows(hmm, x).sum()))
-        em_step(hmm, eta=1.0, pseudocount=0.0)
+        em.step(hmm, eta=1.0)
     assert all(b >= a - 1e-8 * abs(a) for a, b in itertools.pairwise(history))
     assert history[-1] > history[0] + 1.0  # and it does learn
     for p in hmm.parameters():  # parameters stay normalized
@@ -129,6 +130,41 @@ def test_em_step_mixes_with_step_size_and_pseudocount() -> None:
         em_step(block, eta=1.5, pseudocount=0.0)
 
 
+def test_counts_rule_is_a_running_average_of_expected_counts() -> None:
+    """S <- (1 - eta) S + eta F from S = 0, theta = S / sum(S), against a hand computation."""
+    block = DenseBlock(2)
+    block.weight.data = torch.tensor([[0.5, 0.5], [0.9, 0.1]])
+    em = EM("counts", pseudocount=0.0)
+    block.weight.grad = torch.tensor([[2.0, 6.0], [0.0, 0.0]])  # flows [[1, 3], [0, 0]]
+    em.step(block, eta=0.5)  # first update: normalize(F) whatever eta; row 2 has no flow
+    torch.testing.assert_close(block.weight.data, torch.tensor([[0.25, 0.75], [0.9, 0.1]]))
+    block.weight.grad = torch.tensor([[12.0, 0.0], [0.0, 10.0]])  # flows [[3, 0], [0, 1]]
+    em.step(block, eta=0.5)  # S = 0.5 * [0.5, 1.5] + 0.5 * [3, 0]; row 2: 0.5 * [0, 1]
+    torch.testing.assert_close(block.weight.data,
+                               torch.tensor([[1.75 / 2.5, 0.75 / 2.5], [0.0, 1.0]]))
+    resumed = EM("counts", pseudocount=0.0)
+    resumed.load_state_dict(em.state_dict())
+    torch.testing.assert_close(resumed.totals["weight"], torch.tensor([[2.5], [0.5]]))
+
+
+@pytest.mark.parametrize("update", ["probs", "counts"])
+def test_floor_keeps_every_probability_positive_and_rows_normalized(update: str) -> None:
+    g = torch.Generator().manual_seed(3)
+    truth = HMM(DenseBlock(3, g), 4, g)
+    x = truth.sample(50, 6, generator=g)
+    hmm = HMM(DenseBlock(6, g), 4, g)
+    em = EM(update, pseudocount=0.0, floor=1e-10)
+    for _ in range(5):
+        accumulate_flows(hmm, x)
+        em.step(hmm, eta=1.0)
+    hmm.emission.data[0] = torch.tensor([1.0, 0.0, 0.0, 0.0])  # an exact zero appears ...
+    accumulate_flows(hmm, x)
+    em.step(hmm, eta=1.0)  # ... and is floored
+    for p in hmm.parameters():
+        assert float(p.detach().min()) >= 1e-10 * (1 - 1e-6)
+        torch.testing.assert_close(p.sum(-1), torch.ones_like(p.sum(-1)))
+
+
 def test_step_size_schedules() -> None:
     assert step_size("linear", 0, 100) == 1.0
     assert step_size("linear", 50, 100) == pytest.approx(0.5)
@@ -142,3 +178,25 @@ def test_step_size_schedules() -> None:
     with pytest.raises(ValueError, match="unknown step-size schedule"):
         step_size("exponential", 0, 10)
     assert math.isclose(step_size("linear", 10, 20, eta0=1.0, eta_min=0.2), 0.6)
+
+
+@pytest.mark.parametrize("factors", [[12], [3, 4], [2, 2, 3]])
+def test_text8_space_states(factors: list[int]) -> None:
+    """init.space_token: only states whose last Monarch index is last may emit the space,
+    no designated state moves to another, and the parameters stay normalized."""
+    from monarchpc.initialize import space_states
+
+    g = torch.Generator().manual_seed(0)
+    block = DenseBlock(12, g) if len(factors) == 1 else MonarchBlock(factors, g)
+    hmm = HMM(block, 5, g)
+    space_states(hmm, 0)
+    b = factors[-1]
+    designated = torch.arange(12) % b == b - 1
+    emission = hmm.emission.detach()
+    assert bool((emission[~designated, 0] == 0).all()) and bool((emission[designated, 0] > 0).all())
+    if len(factors) == 1:  # dense: the one designated state emits only the space
+        torch.testing.assert_close(emission[designated], torch.tensor([[1.0, 0, 0, 0, 0]]))
+    a = hmm.transition.dense()
+    assert float(a[designated][:, designated].max()) < 1e-7  # 1e-10 over a row sum
+    for p in hmm.parameters():
+        torch.testing.assert_close(p.detach().sum(-1), torch.ones_like(p.detach().sum(-1)))
