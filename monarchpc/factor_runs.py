@@ -23,7 +23,7 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,10 +31,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from monarchpc import checkpoint
-from monarchpc.circuits.factory import ConfigError, build_model, resolve_factors
+from monarchpc.circuits.factory import build_model
 from monarchpc.circuits.hmm import HMM
-from monarchpc.circuits.sum_block import factorize
+from monarchpc.circuits.sum_blocks import BlockSpec, factorize
 from monarchpc.data import Splits
+from monarchpc.errors import ConfigError
 
 log = logging.getLogger("monarchpc")
 
@@ -52,9 +53,9 @@ def factor_sizes(cfg: DictConfig) -> list[int]:
     ``init.factors`` if given; else the model's Monarch factors; for a dense model, its two
     near-equal factors (the product is then materialized as a dense matrix).
     """
-    m = cfg.model
-    hidden = int(m.hidden_size)
-    model_factors = resolve_factors(m.block, hidden, m.get("k"), m.get("factors"))
+    spec = BlockSpec.from_config(cfg.model)
+    hidden = spec.hidden_size
+    model_factors = list(spec.factors) if spec.kind == "monarch" else None
     given = cfg.init.get("factors")
     if given is None and model_factors is not None:
         return model_factors
@@ -135,12 +136,14 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def train_factor(config: dict[str, Any], cache_dir: Path, splits: Splits | None = None
-                 ) -> Path:
-    """The run directory of the factor run ``config``: reused when finished, else trained
-    (or resumed) now with :func:`monarchpc.train.run`."""
-    from monarchpc.train import run  # train imports initialize, which imports this module
+Train = Callable[[Any, Splits | None], Any]
+"""The training loop, :func:`monarchpc.train.run` (passed in: this module runs before it)."""
 
+
+def train_factor(config: dict[str, Any], cache_dir: Path, train: Train,
+                 splits: Splits | None = None) -> Path:
+    """The run directory of the factor run ``config``: reused when finished, else trained
+    (or resumed) now with ``train``."""
     name = run_name(config)
     run_dir = cache_dir / name
     with locked(cache_dir / f".{name}.lock"):
@@ -152,7 +155,7 @@ def train_factor(config: dict[str, Any], cache_dir: Path, splits: Splits | None 
                  f"of size {config['model']['hidden_size']}")
         cfg = OmegaConf.create({**config, "run_dir": str(run_dir), "run_name": name,
                                 "resume": resume})
-        run(cfg, splits)
+        train(cfg, splits)
         if not is_finished(run_dir):
             raise FactorRunIncomplete(
                 f"factor run {run_dir} stopped before finishing; run the same command again "
@@ -167,13 +170,14 @@ def load_factor(run_dir: Path, vocab_size: int) -> HMM:
         raise ConfigError(f"{run_dir} holds no checkpoint; it is not a finished factor run")
     model = build_model(ckpt["config"]["model"], vocab_size)
     model.load_state_dict(ckpt["model"])
-    if not isinstance(model, HMM):
+    if model.structure != "hmm":
         raise ConfigError(f"{run_dir} does not hold an HMM")
     return model
 
 
-def factor_runs(cfg: DictConfig, splits: Splits | None = None) -> list[Path]:
-    """The factor run directories of ``cfg`` (``init=multiply``), training what is missing.
+def factor_runs(cfg: DictConfig, train: Train, splits: Splits | None = None) -> list[Path]:
+    """The factor run directories of ``cfg`` (``init=multiply``), training what is missing
+    with ``train``: the pipeline step before a run initialized by multiplication.
 
     Directories given in ``init.factor_runs`` are used as they are (they must be finished).
     """
@@ -186,7 +190,7 @@ def factor_runs(cfg: DictConfig, splits: Splits | None = None) -> list[Path]:
                               f"{', '.join(unfinished)}")
         return dirs
     cache_dir = Path(cfg.init.cache_dir)
-    return [train_factor(factor_config(cfg, size, d), cache_dir, splits)
+    return [train_factor(factor_config(cfg, size, d), cache_dir, train, splits)
             for d, size in enumerate(factor_sizes(cfg))]
 
 

@@ -88,7 +88,7 @@ def run_jobs(jobs: list[tuple[str, list[str]]], out: Path, gpus: int, per_gpu: i
             cmd = [sys.executable, "-m", "monarchpc.train", *overrides, *resume,
                    f"run_dir={run_dir}", f"run_name={name}", "hydra.run.dir=" + str(run_dir)]
             env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(slot), PYTHONUNBUFFERED="1")
-            log = open(out / f"{name}.log", "a")
+            log = open(out / f"{name}.log", "a")  # noqa: SIM115  (closed when the job ends)
             running[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                               env=env, cwd=REPO), slot, time.monotonic(), log)
             print(f"[{time.monotonic() - start:6.0f}s] {name} on GPU {slot}", flush=True)
