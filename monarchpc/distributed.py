@@ -123,10 +123,13 @@ class Dist:
         return nll_all, round(units_all), stops > 0
 
     def evaluate(self, score: Score, sets: Mapping[str, Tensor], metric: str,
-                 batch_size: int, device: torch.device) -> dict[str, float]:
+                 batch_size: int, device: torch.device, show: bool = False
+                 ) -> dict[str, float]:
         """:func:`monarchpc.evaluate.evaluate` with the rows of every split shared out
-        across ranks and the NLL and unit counts summed: ``{f"{name}_{metric}": value}``."""
-        return evaluate(score, sets, metric, batch_size, device, self.shard, self.sum)
+        across ranks and the NLL and unit counts summed: ``{f"{name}_{metric}": value}``
+        (``show``: a progress bar on rank 0)."""
+        return evaluate(score, sets, metric, batch_size, device, self.shard, self.sum,
+                        show and self.is_main)
 
     @torch.no_grad()
     def broadcast_parameters(self, model: nn.Module) -> None:

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
+
+from monarchpc import progress
 
 METRICS = ("bpc", "bpd", "ppl")
 
@@ -21,13 +24,18 @@ Score = Callable[[Tensor], Tensor]
 
 
 @torch.no_grad()
-def total_nll(score: Score, rows: Tensor, batch_size: int,
-              device: torch.device | str = "cpu") -> tuple[float, int]:
-    """Sum of -log p over ``rows`` (N, T) in nats (float64 accumulation), and N * T."""
+def total_nll(score: Score, rows: Tensor, batch_size: int, device: torch.device | str = "cpu",
+              bar: Any = None) -> tuple[float, int]:
+    """Sum of -log p over ``rows`` (N, T) in nats (float64 accumulation), and N * T.
+
+    ``bar``: a progress bar (:mod:`monarchpc.progress`) advanced once per batch.
+    """
     nll = 0.0
     for start in range(0, len(rows), batch_size):
         x = rows[start:start + batch_size].to(device, non_blocking=True).long()
         nll -= float(score(x).double().sum())
+        if bar is not None:
+            bar.update(1)
     return nll, rows.numel()
 
 
@@ -56,13 +64,18 @@ def evaluate(score: Score, splits: Mapping[str, Tensor], metric: str, batch_size
              device: torch.device | str = "cpu",
              shard: Callable[[Tensor], Tensor] = lambda rows: rows,
              total: Callable[[float, int], tuple[float, float]] = lambda nll, n: (nll, n),
-             ) -> dict[str, float]:
+             show: bool = False) -> dict[str, float]:
     """``{f"{name}_{metric}": value}`` for every named split of rows.
 
     Data parallel ranks pass ``shard`` (this rank's rows) and ``total`` (sum over ranks).
+    ``show``: a progress bar over the batches of all splits.
     """
+    shards = {name: shard(rows) for name, rows in splits.items()}
+    batches = sum(math.ceil(len(rows) / batch_size) for rows in shards.values())
+    bar = progress.bar(batches, "evaluation", unit="batch", enabled=show, leave=False)
     out = {}
-    for name, rows in splits.items():
-        nll, units = total(*total_nll(score, shard(rows), batch_size, device))
+    for name, rows in shards.items():
+        nll, units = total(*total_nll(score, rows, batch_size, device, bar))
         out[f"{name}_{metric}"] = metric_value(metric, nll, round(units))
+    bar.close()
     return out

@@ -10,6 +10,8 @@ config says ``mode: online``; ``logger=none`` turns it off.
 from __future__ import annotations
 
 import json
+import logging
+import logging.handlers
 import os
 from pathlib import Path
 from typing import Any
@@ -120,3 +122,36 @@ def run_record(cfg: Any, spec: Any, model: Any, splits: Any, device: Any, status
         "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated(device) if cuda else None,
         "wandb_id": wandb_id, "data": splits.info, **extra, "final": final,
     }
+
+
+class RunLog:
+    """The log lines of one run: held in memory until the run is accepted (:meth:`open`),
+    then appended to ``train.log`` in its directory with every later line, so a rejected
+    invocation writes no file and the log holds the whole run, resumes included."""
+
+    FORMAT = "[%(asctime)s][%(levelname)s] %(message)s"
+
+    def __init__(self) -> None:
+        self.root = logging.getLogger()
+        self.memory = logging.handlers.MemoryHandler(capacity=1 << 20,
+                                                     flushLevel=logging.CRITICAL + 1)
+        self.file: logging.Handler | None = None
+
+    def __enter__(self) -> RunLog:
+        self.root.addHandler(self.memory)
+        return self
+
+    def open(self, run_dir: Path) -> None:
+        """Write the held lines, and all later ones, to ``run_dir/train.log``."""
+        self.file = logging.FileHandler(run_dir / "train.log", mode="a")
+        self.file.setFormatter(logging.Formatter(self.FORMAT, "%Y-%m-%d %H:%M:%S"))
+        self.memory.setTarget(self.file)
+        self.memory.flush()
+        self.root.removeHandler(self.memory)
+        self.root.addHandler(self.file)
+
+    def __exit__(self, *exc: object) -> None:
+        for handler in (self.memory, self.file):
+            if handler is not None:
+                self.root.removeHandler(handler)
+                handler.close()

@@ -30,9 +30,8 @@ from typing import Any
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
-from monarchpc import checkpoint, distributed, factor_runs
+from monarchpc import checkpoint, distributed, factor_runs, progress
 from monarchpc.circuits.factory import build_model
 from monarchpc.circuits.sum_blocks import BlockSpec
 from monarchpc.config_checks import check_config
@@ -45,7 +44,7 @@ from monarchpc.learning.em import EM
 from monarchpc.learning.engines import Engine, make_engine, select_device
 from monarchpc.learning.schedules import step_size
 from monarchpc.paths import REPO_ROOT
-from monarchpc.tracking import NullTracker, Tracker, run_record, write_json_atomic
+from monarchpc.tracking import NullTracker, RunLog, Tracker, run_record, write_json_atomic
 
 log = logging.getLogger("monarchpc")
 OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT), replace=True)
@@ -87,11 +86,24 @@ def check_vocab(cfg: DictConfig, splits: Splits) -> None:
                             f"it under data/ and rerun")
 
 
-def run(cfg: DictConfig, splits: Splits | None = None) -> dict[str, Any]:
+def run(cfg: DictConfig, splits: Splits | None = None,
+        overrides: list[str] | None = None) -> dict[str, Any]:
     """Train as configured; returns the last evaluation record.
 
     ``splits``: the data of ``cfg.dataset`` if already loaded (factor runs of init=multiply).
+    ``overrides``: the command line's, recorded in ``.hydra/overrides.yaml``.
     """
+    with RunLog() as run_log:
+        trainer = prepare(cfg, splits, overrides, run_log)
+        try:
+            return trainer.fit()
+        finally:
+            trainer.tracker.close()
+
+
+def prepare(cfg: DictConfig, splits: Splits | None, overrides: list[str] | None,
+            run_log: RunLog) -> Trainer:
+    """Everything before the first update: checks, data, factor runs, model, resume."""
     spec = check_config(cfg)
     torch.set_flush_denormal(True)  # tiny probabilities must not fall onto the CPU's slow path
     torch.manual_seed(int(cfg.seed))
@@ -119,7 +131,6 @@ def run(cfg: DictConfig, splits: Splits | None = None) -> dict[str, Any]:
                         vocab_sizes=splits.vocab_sizes)
     model = initialize(cfg, model, splits.vocab_size)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
     config = OmegaConf.to_container(cfg, resolve=True)
     o = cfg.optim
     state, em = TrainState(), EM(o.get("update", "probs"), float(o.pseudocount),
@@ -135,8 +146,14 @@ def run(cfg: DictConfig, splits: Splits | None = None) -> dict[str, Any]:
         em.load_state_dict(ckpt.get("em") or {})
         log.info(f"resuming {run_dir} at update {state.update}")
     ddp.barrier()  # every rank has checked for a checkpoint before rank 0 writes one
-    if ddp.is_main:
+    if ddp.is_main:  # the run is accepted: its directory, config and log
+        run_dir.mkdir(parents=True, exist_ok=True)
+        run_log.open(run_dir)
         OmegaConf.save(config, run_dir / "config.yaml")  # resolved, init.factor_runs filled in
+        (run_dir / ".hydra").mkdir(exist_ok=True)
+        OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")  # as composed
+        OmegaConf.save(OmegaConf.create(list(overrides or [])),
+                       run_dir / ".hydra" / "overrides.yaml")
     model.to(device)
     em.load_state_dict(em.state_dict(), device)
     ddp.broadcast_parameters(model)
@@ -150,12 +167,7 @@ def run(cfg: DictConfig, splits: Splits | None = None) -> dict[str, Any]:
                else NullTracker())
     tracker.truncate_after(state.update)
     state.wandb_id = tracker.wandb_id
-    trainer = Trainer(cfg, spec, model, splits, device, state, tracker, config, ddp, em,
-                      engine)
-    try:
-        return trainer.fit()
-    finally:
-        tracker.close()
+    return Trainer(cfg, spec, model, splits, device, state, tracker, config, ddp, em, engine)
 
 
 @dataclass
@@ -199,10 +211,9 @@ class Trainer:
         self.save("finished" if s.update >= self.total_updates else "running")
         if s.update == 0 and t.eval_at_start:
             self.evaluate(final=False)
-        bar = tqdm(total=self.total_updates, initial=s.update, desc=self.run_dir.name,
-                   unit="upd", disable=not t.progress or not self.ddp.is_main,
-                   dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
-        with StopRequest(deferred=self.ddp.enabled) as stop:
+        bar = progress.bar(self.total_updates, self.run_dir.name, s.update, "upd",
+                           enabled=bool(t.progress) and self.ddp.is_main)
+        with StopRequest(deferred=self.ddp.enabled) as stop, progress.clean_logging():
             while s.update < self.total_updates and not stop.requested:
                 rows = self.splits.train_rows(s.epoch)
                 order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(
@@ -278,7 +289,7 @@ class Trainer:
         if s.train_units:
             record[f"train_{metric}"] = metric_value(metric, s.train_nll, s.train_units)
         record.update(self.ddp.evaluate(self.engine.score, sets, metric,
-                                        int(t.eval_batch_size), self.device))
+                                        int(t.eval_batch_size), self.device, bool(t.progress)))
         record["final"] = final
         s.train_nll, s.train_units = 0.0, 0
         self.tracker.log(record)
@@ -321,22 +332,30 @@ class Trainer:
 @hydra.main(version_base="1.3", config_path=str(REPO_ROOT / "configs"), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Console entry point; returns the final dev metric (for Hydra sweepers)."""
-    if cfg.run_dir is None:
-        from hydra.core.hydra_config import HydraConfig
+    from hydra.core.hydra_config import HydraConfig
 
-        cfg.run_dir = HydraConfig.get().runtime.output_dir
+    hydra_cfg = HydraConfig.get()
+    if cfg.run_dir is None:
+        cfg.run_dir = hydra_cfg.runtime.output_dir
     try:
-        record = run(cfg)
+        record = run(cfg, overrides=list(hydra_cfg.overrides.task))
     except (ConfigError, DataError) as err:
-        print(f"monarchpc: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        fail("error", err, cfg.run_dir, 2)
     except Diverged as err:
-        print(f"monarchpc: diverged: {err}", file=sys.stderr)
-        sys.exit(3)
+        fail("diverged", err, cfg.run_dir, 3)
     except factor_runs.FactorRunIncomplete as err:
-        print(f"monarchpc: stopped: {err}", file=sys.stderr)
-        sys.exit(130)
+        fail("stopped", err, cfg.run_dir, 130)
     return next((v for k, v in record.items() if k.startswith("dev_")), None)
+
+
+def fail(kind: str, err: Exception, run_dir: str, code: int) -> None:
+    """One line on stderr and the exit status; the empty directory Hydra made for a rejected
+    run goes (a run directory with anything in it stays as it is)."""
+    print(f"monarchpc: {kind}: {err}", file=sys.stderr)
+    path = Path(run_dir)
+    if path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+    sys.exit(code)
 
 
 if __name__ == "__main__":
