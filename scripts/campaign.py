@@ -21,7 +21,6 @@ and data loading included, on one GPU) is added to run.json.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shlex
@@ -33,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from monarchpc.data.tokenizer import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,14 +101,6 @@ def run_jobs(jobs: list[tuple[str, list[str]]], out: Path, gpus: int, per_gpu: i
     return seconds
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def scrub(value: Any) -> Any:
     """A copy of ``value`` with every absolute path made relative to the repository, or
     reduced to a file description ({name, bytes, sha256}) when it names a file elsewhere."""
@@ -118,7 +111,7 @@ def scrub(value: Any) -> Any:
     if isinstance(value, str) and value.startswith("/"):
         path = Path(value)
         if path.is_file():
-            return {"name": path.name, "bytes": path.stat().st_size, "sha256": sha256(path)}
+            return {"name": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
         try:
             return str(path.resolve().relative_to(REPO))
         except ValueError:
