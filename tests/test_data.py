@@ -47,8 +47,10 @@ def test_text8_split_vocabulary_rows_and_cache(tmp_path: Path) -> None:
     assert decode(splits.test_stream) == raw[3500:4000].decode()
     assert (tmp_path / "cache" / "text8.npy").is_file()
     again = text8_data.load(root=str(tmp_path / "cache"), download=False, split=[3000, 500, 500],
-                            seq_len=16)  # served from the cache, no source needed
-    assert torch.equal(again.train, splits.train)
+                            seq_len=16, text_size=len(raw), sha256=hashlib.sha256(raw).hexdigest())
+    assert torch.equal(again.train, splits.train)  # served from the cache, no source needed
+    with pytest.raises(DataError, match="not found"):  # a cache of other text is not text8's
+        text8_data.load(root=str(tmp_path / "cache"), download=False, split=[3000, 500, 500])
 
 
 def test_text8_checksum_and_size_failures_name_the_fix(tmp_path: Path) -> None:
