@@ -97,11 +97,12 @@ def load(run_dir: Path, map_location: str | torch.device = "cpu") -> dict[str, A
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # whatever the file holds: one line, and nothing of it run
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
-        kind = ("holds objects other than tensors and plain values, which are not loaded "
-                "(that could run code)" if "Weights only load failed" in first
-                else f"is corrupt or not a checkpoint ({type(err).__name__}: {first})")
-        raise CheckpointError(f"{path} {kind}; {FIX}") from None
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        detail = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln),
+                      lines[0] if lines else type(err).__name__)
+        raise CheckpointError(f"{path} is corrupt or holds more than tensors and plain values "
+                              f"({detail[:160]}); it was not loaded, and nothing in it was "
+                              f"run; {FIX}") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) \
             or not isinstance(ckpt.get("config"), dict):
         raise CheckpointError(f"{path} is not a monarchpc checkpoint (it needs the sections "

@@ -150,7 +150,7 @@ DATASET: dict[str, tuple[Rule, str]] = {
     # text
     "paths": (list_of(text(), "file paths"), "text files to read"),
     "fractions": (fractions, "train/dev/test shares of the text"),
-    "seq_len": (integer(2), "tokens per row (one token has no transition to learn)"),
+    "seq_len": (integer(2), "tokens per row; one token has no transition to learn"),
     "max_chars": (integer(1, none=True), "characters used; null for all"),
     "cache_dir": (text(none=True), "folder of the data caches"),
     "long_rows": (integer(1), "rows of the long test evaluation"),

@@ -30,7 +30,6 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from monarchpc.checkpoint import FILENAME as CHECKPOINT
 from monarchpc.errors import ConfigError
 from monarchpc.files import TMP_SUFFIX, atomic_write
 
@@ -148,6 +147,8 @@ def check_resume(run_dir: Path, resume: bool) -> bool:
     """Whether the run continues from ``run_dir``'s checkpoint (``resume=true`` and one
     exists); :class:`ConfigError` for a fresh run over a checkpoint or a resume without one.
     """
+    from monarchpc.checkpoint import FILENAME as CHECKPOINT  # here: the lock needs no torch
+
     exists = (Path(run_dir) / CHECKPOINT).is_file()
     if exists and not resume:
         raise ConfigError(f"{run_dir} already holds a run (its {CHECKPOINT}); pass resume=true "
