@@ -218,3 +218,22 @@ def test_the_data_fingerprint_catches_other_data_at_the_same_path(tmp_path: Path
     with pytest.raises(DataError, match=r"name 'demo' \(checkpoint: 'chars'\).*file "
                                         r"corpus\.txt is no longer used"):
         compare(saved, demo)
+
+
+def test_token_caches_are_verified_and_rebuilt(tmp_path: Path, caplog) -> None:
+    """A cut-short packed cache is rebuilt, a broken cached tokenizer trained again."""
+    rng = np.random.default_rng(0)
+    words = ["sum", "block", "monarch", "circuit", "flow", "hidden", "state", "layer"]
+    path = tmp_path / "sentences.txt"
+    path.write_text("\n".join(" ".join(rng.choice(words, size=8)) for _ in range(400)))
+    options = {"name": "lines", "path": str(path), "vocab_size": 24, "seq_len": 16,
+               "cache_dir": str(tmp_path / "cache")}
+    first = build_dataset(options)
+    [packed] = (tmp_path / "cache" / "packed").glob("*.pt")
+    [model] = (tmp_path / "cache" / "tokenizers").glob("*.model")
+    assert first.info["sources"][0]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    packed.write_bytes(packed.read_bytes()[:100])
+    model.write_bytes(model.read_bytes()[:50])
+    again = build_dataset(options)
+    assert "not usable" in caplog.text and "does not load" in caplog.text
+    assert torch.equal(again.train, first.train) and torch.equal(again.test, first.test)
