@@ -22,14 +22,17 @@ from monarchpc.errors import DivergedError
 def non_finite(tensors: Mapping[str, Tensor]) -> str | None:
     """The name of the first floating tensor of ``tensors`` holding NaN or inf, else None.
 
-    One device synchronization for all of them together.
+    Each tensor is summed (no temporary of its size): a NaN or inf anywhere makes its sum
+    non-finite, while probabilities and expected counts sum to far below the float range.
+    One device synchronization for all tensors together.
     """
     named = [(k, t) for k, t in tensors.items()
              if isinstance(t, Tensor) and t.is_floating_point() and t.numel()]
     if not named:
         return None
     device = named[0][1].device
-    finite = torch.stack([torch.isfinite(t).all().to(device) for _, t in named]).tolist()
+    sums = torch.stack([t.detach().sum(dtype=torch.float32).to(device) for _, t in named])
+    finite = torch.isfinite(sums).tolist()
     return next((k for (k, _), ok in zip(named, finite, strict=True) if not ok), None)
 
 

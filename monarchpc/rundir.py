@@ -76,7 +76,13 @@ class RunLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                raise ConfigError(self._held_message(self._read_holder())) from None
+                holder = self._read_holder()
+                for _ in range(10):  # a holder that has just locked writes its name next
+                    if holder:
+                        break
+                    time.sleep(0.05)
+                    holder = self._read_holder()
+                raise ConfigError(self._held_message(holder)) from None
             except OSError as err:
                 if err.errno not in NO_FLOCK:
                     os.close(fd)
