@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from monarchpc.errors import DataError
-from monarchpc.files import atomic_write
+from monarchpc.files import atomic_write, free_space
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +112,15 @@ class Tracker:
         update = int(record["update"])
         if self.records and int(self.records[-1]["update"]) >= update:
             self._keep(lambda r: int(r["update"]) < update)
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as err:  # a partial line is dropped when the run resumes
+            raise DataError(f"cannot append to {self.metrics_path} ({err.strerror}; "
+                            f"{free_space(self.run_dir)} free on its disk): free disk space "
+                            f"and continue with resume=true") from None
         self.records.append(record)
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in record.items() if isinstance(v, int | float)},

@@ -129,3 +129,16 @@ def test_wandb_says_one_line_where_its_offline_run_is(tmp_path: Path) -> None:
     lines = (proc.stdout + proc.stderr).strip().splitlines()
     [offline] = list((tmp_path / "wandb").glob("offline-run-*"))
     assert lines == [f"wandb: offline run in {offline}; upload it with `wandb sync {offline}`"]
+
+
+def test_a_full_disk_while_appending_gives_one_line(tmp_path: Path) -> None:
+    from tests.test_checkpoint import file_size_limit
+
+    t = tracker(tmp_path)
+    t.log({"update": 0})
+    with file_size_limit((tmp_path / METRICS).stat().st_size + 10), \
+            pytest.raises(DataError, match=r"cannot append to .*free disk space") as err:
+        t.log({"update": 3, "dev_bpc": 2.123456789, "test_bpc": 2.2})
+    assert "\n" not in str(err.value)
+    assert tracker(tmp_path).records == [{"update": 0}]  # the resumed run drops the cut line
+    assert updates(tmp_path) == [0]
