@@ -1,11 +1,25 @@
-"""The errors a user can fix: each message names the setting or file to change."""
+"""The errors a run reports as one line (``monarchpc: error: ...``), each naming its fix.
+
+* :class:`ConfigError`: a setting that cannot work (checked before any data or GPU work).
+* :class:`DataError`: missing, corrupt or mismatched data (or a run directory's files).
+* :class:`CheckpointError`: a checkpoint that cannot be written, or must not be loaded.
+* :class:`DivergedError`: EM produced a non-finite log-likelihood or parameter.
+"""
 
 from __future__ import annotations
 
 
 class ConfigError(ValueError):
-    """An invalid setting (config key, override, argument); the message names the fix."""
+    """A setting that cannot work; the message names the setting and the fix."""
 
 
 class DataError(RuntimeError):
-    """Missing, corrupt or mismatched data; the message says what to fetch or delete."""
+    """Missing, corrupt or mismatched data; the message names the fix."""
+
+
+class CheckpointError(DataError):
+    """A checkpoint that cannot be written (full disk, ...) or read safely (corrupt, crafted)."""
+
+
+class DivergedError(RuntimeError):
+    """A non-finite log-likelihood or parameter; the message names the setting to change."""

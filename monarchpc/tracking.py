@@ -3,8 +3,17 @@
 ``metrics.jsonl`` gets one JSON object per evaluation (update, epoch, tokens seen,
 cumulative training FLOPs, metrics, step size, wall time); ``run.json`` describes the run
 (model, sizes, status, final metrics). Reports read only these files, so every table and
-plot can be regenerated from the runs behind it. wandb runs offline unless the logger
-config says ``mode: online``; ``logger=none`` turns it off.
+plot can be regenerated from the runs behind it.
+
+Exactly one line per evaluation, across any number of interruptions: opening the file
+drops a partial last line (a write cut short by a crash); :meth:`Tracker.truncate_after`
+drops the records written after the checkpoint a resume starts from; and a record for an
+update that already has one (the resumed loop evaluating that update again) replaces it
+and everything after it. Rewrites are atomic.
+
+wandb runs offline unless the logger config says ``mode: online``; ``logger=none`` turns
+it off. It prints nothing on the console but one line saying where the run is kept (and,
+offline, how to ``wandb sync`` it).
 """
 
 from __future__ import annotations
@@ -18,12 +27,49 @@ from typing import Any
 
 import torch
 
+from monarchpc.errors import DataError
+from monarchpc.files import atomic_write, free_space
+
+log = logging.getLogger(__name__)
+
+METRICS = "metrics.jsonl"
+
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write ``obj`` as JSON to ``path`` through a temporary file and an atomic rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(obj, indent=2, default=str) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def read_metrics(path: Path) -> tuple[list[dict[str, Any]], bool]:
+    """(records of a ``metrics.jsonl``, whether a partial last line was left out); ([], False)
+    if there is no file. A line that is not a record anywhere else raises :class:`DataError`.
+    """
+    if not path.is_file():
+        return [], False
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+    while lines and not lines[-1].strip():
+        lines.pop()
+    records = []
+    for i, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line) if line.strip() else {}
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("update"), int):
+            records.append(record)
+        elif i == len(lines):  # a write cut short (kill -9, power loss)
+            return records, True
+        elif line.strip():
+            raise DataError(f"{path} line {i} is not an evaluation record ({line[:60]!r}); "
+                            f"repair or delete that line, then resume")
+    return records, bool(lines) and not lines[-1].endswith("\n")
+
+
+def write_metrics(path: Path, records: list[dict[str, Any]]) -> None:
+    """Replace ``metrics.jsonl`` with ``records``, one JSON object a line, atomically."""
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 class Tracker:
@@ -32,7 +78,10 @@ class Tracker:
     def __init__(self, run_dir: Path, logger_cfg: dict[str, Any], config: dict[str, Any],
                  wandb_id: str | None = None) -> None:
         self.run_dir = run_dir
-        self.metrics_path = run_dir / "metrics.jsonl"
+        self.metrics_path = run_dir / METRICS
+        self.records, torn = read_metrics(self.metrics_path)
+        if torn and self.metrics_path.is_file():
+            write_metrics(self.metrics_path, self.records)  # without the partial last line
         self.wandb = None
         self.wandb_id = wandb_id
         if logger_cfg.get("name", "none") == "wandb":
@@ -41,41 +90,57 @@ class Tracker:
     def _start_wandb(self, logger_cfg: dict[str, Any], config: dict[str, Any]) -> Any:
         import wandb  # imported here: it is slow to import and optional for a run
 
+        mode = logger_cfg.get("mode", "offline")
         run = wandb.init(
             project=logger_cfg.get("project", "monarchpc"), entity=logger_cfg.get("entity"),
-            mode=logger_cfg.get("mode", "offline"), dir=str(self.run_dir),
-            name=self.run_dir.name, id=self.wandb_id, resume="allow", config=config,
-            tags=list(logger_cfg.get("tags") or []))
+            mode=mode, dir=str(self.run_dir), name=self.run_dir.name, id=self.wandb_id,
+            resume="allow", config=config, tags=list(logger_cfg.get("tags") or []),
+            settings=wandb.Settings(silent=True, console="off"))
         self.wandb_id = run.id
         run.define_metric("train_flops")
         for key in ("dev_*", "test_*", "train_*"):
             run.define_metric(key, step_metric="train_flops")
+        if mode == "offline":
+            log.info(f"wandb: offline run in {run.settings.sync_dir}; upload it with "
+                     f"`wandb sync {run.settings.sync_dir}`")
+        elif mode == "online":
+            log.info(f"wandb: {run.url}")
         return run
 
     def log(self, record: dict[str, Any]) -> None:
-        """Append one evaluation record (a flat dict of numbers) and mirror it to wandb."""
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        """Append one evaluation record (a flat dict of numbers) and mirror it to wandb.
+
+        A record for an update that already has one replaces it and all later records.
+        """
+        update = int(record["update"])
+        if self.records and int(self.records[-1]["update"]) >= update:
+            self._keep(lambda r: int(r["update"]) < update)
+        try:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as err:  # a partial line is dropped when the run resumes
+            raise DataError(f"cannot append to {self.metrics_path} ({err.strerror}; "
+                            f"{free_space(self.run_dir)} free on its disk): free disk space "
+                            f"and continue with resume=true") from None
+        self.records.append(record)
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in record.items() if isinstance(v, int | float)},
-                           step=int(record["update"]))
+                           step=update)
 
     def truncate_after(self, update: int) -> None:
         """Drop records past ``update`` (written after the checkpoint a resume starts from)."""
-        if not self.metrics_path.is_file():
-            return
-        lines = [ln for ln in self.metrics_path.read_text().splitlines()
-                 if ln.strip() and json.loads(ln)["update"] <= update]
-        self.metrics_path.write_text("".join(ln + "\n" for ln in lines))
+        if any(int(r["update"]) > update for r in self.records):
+            self._keep(lambda r: int(r["update"]) <= update)
+
+    def _keep(self, wanted: Any) -> None:
+        self.records = [r for r in self.records if wanted(r)]
+        write_metrics(self.metrics_path, self.records)
 
     def last_record(self) -> dict[str, Any]:
         """The last evaluation record written ({} if none), e.g. when resuming."""
-        if not self.metrics_path.is_file():
-            return {}
-        lines = [ln for ln in self.metrics_path.read_text().splitlines() if ln.strip()]
-        return json.loads(lines[-1]) if lines else {}
+        return dict(self.records[-1]) if self.records else {}
 
     def close(self) -> None:
         if self.wandb is not None:

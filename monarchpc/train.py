@@ -9,16 +9,19 @@ runs) -> build and initialize the circuit -> stochastic mini-batch EM (flows of
 structure's engine) -> evaluate every ``trainer.eval_every`` updates and at the end ->
 records in the run directory (``metrics.jsonl``, ``run.json``, ``checkpoint.pt``) and wandb.
 
-Interruption (Ctrl-C, SIGTERM) finishes at an update boundary and leaves a checkpoint;
-``resume=true`` continues the run in its directory to the same result as an
-uninterrupted run (data order is a function of seed and epoch, EM has no other randomness).
-A non-finite likelihood or parameter stops the run (status "diverged") before any update
-is written. Under torchrun (or SLURM) the ranks share every micro-batch: see
+A run owns its directory (``run.lock``: a second run of the same name fails at once).
+Interruption (Ctrl-C, SIGTERM, kill -9) loses at most the updates since the last atomic
+checkpoint; ``resume=true`` continues the run in its directory to the same result as an
+uninterrupted run (data order is a function of seed and epoch, EM has no other
+randomness) after checking that the data is the same. A non-finite likelihood, flow or
+parameter stops the run (status "diverged") before the update, keeping the last good
+checkpoint. Under torchrun (or SLURM) the ranks share every micro-batch: see
 monarchpc/distributed.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
@@ -31,12 +34,13 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from monarchpc import checkpoint, distributed, factor_runs, progress
+from monarchpc import checkpoint, distributed, divergence, factor_runs, progress
 from monarchpc.circuits.factory import build_model
 from monarchpc.circuits.sum_blocks import BlockSpec
 from monarchpc.config_checks import check_config
 from monarchpc.data import Splits, build_dataset
-from monarchpc.errors import ConfigError, DataError
+from monarchpc.data.fingerprint import compare, data_fingerprint
+from monarchpc.errors import ConfigError, DataError, DivergedError
 from monarchpc.evaluate import METRICS, long_rows, metric_value
 from monarchpc.initialize import initialize
 from monarchpc.interrupt import StopRequest
@@ -44,6 +48,7 @@ from monarchpc.learning.em import EM
 from monarchpc.learning.engines import Engine, make_engine, select_device
 from monarchpc.learning.schedules import step_size
 from monarchpc.paths import REPO_ROOT
+from monarchpc.rundir import RunLock, check_resume, write_hydra_files
 from monarchpc.tracking import NullTracker, RunLog, Tracker, run_record, write_json_atomic
 
 log = logging.getLogger("monarchpc")
@@ -65,10 +70,6 @@ class TrainState:
     train_nll: float = 0.0  # training NLL (nats) of the updates since the last evaluation
     train_units: int = 0  # ... and the positions it covers
     wandb_id: str | None = None
-
-
-class Diverged(RuntimeError):
-    """A non-finite log-likelihood or parameter: the run stops, its last checkpoint kept."""
 
 
 def check_vocab(cfg: DictConfig, splits: Splits) -> None:
@@ -93,8 +94,9 @@ def run(cfg: DictConfig, splits: Splits | None = None,
     ``splits``: the data of ``cfg.dataset`` if already loaded (factor runs of init=multiply).
     ``overrides``: the command line's, recorded in ``.hydra/overrides.yaml``.
     """
-    with RunLog() as run_log:
-        trainer = prepare(cfg, splits, overrides, run_log)
+    with contextlib.ExitStack() as stack:
+        run_log = stack.enter_context(RunLog())
+        trainer = prepare(cfg, splits, overrides, run_log, stack)
         try:
             return trainer.fit()
         finally:
@@ -102,8 +104,10 @@ def run(cfg: DictConfig, splits: Splits | None = None,
 
 
 def prepare(cfg: DictConfig, splits: Splits | None, overrides: list[str] | None,
-            run_log: RunLog) -> Trainer:
-    """Everything before the first update: checks, data, factor runs, model, resume."""
+            run_log: RunLog, stack: contextlib.ExitStack) -> Trainer:
+    """Everything before the first update: checks, the run directory's lock, data, factor
+    runs, model, resume. Nothing is written into the run directory until all have passed."""
+    composed = cfg.copy()  # as the command line composed it, for .hydra/config.yaml
     spec = check_config(cfg)
     torch.set_flush_denormal(True)  # tiny probabilities must not fall onto the CPU's slow path
     torch.manual_seed(int(cfg.seed))
@@ -116,13 +120,14 @@ def prepare(cfg: DictConfig, splits: Splits | None, overrides: list[str] | None,
     run_dir = Path(cfg.run_dir)
     torch.backends.cuda.matmul.allow_tf32 = cfg.trainer.precision != "fp32"
     torch.backends.cudnn.allow_tf32 = cfg.trainer.precision != "fp32"
-    if (run_dir / checkpoint.FILENAME).is_file() and not cfg.resume:
-        raise ConfigError(f"{run_dir} already holds a checkpoint; pass resume=true to continue "
-                          f"it, or choose another run_name")
+    if ddp.is_main:  # one run per directory; held until the run ends
+        stack.enter_context(RunLock(run_dir))
+    resuming = check_resume(run_dir, bool(cfg.resume))  # every rank sees the same files
 
     if splits is None:
         splits = ddp.main_first(lambda: build_dataset(cfg.dataset))
     check_vocab(cfg, splits)
+    fingerprint = data_fingerprint(splits)
     log.info(splits.describe())
     if cfg.init.name == "multiply":  # pipeline step: the dense factor runs, trained first
         cfg.init.factor_runs = [str(d) for d in factor_runs.factor_runs(cfg, run, splits)]
@@ -135,25 +140,27 @@ def prepare(cfg: DictConfig, splits: Splits | None, overrides: list[str] | None,
     o = cfg.optim
     state, em = TrainState(), EM(o.get("update", "probs"), float(o.pseudocount),
                                  float(o.get("floor", 0.0)))
-    ckpt = checkpoint.load(run_dir)
+    ckpt = checkpoint.load(run_dir) if resuming else None
     if ckpt is not None:
         changed = [k for k in RUN_IDENTITY if ckpt["config"].get(k) != config.get(k)]
         if changed:
             raise ConfigError(f"cannot resume {run_dir}: its {', '.join(changed)} config differs "
                               f"from this one; use the same settings or another run_name")
+        if ckpt.get("data") is None:
+            log.warning(f"{run_dir}'s checkpoint records no data fingerprint: the data is "
+                        f"not checked")
+        else:
+            compare(ckpt["data"], fingerprint)
         model.load_state_dict(ckpt["model"])
         state = TrainState(**ckpt["trainer"])
         em.load_state_dict(ckpt.get("em") or {})
         log.info(f"resuming {run_dir} at update {state.update}")
     ddp.barrier()  # every rank has checked for a checkpoint before rank 0 writes one
-    if ddp.is_main:  # the run is accepted: its directory, config and log
-        run_dir.mkdir(parents=True, exist_ok=True)
+    if ddp.is_main:  # the run is accepted: its config and log
         run_log.open(run_dir)
         OmegaConf.save(config, run_dir / "config.yaml")  # resolved, init.factor_runs filled in
-        (run_dir / ".hydra").mkdir(exist_ok=True)
-        OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")  # as composed
-        OmegaConf.save(OmegaConf.create(list(overrides or [])),
-                       run_dir / ".hydra" / "overrides.yaml")
+        if overrides is not None:  # a command-line run: .hydra/ as Hydra would write it
+            write_hydra_files(run_dir, composed)
     model.to(device)
     em.load_state_dict(em.state_dict(), device)
     ddp.broadcast_parameters(model)
@@ -167,7 +174,8 @@ def prepare(cfg: DictConfig, splits: Splits | None, overrides: list[str] | None,
                else NullTracker())
     tracker.truncate_after(state.update)
     state.wandb_id = tracker.wandb_id
-    return Trainer(cfg, spec, model, splits, device, state, tracker, config, ddp, em, engine)
+    return Trainer(cfg, spec, model, splits, device, state, tracker, config, ddp, em, engine,
+                   fingerprint)
 
 
 @dataclass
@@ -185,6 +193,7 @@ class Trainer:
     ddp: distributed.Dist
     em: EM
     engine: Engine
+    fingerprint: dict[str, Any]
 
     def __post_init__(self) -> None:
         o = self.cfg.optim
@@ -259,11 +268,9 @@ class Trainer:
                 return False
         nll, units, agreed = self.ddp.reduce_update(self.model, nll, units, stop.pending)
         stop.requested = stop.requested or agreed  # all ranks end this same update
-        if not math.isfinite(nll):
-            self.diverged("the log-likelihood of this update's batch is not finite")
+        self.guard(lambda: divergence.check(self.model, -nll, s.update + 1, divergence.hint(
+            self.cfg.optim, self.cfg.trainer)))  # the same flows on all ranks: all agree
         self.em.step(self.model, self.step_size())
-        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
-            self.diverged("an EM update made a parameter non-finite")
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         s.update, s.micro, s.tokens = s.update + 1, group.stop, s.tokens + units
@@ -313,20 +320,21 @@ class Trainer:
         divergence = self.ddp.max_divergence(self.model)  # collective: all ranks take part
         if not self.ddp.is_main:
             return
-        checkpoint.save(self.run_dir, self.model, asdict(self.state), self.config,
-                        em=self.em.state_dict())
+        self.guard(lambda: checkpoint.save(self.run_dir, self.model, asdict(self.state),
+                                           self.config, em=self.em.state_dict(),
+                                           data=self.fingerprint))
         write_json_atomic(self.run_dir / "run.json",
                           {**self.record(status), "rank_divergence": divergence})
 
-    def diverged(self, why: str) -> None:
-        """Stop: status "diverged" in run.json, the last good checkpoint kept."""
-        if self.ddp.is_main:
-            write_json_atomic(self.run_dir / "run.json", self.record("diverged"))
-        raise Diverged(
-            f"{why} at update {self.state.update + 1}: stopped, the last checkpoint (update "
-            f"{self.state.update} or before) is kept. Raise optim.pseudocount (e.g. 0.1) or "
-            f"set optim.floor=1e-10 so that no probability reaches 0, or use "
-            f"trainer.precision=fp32")
+    def guard(self, action: Any) -> None:
+        """Run ``action``; on a divergence record status "diverged" in run.json (the last
+        good checkpoint stays) and stop."""
+        try:
+            action()
+        except DivergedError:
+            if self.ddp.is_main:
+                write_json_atomic(self.run_dir / "run.json", self.record("diverged"))
+            raise
 
 
 @hydra.main(version_base="1.3", config_path=str(REPO_ROOT / "configs"), config_name="train")
@@ -341,7 +349,7 @@ def main(cfg: DictConfig) -> float | None:
         record = run(cfg, overrides=list(hydra_cfg.overrides.task))
     except (ConfigError, DataError) as err:
         fail("error", err, cfg.run_dir, 2)
-    except Diverged as err:
+    except DivergedError as err:
         fail("diverged", err, cfg.run_dir, 3)
     except factor_runs.FactorRunIncomplete as err:
         fail("stopped", err, cfg.run_dir, 130)

@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from monarchpc.data.tokenizer import file_sha256
+from monarchpc.files import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from monarchpc.circuits.sum_blocks import BlockSpec
 from monarchpc.config_checks import check_config as validate
-from monarchpc.errors import ConfigError, DataError
+from monarchpc.errors import ConfigError
 from monarchpc.paths import REPO_ROOT
 from monarchpc.train import run
 from tests.helpers import compose_config
@@ -61,8 +61,8 @@ def test_vocabulary_mismatch_is_rejected(tmp_path: Path) -> None:
 
 def test_unknown_dataset_is_rejected(tmp_path: Path) -> None:
     cfg = compose_config(["dataset.name=text9"], tmp_path / "run")
-    with pytest.raises(DataError, match="unknown dataset 'text9'"):
-        run(cfg)
+    with pytest.raises(ConfigError, match=r"dataset\.name='text9': must be one of"):
+        run(cfg)  # refused by the config checks, before any data is touched
 
 
 @pytest.mark.parametrize(("overrides", "message"), [

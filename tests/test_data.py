@@ -47,8 +47,10 @@ def test_text8_split_vocabulary_rows_and_cache(tmp_path: Path) -> None:
     assert decode(splits.test_stream) == raw[3500:4000].decode()
     assert (tmp_path / "cache" / "text8.npy").is_file()
     again = text8_data.load(root=str(tmp_path / "cache"), download=False, split=[3000, 500, 500],
-                            seq_len=16)  # served from the cache, no source needed
-    assert torch.equal(again.train, splits.train)
+                            seq_len=16, text_size=len(raw), sha256=hashlib.sha256(raw).hexdigest())
+    assert torch.equal(again.train, splits.train)  # served from the cache, no source needed
+    with pytest.raises(DataError, match="not found"):  # a cache of other text is not text8's
+        text8_data.load(root=str(tmp_path / "cache"), download=False, split=[3000, 500, 500])
 
 
 def test_text8_checksum_and_size_failures_name_the_fix(tmp_path: Path) -> None:
@@ -138,3 +140,100 @@ def test_synthetic_data_records_the_true_model() -> None:
     splits = build_dataset({"name": "synthetic", "n_train": 64, "n_dev": 8, "n_test": 8})
     assert splits.train.shape == (64, 32) and int(splits.train.max()) < 6
     assert 0 < splits.info["true_test_bpc"] < np.log2(6)
+
+
+def chars(paths: list[Path], **options) -> object:
+    return build_dataset({"name": "chars", "paths": [str(p) for p in paths], "seq_len": 16,
+                          "fractions": [0.8, 0.1, 0.1], "long_rows": 2, **options})
+
+
+@pytest.mark.parametrize("content", [
+    bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8)),  # binary
+    ("Für Ärzte: Grüße aus Köln. " * 60).encode("latin-1"),  # not UTF-8 (3.7% bad)
+    ("text in UTF-16 " * 60).encode("utf-16"),  # NUL after every letter
+])
+def test_chars_refuses_what_is_not_text_unless_allowed(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "input.bin"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=r"input\.bin is not UTF-8 text: .*dataset\.allow_non_text"
+                       r"=true") as err:
+        chars([path])
+    assert "\n" not in str(err.value)
+    assert chars([path], allow_non_text=True).train.numel() > 0
+
+
+def test_chars_accepts_text_with_a_few_odd_bytes(tmp_path: Path) -> None:
+    text = ("Punctuation, digits (42) and accents: café, naïve! " * 40).encode()
+    path = tmp_path / "ok.txt"
+    path.write_bytes(text[:1000] + b"\xff\x00" + text[1000:])  # 2 bad of ~2000 characters
+    assert chars([path]).info["sources"] == [
+        {"name": "ok.txt", "size": len(text) + 2,
+         "sha256": hashlib.sha256(text[:1000] + b"\xff\x00" + text[1000:]).hexdigest()}]
+
+
+def test_caches_are_atomic_and_rebuilt_when_cut_short(tmp_path: Path, caplog) -> None:
+    path = tmp_path / "a.txt"
+    path.write_text("the monarch circuit learns " * 200)
+    first = chars([path], cache_dir=str(tmp_path / "cache"))
+    [cache] = (tmp_path / "cache").glob("chars-*.npy")
+    assert sorted(p.name for p in cache.parent.iterdir()) == [cache.name, cache.name + ".json"]
+    cache.write_bytes(cache.read_bytes()[:200])  # truncated in place (a crash, a bad copy)
+    again = chars([path], cache_dir=str(tmp_path / "cache"))
+    assert "not usable" in caplog.text and torch.equal(again.train, first.train)
+    assert again.info["sources"] == first.info["sources"]
+    (cache.parent / (cache.name + ".json")).unlink()  # a cache of an older monarchpc
+    assert torch.equal(chars([path], cache_dir=str(tmp_path / "cache")).train, first.train)
+    assert (cache.parent / (cache.name + ".json")).is_file()
+
+
+def test_a_truncated_text8_cache_without_its_source_gives_one_clear_line(tmp_path: Path
+                                                                         ) -> None:
+    zpath, raw = fake_text8(tmp_path)
+    load_fake(zpath, raw, tmp_path / "root")
+    cache = tmp_path / "root" / "text8.npy"
+    cache.write_bytes(cache.read_bytes()[:1000])
+    zpath.unlink()
+    with pytest.raises(DataError, match=r"text8: not found .*text8\.zip") as err:
+        text8_data.load(root=str(tmp_path / "root"), download=False, split=[3000, 500, 500],
+                        seq_len=16, text_size=len(raw), sha256=hashlib.sha256(raw).hexdigest())
+    assert "\n" not in str(err.value) and not cache.exists()
+
+
+def test_the_data_fingerprint_catches_other_data_at_the_same_path(tmp_path: Path) -> None:
+    from monarchpc.data.fingerprint import compare, data_fingerprint
+
+    path = tmp_path / "corpus.txt"
+    path.write_text("a first text about sum blocks and their flows " * 50)
+    saved = data_fingerprint(chars([path]))
+    compare(saved, data_fingerprint(chars([path])))  # the same data: no error
+    assert saved["files"][0]["name"] == "corpus.txt"
+    assert saved["splits"]["train"]["shape"] == [len(chars([path]).train), 16]
+    path.write_text("another text of the very same length about blocks and their flow " * 35)
+    with pytest.raises(DataError) as err:
+        compare(saved, data_fingerprint(chars([path])))
+    message = str(err.value)
+    assert "file corpus.txt has" in message and "rows" in message and "\n" not in message
+    assert "new run_name" in message
+    demo = data_fingerprint(build_dataset({"name": "demo", "long_rows": 1}))
+    with pytest.raises(DataError, match=r"name 'demo' \(checkpoint: 'chars'\).*file "
+                                        r"corpus\.txt is no longer used"):
+        compare(saved, demo)
+
+
+def test_token_caches_are_verified_and_rebuilt(tmp_path: Path, caplog) -> None:
+    """A cut-short packed cache is rebuilt, a broken cached tokenizer trained again."""
+    rng = np.random.default_rng(0)
+    words = ["sum", "block", "monarch", "circuit", "flow", "hidden", "state", "layer"]
+    path = tmp_path / "sentences.txt"
+    path.write_text("\n".join(" ".join(rng.choice(words, size=8)) for _ in range(400)))
+    options = {"name": "lines", "path": str(path), "vocab_size": 24, "seq_len": 16,
+               "cache_dir": str(tmp_path / "cache")}
+    first = build_dataset(options)
+    [packed] = (tmp_path / "cache" / "packed").glob("*.pt")
+    [model] = (tmp_path / "cache" / "tokenizers").glob("*.model")
+    assert first.info["sources"][0]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    packed.write_bytes(packed.read_bytes()[:100])
+    model.write_bytes(model.read_bytes()[:50])
+    again = build_dataset(options)
+    assert "not usable" in caplog.text and "does not load" in caplog.text
+    assert torch.equal(again.train, first.train) and torch.equal(again.test, first.test)

@@ -1,6 +1,8 @@
 """Image data sets: ImageNet batch files, folders and tars of images, the embedded demo."""
 
+import contextlib
 import io
+import os
 import pickle
 import tarfile
 from pathlib import Path
@@ -186,3 +188,56 @@ def test_demo_image_splits():
     np.testing.assert_array_equal(crops["train"][0], photo[:32, 32:64])
     assert int(splits.train[:, 1::3].max()) <= 510 and splits.vocab_sizes[:3] == [256, 511, 511]
     assert np.array_equal(ycocg_r(photo[:32, :32]).reshape(-1)[:3], splits.test[0, :3].numpy())
+
+
+class RunsAShellCommand:
+    """A pickle payload that, if unpickled by a plain pickle.load, creates ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickled_batches_load_arrays_only(tmp_path):
+    root = tmp_path / "in32"
+    images = write_imagenet(root, 32, 2, pickled=True)
+    for name in ["val_data", *(f"train_data_batch_{i}" for i in range(1, 11))]:
+        batch = pickle.loads((root / name).read_bytes())  # protocol 2, as the official files
+        (root / name).write_bytes(pickle.dumps(batch, protocol=2))
+    splits = load_imagenet(32, str(root), patch_size=8, dev_fraction=0.1,
+                           cache=str(tmp_path / "cache"))
+    np.testing.assert_array_equal(ycocg_r_inverse(rows_to_images(splits.test, 8, 32)),
+                                  images[20:])
+    marker = tmp_path / "marker"
+    crafted = {"data": np.zeros((2, 3072), np.uint8), "labels": RunsAShellCommand(marker)}
+    (root / "val_data").write_bytes(pickle.dumps(crafted, protocol=2))
+    with pytest.raises(DataError, match=r"val_data \(it refers to posix\.system, which a batch "
+                                        r"of arrays never does .*it could run code") as err:
+        load_imagenet(32, str(root), cache=str(tmp_path / "cache2"))
+    assert "\n" not in str(err.value) and not marker.exists()
+    with contextlib.suppress(Exception):  # the control: a plain pickle.load runs it
+        pickle.loads((root / "val_data").read_bytes())
+    assert marker.exists()
+
+
+def test_images_smaller_than_the_image_size_are_refused(tmp_path):
+    make_images(tmp_path / "imgs", 3, size=64)
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tmp_path / "imgs" / "tiny.png")
+    with pytest.raises(DataError, match=r"image tiny\.png in .* is 1 x 1 pixels, smaller than "
+                                        r"dataset\.image_size=32 .*not upscaled"):
+        load_folder(str(tmp_path / "imgs"), image_size=32, cache=str(tmp_path / "cache"))
+
+
+def test_a_cut_short_image_cache_is_rebuilt(tmp_path):
+    make_images(tmp_path / "imgs", 6)
+    first = load_folder(str(tmp_path / "imgs"), image_size=32, train_patches="all",
+                        dev_fraction=0.2, test_fraction=0.2, cache=str(tmp_path / "cache"))
+    [cache] = (tmp_path / "cache").glob("images-*.npy")
+    with open(cache, "r+b") as f:
+        f.truncate(cache.stat().st_size - 100)
+    again = load_folder(str(tmp_path / "imgs"), image_size=32, train_patches="all",
+                        dev_fraction=0.2, test_fraction=0.2, cache=str(tmp_path / "cache"))
+    assert torch.equal(again.train, first.train) and torch.equal(again.test, first.test)
+    assert again.info["sources"] == first.info["sources"] and first.info["sources"][0]["files"]

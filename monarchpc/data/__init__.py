@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import Tensor
 
-from monarchpc.errors import DataError  # re-exported: the loaders raise it
+from monarchpc.errors import DataError  # re-exported: loaders raise it from here
 
 LOADERS: dict[str, str] = {
     "text8": "monarchpc.data.text8:load",
@@ -44,7 +44,9 @@ class Splits:
     in [0, vocab_size), kept in a compact dtype (uint8/int16); take ``.long()`` per batch.
     ``test_stream``: the test split as one 1-D line, for "long" evaluation (or None).
     ``metric``: "bpc" (bits per character), "bpd" (bits per dimension) or "ppl" (perplexity).
-    ``info``: provenance recorded in the run (source file, sizes, checksums, ...).
+    ``info``: provenance recorded in the run (source file, sizes, checksums, ...);
+    ``info["sources"]``: the source files ({"name", "size", "sha256"} each), which the
+    data fingerprint (monarchpc/data/fingerprint.py) records in checkpoints.
     ``epoch_train``: optional function epoch -> train rows, for data sets that draw new
     training rows every epoch (a random patch per image); it must be deterministic in
     the epoch so that resumed runs see the same data.

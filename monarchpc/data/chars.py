@@ -3,6 +3,10 @@
 Normalization follows Matt Mahoney's text8 filter: lowercase, digits spelled out
 ("1" -> " one "), every other character becomes a space, runs of spaces collapse to one.
 Symbols: space = 0, "a".."z" = 1..26. Files may be plain, .xz, .gz, .bz2 or .zip (all members).
+
+Input must be text: a file in which more than 1% of the characters are control
+characters or bytes that are not UTF-8 (a binary file, another encoding) is refused,
+unless ``allow_non_text`` is set; normalization would silently turn those into spaces.
 """
 
 from __future__ import annotations
@@ -19,10 +23,15 @@ import numpy as np
 import torch
 
 from monarchpc.data import DataError, Splits, rows
+from monarchpc.data.cache import cached_array, source_record
 from monarchpc.paths import resolve
 
 VOCAB = " abcdefghijklmnopqrstuvwxyz"
 OPENERS = {".xz": lzma.open, ".gz": gzip.open, ".bz2": bz2.open}
+NON_TEXT = re.compile("[\x00-\x08\x0e-\x1f\x7f\ufffd]")
+"""Characters no text holds: control characters other than whitespace, and U+FFFD, what
+bytes that are not UTF-8 decode to."""
+MAX_NON_TEXT = 0.01
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
@@ -45,6 +54,16 @@ def read_text(path: str | Path) -> str:
         raise DataError(f"cannot read {path} ({err}); the file is corrupt or truncated: "
                         f"fetch it again") from err
     return raw.decode("utf-8", errors="replace")
+
+
+def check_text(text: str, path: Path, allow_non_text: bool = False) -> None:
+    """Raise DataError if more than 1% of ``text`` (read from ``path``) is not text."""
+    bad = len(NON_TEXT.findall(text))
+    if text and bad > MAX_NON_TEXT * len(text) and not allow_non_text:
+        raise DataError(f"chars: {path} is not UTF-8 text: {bad / len(text):.1%} of its "
+                        f"characters are control characters or undecodable bytes (a binary "
+                        f"file or another encoding); convert it to UTF-8, or set "
+                        f"dataset.allow_non_text=true to train on it anyway")
 
 
 def normalize_text8(text: str) -> str:
@@ -104,28 +123,35 @@ def fraction_sizes(total: int, fractions: list[float] | tuple[float, ...]) -> tu
 
 
 def load(paths: str | list[str], fractions: list[float] = (0.9, 0.05, 0.05),
-         seq_len: int = 256, max_chars: int | None = None, cache_dir: str | None = None) -> Splits:
+         seq_len: int = 256, max_chars: int | None = None, cache_dir: str | None = None,
+         allow_non_text: bool = False) -> Splits:
     """Local text file(s), normalized and joined by a space, split by ``fractions``.
 
-    With ``cache_dir`` the encoded characters are cached there, keyed by the files' paths,
-    sizes and modification times.
+    With ``cache_dir`` the encoded characters are cached there (verified on read), keyed by
+    the files' paths, sizes and modification times. ``allow_non_text``: accept files that
+    are not text (see the module docstring).
     """
     files = [resolve(p) for p in ([paths] if isinstance(paths, str) else list(paths))]
     missing = [str(p) for p in files if not p.is_file()]
     if missing:
         raise DataError(f"chars: missing file(s) {missing}; set dataset.paths to existing text "
                         f"files (plain, .xz, .gz, .bz2 or .zip)")
-    key = hashlib.sha256(repr([(str(p), p.stat().st_size, p.stat().st_mtime_ns, max_chars)
-                               for p in files]).encode()).hexdigest()[:16]
-    cache = resolve(cache_dir) / f"chars-{key}.npy" if cache_dir else None
-    if cache is not None and cache.is_file():
-        codes = np.load(cache)
+
+    def build() -> tuple[np.ndarray, list[dict]]:
+        texts = []
+        for p in files:
+            text = read_text(p)
+            check_text(text, p, allow_non_text)
+            texts.append(normalize_text8(text))
+        text = re.sub(" +", " ", " ".join(texts))
+        return encode(text[:max_chars] if max_chars else text), [source_record(p) for p in files]
+
+    if cache_dir:
+        key = hashlib.sha256(repr([(str(p), p.stat().st_size, p.stat().st_mtime_ns, max_chars,
+                                    allow_non_text) for p in files]).encode()).hexdigest()[:16]
+        codes, sources = cached_array(resolve(cache_dir) / f"chars-{key}.npy", build)
     else:
-        text = " ".join(normalize_text8(read_text(p)) for p in files)
-        text = re.sub(" +", " ", text)
-        codes = encode(text[:max_chars] if max_chars else text)
-        if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            np.save(cache, codes)
-    info = {"name": "chars", "files": [str(p) for p in files], "chars": int(codes.size)}
+        codes, sources = build()
+    info = {"name": "chars", "files": [str(p) for p in files], "chars": int(codes.size),
+            "sources": sources}
     return char_splits(codes, fraction_sizes(codes.size, fractions), seq_len, info)

@@ -7,6 +7,7 @@ characters once normalized), so the demo needs no download.
 from __future__ import annotations
 
 from monarchpc.data import Splits
+from monarchpc.data.cache import text_record
 from monarchpc.data.chars import char_splits, encode, fraction_sizes, normalize_text8
 
 
@@ -20,6 +21,8 @@ def corpus() -> str:
 
 def load(fractions: list[float] = (0.9, 0.05, 0.05), seq_len: int = 256) -> Splits:
     """The demo corpus split into consecutive train/dev/test spans by ``fractions``."""
-    codes = encode(corpus())
-    info = {"name": "demo", "source": "pydoc_data.topics", "chars": int(codes.size)}
+    text = corpus()
+    codes = encode(text)
+    info = {"name": "demo", "source": "pydoc_data.topics", "chars": int(codes.size),
+            "sources": [text_record("pydoc_data.topics", text.encode())]}
     return char_splits(codes, fraction_sizes(codes.size, fractions), seq_len, info)

@@ -14,9 +14,12 @@ Three sources, one pipeline (:func:`patch_splits`):
 * ``image_demo``: a real photograph shipped inside matplotlib (no download), cut into
   aligned crops that are dealt to train/dev/test (see :func:`load_demo`).
 
-Decoded images are cached as ``.npy`` (N, S, S, 3) uint8 under the project's ``data/``
-folder (ignored by git), keyed by the source files (paths, sizes, modification times)
-and the settings, and read back memory-mapped. Rows are p x p patches in the order of
+Pickled ImageNet batches are read by a restricted unpickler that builds numpy arrays,
+lists, dicts and plain values only, so a crafted batch file cannot run code. Images
+smaller than ``image_size`` are refused, never upscaled. Decoded images are cached as
+``.npy`` (N, S, S, 3) uint8 under the project's ``data/`` folder (ignored by git), keyed by
+the source files (paths, sizes, modification times) and the settings, verified and read
+back memory-mapped (:mod:`monarchpc.data.cache`). Rows are p x p patches in the order of
 :mod:`monarchpc.data.transforms` after a colour transform; training draws one random
 aligned patch per image and epoch (``train_patches: random``, deterministic in seed and
 epoch) or uses all patches (``all``); dev and test always use all patches, so BPD is
@@ -39,6 +42,7 @@ import torch
 from PIL import Image
 
 from monarchpc.data import DataError, Splits
+from monarchpc.data.cache import cached_array, source_record
 from monarchpc.data.transforms import (
     CHANNEL_VOCABS,
     box_downsample,
@@ -71,15 +75,10 @@ def cache_key(kind: str, files: list[Path], settings: dict[str, Any]) -> str:
     return f"{kind}-{hashlib.sha1(blob).hexdigest()[:16]}"
 
 
-def cached(path: Path, make: Callable[[], np.ndarray]) -> np.ndarray:
-    """Load ``path`` (.npy, memory-mapped) or build it with ``make`` and save it first."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        array = make()
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, array)
-        tmp.replace(path)
-    return np.load(path, mmap_mode="r")
+def cached_images(path: Path, make: Callable[[], np.ndarray], sources: list[Path]
+                  ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """(images, source records) of the verified cache ``path``, built by ``make`` if needed."""
+    return cached_array(path, lambda: (make(), [source_record(f) for f in sources]), mmap=True)
 
 
 # ----------------------------------------------------------------------------- ImageNet
@@ -94,15 +93,36 @@ def find_imagenet_files(root: Path, batches: list[int]) -> tuple[list[Path], Pat
     return [found[n] for n in names[:-1]], found["val_data"]
 
 
+class BatchUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays, lists, dicts and plain values only (what the official
+    batches hold); any other class or function in the file raises UnpicklingError."""
+
+    ALLOWED = frozenset({
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    })
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a batch of "
+                                         f"arrays never does (it was not loaded: it could "
+                                         f"run code)")
+        return super().find_class(module, name)
+
+
 def read_imagenet_file(path: Path, resolution: int) -> np.ndarray:
     """One npz or pickled batch -> uint8 (N, S, S, 3) channel-last."""
     try:
         if path.suffix == ".npz":
-            with np.load(path) as z:
+            with np.load(path) as z:  # allow_pickle=False: arrays only
                 data = z["data"]
         else:
-            with open(path, "rb") as f:
-                data = pickle.load(f, encoding="latin1")["data"]  # the official batches
+            with open(path, "rb") as f:  # the official batches: latin1 pickles of a dict
+                data = BatchUnpickler(f, encoding="latin1").load()["data"]
+        if not isinstance(data, np.ndarray):
+            raise TypeError(f"its 'data' is a {type(data).__name__}, not an array")
     except Exception as err:
         raise DataError(f"cannot read {path} ({err}); it is not a downsampled-ImageNet "
                         f"batch: download it again from {DOWNLOAD_PAGE}") from None
@@ -132,11 +152,13 @@ def read_imagenet(resolution: int, root: Path, batches: list[int], store: Path
         return np.concatenate([read_imagenet_file(f, resolution) for f in files])
 
     key = cache_key(f"imagenet{resolution}-train", train_files, {})
-    train = cached(store / f"{key}.npy", lambda: concat(train_files))
+    train, train_sources = cached_images(store / f"{key}.npy", lambda: concat(train_files),
+                                         train_files)
     key = cache_key(f"imagenet{resolution}-val", [val_file], {})
-    test = cached(store / f"{key}.npy", lambda: concat([val_file]))
+    test, test_sources = cached_images(store / f"{key}.npy", lambda: concat([val_file]),
+                                       [val_file])
     info = {"source": str(root), "train_files": [f.name for f in train_files],
-            "test_file": val_file.name}
+            "test_file": val_file.name, "sources": train_sources + test_sources}
     return train, test, info
 
 
@@ -186,7 +208,8 @@ def image_bytes(path: Path) -> Iterator[tuple[str, bytes]]:
 
 
 def to_square(image: Image.Image, size: int) -> np.ndarray:
-    """RGB uint8 (size, size, 3): centre crop to a square, then box-downsample or resize."""
+    """RGB uint8 (size, size, 3): centre crop to a square, then box-downsample or resize
+    (down only: the image's shorter side must be at least ``size``)."""
     image = image.convert("RGB")
     w, h = image.size
     s = min(w, h)
@@ -203,24 +226,32 @@ def decode_images(path: Path, image_size: int) -> np.ndarray:
     out = []
     for name, data in image_bytes(path):
         try:
-            out.append(to_square(Image.open(io.BytesIO(data)), image_size))
+            image = Image.open(io.BytesIO(data))
+            image.load()
         except Exception as err:
             raise DataError(f"cannot decode image {name} in {path} ({err}): remove or "
                             f"replace that file") from None
+        if min(image.size) < image_size:
+            raise DataError(f"image {name} in {path} is {image.size[0]} x {image.size[1]} "
+                            f"pixels, smaller than dataset.image_size={image_size} (images "
+                            f"are not upscaled): remove it or lower dataset.image_size")
+        out.append(to_square(image, image_size))
     if not out:
         raise DataError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {path}")
     return np.stack(out)
 
 
-def read_images(path: Path, image_size: int, store: Path) -> np.ndarray:
-    """:func:`decode_images`, cached (a folder is keyed by its files, a tar by itself)."""
+def read_images(path: Path, image_size: int, store: Path
+                ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """(:func:`decode_images`, source records), cached (a folder is keyed by its files, a
+    tar by itself)."""
     if not path.exists():
         raise DataError(f"image source {path} not found: set dataset.train / dataset.test to a "
                         f"folder or tar file of images (for Tiny ImageNet: "
                         f"../shared/data/tiny_imagenet/tiny-imagenet-200_val.tar)")
     files = [path] if path.is_file() else folder_images(path)
     key = cache_key("images", files, {"image_size": image_size})
-    return cached(store / f"{key}.npy", lambda: decode_images(path, image_size))
+    return cached_images(store / f"{key}.npy", lambda: decode_images(path, image_size), [path])
 
 
 def load_folder(train: str, test: str | None = None, image_size: int = 32,
@@ -232,19 +263,21 @@ def load_folder(train: str, test: str | None = None, image_size: int = 32,
     """Images of a folder or tar file (``train``; ``test`` another one, or a held-out
     ``test_fraction`` of ``train``), as patch rows; see the module docstring."""
     store = cache_dir(cache)
-    train_images = read_images(resolve(train), image_size, store)
+    train_images, sources = read_images(resolve(train), image_size, store)
     if test is None:
         rest, test_idx = split_indices(len(train_images), test_fraction, seed + 1)
         test_images = train_images
         train_idx, dev_idx = split_indices(len(rest), dev_fraction, seed, max_train_images)
         train_idx, dev_idx = rest[train_idx], rest[dev_idx]
     else:
-        test_images = read_images(resolve(test), image_size, store)
+        test_images, test_sources = read_images(resolve(test), image_size, store)
+        sources = sources + test_sources
         test_idx = np.arange(len(test_images))
         train_idx, dev_idx = split_indices(len(train_images), dev_fraction, seed,
                                            max_train_images)
     test_idx = test_idx[: max_test_images or len(test_idx)]
-    info = {"source": str(resolve(train)), "test_source": str(resolve(test)) if test else None}
+    info = {"source": str(resolve(train)), "test_source": str(resolve(test)) if test else None,
+            "sources": sources}
     return patch_splits((train_images, train_idx), (train_images, dev_idx),
                         (test_images, test_idx), transform, patch_size, train_patches, seed,
                         info)
@@ -280,7 +313,8 @@ def load_demo(image: str = "grace_hopper.jpg", crop_size: int = 32,
                                                                 crop_size, 3)
     crops = crops.transpose(0, 2, 1, 3, 4).reshape(-1, crop_size, crop_size, 3)
     n = np.arange(len(crops))
-    info = {"source": str(path), "crops": f"{rows} x {cols} of {crop_size}"}
+    info = {"source": str(path), "crops": f"{rows} x {cols} of {crop_size}",
+            "sources": [source_record(path)]}
     return patch_splits((crops, n[(n % 10 != 0) & (n % 10 != 5)]), (crops, n[n % 10 == 5]),
                         (crops, n[n % 10 == 0]), transform, patch_size, train_patches, seed,
                         info)

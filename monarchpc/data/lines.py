@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from monarchpc.data import DataError, Splits
-from monarchpc.data.tokenizer import build_token_splits, file_sha256
+from monarchpc.data.tokenizer import build_token_splits
+from monarchpc.files import file_sha256
 from monarchpc.paths import resolve
 
 
@@ -69,6 +70,7 @@ def load(path: str, train_fraction: float = 0.8, dev_fraction: float = 0.1,
     splits = build_token_splits(f"lines-{name}", key, train=lambda: iter([train]),
                                 dev=lambda: iter([dev]), test=lambda: iter([test]),
                                 **token_options)
-    splits.info.update(path=str(file), lines=len(lines),
+    source = {"name": file.name, "size": file.stat().st_size, "sha256": key["sha256"]}
+    splits.info.update(path=str(file), lines=len(lines), sources=[source],
                        split_rule=f"contiguous line blocks {train_fraction}/{dev_fraction}/rest")
     return splits

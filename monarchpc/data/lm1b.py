@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from monarchpc.data import DataError, Splits
+from monarchpc.data.cache import source_record
 from monarchpc.data.tokenizer import Batches, build_token_splits, take
 from monarchpc.paths import resolve
 
@@ -81,8 +82,9 @@ def read_shards(files: list[Path]) -> Iterator[list[str]]:
             yield lines[i:i + BATCH]
 
 
-def official_source(root: Path, allow_partial: bool) -> tuple[dict[str, Any], Batches, Batches]:
-    """(source key, train stream, test stream) of the official layout under ``root``."""
+def official_source(root: Path, allow_partial: bool
+                    ) -> tuple[dict[str, Any], Batches, Batches, list[Path]]:
+    """(source key, train stream, test stream, shard files) of the official layout."""
     top = find_official(root)
     if top is None:
         raise DataError(missing_data_message(root))
@@ -99,7 +101,8 @@ def official_source(root: Path, allow_partial: bool) -> tuple[dict[str, Any], Ba
     key = {"kind": "tarball", "root": str(top),
            "train": [(f.name, f.stat().st_size) for f in train_files],
            "test": [(f.name, f.stat().st_size) for f in test_files]}
-    return key, lambda: read_shards(train_files), lambda: read_shards(test_files)
+    return (key, lambda: read_shards(train_files), lambda: read_shards(test_files),
+            train_files + test_files)
 
 
 def hf_source(source: str, root: Path, hf_name: str, hf_revision: str | None,
@@ -147,8 +150,9 @@ def load(source: str = "auto", root: str = "data/lm1b", dev_sentences: int = 30_
             path / "dataset_dict.json").is_file() else ""
         if not source:
             raise DataError(missing_data_message(path))
+    files: list[Path] = []  # source files to fingerprint (a Hugging Face copy: none)
     if source == "tarball":
-        key, train_all, test = official_source(path, allow_partial)
+        key, train_all, test, files = official_source(path, allow_partial)
     elif source in ("disk", "hf"):
         key, train_all, test = hf_source(source, path, hf_name, hf_revision)
     else:
@@ -163,4 +167,5 @@ def load(source: str = "auto", root: str = "data/lm1b", dev_sentences: int = 30_
         **token_options)
     splits.info["split_rule"] = (f"test = heldout shards; dev = first {dev_sentences} "
                                  f"training sentences; train = the rest")
+    splits.info["sources"] = [source_record(f) for f in files]
     return splits

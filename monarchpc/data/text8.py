@@ -4,7 +4,7 @@ Official source: http://mattmahoney.net/dc/text8.zip (31,344,016 bytes), holding
 ``text8`` of 100,000,000 characters. Split as in the paper: the first 90M characters
 train, the next 5M dev, the last 5M test, each cut into rows of 256; the test split is
 also kept as one line for "long" evaluation. The verified characters are cached as
-``<root>/text8.npy``.
+``<root>/text8.npy`` (verified on every read, see :mod:`monarchpc.data.cache`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-import numpy as np
-
 from monarchpc.data import DataError, Splits
+from monarchpc.data.cache import load_array, save_array, text_record
 from monarchpc.data.chars import char_splits, encode
 from monarchpc.paths import resolve
 
@@ -99,8 +98,13 @@ def load(path: str | None = None, root: str = "data/text8", url: str = URL,
     """Text8 as 27-symbol rows (see module docstring); downloads when allowed and needed."""
     root_dir = resolve(root)
     cache = root_dir / "text8.npy"
-    if cache.is_file():  # only ever holds verified text8
-        codes = np.load(cache)
+    found = load_array(cache)
+    if found is not None:
+        text = found[1][0]  # the source record of the cached characters
+        if sha256 not in (None, text["sha256"]) or text_size not in (None, text["size"]):
+            found = None  # built with dataset.sha256=null or another text_size: check it now
+    if found is not None:
+        codes, sources = found
         source = str(cache)
     else:
         src = locate(path, root_dir, url, download, zip_size)
@@ -109,8 +113,9 @@ def load(path: str | None = None, root: str = "data/text8", url: str = URL,
             raise DataError(f"text8: {src} contains characters other than a-z and space; "
                             f"it is not text8 (use dataset=chars for other text)")
         codes = encode(raw.decode("ascii"))
-        root_dir.mkdir(parents=True, exist_ok=True)
-        np.save(cache, codes)
+        sources = [text_record("text8", raw)]
+        save_array(cache, codes, sources)
         source = str(src)
-    info = {"name": "text8", "source": source, "chars": int(codes.size), "split": list(split)}
+    info = {"name": "text8", "source": source, "chars": int(codes.size), "split": list(split),
+            "sources": sources}
     return char_splits(codes, tuple(split), seq_len, info)

@@ -21,7 +21,9 @@ Perplexity is exp(total NLL / total tokens) over every position of the packed ro
 word pieces, EOS separators (and BOS with ``add_bos``) and unknowns alike.
 
 The packed splits are cached in ``<cache_dir>/packed/`` (a torch file, int16 for vocabularies
-up to 32767), keyed by the source, the tokenizer file's checksum and the packing settings.
+up to 32767), keyed by the source, the tokenizer file's checksum and the packing settings,
+and verified on read (:mod:`monarchpc.data.cache`); a cached tokenizer that no longer
+loads is trained again.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ import torch
 from torch import Tensor
 
 from monarchpc.data import DataError, Splits, rows
+from monarchpc.data import cache as data_cache
+from monarchpc.files import atomic_write, file_sha256
 from monarchpc.paths import resolve
 
 log = logging.getLogger(__name__)
@@ -56,14 +60,6 @@ Batches = Callable[[], Iterator[list[str]]]
 def digest(obj: Any, n: int = 12) -> str:
     """A short stable hash of a JSON-serializable object (for cache file names)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:n]
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def compact_dtype(vocab_size: int) -> torch.dtype:
@@ -105,11 +101,19 @@ def train_sentencepiece(sentences: Iterable[str], path: Path, vocab_size: int,
             f"SentencePiece training failed: {err}\nFix: lower dataset.vocab_size, use "
             f"dataset.model_type=bpe (it reaches larger vocabularies on little text), or "
             f"train on more text (dataset.max_chars, a larger training split)") from None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_bytes(model.getvalue())
-    tmp.replace(path)
+    atomic_write(path, lambda f: f.write(model.getvalue()))
     return path
+
+
+def loads(path: Path) -> bool:
+    """Whether the SentencePiece model file ``path`` loads (not truncated or corrupt)."""
+    import sentencepiece as spm
+
+    try:
+        spm.SentencePieceProcessor(model_file=str(path))
+    except (RuntimeError, OSError):
+        return False
+    return True
 
 
 def load_sentencepiece(path: Path, vocab_size: int) -> Any:
@@ -182,6 +186,9 @@ def build_token_splits(
                         "max_chars": max_chars, "user_defined_symbols": symbols}
         sp_name = f"{name}-{model_type}{vocab_size}-{digest(spm_settings)}.model"
         sp_path = cache / "tokenizers" / sp_name
+        if sp_path.is_file() and not loads(sp_path):
+            log.warning("cached tokenizer %s does not load; training it again", sp_path)
+            sp_path.unlink()
         if not sp_path.is_file():
             log.info("training SentencePiece (%s, %d pieces) on the first %d characters of "
                      "the %s training split -> %s", model_type, vocab_size, max_chars, name,
@@ -198,8 +205,8 @@ def build_token_splits(
                      "add_bos": add_bos, "vocab_size": vocab_size}
     packed_name = f"{name}-v{vocab_size}-T{seq_len}-{digest(pack_settings)}.pt"
     packed_path = cache / "packed" / packed_name
-    if packed_path.is_file():
-        data = torch.load(packed_path, mmap=True)
+    if data_cache.verified(packed_path) is not None:
+        data = torch.load(packed_path, mmap=True, weights_only=True)
     else:
         data: dict[str, Any] = {"info": {}}
         for split, batches in (("train", train), ("dev", dev), ("test", test)):
@@ -210,10 +217,7 @@ def build_token_splits(
                                    "dropped_tokens": int(stream.size % seq_len)}
             log.info("%s %s: %d sentences -> %d tokens -> %d rows of %d", name, split, n_sent,
                      stream.size, len(data[split]), seq_len)
-        packed_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = packed_path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save(data, tmp)
-        tmp.replace(packed_path)
+        data_cache.write(packed_path, lambda f: torch.save(data, f), sources=[])
     for split in ("train", "dev", "test"):
         if len(data[split]) == 0:
             raise DataError(f"{name}: the {split} split has fewer than seq_len={seq_len} "

@@ -1,0 +1,69 @@
+"""The divergence guard: EM stops at the first non-finite log-likelihood, flow or parameter.
+
+EM in linear space cannot recover from a NaN: one NaN flow makes its whole row of
+parameters NaN at the next update, and every later likelihood NaN. The loop calls
+:func:`check` once per EM update, after the E-step and before :func:`em_step` takes the
+flows; it raises :class:`~monarchpc.errors.DivergedError` naming the setting to change,
+so the loop can stop with status "diverged" and keep its last (good) checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from monarchpc.errors import DivergedError
+
+
+def non_finite(tensors: Mapping[str, Tensor]) -> str | None:
+    """The name of the first floating tensor of ``tensors`` holding NaN or inf, else None.
+
+    Each tensor is summed (no temporary of its size): a NaN or inf anywhere makes its sum
+    non-finite, while probabilities and expected counts sum to far below the float range.
+    One device synchronization for all tensors together.
+    """
+    named = [(k, t) for k, t in tensors.items()
+             if isinstance(t, Tensor) and t.is_floating_point() and t.numel()]
+    if not named:
+        return None
+    device = named[0][1].device
+    sums = torch.stack([t.detach().sum(dtype=torch.float32).to(device) for _, t in named])
+    finite = torch.isfinite(sums).tolist()
+    return next((k for (k, _), ok in zip(named, finite, strict=True) if not ok), None)
+
+
+def hint(optim: Mapping[str, Any], trainer: Mapping[str, Any]) -> str:
+    """Which setting to change after a divergence, judged from the run's optim/trainer config."""
+    if float(optim.get("pseudocount", 0.1)) <= 0:
+        return ("set optim.pseudocount > 0 (the default is 0.1): without it a parameter that "
+                "reaches 0 turns its flows into 0 * inf = NaN")
+    if trainer.get("precision") in ("bf16", "fp16"):
+        return (f"use trainer.precision=fp32 or tf32 (trainer.precision="
+                f"{trainer.get('precision')} overflowed or underflowed)")
+    return "raise optim.pseudocount or lower optim.eta0"
+
+
+def check(model: nn.Module, log_likelihood: float, update: int, fix: str) -> None:
+    """Raise :class:`DivergedError` if the update's log-likelihood (nats, any sign
+    convention), the flows accumulated in ``param.grad`` or the parameters are not finite.
+
+    ``update``: the number of the update about to be taken (for the message); ``fix``: the
+    advice of :func:`hint`.
+    """
+    what = None
+    if not math.isfinite(log_likelihood):
+        what = f"the training log-likelihood is {log_likelihood}"
+    else:
+        params = dict(model.named_parameters())
+        grads = {name: p.grad for name, p in params.items() if p.grad is not None}
+        if bad := non_finite(grads):
+            what = f"the flows of {bad} hold NaN or inf"
+        elif bad := non_finite(params):
+            what = f"the parameter {bad} holds NaN or inf"
+    if what is not None:
+        raise DivergedError(f"EM diverged at update {update}: {what}. Fix: {fix}; the last "
+                            f"good checkpoint is kept (start a new run_name with the change)")

@@ -1,0 +1,115 @@
+"""check_config: every key of configs/ has a rule, every preset passes, and each bad value
+of the issue gives one ConfigError line naming the key."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from omegaconf import OmegaConf
+
+from monarchpc.config_checks import (
+    DATASET,
+    LOGGER,
+    MODEL,
+    OPTIM,
+    TOP,
+    TRAINER,
+    check_config,
+)
+from monarchpc.errors import ConfigError
+from monarchpc.paths import REPO_ROOT
+from tests.helpers import compose_config
+
+CONFIGS = REPO_ROOT / "configs"
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+
+
+def test_every_key_of_the_configs_has_a_rule() -> None:
+    groups = {"trainer": TRAINER, "optim": OPTIM, "dataset": DATASET, "model": MODEL,
+              "logger": LOGGER}
+    for group, rules in groups.items():
+        for option in options(group):
+            keys = set(OmegaConf.load(CONFIGS / group / f"{option}.yaml")) - {"defaults"}
+            assert keys <= set(rules), f"configs/{group}/{option}.yaml: no rule for " \
+                                       f"{keys - set(rules)}"
+    top = set(OmegaConf.load(CONFIGS / "train.yaml")) - {"defaults", "hydra"}
+    assert top <= set(TOP)
+
+
+SINGLE_RUNS = [e for e in options("experiment")
+               if "sweeper" not in (CONFIGS / "experiment" / f"{e}.yaml").read_text()]
+
+
+@pytest.mark.parametrize("overrides", [[f"experiment={e}"] for e in SINGLE_RUNS]
+                         + [["dataset=synthetic", "model=hmm"]])
+def test_every_preset_passes(overrides: list[str]) -> None:
+    check_config(compose_config(overrides))
+
+
+@pytest.fixture(scope="module")
+def default() -> dict:
+    """The default config as plain values (composed once)."""
+    return OmegaConf.to_container(compose_config([]), resolve=True)
+
+
+@pytest.mark.parametrize("key, value, needs", [
+    ("trainer.eval_every", 0, "integer >= 1"),
+    ("trainer.eval_every", -1, "integer >= 1"),
+    ("trainer.eval_every", 1.5, "integer >= 1"),
+    ("trainer.eval_every", True, "integer >= 1"),
+    ("trainer.checkpoint_every", 0, "integer >= 1 or null"),
+    ("trainer.stop_after", 0, "integer >= 1 or null"),
+    ("trainer.precision", "fp8", "one of fp32"),
+    ("trainer.device", "gpu", "auto, cpu, cuda or cuda:N"),
+    ("trainer.keep_gb", -1, "number in [0.0, inf]"),
+    ("trainer.long_eval", "sometimes", "never, final, always"),
+    ("model.hidden_size", -64, "integer >= 1"),
+    ("dataset.seq_len", 0, "integer >= 2"),
+    ("dataset.seq_len", 1, "integer >= 2"),
+    ("dataset.fractions", [0.9, 0.1, 0], "each > 0"),
+    ("optim.pseudocount", -0.1, "number in [0.0, inf]"),
+    ("optim.eta0", 0, "number in (0.0, 1.0]"),
+    ("optim.batch_size", 0, "integer >= 1"),
+    ("optim.schedule", "step", "one of linear, cosine, constant"),
+    ("seed", -1, "integer >= 0"),
+    ("run_name", "", "non-empty relative name"),
+])
+def test_bad_values_give_one_line_naming_the_key(default: dict, key: str, value, needs: str
+                                                 ) -> None:
+    cfg = copy.deepcopy(default)
+    *groups, last = key.split(".")
+    node = cfg
+    for group in groups:
+        node = node[group]
+    node[last] = value
+    with pytest.raises(ConfigError) as err:
+        check_config(cfg)
+    message = str(err.value)
+    assert message.startswith(f"{key}={value!r}: must be") and needs in message, message
+    assert "\n" not in message and message.endswith(")")  # (what the key means)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["optim.eta0=0.2", "optim.eta_min=0.5"], r"optim\.eta_min=0\.5 exceeds optim\.eta0=0\.2"),
+    (["dataset=image_folder", "dataset.patch_size=5"], r"patch_size=5 does not divide "
+                                                       r"dataset\.image_size=32"),
+    (["dataset=image_demo", "dataset.patch_size=64"], r"does not divide dataset\.crop_size"),
+    (["dataset=wikitext2", "dataset.train_fraction=0.95"], "leaves no test lines"),
+    (["dataset=text8", "dataset.split=[90000000,5000000,6000000]"], "more than "
+                                                                    r"dataset\.text_size"),
+    (["model=hclt", "trainer.engine=fused", "dataset=image_demo"], "exists for hmm only"),
+    (["dataset=chars", "dataset.allow_non_text=yes"], "must be true or false"),
+    (["dataset=imagenet32", "dataset.train_batches=[0,11]"], r"numbers 1\.\.10"),
+])
+def test_values_that_conflict_are_named(overrides: list[str], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        check_config(compose_config(overrides))
+
+
+def test_the_command_line_reaches_the_same_checks() -> None:
+    with pytest.raises(ConfigError, match=r"^trainer\.eval_every=0: must be an integer >= 1"):
+        check_config(compose_config(["trainer.eval_every=0"]))
