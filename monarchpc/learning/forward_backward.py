@@ -23,9 +23,10 @@ buffer (b_0, ..., b_{k-1}, c, N), and the element-wise work of a step is one ker
 (:mod:`monarchpc.learning.kernels`: Triton on a GPU, PyTorch otherwise).
 
 Hidden states are kept hidden-major, (b_0, ..., b_{k-1}, N), so every Monarch layer is one
-batched matrix product over strided views (the permutations between layers cost nothing
-for k = 2). Matrix operands may be bf16 or fp16 (fp32 accumulation) or TF32; scales,
-sums and accumulated gradients stay fp32.
+batched matrix product over strided views (:mod:`monarchpc.kernels.monarch`: cuBLAS, where
+the permutations between layers cost nothing for k = 2, or Triton kernels that read and
+write any strides, for k >= 3). Matrix operands may be bf16 or fp16 (fp32 accumulation)
+or TF32; scales, sums and accumulated gradients stay fp32.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from torch import Tensor
 from monarchpc.circuits.dense import DenseBlock
 from monarchpc.circuits.hmm import HMM
 from monarchpc.circuits.monarch import MonarchBlock
+from monarchpc.kernels.monarch import monarch_products
 from monarchpc.learning.kernels import element_ops
 
 GRAPH_MAX_HIDDEN = 2**18  # CUDA graphs by default up to this hidden size (launch-bound sizes)
@@ -61,80 +63,51 @@ def as_layer(param: Tensor) -> Tensor:
     return param.detach().view(1, 1, *param.shape) if param.dim() == 2 else param.detach()
 
 
-def add_products(acc: Tensor, a: Tensor, b: Tensor) -> None:
-    """acc (B, m, n) fp32 += a (B, m, K) @ b (B, K, n), accumulating in fp32."""
-    if a.dtype == acc.dtype:
-        acc.baddbmm_(a, b)
-        return
-    if acc.is_cuda:  # 16-bit operands, fp32 output straight from cuBLAS
-        try:
-            torch.baddbmm(acc, a, b, out_dtype=acc.dtype, out=acc)
-            return
-        except (RuntimeError, TypeError):  # a torch without out_dtype: chunks of 64 blocks
-            pass
-    for i in range(0, acc.shape[0], 64):
-        acc[i:i + 64].add_(torch.bmm(a[i:i + 64], b[i:i + 64]).to(acc.dtype))
-
-
 class Layers:
-    """The transition's layers in the compute dtype, applied to hidden-major states.
+    """The transition's layers in the compute dtype, applied to hidden-major states through
+    :mod:`monarchpc.kernels.monarch` (``products``: triton, torch or auto).
 
     A state is a tensor (b_0, ..., b_{k-1}, N) with any strides (N: columns, e.g. the batch).
     """
 
-    def __init__(self, weights: list[Tensor], dtype: torch.dtype) -> None:
-        self.w = [as_layer(w).to(dtype) for w in weights]
+    def __init__(self, weights: list[Tensor], dtype: torch.dtype, products: str = "auto"
+                 ) -> None:
+        self.w = [as_layer(w).to(dtype).contiguous() for w in weights]
         self.factors = [int(w.shape[2]) for w in self.w]
         self.k = len(self.w)
         self.h = math.prod(self.factors)
+        self.products = monarch_products(products, weights[0].device, self.factors)
 
-    def split(self, state: Tensor, d: int) -> Tensor:
-        """``state`` as (pre_d, post_d, b_d, N) (a view whenever the strides allow)."""
-        pre, post = self.w[d].shape[0], self.w[d].shape[1]
-        return state.reshape(pre, self.factors[d], post, state.shape[-1]).transpose(1, 2)
-
-    def unview(self, out: Tensor, d: int) -> Tensor:
-        """A product's output (pre_d, post_d, b_d, N) as a state (b_0, ..., b_{k-1}, N)."""
-        b = self.factors
-        out = out.view(*b[:d], *b[d + 1:], b[d], out.shape[-1])
-        order = [*range(d), self.k - 1, *range(d, self.k - 1), self.k]
-        return out.permute(order)
+    def split(self, state: Tensor, d: int, view: bool = False) -> Tensor:
+        """``state`` as (1, pre_d, b_d, post_d, N): a view whenever the strides allow (a copy
+        otherwise, or an error with ``view``)."""
+        pre, post, b, _ = self.w[d].shape
+        shape = (1, pre, b, post, state.shape[-1])
+        return state.view(shape) if view else state.reshape(shape)
 
     def apply(self, d: int, state: Tensor, transpose: bool = False,
               out: Tensor | None = None) -> Tensor:
         """L_d @ state (or L_d^T @ state) for every column: one batched product.
 
-        With ``out`` (a state, e.g. a slot of a segment buffer) the product is written there,
-        directly where its strides allow, and ``out`` is returned.
+        With ``out`` (a state, e.g. a slot of a segment buffer) the product is written there
+        and ``out`` is returned.
         """
-        w = self.w[d].transpose(-1, -2) if transpose else self.w[d]
-        w3 = w.reshape(-1, *w.shape[2:])
-        x3 = self.split(state, d).reshape(w3.shape[0], self.factors[d], state.shape[-1])
-        if out is None:
-            return self.unview(torch.bmm(w3, x3), d)
-        b, n = self.factors[d], out.shape[-1]
-        try:  # out as (pre, post, b, N), flattened to (pre * post, b, N) without a copy
-            target = out.view(self.w[d].shape[0], b, -1, n).transpose(1, 2).view(-1, b, n)
-        except RuntimeError:  # the slot's strides do not flatten (middle layers of k >= 3)
-            out.copy_(self.unview(torch.bmm(w3, x3), d))
-            return out
-        torch.bmm(w3, x3, out=target)
-        return out
+        target = self.split(out, d, view=True) if out is not None else None
+        result = self.products.layer(self.w[d][None], self.split(state, d), target, transpose)
+        return out if out is not None else result.view(*self.factors, state.shape[-1])
 
     def accumulate_grad(self, d: int, grad: Tensor, a: Tensor, x: Tensor) -> None:
         """grad (pre, post, b, b) fp32 += sum over columns of a x^T per block.
 
         a, x: (b_0, ..., b_{k-1}, K) in the compute dtype (K = columns of a whole segment).
         """
-        pre, post, b, _ = grad.shape
-        a3 = self.split(a, d).reshape(pre * post, b, a.shape[-1])
-        x3 = self.split(x, d).reshape(pre * post, b, x.shape[-1])
-        add_products(grad.view(pre * post, b, b), a3, x3.transpose(1, 2))
+        self.products.grad(grad[None], self.split(a, d), self.split(x, d))
 
 
 @torch.no_grad()
 def hmm_estep(hmm: HMM, x: Tensor, checkpoint_every: int = 16, precision: str = "fp32",
-              grad: bool = True, kernels: str = "auto", keep_gb: float = 0.0) -> Tensor:
+              grad: bool = True, kernels: str = "auto", keep_gb: float = 0.0,
+              products: str = "auto") -> Tensor:
     """Log-likelihood (N,) of rows ``x`` (N, T); adds dlogp/dtheta to every ``param.grad``.
 
     With ``grad=False`` only the first pass runs (evaluation).
@@ -144,9 +117,11 @@ def hmm_estep(hmm: HMM, x: Tensor, checkpoint_every: int = 16, precision: str = 
     inputs the first pass keeps (no recomputation); each takes (k c + 1) states of N
     columns. ``precision``: fp32, tf32, bf16 or fp16 operands for the matrix products.
     ``kernels``: the element-wise steps in ``triton``, ``torch`` or ``auto`` (Triton on a GPU).
+    ``products``: the matrix products likewise (auto: Triton on a GPU for k >= 3, see
+    :func:`~monarchpc.kernels.monarch.monarch_products`).
     """
     log_likelihood, grads = estep_values(hmm, x, checkpoint_every, precision, grad, kernels,
-                                         keep_gb, into_grad=True)
+                                         keep_gb, into_grad=True, products=products)
     for param, g in grads:
         if param.grad is None or g.data_ptr() != param.grad.data_ptr():
             add_grad(param, g, owned=True)  # (else accumulated in param.grad already)
@@ -154,15 +129,15 @@ def hmm_estep(hmm: HMM, x: Tensor, checkpoint_every: int = 16, precision: str = 
 
 
 def fused_estep(hmm: HMM, device: torch.device, checkpoint_every: int = 16,
-                precision: str = "fp32", keep_gb: float = 0.0, graphs: str | bool = "auto"
-                ) -> Callable[[Tensor], Tensor]:
+                precision: str = "fp32", keep_gb: float = 0.0, graphs: str | bool = "auto",
+                products: str = "auto") -> Callable[[Tensor], Tensor]:
     """The training E-step x (N, T) -> log p (N,): :func:`hmm_estep` with these settings,
     replayed from CUDA graphs when ``graphs`` is true, or ``auto`` and h <= GRAPH_MAX_HIDDEN
     on a GPU (small models, where launching the kernels takes longer than running them)."""
     if graphs not in ("auto", True, False):
         raise ValueError(f"graphs must be auto, true or false, got {graphs!r}")
     settings = {"checkpoint_every": checkpoint_every, "precision": precision,
-                "keep_gb": keep_gb}
+                "keep_gb": keep_gb, "products": products}
     if graphs == "auto":
         graphs = device.type == "cuda" and hmm.hidden_size <= GRAPH_MAX_HIDDEN
     if graphs:
@@ -214,7 +189,8 @@ class GraphedEStep:
 
 def estep_values(hmm: HMM, x: Tensor, checkpoint_every: int = 16, precision: str = "fp32",
                  grad: bool = True, kernels: str = "auto", keep_gb: float = 0.0,
-                 into_grad: bool = False) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+                 into_grad: bool = False, products: str = "auto"
+                 ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
     """:func:`hmm_estep`'s values: (log p (N,), [(param, dlogp/dparam)]) without touching
     ``.grad``, except with ``into_grad``: then transition gradients accumulate straight
     into existing fp32 ``param.grad`` tensors (which are returned as they are)."""
@@ -223,7 +199,7 @@ def estep_values(hmm: HMM, x: Tensor, checkpoint_every: int = 16, precision: str
     dtype = DTYPES[precision]
     n, length = x.shape
     dev = x.device
-    layers = Layers(layer_params(hmm), dtype)
+    layers = Layers(layer_params(hmm), dtype, products)
     k, h, factors = layers.k, layers.h, layers.factors
     table = hmm.emission.detach().float().contiguous()  # (h, V)
     initial = hmm.initial.detach().float()
