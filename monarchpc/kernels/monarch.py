@@ -100,10 +100,10 @@ def _add_products(acc: Tensor, a: Tensor, b: Tensor) -> None:
         try:
             torch.baddbmm(acc, a, b, out_dtype=acc.dtype, out=acc)
             return
-        except (RuntimeError, TypeError):  # a torch without out_dtype: chunks of 64 blocks
+        except (RuntimeError, TypeError):  # a torch without out_dtype: as on the CPU
             pass
-    for i in range(0, acc.shape[0], 64):
-        acc[i:i + 64].add_(torch.bmm(a[i:i + 64], b[i:i + 64]).to(acc.dtype))
+    for i in range(0, acc.shape[0], 64):  # operands in fp32, 64 blocks at a time
+        acc[i:i + 64].baddbmm_(a[i:i + 64].to(acc.dtype), b[i:i + 64].to(acc.dtype))
 
 
 def grad_product(grad: Tensor, a: Tensor, x: Tensor) -> Tensor:
