@@ -154,7 +154,22 @@ def test_benchmark_runs_on_the_cpu_and_prints_json() -> None:
     assert checks and checks[0]["fp32_ll_rel_err"] < 1e-4 and checks[0]["fp32_flow_rel_err"] < 1e-3
     assert [r["case"] for r in cases] == ["dense 64", "monarch2 2^8"]
     assert all(r["estep_tokens_per_s"] > 0 and r["device"] == "cpu" for r in cases)
-    assert "| case |" in result.stdout
+    assert all(r["products"] == "torch" for r in cases)  # auto: cuBLAS-style twins on a CPU
+    assert "| case |" in result.stdout and "| model | h | reference" in result.stdout
+
+
+@pytest.mark.skipif(not triton_usable(torch.device("cpu")), reason="triton not installed")
+def test_product_benchmark_checks_and_times_variants_on_the_cpu() -> None:
+    result = subprocess.run(
+        [sys.executable, "scripts/bench_monarch_kernels.py", "--tiny", "--cases", "1",
+         "--variants", "torch,triton"],
+        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(ln) for ln in result.stdout.splitlines() if ln.startswith("{")]
+    assert [r["variant"] for r in rows] == ["torch", "triton"]
+    assert all(r["ok"] and r["forward_ms"] > 0 and r["grad_ms"] > 0 for r in rows)
+    assert len(rows[1]["forward_layer_ms"]) == 2 and "| case | variant |" in result.stdout
 
 
 def test_bad_engine_settings_fail_with_the_fix() -> None:

@@ -123,13 +123,15 @@ def grad_product(grad: Tensor, a: Tensor, x: Tensor) -> Tensor:
 class Tiles:
     """Tile sizes of a Triton product: ``bq`` blocks (consecutive in (E, pre, post)) per program,
     ``bi`` x ``bj`` of each block (output rows x inner index; for the weight gradient both
-    are block indices), ``bn`` columns per step (the gradient's K chunk), ``warps``."""
+    are block indices), ``bn`` columns per step (the gradient's K chunk), ``warps`` and
+    pipeline ``stages`` of the kernel."""
 
     bq: int
     bi: int
     bj: int
     bn: int
     warps: int = 4
+    stages: int = 3
 
 
 def default_tiles(b: int, blocks: int, n: int) -> Tiles:
@@ -244,7 +246,7 @@ def layer_product_triton(w: Tensor, x: Tensor, out: Tensor | None = None,
     _layer_kernel[grid](w, x, out, pre, post, blocks, b, n, swi, swj, *_strides(x, "x"),
                         *_strides(out, "out"), BQ=t.bq, BI=t.bi, BJ=t.bj, BN=t.bn,
                         PRECISION=_precision(x.dtype), INTERPRET=interpreting(),
-                        num_warps=t.warps)
+                        num_warps=t.warps, num_stages=t.stages)
     return out
 
 
@@ -260,7 +262,7 @@ def grad_product_triton(grad: Tensor, a: Tensor, x: Tensor, tiles: Tiles | None 
     grid = (triton.cdiv(blocks, t.bq), triton.cdiv(b, t.bi), triton.cdiv(b, t.bj))
     _grad_kernel[grid](grad, a, x, pre, post, blocks, b, k, *_strides(a, "a"), *_strides(x, "x"),
                        BQ=t.bq, BI=t.bi, BJ=t.bj, BK=t.bn, PRECISION=_precision(a.dtype),
-                       INTERPRET=interpreting(), num_warps=t.warps)
+                       INTERPRET=interpreting(), num_warps=t.warps, num_stages=t.stages)
     return grad
 
 
