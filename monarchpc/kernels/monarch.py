@@ -192,7 +192,7 @@ if triton is not None:
                  acc.to(y_ptr.dtype.element_ty), mask=xy_mask & (i < b)[None, :, None])
 
     @triton.jit
-    def _grad_kernel(g_ptr, a_ptr, x_ptr, pre, post, blocks, b, k,
+    def _grad_kernel(g_ptr, a_ptr, x_ptr, pre, post, blocks, b, ncols,
                      sae, sap, sab, saq, sxe, sxp, sxb, sxq,
                      BQ: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
                      PRECISION: tl.constexpr, INTERPRET: tl.constexpr):
@@ -200,9 +200,9 @@ if triton is not None:
         i = tl.program_id(1) * BI + tl.arange(0, BI)
         j = tl.program_id(2) * BJ + tl.arange(0, BJ)
         acc = tl.zeros((BQ, BI, BJ), dtype=tl.float32)
-        for k0 in range(0, k, BK):
+        for k0 in range(0, ncols, BK):
             cols = k0 + tl.arange(0, BK)
-            cmask = qmask[:, None, None] & (cols < k)[None, None, :]
+            cmask = qmask[:, None, None] & (cols < ncols)[None, None, :]
             a = tl.load(_block_tile(a_ptr, e, p, q, i, cols, sae, sap, sab, saq),
                         mask=cmask & (i < b)[None, :, None], other=0.0)
             x = tl.load(_block_tile(x_ptr, e, p, q, j, cols, sxe, sxp, sxb, sxq),
@@ -256,11 +256,12 @@ def grad_product_triton(grad: Tensor, a: Tensor, x: Tensor, tiles: Tiles | None 
     e, pre, post, b, _ = grad.shape
     if grad.dtype != torch.float32 or not grad.is_contiguous():
         raise ValueError("grad must be a contiguous fp32 tensor (E, pre, post, b, b)")
-    k = a.shape[-1]
+    ncols = a.shape[-1]
     blocks = e * pre * post
-    t = tiles or default_tiles(b, blocks, k)
+    t = tiles or default_tiles(b, blocks, ncols)
     grid = (triton.cdiv(blocks, t.bq), triton.cdiv(b, t.bi), triton.cdiv(b, t.bj))
-    _grad_kernel[grid](grad, a, x, pre, post, blocks, b, k, *_strides(a, "a"), *_strides(x, "x"),
+    _grad_kernel[grid](grad, a, x, pre, post, blocks, b, ncols, *_strides(a, "a"),
+                       *_strides(x, "x"),
                        BQ=t.bq, BI=t.bi, BJ=t.bj, BK=t.bn, PRECISION=_precision(a.dtype),
                        INTERPRET=interpreting(), num_warps=t.warps, num_stages=t.stages)
     return grad
