@@ -175,12 +175,13 @@ def profile_case(factors: list[int], batch: int, args: argparse.Namespace,
     """Print where one E-step's time goes (torch.profiler, top 15 kernels by total time)."""
     hmm = build(factors, args.vocab, device)
     x = torch.randint(0, args.vocab, (batch, args.length), device=device)
-    hmm_estep(hmm, x, args.segment, args.precision, keep_gb=args.keep_gb)  # warm-up
+    settings = {"keep_gb": args.keep_gb, "products": args.products[0]}
+    hmm_estep(hmm, x, args.segment, args.precision, **settings)  # warm-up
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.profiler.profile(activities=activities) as prof:
-        hmm_estep(hmm, x, args.segment, args.precision, keep_gb=args.keep_gb)
+        hmm_estep(hmm, x, args.segment, args.precision, **settings)
         sync(device)
     sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
     print(prof.key_averages().table(sort_by=sort, row_limit=15, max_name_column_width=60),
