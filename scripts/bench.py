@@ -157,15 +157,21 @@ def check_case(name: str, factors: list[int], args: argparse.Namespace,
         for key, precision, keep_gb in [("fp32", "fp32", 0.0), ("fp32_kept", "fp32", 1.0),
                                         ("bf16", "bf16", 0.0)]:
             clear()
-            record(key + tag, hmm_estep(fast, x, 5, precision, keep_gb=keep_gb,
-                                        products=products))
+            try:
+                record(key + tag, hmm_estep(fast, x, 5, precision, keep_gb=keep_gb,
+                                            products=products))
+            except Exception as err:  # e.g. a kernel that fails to compile: report, go on
+                row[f"{key}{tag}_error"] = f"{type(err).__name__}: {str(err)[:200]}"
     if device.type == "cuda":  # the CUDA-graph replay (second call) equals the plain path
-        run = GraphedEStep(fast, checkpoint_every=5, precision="fp32",
-                           products=args.products[0])
-        clear()
-        run(x)
-        clear()
-        record("fp32_graph", run(x))
+        try:
+            run = GraphedEStep(fast, checkpoint_every=5, precision="fp32",
+                               products=args.products[0])
+            clear()
+            run(x)
+            clear()
+            record("fp32_graph", run(x))
+        except Exception as err:
+            row["fp32_graph_error"] = f"{type(err).__name__}: {str(err)[:200]}"
     torch.backends.cuda.matmul.allow_tf32 = args.precision != "fp32"
     return row
 

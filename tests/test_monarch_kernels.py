@@ -22,12 +22,13 @@ pytestmark = pytest.mark.skipif(not triton_usable(torch.device("cpu")),
                                 reason="triton not installed")
 
 FP32, BF16, FP16 = torch.float32, torch.bfloat16, torch.float16
-# (factors, E, N, tiles, dtype): k = 2, 3, 4, blocks of 2 to 80, one or 3 stacked blocks,
-# fp32, bf16 and fp16; and small tiles (blocks of 40, N = 20 in tiles of 16: 3 row tiles, 3 inner
-# steps, 2 column tiles, K = 60 in 4 steps; 8 blocks of 2 per program)
-LAYOUTS = [([3, 4], 1, 5, None, FP32), ([3, 4], 3, 5, None, BF16), ([2, 80], 3, 5, None, FP32),
-           ([3, 4, 5], 1, 5, None, BF16), ([3, 4, 5], 3, 5, None, FP32),
-           ([3, 4, 5], 1, 5, None, FP16),
+# (factors, E, N, tiles, dtype): k = 1 (one block per program: 2D products), 2, 3, 4, blocks
+# of 2 to 80, one or 3 stacked blocks, fp32, bf16 and fp16; and small tiles (blocks of 40,
+# N = 20 in tiles of 16: 3 row tiles, 3 inner steps, 2 column tiles, K = 60 in 4 steps;
+# 8 blocks of 2 per program)
+LAYOUTS = [([48], 1, 5, None, FP32), ([3, 4], 1, 5, None, FP32), ([3, 4], 3, 5, None, BF16),
+           ([2, 80], 3, 5, None, FP32), ([3, 4, 5], 1, 5, None, BF16),
+           ([3, 4, 5], 3, 5, None, FP32), ([3, 4, 5], 1, 5, None, FP16),
            ([2, 3, 2, 4], 1, 5, None, FP32), ([2, 3, 2, 4], 3, 5, None, BF16),
            ([2, 40], 1, 20, Tiles(bq=8, bi=16, bj=16, bn=16), FP32)]
 

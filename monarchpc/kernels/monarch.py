@@ -165,9 +165,15 @@ if triton is not None:
 
     @triton.jit
     def _dot(a, b, acc, PRECISION: tl.constexpr, INTERPRET: tl.constexpr):
-        """acc + a @ b (3D, batched) with fp32 accumulation."""
+        """acc + a @ b (3D, batched) with fp32 accumulation; one block as a 2D product (the
+        common path, warp-group MMA on Hopper)."""
         if INTERPRET:  # the interpreter's dot mishandles 16-bit floats: the same in fp32
-            return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+            a, b = a.to(tl.float32), b.to(tl.float32)
+        if a.shape[0] == 1:
+            a2 = tl.reshape(a, (a.shape[1], a.shape[2]))
+            b2 = tl.reshape(b, (b.shape[1], b.shape[2]))
+            acc2 = tl.reshape(acc, (acc.shape[1], acc.shape[2]))
+            return tl.reshape(tl.dot(a2, b2, acc2, input_precision=PRECISION), acc.shape)
         return tl.dot(a, b, acc, input_precision=PRECISION)
 
     @triton.jit
@@ -215,9 +221,10 @@ if triton is not None:
 
 
 def _precision(dtype: torch.dtype) -> str:
-    """tl.dot's precision for fp32 operands: TF32 where torch allows it (as cuBLAS does)."""
-    tf32 = dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
-    return "tf32" if tf32 and not interpreting() else "ieee"
+    """tl.dot's input precision: exact fp32 products for fp32 operands where torch disallows
+    TF32 (as cuBLAS does), else the default (TF32 for fp32; 16-bit operands are exact)."""
+    exact = dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
+    return "ieee" if exact else "tf32"
 
 
 def _strides(t: Tensor, name: str) -> tuple[int, int, int, int]:
