@@ -126,6 +126,7 @@ TRAINER: dict[str, tuple[Rule, str]] = {
     "segment": (integer(1), "time steps recomputed together by the fused E-step"),
     "keep_gb": (number(0.0), "GPU memory (GB) for kept segments; 0 recomputes all"),
     "cuda_graphs": (cuda_graphs, "replay the fused E-step from CUDA graphs"),
+    "products": (choice("auto", "triton", "torch"), "the fused E-step's Monarch products"),
     "eval_every": (integer(1), "updates between evaluations, each with a checkpoint"),
     "eval_at_start": (boolean, "evaluate the initial model too"),
     "eval_batch_size": (integer(1), "rows per evaluation batch"),

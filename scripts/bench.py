@@ -3,11 +3,14 @@
     python scripts/bench.py                       # the issue's cases on a GPU
     python scripts/bench.py --tiny                # small sizes on the CPU (CI smoke test)
     python scripts/bench.py --precision tf32 --segment 8 --out bench.jsonl
+    python scripts/bench.py --products torch,triton   # Monarch products: cuBLAS vs Triton
 
 One JSON line per case (tokens/s, achieved TFLOP/s counted as 6 x multiply-adds per token,
 peak GPU memory, precision, device), correctness checks of the fused path against the
 plain PyTorch (autograd) path, the GEMM and copy ceilings measured on this device, then a
-Markdown table.
+Markdown table and the README's table. On a GPU the JSON lines go to
+docs/results/device/bench_<gpu>_<precision>.jsonl (e.g. bench_h200_bf16.jsonl) unless
+--out says otherwise.
 """
 
 from __future__ import annotations
@@ -25,14 +28,17 @@ import torch
 from monarchpc.circuits import dense_block, monarch_block
 from monarchpc.circuits.hmm import HMM
 from monarchpc.kernels.hmm import element_ops
+from monarchpc.kernels.monarch import monarch_products
 from monarchpc.learning.em import accumulate_flows, em_step, flows
 from monarchpc.learning.forward_backward import DTYPES, GraphedEStep, fused_estep, hmm_estep
+from monarchpc.paths import REPO_ROOT
 
-# (name, factors): one factor is a dense block
+# (name, factors, batch): one factor is a dense block
 GPU_CASES = [("dense 4096", [4096], 128), ("dense 16384", [16384], 128),
              ("monarch2 2^16", [256, 256], 128), ("monarch2 2^18", [512, 512], 128),
-             ("monarch2 2^19", [512, 1024], 128), ("monarch3 2^18", [64, 64, 64], 128),
-             ("monarch4 2^16", [16, 16, 16, 16], 128), ("monarch2 2^19", [512, 1024], 512)]
+             ("monarch2 2^19", [512, 1024], 128), ("monarch3 2^15", [32, 32, 32], 128),
+             ("monarch3 2^18", [64, 64, 64], 128), ("monarch4 2^16", [16, 16, 16, 16], 128),
+             ("monarch2 2^19", [512, 1024], 512)]
 TINY_CASES = [("dense 64", [64], 16), ("monarch2 2^8", [16, 16], 16),
               ("monarch3 2^9", [8, 8, 8], 16)]
 CHECK_CASES = [("dense 512", [512]), ("monarch2 2^12", [64, 64]), ("monarch3 2^12", [16, 16, 16])]
@@ -74,9 +80,10 @@ def peak_gb(device: torch.device) -> float | None:
 
 
 def bench_case(name: str, factors: list[int], batch: int, args: argparse.Namespace,
-               device: torch.device) -> dict[str, Any]:
+               device: torch.device, products: str) -> dict[str, Any]:
     """Time the E-step (peak memory of the E-step alone), the EM update, and with ``--lean``
-    the E-step recomputing every segment (keep_gb = 0: least memory)."""
+    the E-step recomputing every segment (keep_gb = 0: least memory), with the Monarch
+    ``products`` (auto, torch or triton)."""
     hmm = build(factors, args.vocab, device)
     x = torch.randint(0, args.vocab, (batch, args.length), device=device,
                       generator=torch.Generator(device).manual_seed(1))
@@ -88,12 +95,15 @@ def bench_case(name: str, factors: list[int], batch: int, args: argparse.Namespa
             p.grad = None
 
     reset_memory(device)
-    run = fused_estep(hmm, device, args.segment, args.precision, args.keep_gb, args.graphs)
+    run = fused_estep(hmm, device, args.segment, args.precision, args.keep_gb, args.graphs,
+                      products)
     row: dict[str, Any] = {"case": name, "factors": factors, "hidden_size": math.prod(factors),
                            "batch": batch, "length": args.length, "vocab": args.vocab,
                            "madds_per_token": madds, "precision": args.precision,
                            "segment": args.segment, "keep_gb": args.keep_gb,
                            "kernels": element_ops("auto", device, args.vocab).name,
+                           "products": monarch_products(products, device, factors).name,
+                           "products_setting": products,
                            "cuda_graph": isinstance(run, GraphedEStep),
                            "device": device_name(device)}
     try:
@@ -109,18 +119,22 @@ def bench_case(name: str, factors: list[int], batch: int, args: argparse.Namespa
             del run
             clear()
             reset_memory(device)
-            lean = fused_estep(hmm, device, args.segment, args.precision, 0.0, args.graphs)
+            lean = fused_estep(hmm, device, args.segment, args.precision, 0.0, args.graphs,
+                               products)
             t_l = timed(lambda: lean(x), device, args.reps)
             row |= {"lean_estep_tokens_per_s": tokens / t_l, "lean_peak_memory_gb": peak_gb(device)}
     except torch.OutOfMemoryError:
         row["error"] = "out of memory"
+    except Exception as err:  # e.g. a kernel that fails to compile: report it, go on
+        row["error"] = f"{type(err).__name__}: {str(err)[:200]}"
     return row
 
 
 def check_case(name: str, factors: list[int], args: argparse.Namespace,
                device: torch.device) -> dict[str, Any]:
     """Fused path vs the autograd path: relative errors of log p and of the flows, for fp32
-    (recomputing every segment, and keeping them all) and bf16 products."""
+    (recomputing every segment, and keeping them all) and bf16 products, with each of
+    ``--products`` (keys ``<setting>_<products>`` for other than auto)."""
     ref, fast = build(factors, args.vocab, device), build(factors, args.vocab, device)
     x = torch.randint(0, args.vocab, (16, 64), device=device,
                       generator=torch.Generator(device).manual_seed(2))
@@ -138,16 +152,26 @@ def check_case(name: str, factors: list[int], args: argparse.Namespace,
         for p in fast.parameters():
             p.grad = None
 
-    for key, precision, keep_gb in [("fp32", "fp32", 0.0), ("fp32_kept", "fp32", 1.0),
-                                    ("bf16", "bf16", 0.0)]:
-        clear()
-        record(key, hmm_estep(fast, x, 5, precision, keep_gb=keep_gb))
+    for products in args.products:
+        tag = "" if products == "auto" else f"_{products}"
+        for key, precision, keep_gb in [("fp32", "fp32", 0.0), ("fp32_kept", "fp32", 1.0),
+                                        ("bf16", "bf16", 0.0)]:
+            clear()
+            try:
+                record(key + tag, hmm_estep(fast, x, 5, precision, keep_gb=keep_gb,
+                                            products=products))
+            except Exception as err:  # e.g. a kernel that fails to compile: report, go on
+                row[f"{key}{tag}_error"] = f"{type(err).__name__}: {str(err)[:200]}"
     if device.type == "cuda":  # the CUDA-graph replay (second call) equals the plain path
-        run = GraphedEStep(fast, segment=5, precision="fp32")
-        clear()
-        run(x)
-        clear()
-        record("fp32_graph", run(x))
+        try:
+            run = GraphedEStep(fast, segment=5, precision="fp32",
+                               products=args.products[0])
+            clear()
+            run(x)
+            clear()
+            record("fp32_graph", run(x))
+        except Exception as err:
+            row["fp32_graph_error"] = f"{type(err).__name__}: {str(err)[:200]}"
     torch.backends.cuda.matmul.allow_tf32 = args.precision != "fp32"
     return row
 
@@ -157,12 +181,13 @@ def profile_case(factors: list[int], batch: int, args: argparse.Namespace,
     """Print where one E-step's time goes (torch.profiler, top 15 kernels by total time)."""
     hmm = build(factors, args.vocab, device)
     x = torch.randint(0, args.vocab, (batch, args.length), device=device)
-    hmm_estep(hmm, x, args.segment, args.precision, keep_gb=args.keep_gb)  # warm-up
+    settings = {"keep_gb": args.keep_gb, "products": args.products[0]}
+    hmm_estep(hmm, x, args.segment, args.precision, **settings)  # warm-up
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.profiler.profile(activities=activities) as prof:
-        hmm_estep(hmm, x, args.segment, args.precision, keep_gb=args.keep_gb)
+        hmm_estep(hmm, x, args.segment, args.precision, **settings)
         sync(device)
     sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
     print(prof.key_averages().table(sort_by=sort, row_limit=15, max_name_column_width=60),
@@ -195,20 +220,69 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     def num(r: dict[str, Any], key: str, fmt: str) -> str:
         return format(r[key], fmt) if r.get(key) is not None else "-"
 
-    out = ["| case | batch | precision | E-step tokens/s | TFLOP/s | peak GB | "
+    out = ["| case | batch | precision | products | E-step tokens/s | TFLOP/s | peak GB | "
            "EM update tokens/s | update peak GB | lean tokens/s | lean peak GB |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         if "error" in r:
-            out.append(f"| {r['case']} | {r['batch']} | {r['precision']} | {r['error']} "
-                       "| | | | | | |")
+            out.append(f"| {r['case']} | {r['batch']} | {r['precision']} | {r['products']} | "
+                       f"{r['error']} | | | | | | |")
             continue
-        out.append(f"| {r['case']} | {r['batch']} | {r['precision']} | "
+        out.append(f"| {r['case']} | {r['batch']} | {r['precision']} | {r['products']} | "
                    f"{num(r, 'estep_tokens_per_s', ',.0f')} | {num(r, 'estep_tflops', '.1f')} | "
                    f"{num(r, 'peak_memory_gb', '.1f')} | {num(r, 'update_tokens_per_s', ',.0f')} | "
                    f"{num(r, 'update_peak_memory_gb', '.1f')} | "
                    f"{num(r, 'lean_estep_tokens_per_s', ',.0f')} | "
                    f"{num(r, 'lean_peak_memory_gb', '.1f')} |")
+    return "\n".join(out)
+
+
+# The reference implementation's E-step (tokens/s, peak GB) measured beside ours
+# (../shared/REFERENCE.md), by GPU and (factors, batch)
+REFERENCE = {
+    "h100": {((4096,), 128): (153_000, 1.3), ((16384,), 128): (35_200, 8.2),
+             ((256, 256), 128): (61_400, 8.6), ((512, 512), 128): (15_200, 35.5),
+             ((512, 1024), 128): (7_100, 74.5), ((64, 64, 64), 128): (13_000, 49.6)},
+    "h200": {((4096,), 128): (179_548, 1.3), ((16384,), 128): (45_826, 8.2),
+             ((256, 256), 128): (74_333, 10.6), ((512, 512), 128): (19_118, 35.5),
+             ((512, 1024), 128): (9_018, 74.5), ((64, 64, 64), 128): (16_196, 55.7)}}
+
+
+def gpu_tag(device: torch.device) -> str:
+    """A short name for the device: h100, h200, ... (else the lowercased name), or cpu."""
+    name = device_name(device).lower()
+    for tag in ("h100", "h200", "b200", "a100"):
+        if tag in name:
+            return tag
+    return "".join(c if c.isalnum() else "_" for c in name)
+
+
+def readme_table(rows: list[dict[str, Any]], tag: str) -> str:
+    """The README's Performance table: reference vs keep-8-GB vs lean tokens/s (peak GB)."""
+    def label(r: dict[str, Any]) -> tuple[str, str]:
+        f, h = r["factors"], r["hidden_size"]
+        model = "dense HMM" if len(f) == 1 else f"Monarch-{len(f)}"
+        if r["batch"] != 128:
+            return f"{model}, batch {r['batch']}", f"2^{int(math.log2(h))}"
+        if len(f) == 1:
+            return model, str(h)
+        shape = f"{f[0]}^{len(f)}" if len(f) > 2 and len(set(f)) == 1 else " x ".join(map(str, f))
+        return model, f"2^{int(math.log2(h))} ({shape})"
+
+    def cell(tokens: float | None, gb: float | None) -> str:
+        return "" if tokens is None else f"{tokens:,.0f} ({gb:.1f})" if gb else f"{tokens:,.0f}"
+
+    out = ["| model | h | reference tokens/s (GB) | keep 8 GB: tokens/s (GB) | speed-up | "
+           "lean: tokens/s (GB) | speed-up |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        if "error" in r:
+            continue
+        ref = REFERENCE.get(tag, {}).get((tuple(r["factors"]), r["batch"]), (None, None))
+        keep, lean = r.get("estep_tokens_per_s"), r.get("lean_estep_tokens_per_s")
+        speed = [f"{v / ref[0]:.1f}x" if v and ref[0] else "" for v in (keep, lean)]
+        out.append(f"| {' | '.join(label(r))} | {cell(*ref)} | "
+                   f"{cell(keep, r.get('peak_memory_gb'))} | {speed[0]} | "
+                   f"{cell(lean, r.get('lean_peak_memory_gb'))} | {speed[1]} |")
     return "\n".join(out)
 
 
@@ -231,16 +305,30 @@ def main() -> None:
                         help="also time each case with keep_gb = 0 (least memory)")
     parser.add_argument("--profile", action="store_true",
                         help="print the top GPU kernels of one E-step of each case")
-    parser.add_argument("--out", default=None, help="also append the JSON lines here")
+    parser.add_argument("--products", default="auto",
+                        help="Monarch products, comma-separated: auto | torch | triton; each "
+                             "case runs once per choice")
+    parser.add_argument("--out", default=None,
+                        help="write the JSON lines here (default on a GPU: "
+                             "docs/results/device/bench_<gpu>_<precision>.jsonl; '' for none)")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = args.precision != "fp32"
+    args.products = args.products.split(",")
+    for products in args.products:  # a bad choice fails here, before any timing
+        try:
+            monarch_products(products, device, [2, 2, 2])
+        except (ValueError, RuntimeError) as err:
+            parser.error(str(err))
     if args.tiny:
         args.length, args.reps = min(args.length, 32), 1
     cases = TINY_CASES if args.tiny else GPU_CASES
     if args.cases:
         cases = [cases[int(i)] for i in args.cases.split(",")]
-    sink = open(args.out, "a") if args.out else None  # noqa: SIM115
+    if args.out is None and device.type == "cuda":
+        args.out = str(REPO_ROOT / "docs" / "results" / "device" /
+                       f"bench_{gpu_tag(device)}_{args.precision}.jsonl")
+    sink = open(args.out, "w") if args.out else None  # noqa: SIM115
 
     def emit(row: dict[str, Any]) -> None:
         line = json.dumps(row)
@@ -259,10 +347,13 @@ def main() -> None:
     for name, factors, batch in cases:
         if args.profile:
             profile_case(factors, batch, args, device)
-        row = bench_case(name, factors, batch, args, device)
-        rows.append(row)
-        emit(row)
+        for products in args.products:
+            row = bench_case(name, factors, batch, args, device, products)
+            rows.append(row)
+            emit(row)
     print(markdown(rows))
+    print(readme_table([r for r in rows if r["products_setting"] == args.products[0]],
+                       gpu_tag(device)))
     if sink:
         sink.close()
     sys.exit(0)

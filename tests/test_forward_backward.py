@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -22,6 +23,7 @@ BLOCKS = {
     "monarch2-unequal": lambda g: monarch_block([4, 2], g),
     "monarch3": lambda g: monarch_block([2, 3, 2], g),
     "monarch4": lambda g: monarch_block([2, 2, 2, 2], g),
+    "monarch4-unequal": lambda g: monarch_block([2, 3, 2, 2], g),
 }
 
 
@@ -33,32 +35,46 @@ def twins(kind: str, vocab: int = 5) -> tuple[HMM, HMM]:
     return a, b
 
 
-KERNELS = ["torch", pytest.param("triton", marks=pytest.mark.skipif(
-    not triton_usable(torch.device("cpu")), reason="triton not installed"))]
+NEEDS_TRITON = pytest.mark.skipif(not triton_usable(torch.device("cpu")),
+                                  reason="triton not installed")
+KERNELS = ["torch", pytest.param("triton", marks=NEEDS_TRITON)]
+# Triton Monarch products where they run by default (k >= 3), with unequal factors
+PRODUCTS = [(kind, "torch") for kind in sorted(BLOCKS)] + [
+    pytest.param(kind, "triton", marks=NEEDS_TRITON) for kind in ("monarch3", "monarch4-unequal")]
+# (segment, segments kept) over T = 7 (6 transitions): 6 segments of 1, 2 of 4 (one kept),
+# 3 of 2 (all kept), one of 6
+SEGMENTS = [(1, 0), (4, 1), (2, 3), (100, 0)]
 
 
-@pytest.mark.parametrize("kind", sorted(BLOCKS))
-@pytest.mark.parametrize("segment", [1, 3, 16, 100])
-def test_fused_estep_equals_autograd(kind: str, segment: int) -> None:
+def keep_gb(hmm: HMM, segment: int, n: int, kept: int) -> float:
+    """``keep_gb`` for ``kept`` segments: each (k c + 1) fp32 states of n columns."""
+    k = len(hmm.transition.spec.factors)
+    return (kept + 0.5) * (k * segment + 1) * hmm.hidden_size * n * 4 / 1e9
+
+
+@pytest.mark.parametrize("kind,products", PRODUCTS)
+@pytest.mark.parametrize("segment,kept", SEGMENTS)
+def test_fused_estep_equals_autograd(kind: str, products: str, segment: int, kept: int) -> None:
     ref, fast = twins(kind)
-    x = torch.randint(0, 5, (9, 17), generator=torch.Generator().manual_seed(1))
+    x = torch.randint(0, 5, (6, 7), generator=torch.Generator().manual_seed(1))
     x[2, 4] = 4  # every token value appears
     ll_ref = accumulate_flows(ref, x)
-    ll = hmm_estep(fast, x, segment=segment, precision="fp32", kernels="torch")
+    ll = hmm_estep(fast, x, segment=segment, precision="fp32", kernels="torch",
+                   keep_gb=keep_gb(fast, segment, 6, kept), products=products)
     assert_matches(fast, ref, ll, ll_ref)
 
 
 @pytest.mark.parametrize("kind", sorted(BLOCKS))
 @pytest.mark.parametrize("kernels", KERNELS)
-@pytest.mark.parametrize("keep_gb", [0.0, 1e-6, 1.0])  # recompute all, keep some, keep all
+@pytest.mark.parametrize("kept", [0, 2, 4])  # of 4 segments: recompute all, keep some, all
 def test_kept_segments_and_triton_kernels_equal_autograd(kind: str, kernels: str,
-                                                          keep_gb: float) -> None:
+                                                          kept: int) -> None:
     ref, fast = twins(kind)
     x = torch.randint(0, 5, (7, 15), generator=torch.Generator().manual_seed(4))
     x[1, 3] = 4
     ll_ref = accumulate_flows(ref, x)
     ll = hmm_estep(fast, x, segment=4, precision="fp32", kernels=kernels,
-                   keep_gb=keep_gb)
+                   keep_gb=keep_gb(fast, 4, 7, kept))
     assert_matches(fast, ref, ll, ll_ref)
 
 
@@ -129,7 +145,8 @@ def test_low_precision_is_close_and_bad_precision_fails() -> None:
 def test_benchmark_runs_on_the_cpu_and_prints_json() -> None:
     result = subprocess.run(
         [sys.executable, "scripts/bench.py", "--tiny", "--cases", "0,1", "--precision", "fp32"],
-        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})  # this checkout, not an install
     assert result.returncode == 0, result.stderr
     rows = [json.loads(ln) for ln in result.stdout.splitlines() if ln.startswith("{")]
     checks = [r for r in rows if "check" in r]
@@ -137,7 +154,22 @@ def test_benchmark_runs_on_the_cpu_and_prints_json() -> None:
     assert checks and checks[0]["fp32_ll_rel_err"] < 1e-4 and checks[0]["fp32_flow_rel_err"] < 1e-3
     assert [r["case"] for r in cases] == ["dense 64", "monarch2 2^8"]
     assert all(r["estep_tokens_per_s"] > 0 and r["device"] == "cpu" for r in cases)
-    assert "| case |" in result.stdout
+    assert all(r["products"] == "torch" for r in cases)  # auto: cuBLAS-style twins on a CPU
+    assert "| case |" in result.stdout and "| model | h | reference" in result.stdout
+
+
+@pytest.mark.skipif(not triton_usable(torch.device("cpu")), reason="triton not installed")
+def test_product_benchmark_checks_and_times_variants_on_the_cpu() -> None:
+    result = subprocess.run(
+        [sys.executable, "scripts/bench_monarch_kernels.py", "--tiny", "--cases", "1",
+         "--variants", "torch,triton"],
+        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(ln) for ln in result.stdout.splitlines() if ln.startswith("{")]
+    assert [r["variant"] for r in rows] == ["torch", "triton"]
+    assert all(r["ok"] and r["forward_ms"] > 0 and r["grad_ms"] > 0 for r in rows)
+    assert len(rows[1]["forward_layer_ms"]) == 2 and "| case | variant |" in result.stdout
 
 
 def test_bad_engine_settings_fail_with_the_fix() -> None:

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from monarchpc.errors import ConfigError
-from monarchpc.kernels.monarch import grad_product, layer_product
+from monarchpc.kernels.monarch import monarch_products
 
 
 def normalize(t: Tensor, dim: int = -1) -> Tensor:
@@ -295,16 +295,19 @@ class HiddenMajor:
     A state holds the h values of N columns as (n, b_0, ..., b_{k-1}, N), or as
     (b_0, ..., b_{k-1}, N) when one block is used (the HMM), with any strides and unit
     column stride (slots of a segment buffer, outputs of a product). Layer l's product is
-    one batched matrix product over (pre, post) blocks of strided views: the permutations
-    between layers cost no copy for k = 2.
+    one batched matrix product over (pre, post) blocks of strided views, computed by
+    :mod:`monarchpc.kernels.monarch` (``products``: cuBLAS, whose views make the
+    permutations between layers free for k = 2, or Triton kernels that read and write any
+    strides; auto picks per GPU and k).
     """
 
     def __init__(self, blocks: SumBlocks, dtype: torch.dtype, start: int = 0,
-                 stop: int | None = None) -> None:
+                 stop: int | None = None, products: str = "auto") -> None:
         self.spec = blocks.spec
         self.factors = list(blocks.spec.factors)
-        self.w = [w.detach()[start:stop].to(dtype) for w in blocks.layers]
+        self.w = [w.detach()[start:stop].to(dtype).contiguous() for w in blocks.layers]
         self.params = list(blocks.layers)  # the parameters the gradients belong to
+        self.ops = monarch_products(products, self.w[0].device, self.factors)
 
     def view(self, state: Tensor, l: int) -> Tensor:
         """``state`` as (n, pre, b, post, N) for layer l (a view whenever strides allow)."""
@@ -317,15 +320,15 @@ class HiddenMajor:
         given, directly where its strides allow. Returns the result state."""
         x = self.view(state, l)
         if out is None:
-            return layer_product(self.w[l], x, transpose=transpose).reshape(state.shape)
+            return self.ops.layer(self.w[l], x, None, transpose).reshape(state.shape)
         try:  # out viewed as the product's (n, pre, b, post, N) output without a copy
             target = out.view(x.shape)
         except RuntimeError:
             target = None
         if target is None:
-            out.copy_(layer_product(self.w[l], x, transpose=transpose).reshape(out.shape))
+            out.copy_(self.ops.layer(self.w[l], x, None, transpose).reshape(out.shape))
         else:
-            layer_product(self.w[l], x, out=target, transpose=transpose)
+            self.ops.layer(self.w[l], x, target, transpose)
         return out
 
     def accumulate_grad(self, l: int, grad: Tensor, a: Tensor, x: Tensor) -> None:
@@ -333,4 +336,4 @@ class HiddenMajor:
 
         a, x: states with K columns (a whole segment) in the compute dtype.
         """
-        grad_product(grad, self.view(a, l), self.view(x, l))
+        self.ops.grad(grad, self.view(a, l), self.view(x, l))

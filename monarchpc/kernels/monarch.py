@@ -12,15 +12,46 @@ The weight gradient of a layer sums, over K columns (a whole segment of steps),
 
     grad[e, p, q] += a[e, p, :, q, :] @ x[e, p, :, q, :]^T
 
-Values are in linear space. These are the PyTorch twins (batched matrix products over
-strided views; a copy only where strides do not flatten); Triton versions, where they
-exist, compute the same values.
+Values are in linear space. Two implementations compute the same values:
+
+* the PyTorch twins :func:`layer_product` and :func:`grad_product`: batched matrix
+  products (cuBLAS) over strided views; a state whose (pre, post) strides do not flatten
+  into one batch dimension (the middle layers of k >= 3) costs a copy in and out;
+* the Triton kernels :func:`layer_product_triton` and :func:`grad_product_triton`: one
+  program per tile of blocks reads its inputs and writes its outputs through their
+  strides (no copies), multiplying on tensor cores with fp32 accumulation.
+
+Why per layer and not all k layers in one kernel: a layer moves 2 states + its weights
+(Monarch-3 64^3, 2^18, N = 128, bf16: 64 + 32 + 64 MB), so its time is memory traffic, and
+fusing layers would only save re-reading the intermediates. But fusing layers d and d+1
+needs a whole (b_d, b_{d+1}) sub-cube of the state per column tile on chip (64 x 64 x 16
+columns in fp32 is 256 KB, a whole SM's registers), and narrower column tiles re-read
+the weights once per tile; three of the E-step's four products must write every
+intermediate anyway (recomputed layer inputs, transposed vectors for the gradients), and
+at small h the state stays in L2 between layers.
+
+:func:`monarch_products` picks the implementation (``auto``: Triton on a GPU for k >= 3,
+where the twins copy; cuBLAS otherwise, already at its ceiling for large blocks).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
+
+from monarchpc.kernels.hmm import interpreting, triton_usable
+
+try:  # Triton ships with CUDA builds of torch; on a CPU it runs under TRITON_INTERPRET=1
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised on machines without Triton
+    triton = None
+
+# ---- PyTorch twins -----------------------------------------------------------------------
 
 
 def _blocks(t: Tensor) -> Tensor:
@@ -29,44 +60,38 @@ def _blocks(t: Tensor) -> Tensor:
     return t.permute(0, 1, 3, 2, 4).reshape(e * pre * post, b, n)
 
 
+def _block_view(t: Tensor) -> Tensor | None:
+    """A (E, pre, b, post, N) tensor as a (E * pre * post, b, N) view, or None if impossible."""
+    e, pre, b, post, n = t.shape
+    try:
+        return t.permute(0, 1, 3, 2, 4).view(e * pre * post, b, n)
+    except RuntimeError:
+        return None
+
+
 def layer_product(w: Tensor, x: Tensor, out: Tensor | None = None,
                   transpose: bool = False) -> Tensor:
     """W @ x per block (or W^T @ x); see the module docstring.
 
     w: (E, pre, post, b, b); x, out: (E, pre, b, post, N), any strides, unit column stride.
-    Returns ``out`` (written in place) or a new tensor of x's dtype.
+    Returns ``out`` (written in place, directly where its strides flatten) or a new tensor
+    of x's dtype (a permuted view of the batched product's output).
     """
     e, pre, post, b, _ = w.shape
     n = x.shape[-1]
     w3 = (w.transpose(-1, -2) if transpose else w).reshape(e * pre * post, b, b).to(x.dtype)
-    x3 = _blocks(x)
-    if out is not None:
-        try:  # straight into out's storage when its strides flatten (k = 2: always)
-            target = out.permute(0, 1, 3, 2, 4).view(e * pre * post, b, n)
-        except RuntimeError:
-            target = None
-        if target is not None:
-            torch.bmm(w3, x3, out=target)
-            return out
-    result = torch.bmm(w3, x3).view(e, pre, post, b, n).permute(0, 1, 3, 2, 4)
+    target = _block_view(out) if out is not None else None
+    if target is not None:
+        torch.bmm(w3, _blocks(x), out=target)
+        return out
+    result = torch.bmm(w3, _blocks(x)).view(e, pre, post, b, n).permute(0, 1, 3, 2, 4)
     if out is None:
         return result
     out.copy_(result)
     return out
 
 
-def grad_product(grad: Tensor, a: Tensor, x: Tensor) -> Tensor:
-    """grad (E, pre, post, b, b) fp32 += a @ x^T per block, summed over K columns.
-
-    a, x: (E, pre, b, post, K) in the compute dtype; 16-bit products accumulate in fp32.
-    Returns ``grad``.
-    """
-    e, pre, post, b, _ = grad.shape
-    add_products(grad.view(e * pre * post, b, b), _blocks(a), _blocks(x).transpose(1, 2))
-    return grad
-
-
-def add_products(acc: Tensor, a: Tensor, b: Tensor) -> None:
+def _add_products(acc: Tensor, a: Tensor, b: Tensor) -> None:
     """acc (B, m, n) fp32 += a (B, m, K) @ b (B, K, n), accumulating in fp32."""
     if a.dtype == acc.dtype:
         acc.baddbmm_(a, b)
@@ -75,7 +100,204 @@ def add_products(acc: Tensor, a: Tensor, b: Tensor) -> None:
         try:
             torch.baddbmm(acc, a, b, out_dtype=acc.dtype, out=acc)
             return
-        except (RuntimeError, TypeError):  # a torch without out_dtype: chunks of 64 blocks
+        except (RuntimeError, TypeError):  # a torch without out_dtype: as on the CPU
             pass
-    for i in range(0, acc.shape[0], 64):
-        acc[i:i + 64].add_(torch.bmm(a[i:i + 64], b[i:i + 64]).to(acc.dtype))
+    for i in range(0, acc.shape[0], 64):  # operands in fp32, 64 blocks at a time
+        acc[i:i + 64].baddbmm_(a[i:i + 64].to(acc.dtype), b[i:i + 64].to(acc.dtype))
+
+
+def grad_product(grad: Tensor, a: Tensor, x: Tensor) -> Tensor:
+    """grad (E, pre, post, b, b) fp32 += a @ x^T per block, summed over K columns.
+
+    a, x: (E, pre, b, post, K) in the compute dtype. Returns ``grad``.
+    """
+    e, pre, post, b, _ = grad.shape
+    _add_products(grad.view(e * pre * post, b, b), _blocks(a), _blocks(x).transpose(1, 2))
+    return grad
+
+
+# ---- Triton kernels ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tiles:
+    """Tile sizes of a Triton product: ``bq`` blocks (consecutive in (E, pre, post)) per program,
+    ``bi`` x ``bj`` of each block (output rows x inner index; for the weight gradient both
+    are block indices), ``bn`` columns per step (the gradient's K chunk), ``warps`` and
+    pipeline ``stages`` of the kernel."""
+
+    bq: int
+    bi: int
+    bj: int
+    bn: int
+    warps: int = 4
+    stages: int = 3
+
+
+def default_tiles(b: int, blocks: int, n: int) -> Tiles:
+    """Whole blocks up to 64 (in 16-wide steps), several small blocks per program (64 rows;
+    under the interpreter, whose cost is per program, 64 blocks), up to 128 columns."""
+    bb = min(64, max(16, _pow2(b)))
+    bq = min(64 if interpreting() else max(1, 64 // bb), _pow2(blocks))
+    return Tiles(bq=bq, bi=bb, bj=bb, bn=min(128, max(16, _pow2(n))))
+
+
+def _pow2(v: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(v, 1))))
+
+
+if triton is not None:
+
+    @triton.jit
+    def _block_tile(ptr, e, p, q, rows, cols, se, sp, sb, sq):
+        """Pointers (BQ, R, C) to rows x cols of blocks (e, p, q) of a (E, pre, b, post, N)
+        tensor with strides (se, sp, sb, sq, 1)."""
+        block = e.to(tl.int64) * se + p.to(tl.int64) * sp + q.to(tl.int64) * sq
+        return ptr + block[:, None, None] + rows.to(tl.int64)[None, :, None] * sb \
+            + cols[None, None, :]
+
+    @triton.jit
+    def _block_ids(pid, pre, post, blocks, BQ: tl.constexpr):
+        """Program ``pid`` -> its BQ blocks r = (e * pre + p) * post + q: (r, e, p, q, mask)."""
+        r = pid * BQ + tl.arange(0, BQ)
+        ep = r // post
+        return r, ep // pre, ep % pre, r % post, r < blocks
+
+    @triton.jit
+    def _dot(a, b, acc, PRECISION: tl.constexpr, INTERPRET: tl.constexpr):
+        """acc + a @ b (3D, batched) with fp32 accumulation; one block as a 2D product (the
+        common path, warp-group MMA on Hopper)."""
+        if INTERPRET:  # the interpreter's dot mishandles 16-bit floats: the same in fp32
+            a, b = a.to(tl.float32), b.to(tl.float32)
+        if a.shape[0] == 1:
+            a2 = tl.reshape(a, (a.shape[1], a.shape[2]))
+            b2 = tl.reshape(b, (b.shape[1], b.shape[2]))
+            acc2 = tl.reshape(acc, (acc.shape[1], acc.shape[2]))
+            return tl.reshape(tl.dot(a2, b2, acc2, input_precision=PRECISION), acc.shape)
+        return tl.dot(a, b, acc, input_precision=PRECISION)
+
+    @triton.jit
+    def _layer_kernel(w_ptr, x_ptr, y_ptr, pre, post, blocks, b, n, swi, swj,
+                      sxe, sxp, sxb, sxq, sye, syp, syb, syq,
+                      BQ: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr, BN: tl.constexpr,
+                      PRECISION: tl.constexpr, INTERPRET: tl.constexpr):
+        r, e, p, q, qmask = _block_ids(tl.program_id(0), pre, post, blocks, BQ)
+        i = tl.program_id(1) * BI + tl.arange(0, BI)
+        cols = tl.program_id(2) * BN + tl.arange(0, BN)
+        w_rows = w_ptr + (r.to(tl.int64) * b * b)[:, None, None] + i[None, :, None] * swi
+        xy_mask = qmask[:, None, None] & (cols < n)[None, None, :]
+        acc = tl.zeros((BQ, BI, BN), dtype=tl.float32)
+        for j0 in range(0, b, BJ):
+            j = j0 + tl.arange(0, BJ)
+            w = tl.load(w_rows + j[None, None, :] * swj, other=0.0,
+                        mask=qmask[:, None, None] & (i < b)[None, :, None] & (j < b)[None, None, :])
+            x = tl.load(_block_tile(x_ptr, e, p, q, j, cols, sxe, sxp, sxb, sxq),
+                        mask=xy_mask & (j < b)[None, :, None], other=0.0)
+            acc = _dot(w, x, acc, PRECISION, INTERPRET)
+        tl.store(_block_tile(y_ptr, e, p, q, i, cols, sye, syp, syb, syq),
+                 acc.to(y_ptr.dtype.element_ty), mask=xy_mask & (i < b)[None, :, None])
+
+    @triton.jit
+    def _grad_kernel(g_ptr, a_ptr, x_ptr, pre, post, blocks, b, ncols,
+                     sae, sap, sab, saq, sxe, sxp, sxb, sxq,
+                     BQ: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
+                     PRECISION: tl.constexpr, INTERPRET: tl.constexpr):
+        r, e, p, q, qmask = _block_ids(tl.program_id(0), pre, post, blocks, BQ)
+        i = tl.program_id(1) * BI + tl.arange(0, BI)
+        j = tl.program_id(2) * BJ + tl.arange(0, BJ)
+        acc = tl.zeros((BQ, BI, BJ), dtype=tl.float32)
+        for k0 in range(0, ncols, BK):
+            cols = k0 + tl.arange(0, BK)
+            cmask = qmask[:, None, None] & (cols < ncols)[None, None, :]
+            a = tl.load(_block_tile(a_ptr, e, p, q, i, cols, sae, sap, sab, saq),
+                        mask=cmask & (i < b)[None, :, None], other=0.0)
+            x = tl.load(_block_tile(x_ptr, e, p, q, j, cols, sxe, sxp, sxb, sxq),
+                        mask=cmask & (j < b)[None, :, None], other=0.0)
+            acc = _dot(a, tl.permute(x, (0, 2, 1)), acc, PRECISION, INTERPRET)
+        g = g_ptr + (r.to(tl.int64) * b * b)[:, None, None] + i[None, :, None] * b \
+            + j[None, None, :]
+        gmask = qmask[:, None, None] & (i < b)[None, :, None] & (j < b)[None, None, :]
+        tl.store(g, tl.load(g, mask=gmask, other=0.0) + acc, mask=gmask)
+
+
+def _precision(dtype: torch.dtype) -> str:
+    """tl.dot's input precision: exact fp32 products for fp32 operands where torch disallows
+    TF32 (as cuBLAS does), else the default (TF32 for fp32; 16-bit operands are exact)."""
+    exact = dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
+    return "ieee" if exact else "tf32"
+
+
+def _strides(t: Tensor, name: str) -> tuple[int, int, int, int]:
+    """(E, pre, b, post) strides of a (E, pre, b, post, N) tensor of unit column stride."""
+    if t.stride(-1) != 1 and t.shape[-1] > 1:
+        raise ValueError(f"{name} needs unit column stride, got strides {t.stride()}")
+    return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
+
+
+def layer_product_triton(w: Tensor, x: Tensor, out: Tensor | None = None,
+                         transpose: bool = False, tiles: Tiles | None = None) -> Tensor:
+    """:func:`layer_product` as one Triton kernel (strided reads and writes, no copies).
+
+    w: (E, pre, post, b, b) contiguous; x, out: (E, pre, b, post, N), unit column stride.
+    Returns ``out``, or a new contiguous tensor of x's dtype.
+    """
+    e, pre, post, b, _ = w.shape
+    n = x.shape[-1]
+    if out is None:
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    w = w.to(x.dtype).contiguous()
+    blocks = e * pre * post
+    t = tiles or default_tiles(b, blocks, n)
+    grid = (triton.cdiv(blocks, t.bq), triton.cdiv(b, t.bi), triton.cdiv(n, t.bn))
+    swi, swj = (1, b) if transpose else (b, 1)
+    _layer_kernel[grid](w, x, out, pre, post, blocks, b, n, swi, swj, *_strides(x, "x"),
+                        *_strides(out, "out"), BQ=t.bq, BI=t.bi, BJ=t.bj, BN=t.bn,
+                        PRECISION=_precision(x.dtype), INTERPRET=interpreting(),
+                        num_warps=t.warps, num_stages=t.stages)
+    return out
+
+
+def grad_product_triton(grad: Tensor, a: Tensor, x: Tensor, tiles: Tiles | None = None
+                        ) -> Tensor:
+    """:func:`grad_product` as one Triton kernel: grad (contiguous fp32) += a @ x^T per block."""
+    e, pre, post, b, _ = grad.shape
+    if grad.dtype != torch.float32 or not grad.is_contiguous():
+        raise ValueError("grad must be a contiguous fp32 tensor (E, pre, post, b, b)")
+    ncols = a.shape[-1]
+    blocks = e * pre * post
+    t = tiles or default_tiles(b, blocks, ncols)
+    grid = (triton.cdiv(blocks, t.bq), triton.cdiv(b, t.bi), triton.cdiv(b, t.bj))
+    _grad_kernel[grid](grad, a, x, pre, post, blocks, b, ncols, *_strides(a, "a"),
+                       *_strides(x, "x"),
+                       BQ=t.bq, BI=t.bi, BJ=t.bj, BK=t.bn, PRECISION=_precision(a.dtype),
+                       INTERPRET=interpreting(), num_warps=t.warps, num_stages=t.stages)
+    return grad
+
+
+# ---- Dispatcher --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MonarchProducts:
+    """The layer and weight-gradient products of one E-step (see the module docstring)."""
+
+    name: str
+    layer: Callable[..., Tensor]
+    grad: Callable[..., Tensor]
+
+
+def monarch_products(kind: str, device: torch.device, factors: Sequence[int]
+                     ) -> MonarchProducts:
+    """``kind``: ``triton``, ``torch`` or ``auto`` (Triton on a GPU for k = len(factors) >= 3,
+    whose middle layers cost the twins a copy in and out; cuBLAS for dense and Monarch-2)."""
+    if kind not in ("auto", "triton", "torch"):
+        raise ValueError(f"products must be auto, triton or torch, got {kind!r}")
+    if kind == "auto":
+        kind = "triton" if device.type == "cuda" and triton_usable(device) \
+            and len(factors) >= 3 else "torch"
+    if kind == "triton":
+        if not triton_usable(device):
+            raise RuntimeError("Triton products need Triton and a GPU (or TRITON_INTERPRET=1); "
+                               "install triton or use products=torch")
+        return MonarchProducts("triton", layer_product_triton, grad_product_triton)
+    return MonarchProducts("torch", layer_product, grad_product)

@@ -90,7 +90,8 @@ def make_engine(model: nn.Module, trainer: Any, device: torch.device) -> Engine:
     if name == "autograd":
         return Engine(name, lambda x: accumulate_flows(model, x), score)
     estep = fused_estep(model, device, int(trainer.segment), trainer.precision,
-                        float(trainer.keep_gb), trainer.cuda_graphs)
+                        float(trainer.keep_gb), trainer.cuda_graphs,
+                        trainer.get("products", "auto"))
     return Engine(name, estep, score)
 
 

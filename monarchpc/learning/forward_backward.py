@@ -23,9 +23,10 @@ buffer (b_0, ..., b_{k-1}, c, N), and the element-wise work of a step is one ker
 (:mod:`monarchpc.kernels.hmm`: Triton on a GPU, PyTorch otherwise).
 
 Hidden states are kept hidden-major, (b_0, ..., b_{k-1}, N), so every Monarch layer is one
-batched matrix product over strided views (circuits/sum_blocks.py ``HiddenMajor``: the
-permutations between layers cost nothing for k = 2). Matrix operands may be bf16 or fp16
-(fp32 accumulation) or TF32; scales, sums and accumulated gradients stay fp32.
+batched matrix product over strided views (circuits/sum_blocks.py ``HiddenMajor``, with
+kernels/monarch.py: cuBLAS, where the permutations between layers cost nothing for k = 2,
+or Triton kernels that read and write any strides, for k >= 3). Matrix operands may be
+bf16 or fp16 (fp32 accumulation) or TF32; scales, sums and accumulated gradients stay fp32.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16,
 
 @torch.no_grad()
 def hmm_estep(hmm: HMM, x: Tensor, segment: int = 16, precision: str = "fp32",
-              grad: bool = True, kernels: str = "auto", keep_gb: float = 0.0) -> Tensor:
+              grad: bool = True, kernels: str = "auto", keep_gb: float = 0.0,
+              products: str = "auto") -> Tensor:
     """Log-likelihood (N,) of rows ``x`` (N, T); adds dlogp/dtheta to every ``param.grad``.
 
     With ``grad=False`` only the first pass runs (evaluation).
@@ -56,9 +58,11 @@ def hmm_estep(hmm: HMM, x: Tensor, segment: int = 16, precision: str = "fp32",
     inputs the first pass keeps (no recomputation); each takes (k c + 1) states of N
     columns. ``precision``: fp32, tf32, bf16 or fp16 operands for the matrix products.
     ``kernels``: the element-wise steps in ``triton``, ``torch`` or ``auto`` (Triton on a GPU).
+    ``products``: the matrix products likewise (auto: Triton on a GPU for k >= 3, see
+    :func:`~monarchpc.kernels.monarch.monarch_products`).
     """
     log_likelihood, grads = estep_values(hmm, x, segment, precision, grad, kernels,
-                                         keep_gb, into_grad=True)
+                                         keep_gb, into_grad=True, products=products)
     for param, g in grads:
         if param.grad is None or g.data_ptr() != param.grad.data_ptr():
             add_grad(param, g, owned=True)  # (else accumulated in param.grad already)
@@ -66,15 +70,15 @@ def hmm_estep(hmm: HMM, x: Tensor, segment: int = 16, precision: str = "fp32",
 
 
 def fused_estep(hmm: HMM, device: torch.device, segment: int = 16,
-                precision: str = "fp32", keep_gb: float = 0.0, graphs: str | bool = "auto"
-                ) -> Callable[[Tensor], Tensor]:
+                precision: str = "fp32", keep_gb: float = 0.0, graphs: str | bool = "auto",
+                products: str = "auto") -> Callable[[Tensor], Tensor]:
     """The training E-step x (N, T) -> log p (N,): :func:`hmm_estep` with these settings,
     replayed from CUDA graphs when ``graphs`` is true, or ``auto`` and h <= GRAPH_MAX_HIDDEN
     on a GPU (small models, where launching the kernels takes longer than running them)."""
     if graphs not in ("auto", True, False):
         raise ValueError(f"graphs must be auto, true or false, got {graphs!r}")
-    settings = {"segment": segment, "precision": precision,
-                "keep_gb": keep_gb}
+    settings = {"segment": segment, "precision": precision, "keep_gb": keep_gb,
+                "products": products}
     if graphs == "auto":
         graphs = device.type == "cuda" and hmm.hidden_size <= GRAPH_MAX_HIDDEN
     if graphs:
@@ -126,7 +130,8 @@ class GraphedEStep:
 
 def estep_values(hmm: HMM, x: Tensor, segment: int = 16, precision: str = "fp32",
                  grad: bool = True, kernels: str = "auto", keep_gb: float = 0.0,
-                 into_grad: bool = False) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+                 into_grad: bool = False, products: str = "auto"
+                 ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
     """:func:`hmm_estep`'s values: (log p (N,), [(param, dlogp/dparam)]) without touching
     ``.grad``, except with ``into_grad``: then transition gradients accumulate straight
     into existing fp32 ``param.grad`` tensors (which are returned as they are)."""
@@ -135,7 +140,7 @@ def estep_values(hmm: HMM, x: Tensor, segment: int = 16, precision: str = "fp32"
     dtype = DTYPES[precision]
     n, length = x.shape
     dev = x.device
-    layers = HiddenMajor(hmm.transition, dtype)
+    layers = HiddenMajor(hmm.transition, dtype, products=products)
     factors = layers.factors
     k, h = len(factors), hmm.hidden_size
     table = hmm.emission.detach().float().contiguous()  # (h, V)

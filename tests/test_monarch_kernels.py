@@ -1,0 +1,119 @@
+"""Monarch layer and weight-gradient products: Triton kernels and PyTorch twins against
+einsum, on strided states (segment-buffer slots) and poisoned outputs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from monarchpc.kernels.hmm import triton_usable
+from monarchpc.kernels.monarch import (
+    Tiles,
+    grad_product,
+    grad_product_triton,
+    layer_product,
+    layer_product_triton,
+    monarch_products,
+)
+
+pytestmark = pytest.mark.skipif(not triton_usable(torch.device("cpu")),
+                                reason="triton not installed")
+
+FP32, BF16, FP16 = torch.float32, torch.bfloat16, torch.float16
+# (factors, E, N, tiles, dtype): k = 1 (one block per program: 2D products), 2, 3, 4, blocks
+# of 2 to 80, one or 3 stacked blocks, fp32, bf16 and fp16; and small tiles (blocks of 40,
+# N = 20 in tiles of 16: 3 row tiles, 3 inner steps, 2 column tiles, K = 60 in 4 steps;
+# 8 blocks of 2 per program)
+LAYOUTS = [([48], 1, 5, None, FP32), ([3, 4], 1, 5, None, FP32), ([3, 4], 3, 5, None, BF16),
+           ([2, 80], 3, 5, None, FP32), ([3, 4, 5], 1, 5, None, BF16),
+           ([3, 4, 5], 3, 5, None, FP32), ([3, 4, 5], 1, 5, None, FP16),
+           ([2, 3, 2, 4], 1, 5, None, FP32), ([2, 3, 2, 4], 3, 5, None, BF16),
+           ([2, 40], 1, 20, Tiles(bq=8, bi=16, bj=16, bn=16), FP32)]
+
+
+def slots(e: int, factors: list[int], width: int, n: int, dtype: torch.dtype,
+          fill: float | None, g: torch.Generator) -> torch.Tensor:
+    """A segment buffer (E, b_0, ..., b_{k-1}, width, N): random, or all ``fill``."""
+    shape = (e, *factors, width, n)
+    if fill is None:
+        return torch.rand(shape, generator=g).to(dtype)
+    return torch.full(shape, fill, dtype=dtype)
+
+
+def split(state: torch.Tensor, factors: list[int], d: int) -> torch.Tensor:
+    """A state (E, b_0, ..., b_{k-1}, N) as a (E, pre, b, post, N) view."""
+    pre, post = math.prod(factors[:d]), math.prod(factors[d + 1:])
+    return state.view(state.shape[0], pre, factors[d], post, state.shape[-1])
+
+
+def tolerance(dtype: torch.dtype) -> dict[str, float]:
+    """16-bit outputs: a few units in the last place (the interpreter truncates to bf16)."""
+    return {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else \
+        {"rtol": 1e-2, "atol": 1e-2}
+
+
+@pytest.mark.parametrize("factors,e,n,tiles,dtype", LAYOUTS)
+def test_layer_products_equal_einsum_into_buffer_slots(
+        factors: list[int], e: int, n: int, tiles: Tiles | None, dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(len(factors) * 10 + e)
+    for d in range(len(factors)):
+        pre, b, post = math.prod(factors[:d]), factors[d], math.prod(factors[d + 1:])
+        for transpose in (False, True):
+            w = torch.rand(e, pre, post, b, b, generator=g).to(dtype)
+            x = split(slots(e, factors, 3, n, dtype, None, g)[..., 1, :], factors, d)
+            wt = w.double().transpose(-1, -2) if transpose else w.double()
+            want = torch.einsum("epqij,epjqn->epiqn", wt, x.double())
+            for product in (layer_product, lambda *a, **k: layer_product_triton(*a, **k,
+                                                                               tiles=tiles)):
+                buf = slots(e, factors, 3, n, dtype, float("nan"), g)
+                out = split(buf[..., 1, :], factors, d)
+                assert product(w, x, out, transpose) is out
+                torch.testing.assert_close(out.double(), want, **tolerance(dtype))
+                assert buf[..., 0, :].isnan().all() and buf[..., 2, :].isnan().all()
+                fresh = product(w, x, None, transpose)  # a new output
+                assert fresh.dtype == dtype
+                torch.testing.assert_close(fresh.double(), want, **tolerance(dtype))
+
+
+@pytest.mark.parametrize("factors,e,n,tiles,dtype", LAYOUTS)
+def test_grad_products_equal_einsum_over_segment_columns(
+        factors: list[int], e: int, n: int, tiles: Tiles | None, dtype: torch.dtype) -> None:
+    """K = width x N columns of a segment buffer (c = 4 slots, the last segment 3 wide)."""
+    g = torch.Generator().manual_seed(len(factors) * 10 + e + 1)
+    width = 3
+    for d in range(len(factors)):
+        pre, b, post = math.prod(factors[:d]), factors[d], math.prod(factors[d + 1:])
+        a, x = (split(slots(e, factors, 4, n, dtype, None, g)[..., :width, :].flatten(-2),
+                      factors, d) for _ in range(2))
+        start = torch.randn(e, pre, post, b, b, generator=g)
+        want = start.double() + torch.einsum("epiqk,epjqk->epqij", a.double(), x.double())
+        for product in (grad_product, lambda *a: grad_product_triton(*a, tiles=tiles)):
+            grad = start.clone()
+            assert product(grad, a, x) is grad
+            torch.testing.assert_close(grad.double(), want, rtol=1e-5, atol=1e-4)
+
+
+def test_dispatcher_picks_and_forces_products(monkeypatch: pytest.MonkeyPatch) -> None:
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")  # devices named, nothing allocated
+    assert monarch_products("auto", gpu, [64, 64, 64]).name == "triton"
+    assert monarch_products("auto", gpu, [512, 512]).name == "torch"
+    assert monarch_products("auto", cpu, [4, 4, 4]).name == "torch"
+    assert monarch_products("triton", cpu, [4, 4]).layer is layer_product_triton
+    assert monarch_products("torch", gpu, [4, 4, 4]).grad is grad_product
+    with pytest.raises(ValueError, match="products must be auto, triton or torch"):
+        monarch_products("cuda", cpu, [4, 4])
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="use products=torch"):
+        monarch_products("triton", cpu, [4, 4, 4])
+    assert monarch_products("auto", cpu, [4, 4, 4]).name == "torch"
+
+
+def test_triton_products_reject_bad_layouts() -> None:
+    w = torch.rand(1, 2, 3, 4, 4)
+    x = torch.rand(1, 2, 4, 3, 6)
+    with pytest.raises(ValueError, match="unit column stride"):
+        layer_product_triton(w, x.transpose(-1, -2).contiguous().transpose(-1, -2))
+    with pytest.raises(ValueError, match="contiguous fp32"):
+        grad_product_triton(torch.zeros(1, 2, 3, 4, 4, dtype=torch.float64), x, x)
