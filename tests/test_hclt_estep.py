@@ -4,6 +4,7 @@ their PyTorch twins; the HCLT benchmark runs."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -15,7 +16,7 @@ from monarchpc.circuits.hclt import HCLT, MISSING
 from monarchpc.circuits.stacked import stacked_blocks
 from monarchpc.kernels.hclt import level_ops
 from monarchpc.learning.em import accumulate_flows, em_step, flows
-from monarchpc.learning.hclt_estep import fused_hclt_estep, hclt_estep, tree_layout
+from monarchpc.learning.hclt_estep import fused_hclt_estep, hclt_estep, leaf_tables, tree_layout
 from monarchpc.learning.kernels import triton_usable
 from monarchpc.paths import REPO_ROOT
 
@@ -132,7 +133,7 @@ def test_triton_level_kernels_equal_torch_with_zero_messages() -> None:
     g = torch.Generator().manual_seed(7)
     d, h, n = model.num_vars, model.hidden_size, 5
     x = rows(VOCAB, n, 8)[:, model.order].t().int().contiguous()
-    tables = torch.cat([w.detach().reshape(-1) for w in model.leaves])
+    tables = leaf_tables(model)
     m = torch.rand(d, h, n, generator=g)
     m[m < 0.2] = 0.0
     m[:, :, 3] = 0.0
@@ -177,8 +178,9 @@ def test_bad_inputs_and_settings_fail_with_the_fix() -> None:
 
 
 def test_hclt_benchmark_runs_on_the_cpu_and_prints_json() -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}  # this checkout's monarchpc
     result = subprocess.run([sys.executable, "scripts/bench_hclt.py", "--tiny", "--out", ""],
-                            capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+                            capture_output=True, text=True, timeout=300, cwd=REPO_ROOT, env=env)
     assert result.returncode == 0, result.stderr
     lines = [json.loads(ln) for ln in result.stdout.splitlines() if ln.startswith("{")]
     checks = [r for r in lines if "check" in r]

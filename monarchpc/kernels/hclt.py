@@ -15,9 +15,10 @@ level, each as one kernel over all nodes of the level (all values in linear spac
 
 States are tensors (D, h, N) (node, hidden, column) in internal breadth-first order,
 hidden-major with unit column stride; ``w`` holds the level's nodes only (n_level, h, N).
-Leaf tables are one flat fp32 tensor; node v's table (h, V_v) starts at
-``table_offset[v]``. Both implementations give the same values (products within a tile
-in another order); the PyTorch one is the reference and the CPU fallback.
+Leaf tables are one flat fp32 tensor; node v's table starts at ``table_offset[v]`` and
+is stored value-major, (V_v, h), so the h leaf values of one column are contiguous (the
+gathers and the flows' atomic adds are coalesced). Both implementations give the same
+values (products in another order); the PyTorch one is the reference and the CPU fallback.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class Layout:
     ``levels``: [start, stop) of every depth. ``parent``: (D,) int64 position of each
     node's parent (-1 at the root). ``child_ptr`` (D + 1,) / ``child_idx`` (D - 1,) int32:
     the children of v are ``child_idx[child_ptr[v]:child_ptr[v + 1]]``. ``table_offset``
-    (D,) int64 and ``vocab`` (D,) int32: node v's leaf table in the flat tables.
+    (D,) int64 and ``vocab`` (D,) int32: node v's leaf table (V_v, h) in the flat tables.
     """
 
     levels: list[tuple[int, int]]
@@ -61,7 +62,7 @@ def leaf_index(layout: Layout, start: int, stop: int, x: Tensor) -> tuple[Tensor
     xs = x[start:stop].long()
     rows = torch.arange(layout.hidden_size, device=x.device)[None, :, None]
     index = (layout.table_offset[start:stop, None, None]
-             + rows * layout.vocab[start:stop, None, None].long() + xs.clamp_min(0)[:, None, :])
+             + xs.clamp_min(0)[:, None, :] * layout.hidden_size + rows)
     return index, (xs >= 0)[:, None, :]
 
 
@@ -116,14 +117,13 @@ if triton is not None:
         return rows, cols, mask, offsets
 
     @triton.jit
-    def _leaf_offsets(x_ptr, offset_ptr, vocab_ptr, v, rows, cols, mask, n):
-        """Flat table offsets of leaf_v[rows, x_v[cols]], where a value is present, and
-        where it is MISSING."""
+    def _leaf_offsets(x_ptr, offset_ptr, vocab_ptr, v, rows, cols, mask, h, n):
+        """Flat table offsets of leaf_v[rows, x_v[cols]] (contiguous along rows), where a
+        value is present, and where it is MISSING."""
         xv = tl.load(x_ptr + v * n + cols, mask=cols < n, other=-1)
-        vocab = tl.load(vocab_ptr + v)
-        present = mask & (xv >= 0)[None, :] & (xv < vocab)[None, :]
-        offsets = (tl.load(offset_ptr + v) + rows.to(tl.int64)[:, None] * vocab
-                   + tl.maximum(xv, 0)[None, :])
+        present = mask & (xv >= 0)[None, :] & (xv < tl.load(vocab_ptr + v))[None, :]
+        offsets = (tl.load(offset_ptr + v) + tl.maximum(xv, 0).to(tl.int64)[None, :] * h
+                   + rows[:, None])
         return offsets, present, (xv < 0)[None, :]
 
     @triton.jit
@@ -133,7 +133,7 @@ if triton is not None:
         v = (start + tl.program_id(0)).to(tl.int64)
         rows, cols, mask, offsets = _tile(h, n, BLOCK_H, BLOCK_N)
         leaf, present, missing = _leaf_offsets(x_ptr, offset_ptr, vocab_ptr, v, rows, cols,
-                                               mask, n)
+                                               mask, h, n)
         value = tl.where(missing & mask, 1.0, tl.load(table_ptr + leaf, mask=present, other=0.0))
         for k in range(tl.load(child_ptr + v), tl.load(child_ptr + v + 1)):
             c = tl.load(child_idx + k).to(tl.int64)
@@ -153,7 +153,8 @@ if triton is not None:
         rows, cols, mask, offsets = _tile(h, n, BLOCK_H, BLOCK_N)
         w = tl.load(w_ptr + j * h * n + offsets, mask=mask, other=0.0).to(tl.float32)
         posterior = w * tl.load(u_ptr + v * h * n + offsets, mask=mask, other=0.0).to(tl.float32)
-        leaf, present, _ = _leaf_offsets(x_ptr, offset_ptr, vocab_ptr, v, rows, cols, mask, n)
+        leaf, present, _ = _leaf_offsets(x_ptr, offset_ptr, vocab_ptr, v, rows, cols, mask, h,
+                                         n)
         tl.atomic_add(flow_ptr + leaf, posterior, mask=present, sem="relaxed")
         for k in range(tl.load(child_ptr + v), tl.load(child_ptr + v + 1)):
             c = tl.load(child_idx + k).to(tl.int64)

@@ -77,6 +77,11 @@ def tree_layout(model: HCLT, device: torch.device) -> Layout:
     return cached[device]
 
 
+def leaf_tables(model: HCLT) -> Tensor:
+    """All leaf tables as one flat fp32 tensor, each (V, h) value-major (a copy)."""
+    return torch.cat([w.detach().transpose(1, 2).reshape(-1) for w in model.leaves]).float()
+
+
 def internal_values(model: HCLT, x: Tensor, layout: Layout, validate: bool = True) -> Tensor:
     """Rows ``x`` (N, D) as (D, N) int32 in internal order (-1: MISSING).
 
@@ -123,7 +128,7 @@ def estep_values(model: HCLT, x: Tensor, precision: str = "fp32", grad: bool = T
     blocks, levels = model.blocks, layout.levels
     d, h, n, k = model.num_vars, model.hidden_size, x.shape[0], len(blocks.axes)
     weights = [w.detach().to(dtype) for w in blocks.layers]
-    tables = torch.cat([w.detach().reshape(-1) for w in model.leaves]).float()
+    tables = leaf_tables(model)
 
     def state() -> Tensor:
         return torch.empty(d, h, n, dtype=dtype, device=dev)
@@ -179,7 +184,8 @@ def estep_values(model: HCLT, x: Tensor, precision: str = "fp32", grad: bool = T
     result: Grads = list(zip(blocks.layers, grads, strict=True))
     for param, f in zip(model.leaves, flows.split([p.numel() for p in model.leaves]),
                         strict=True):
-        result.append((param, f.view(param.shape) / param.detach().float().clamp_min(tiny)))
+        f = f.view(param.shape[0], param.shape[2], param.shape[1]).transpose(1, 2)
+        result.append((param, f / param.detach().float().clamp_min(tiny)))
     result.append((model.root, (u_root / dot).sum(1)))
     return log_likelihood, result
 
