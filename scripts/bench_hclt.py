@@ -35,7 +35,7 @@ from monarchpc.circuits.hclt import HCLT, MISSING
 from monarchpc.circuits.stacked import stacked_blocks
 from monarchpc.learning.em import accumulate_flows, flows
 from monarchpc.learning.forward_backward import DTYPES
-from monarchpc.learning.hclt_estep import GraphedValues, fused_hclt_estep, hclt_estep
+from monarchpc.learning.hclt_estep import CapturedEStep, fused_hclt_estep, hclt_estep
 from monarchpc.paths import REPO_ROOT
 
 SIDE, CHANNELS, VOCAB = 8, 3, 256
@@ -93,7 +93,7 @@ def check(parent: np.ndarray, block: str, h: int, data: torch.Tensor,
         record(precision, hclt_estep(fast, x, precision))
     if device.type == "cuda":  # the replay (second call) equals the plain path
         run = fused_hclt_estep(fast, device, "fp32", graphs=True)
-        assert isinstance(run, GraphedValues)
+        assert isinstance(run, CapturedEStep)
         run(x)
         clear(fast)
         record("fp32_graph", run(x))
@@ -139,7 +139,7 @@ def bench_ours(model: HCLT, x: torch.Tensor, engine: str, precision: str, graphs
     extra: dict[str, Any] = {}
     if engine == "fused":
         step = fused_hclt_estep(model, device, precision, "auto" if graphs else False)
-        extra["cuda_graph"] = isinstance(step, GraphedValues)
+        extra["cuda_graph"] = isinstance(step, CapturedEStep)
     else:
         def step(x: torch.Tensor) -> torch.Tensor:
             return accumulate_flows(model, x)

@@ -16,7 +16,15 @@ from monarchpc.circuits.hclt import HCLT, MISSING
 from monarchpc.circuits.stacked import stacked_blocks
 from monarchpc.kernels.hclt import level_ops
 from monarchpc.learning.em import accumulate_flows, em_step, flows
-from monarchpc.learning.hclt_estep import fused_hclt_estep, hclt_estep, leaf_tables, tree_layout
+from monarchpc.learning.hclt_estep import (
+    CapturedEStep,
+    estep,
+    fused_hclt_estep,
+    hclt_estep,
+    leaf_tables,
+    parameters,
+    tree_layout,
+)
 from monarchpc.learning.kernels import triton_usable
 from monarchpc.paths import REPO_ROOT
 
@@ -98,6 +106,48 @@ def test_micro_batches_accumulate_em_steps_agree_and_scoring_adds_no_flows() -> 
     run = fused_hclt_estep(fast, torch.device("cpu"))  # auto: no CUDA graphs on a CPU
     torch.testing.assert_close(run(x), score, rtol=1e-5, atol=1e-5)
     assert all(p.grad is not None for p in fast.parameters())
+
+
+class EagerGraph:
+    """Stands in for a CUDA graph on the CPU: a replay runs the captured step again."""
+
+    def __init__(self, step: object) -> None:
+        self.replay = step
+
+
+def eager_capture(self: CapturedEStep, x: torch.Tensor) -> tuple:
+    static_x, log_likelihood = x.clone(), torch.empty(x.shape[0])
+    grads = self.grads  # the persistent buffers, as a captured graph would hold them
+    return static_x, EagerGraph(lambda: log_likelihood.copy_(self.run(static_x, grads))), \
+        log_likelihood
+
+
+def test_captured_estep_accumulates_into_persistent_gradients(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replays add into buffers that are the parameters' .grad across micro-batches,
+    restart from zero after an EM step, add into a foreign .grad; odd shapes run plainly."""
+    monkeypatch.setattr(CapturedEStep, "capture", eager_capture)
+    ref, fast = twins("monarch3", tied=True)
+    checked = []
+    run = CapturedEStep(lambda x, grads: estep(fast, x, "fp32", grads, "torch", False),
+                        parameters(fast), lambda x: hclt_estep(fast, x, kernels="torch"),
+                        checked.append, max_shapes=1)
+    batches = [rows(VOCAB, 9, seed) for seed in (10, 11, 12)]
+    for x in batches[:2]:
+        accumulate_flows(ref, x)
+        run(x)
+    assert flow_error(fast, ref) < 1e-4 and len(checked) == 2
+    assert all(p.grad is g for p, g in zip(parameters(fast), run.grads, strict=True))
+    em_step(ref, 0.5, 0.1)
+    em_step(fast, 0.5, 0.1)
+    fast.root.grad = torch.ones_like(fast.root)  # a gradient that is not a buffer
+    ref.root.grad = torch.ones_like(ref.root)
+    torch.testing.assert_close(run(batches[2]).double(), accumulate_flows(ref, batches[2]),
+                               rtol=1e-5, atol=1e-5)
+    odd = rows(VOCAB, 5, 13)
+    torch.testing.assert_close(run(odd).double(), accumulate_flows(ref, odd),
+                               rtol=1e-5, atol=1e-5)
+    assert flow_error(fast, ref) < 1e-4 and fast.root.grad is not run.grads[-1]
 
 
 def test_deep_chain_and_wide_star_neither_underflow_nor_overflow() -> None:

@@ -41,7 +41,6 @@ from monarchpc.kernels.hclt import Layout, level_ops
 from monarchpc.kernels.monarch import grad_product, layer_product
 from monarchpc.learning.forward_backward import DTYPES, accumulable, add_grad
 
-Grads = list[tuple[Tensor, Tensor]]
 _LAYOUTS: weakref.WeakKeyDictionary[HCLT, dict[torch.device, Layout]] = (
     weakref.WeakKeyDictionary())
 
@@ -96,6 +95,11 @@ def internal_values(model: HCLT, x: Tensor, layout: Layout, validate: bool = Tru
     return values
 
 
+def parameters(model: HCLT) -> list[Tensor]:
+    """The parameters an E-step gives gradients for: block layers, leaves, root."""
+    return [*model.blocks.layers, *model.leaves, model.root]
+
+
 @torch.no_grad()
 def hclt_estep(model: HCLT, x: Tensor, precision: str = "fp32", grad: bool = True,
                kernels: str = "auto") -> Tensor:
@@ -106,19 +110,25 @@ def hclt_estep(model: HCLT, x: Tensor, precision: str = "fp32", grad: bool = Tru
     fp32, tf32, bf16 or fp16 operands for the block products. ``kernels``: the per-level
     element-wise work in ``triton``, ``torch`` or ``auto`` (Triton on a GPU).
     """
-    log_likelihood, grads = estep_values(model, x, precision, grad, kernels, into_grad=True)
-    for param, g in grads:
-        if param.grad is None or g.data_ptr() != param.grad.data_ptr():
-            add_grad(param, g, owned=True)  # (else accumulated in param.grad already)
+    if not grad:
+        return estep(model, x, precision, None, kernels)
+    params = parameters(model)
+    grads = [p.grad if accumulable(p) else torch.zeros(p.shape, device=x.device)
+             for p in params]  # fp32, existing gradients accumulate in place
+    log_likelihood = estep(model, x, precision, grads, kernels)
+    for param, g in zip(params, grads, strict=True):
+        if g is not param.grad:
+            add_grad(param, g, owned=True)
     return log_likelihood
 
 
-def estep_values(model: HCLT, x: Tensor, precision: str = "fp32", grad: bool = True,
-                 kernels: str = "auto", into_grad: bool = False,
-                 validate: bool = True) -> tuple[Tensor, Grads]:
-    """:func:`hclt_estep`'s values: (log p (N,), [(param, dlogp/dparam)]) without touching
-    ``.grad``, except with ``into_grad``: then block gradients accumulate straight into
-    existing fp32 ``param.grad`` tensors (which are returned as they are)."""
+def estep(model: HCLT, x: Tensor, precision: str = "fp32", grads: list[Tensor] | None = None,
+          kernels: str = "auto", validate: bool = True) -> Tensor:
+    """:func:`hclt_estep` on explicit buffers: returns log p (N,) and adds d log p.sum() /
+    d theta into ``grads`` (fp32 tensors shaped as :func:`parameters`; None: only scores).
+
+    With ``validate=False`` the values of ``x`` are not checked (nothing waits for the GPU).
+    """
     if precision not in DTYPES:
         raise ValueError(f"precision must be one of {sorted(DTYPES)}, got {precision!r}")
     dtype, dev = DTYPES[precision], x.device
@@ -127,7 +137,7 @@ def estep_values(model: HCLT, x: Tensor, precision: str = "fp32", grad: bool = T
     values = internal_values(model, x, layout, validate)
     blocks, levels = model.blocks, layout.levels
     d, h, n, k = model.num_vars, model.hidden_size, x.shape[0], len(blocks.axes)
-    weights = [w.detach().to(dtype) for w in blocks.layers]
+    weights = [w.detach() for w in blocks.layers]  # converted level by level
     tables = leaf_tables(model)
 
     def state() -> Tensor:
@@ -157,17 +167,15 @@ def estep_values(model: HCLT, x: Tensor, precision: str = "fp32", grad: bool = T
     u_root = u[0].float()
     dot = (root @ u_root).clamp_min(tiny)  # (N,)
     log_likelihood = dot.log() + s[1:].clamp_min(tiny).log().sum(0)
-    if not grad:
-        return log_likelihood, []
+    if grads is None:
+        return log_likelihood
 
     # Top-down: w of a level's nodes in one buffer; a_c replaces m_c (posterior kernel),
-    # a_{l+1} replaces X_l once layer l's gradient is taken.
-    grads = [param.grad.view(param.shape) if into_grad and accumulable(param) else
-             torch.zeros(param.shape, dtype=torch.float32, device=dev)
-             for param in blocks.layers]
+    # a_{l+1} replaces X_l once layer l's gradient is taken; leaf flows replace the tables.
+    layer_grads, leaf_grads, root_grad = grads[:k], grads[k:-1], grads[-1]
     w = torch.empty(max(e - s_ for s_, e in levels), h, n, dtype=dtype, device=dev)
     w[0] = (root[:, None] / dot).to(dtype)
-    flows = torch.zeros_like(tables)
+    flows = tables.zero_()
     for lvl, (start, stop) in enumerate(levels):
         ops.posterior(layout, start, stop, values, flows, w, u, m)
         if lvl + 1 == len(levels):
@@ -176,18 +184,19 @@ def estep_values(model: HCLT, x: Tensor, precision: str = "fp32", grad: bool = T
         a, edges = m[start:stop], slice(start - 1, stop - 1)
         for l in range(k):
             x_l = (inputs[l] if l < k - 1 else u)[start:stop]
-            grad_product(grads[l][edges], layer(l, a), layer(l, x_l))
+            grad_product(layer_grads[l][edges], layer(l, a), layer(l, x_l))
             out = x_l if l < k - 1 else w[: stop - start]
             layer_product(weights[l][edges], layer(l, a), out=layer(l, out), transpose=True)
             a = out
+    del u, m, inputs, w
 
-    result: Grads = list(zip(blocks.layers, grads, strict=True))
-    for param, f in zip(model.leaves, flows.split([p.numel() for p in model.leaves]),
-                        strict=True):
+    # Leaves and root: d log p / d theta = flows / theta.
+    sizes = [p.numel() for p in model.leaves]
+    for param, f, g in zip(model.leaves, flows.split(sizes), leaf_grads, strict=True):
         f = f.view(param.shape[0], param.shape[2], param.shape[1]).transpose(1, 2)
-        result.append((param, f / param.detach().float().clamp_min(tiny)))
-    result.append((model.root, (u_root / dot).sum(1)))
-    return log_likelihood, result
+        g.addcdiv_(f, param.detach().float().clamp_min(tiny))
+    root_grad.add_((u_root / dot).sum(1))
+    return log_likelihood
 
 
 def fused_hclt_estep(model: HCLT, device: torch.device, precision: str = "fp32",
@@ -208,53 +217,68 @@ def fused_hclt_estep(model: HCLT, device: torch.device, precision: str = "fp32",
         def check(x: Tensor) -> None:
             internal_values(model, x, tree_layout(model, x.device))
 
-        return GraphedValues(lambda x: estep_values(model, x, precision, validate=False),
-                             lambda x: hclt_estep(model, x, precision), check)
+        return CapturedEStep(
+            lambda x, grads: estep(model, x, precision, grads, validate=False),
+            parameters(model), lambda x: hclt_estep(model, x, precision), check)
     return lambda x: hclt_estep(model, x, precision)
 
 
-class GraphedValues:
-    """An E-step ``values(x) -> (log p, [(param, grad)])`` captured as a CUDA graph per
-    input shape, then replayed; its gradients are added to ``param.grad`` after each replay.
+class CapturedEStep:
+    """An E-step ``run(x, grads) -> log p`` (adding d log p / d theta into fp32 buffers
+    ``grads`` shaped as ``params``) captured as a CUDA graph per input shape, then replayed.
 
-    ``plain(x)`` (the same E-step, adding to ``.grad`` itself) serves shapes beyond
-    ``max_shapes``; ``check(x)`` runs before every replay (input validation cannot run
-    inside a graph). Parameters must be updated in place (as
-    :func:`~monarchpc.learning.em.em_step` does); each captured shape keeps its memory.
+    The buffers persist and serve as the parameters' ``.grad``: a replay accumulates into
+    them while they are the gradients, and starts them from zero after the gradients were
+    consumed (``.grad`` set to None, as :func:`~monarchpc.learning.em.em_step` does); any
+    other ``.grad`` gets the replay's gradients added. ``plain(x)`` (the same E-step,
+    adding to ``.grad`` itself) serves shapes beyond ``max_shapes``; ``check(x)`` runs
+    before every replay (input validation cannot run inside a graph). Parameters must be
+    updated in place; each captured shape keeps its memory.
     """
 
-    def __init__(self, values: Callable[[Tensor], tuple[Tensor, Grads]],
+    def __init__(self, run: Callable[[Tensor, list[Tensor]], Tensor], params: list[Tensor],
                  plain: Callable[[Tensor], Tensor],
                  check: Callable[[Tensor], None] | None = None, max_shapes: int = 2) -> None:
-        self.values, self.plain, self.check, self.max_shapes = values, plain, check, max_shapes
-        self.graphs: dict[tuple, tuple[Tensor, torch.cuda.CUDAGraph, tuple[Tensor, Grads]]] = {}
+        self.run, self.params, self.plain, self.check = run, params, plain, check
+        self.max_shapes = max_shapes
+        self.grads: list[Tensor] = []
+        self.graphs: dict[tuple, tuple[Tensor, torch.cuda.CUDAGraph, Tensor]] = {}
 
     @torch.no_grad()
     def __call__(self, x: Tensor) -> Tensor:
         key = (*x.shape, x.dtype)
-        if key not in self.graphs:
-            if len(self.graphs) >= self.max_shapes:  # an odd shape: no new graph
-                return self.plain(x)
-            if self.check is not None:
-                self.check(x)
-            self.graphs[key] = self.capture(x)
-        elif self.check is not None:
+        if key not in self.graphs and len(self.graphs) >= self.max_shapes:
+            return self.plain(x)  # an odd shape: no new graph
+        if self.check is not None:
             self.check(x)
-        static_x, graph, (log_likelihood, grads) = self.graphs[key]
+        if not self.grads:
+            self.grads = [torch.zeros(p.shape, device=x.device) for p in self.params]
+        others = []  # gradients that are not our buffers: add the replay's to them
+        for param, g in zip(self.params, self.grads, strict=True):
+            if param.grad is not g:
+                g.zero_()
+                if param.grad is None and param.dtype == g.dtype:
+                    param.grad = g
+                else:
+                    others.append((param, g))
+        if key not in self.graphs:
+            self.graphs[key] = self.capture(x)
+        static_x, graph, log_likelihood = self.graphs[key]
         static_x.copy_(x)
         graph.replay()
-        for param, g in grads:
+        for param, g in others:
             add_grad(param, g)
         return log_likelihood.clone()
 
-    def capture(self, x: Tensor) -> tuple[Tensor, torch.cuda.CUDAGraph, tuple[Tensor, Grads]]:
+    def capture(self, x: Tensor) -> tuple[Tensor, torch.cuda.CUDAGraph, Tensor]:
+        """Capture ``run`` on a copy of ``x``; the warm-up run adds into zeroed scratch."""
         static_x = x.clone()
         side = torch.cuda.Stream(x.device)
         side.wait_stream(torch.cuda.current_stream(x.device))
         with torch.cuda.stream(side):  # warm-up: compiles kernels, sets up cuBLAS
-            self.values(static_x)
+            self.run(static_x, [torch.zeros_like(g) for g in self.grads])
         torch.cuda.current_stream(x.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            outputs = self.values(static_x)
-        return static_x, graph, outputs
+            log_likelihood = self.run(static_x, self.grads)
+        return static_x, graph, log_likelihood
