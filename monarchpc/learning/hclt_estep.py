@@ -24,7 +24,9 @@ contiguous range of nodes and of sum blocks: one product kernel, one batched pro
 block layer (:mod:`monarchpc.kernels.monarch`) and one posterior kernel per level
 (:mod:`monarchpc.kernels.hclt`). Matrix operands may be bf16 or fp16 (fp32 accumulation)
 or TF32 (``torch.backends.cuda.matmul.allow_tf32``, set by the caller as for HMMs);
-scales, posteriors and gradients stay fp32.
+scales, posteriors and gradients stay fp32. States are stored in the operand type: bf16
+has fp32's range, fp16 does not (u and m lie in [0, 1], but a = F / m and w grow as a
+column's scale shrinks), so prefer bf16 for peaked models.
 """
 
 from __future__ import annotations
