@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import re
 import time
 from typing import Any
 
@@ -131,14 +132,15 @@ def measure(step: Any, batch: int, device: torch.device, reps: int) -> dict[str,
     return {"estep_s": t, "samples_per_s": batch / t, "peak_memory_gb": peak_gb(device)}
 
 
-def bench_ours(model: HCLT, x: torch.Tensor, engine: str, precision: str, graphs: bool,
-               reps: int, device: torch.device) -> dict[str, Any]:
-    """One E-step of monarchpc's ``engine`` (fused or autograd) on rows ``x``."""
+def bench_ours(model: HCLT, x: torch.Tensor, engine: str, precision: str, reps: int,
+               device: torch.device) -> dict[str, Any]:
+    """One E-step of monarchpc's ``engine`` on rows ``x``: fused (CUDA graphs on a GPU),
+    fused-nograph or autograd."""
     torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"
     clear(model)
     extra: dict[str, Any] = {}
-    if engine == "fused":
-        step = fused_hclt_estep(model, device, precision, "auto" if graphs else False)
+    if engine.startswith("fused"):
+        step = fused_hclt_estep(model, device, precision, "auto" if engine == "fused" else False)
         extra["cuda_graph"] = isinstance(step, CapturedEStep)
     else:
         def step(x: torch.Tensor) -> torch.Tensor:
@@ -214,7 +216,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     out += ["", "| h | batch | precision | Monarch / dense samples/s | half the madds ratio |",
             "| --- | --- | --- | --- | --- |"]
     for r in rows:
-        if r["block"] != "monarch" or "samples_per_s" not in r or r["engine"] != "fused":
+        if r["block"] != "monarch" or "samples_per_s" not in r or r["engine"] == "autograd":
             continue
         dense = [d for d in rows if key(d, block="monarch") == key(r) and d["block"] == "dense"
                  and "samples_per_s" in d]
@@ -256,7 +258,8 @@ def main() -> None:
     reps = 1 if args.tiny else args.reps
     name = device_name(device)
     if args.out is None:
-        slug = name.split()[-1].lower() if device.type == "cuda" else "cpu"
+        model_name = re.search(r"\b[A-Z]+\d{2,}\b", name)  # "NVIDIA H200" -> h200
+        slug = (model_name.group(0) if model_name else name.split()[-1]).lower()
         args.out = str(REPO_ROOT / "docs" / "results" / "device" / f"bench_hclt_{slug}.jsonl")
     sink = open(args.out, "w") if args.out else None  # noqa: SIM115
     if args.out and args.profile:
@@ -313,7 +316,9 @@ def main() -> None:
                 info |= {"factors": model.blocks.factors,
                          "monarch_layers": len(model.blocks.axes)}
         for batch, x in inputs.items():
-            variants = [("fused", p) for p in precisions]
+            variants = [("fused-nograph" if args.no_graphs else "fused", p) for p in precisions]
+            if device.type == "cuda" and not args.no_graphs and batch == batches[0]:
+                variants.append(("fused-nograph", precisions[0]))  # what the graphs gain
             if h <= args.autograd_max:
                 variants.append(("autograd", "tf32" if device.type == "cuda" else "fp32"))
             for engine, precision in variants:
@@ -322,7 +327,7 @@ def main() -> None:
                     emit(row | {"skipped": "no model (memory) or past the time budget"})
                     continue
                 emit(run_variant(row, lambda m=model, x=x, e=engine, p=precision: bench_ours(
-                    m, x, e, p, not args.no_graphs, reps, device)))
+                    m, x, e, p, reps, device)))
         if args.profile and model is not None and not over_budget():
             report = run_variant({}, lambda m=model, x=x: {"table": profile_ours(
                 m, x, precisions[0], device)})
