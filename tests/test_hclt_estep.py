@@ -177,7 +177,8 @@ def test_low_precision_is_close(precision: str) -> None:
 
 @pytest.mark.skipif(not triton_usable(torch.device("cpu")), reason="triton not installed")
 def test_triton_level_kernels_equal_torch_with_zero_messages() -> None:
-    """Both kernels on random states where some messages, and one whole column, are 0."""
+    """Both kernels on random states where some messages, and one whole column, are 0,
+    and a value lies outside its vocabulary."""
     _, model = twins("dense", tied=False)
     layout = tree_layout(model, torch.device("cpu"))
     g = torch.Generator().manual_seed(7)
@@ -190,6 +191,7 @@ def test_triton_level_kernels_equal_torch_with_zero_messages() -> None:
     level = max(range(len(layout.levels) - 1),
                 key=lambda lvl: layout.levels[lvl][1] - layout.levels[lvl][0])
     start, stop = layout.levels[level]
+    x[start, 1] = int(layout.vocab[start])  # outside the vocabulary (unvalidated): p = 0
     w = torch.rand(stop - start, h, n, generator=g)
     scales = torch.rand(d - stop, n, generator=g) + 0.5  # s of the children
     outs = {}
@@ -206,6 +208,7 @@ def test_triton_level_kernels_equal_torch_with_zero_messages() -> None:
         assert torch.isfinite(got).all()
     u, s, _, flow = outs["torch"]
     assert float(u[start:stop].abs().sum()) > 0 and float(flow.sum()) > 0
+    assert float(u[start, :, 1].abs().max()) == 0
 
 
 def test_bad_inputs_and_settings_fail_with_the_fix() -> None:

@@ -56,14 +56,19 @@ class Layout:
 
 # ---- PyTorch reference -------------------------------------------------------------------
 
-def leaf_index(layout: Layout, start: int, stop: int, x: Tensor) -> tuple[Tensor, Tensor]:
-    """Flat table indices (n, h, N) of the leaf values of nodes start..stop-1, and whether
-    each column holds a value there (not MISSING) (n, 1, N). ``x``: (D, N) values."""
-    xs = x[start:stop].long()
+def leaf_index(layout: Layout, start: int, stop: int,
+               x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Flat table indices (n, h, N) of the leaf values of nodes start..stop-1, and where
+    a column holds a value of the vocabulary / is MISSING (n, 1, N). ``x``: (D, N) values.
+
+    A value outside the vocabulary is neither (probability 0), as in the Triton kernels.
+    """
+    xs = x[start:stop, None, :].long()
+    vocab = layout.vocab[start:stop, None, None]
     rows = torch.arange(layout.hidden_size, device=x.device)[None, :, None]
     index = (layout.table_offset[start:stop, None, None]
-             + xs.clamp_min(0)[:, None, :] * layout.hidden_size + rows)
-    return index, (xs >= 0)[:, None, :]
+             + torch.minimum(xs.clamp_min(0), vocab - 1) * layout.hidden_size + rows)
+    return index, (xs >= 0) & (xs < vocab), xs < 0
 
 
 def product_torch(layout: Layout, start: int, stop: int, x: Tensor, tables: Tensor,
@@ -72,8 +77,8 @@ def product_torch(layout: Layout, start: int, stop: int, x: Tensor, tables: Tens
 
     x: (D, N) int values, -1 MISSING; tables: flat fp32; m, u: (D, h, N); s: (D, N) fp32.
     """
-    index, present = leaf_index(layout, start, stop, x)
-    value = torch.where(present, tables[index], 1.0)  # (n, h, N) fp32
+    index, present, missing = leaf_index(layout, start, stop, x)
+    value = torch.where(present, tables[index], missing.float())  # (n, h, N) fp32
     c0, c1 = int(layout.child_ptr[start]), int(layout.child_ptr[stop])
     if c1 > c0:  # children lie in the next level, contiguous, grouped by parent
         children = layout.child_idx[c0:c1].long()
@@ -92,7 +97,7 @@ def posterior_torch(layout: Layout, start: int, stop: int, x: Tensor, flows: Ten
     w: (n_level, h, N) (the level's nodes); u, m: (D, h, N); flows: flat fp32, as the tables.
     """
     posterior = w[: stop - start].float() * u[start:stop].float()
-    index, present = leaf_index(layout, start, stop, x)
+    index, present, _ = leaf_index(layout, start, stop, x)
     present = present.expand_as(index)
     flows.index_add_(0, index[present], posterior[present])
     c0, c1 = int(layout.child_ptr[start]), int(layout.child_ptr[stop])
