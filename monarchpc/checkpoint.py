@@ -18,11 +18,12 @@ from torch import nn
 FILENAME = "checkpoint.pt"
 
 
-def save(run_dir: Path, model: nn.Module, state: dict[str, Any], config: dict[str, Any]) -> Path:
-    """Write ``{"model", "trainer", "config"}`` atomically to ``run_dir/checkpoint.pt``."""
+def save(run_dir: Path, model: nn.Module, state: dict[str, Any], config: dict[str, Any],
+         **extra: Any) -> Path:
+    """Write ``{"model", "trainer", "config", **extra}`` atomically to ``run_dir/checkpoint.pt``."""
     path = run_dir / FILENAME
     tmp = path.with_name(FILENAME + ".tmp")
-    torch.save({"model": model.state_dict(), "trainer": state, "config": config}, tmp)
+    torch.save({"model": model.state_dict(), "trainer": state, "config": config, **extra}, tmp)
     os.replace(tmp, path)
     return path
 

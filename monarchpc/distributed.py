@@ -32,13 +32,13 @@ import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from monarchpc.circuits.factory import ConfigError
+from monarchpc.errors import ConfigError
 from monarchpc.evaluate import Score, evaluate
 
 log = logging.getLogger("monarchpc")
@@ -180,24 +180,6 @@ class Dist:
                                       for p in stray.iterdir()):
                 shutil.rmtree(stray, ignore_errors=True)
         return chosen
-
-
-class NullTracker:
-    """The :class:`~monarchpc.tracking.Tracker` of ranks other than 0: records nothing."""
-
-    wandb_id: str | None = None
-
-    def log(self, record: dict[str, Any]) -> None:
-        pass
-
-    def truncate_after(self, update: int) -> None:
-        pass
-
-    def last_record(self) -> dict[str, Any]:
-        return {}
-
-    def close(self) -> None:
-        pass
 
 
 def _portable(err: Exception) -> Exception:

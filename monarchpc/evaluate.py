@@ -11,25 +11,13 @@ import math
 from collections.abc import Callable, Mapping
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 METRICS = ("bpc", "bpd", "ppl")
 
 
 Score = Callable[[Tensor], Tensor]
 """A function from token rows (N, T) long to log-likelihoods (N,) in nats."""
-
-
-def scorer(model: nn.Module, precision: str = "fp32") -> Score:
-    """An exact scorer of ``model`` that builds no autograd graph: the fused first pass of
-    learning/forward_backward.py for HMMs (in ``precision``), else ``model.log_likelihood``."""
-    from monarchpc.circuits.hmm import HMM
-    from monarchpc.learning.forward_backward import hmm_estep
-
-    if isinstance(model, HMM):
-        return lambda x: hmm_estep(model, x, checkpoint_every=x.shape[1], precision=precision,
-                                   grad=False)
-    return model.log_likelihood
 
 
 @torch.no_grad()

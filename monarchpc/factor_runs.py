@@ -3,7 +3,8 @@
 Factor d (size h_d, d = 0..k-1) is an ordinary training run of a dense HMM, derived from
 the Monarch run's config: same dataset, trainer and logger; ``model`` = dense HMM of size
 h_d; ``optim`` = the run's optim with the non-null keys of ``init.optim`` on top (the
-paper's text8 factors: batch 1024, 20 epochs, same schedule); ``init`` = random;
+paper's text8 factors: batch 1024, 20 epochs, same schedule); ``init`` = random (with the
+run's ``init.space_token``);
 ``seed`` = ``init.seed + d`` (so equal sizes, e.g. 16 x 16, give two different HMMs and
 not the same one twice).
 
@@ -22,7 +23,7 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,10 +31,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from monarchpc import checkpoint
-from monarchpc.circuits.factory import ConfigError, build_model, resolve_factors
+from monarchpc.circuits.factory import build_model
 from monarchpc.circuits.hmm import HMM
-from monarchpc.circuits.sum_block import factorize
+from monarchpc.circuits.sum_blocks import BlockSpec, factorize
 from monarchpc.data import Splits
+from monarchpc.errors import ConfigError
 
 log = logging.getLogger("monarchpc")
 
@@ -51,9 +53,9 @@ def factor_sizes(cfg: DictConfig) -> list[int]:
     ``init.factors`` if given; else the model's Monarch factors; for a dense model, its two
     near-equal factors (the product is then materialized as a dense matrix).
     """
-    m = cfg.model
-    hidden = int(m.hidden_size)
-    model_factors = resolve_factors(m.block, hidden, m.get("k"), m.get("factors"))
+    spec = BlockSpec.from_config(cfg.model)
+    hidden = spec.hidden_size
+    model_factors = list(spec.factors) if spec.kind == "monarch" else None
     given = cfg.init.get("factors")
     if given is None and model_factors is not None:
         return model_factors
@@ -82,7 +84,7 @@ def factor_config(cfg: DictConfig, size: int, index: int) -> dict[str, Any]:
                   "k": None, "factors": None,
                   "perturbation": parent["model"].get("perturbation", 8.0),
                   "vocab_size": parent["model"].get("vocab_size")}
-    c["init"] = {"name": "random"}
+    c["init"] = {"name": "random", "space_token": init.get("space_token")}
     c["optim"] = {**parent["optim"],
                   **{k: v for k, v in (init.get("optim") or {}).items() if v is not None}}
     c["trainer"] = {**parent["trainer"],
@@ -95,8 +97,11 @@ def factor_config(cfg: DictConfig, size: int, index: int) -> dict[str, Any]:
 def identity(config: dict[str, Any]) -> dict[str, Any]:
     """What makes two factor runs the same run (the cache key)."""
     dataset = {k: v for k, v in config["dataset"].items() if k not in DATASET_LOCATION_KEYS}
-    return {"dataset": dataset, "model": config["model"], "optim": config["optim"],
-            "seed": config["seed"], "precision": config["trainer"]["precision"]}
+    key = {"dataset": dataset, "model": config["model"], "optim": config["optim"],
+           "seed": config["seed"], "precision": config["trainer"]["precision"]}
+    if config["init"].get("space_token") is not None:  # (absent: the keys of earlier caches)
+        key["space_token"] = config["init"]["space_token"]
+    return key
 
 
 def run_name(config: dict[str, Any]) -> str:
@@ -131,12 +136,14 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def train_factor(config: dict[str, Any], cache_dir: Path, splits: Splits | None = None
-                 ) -> Path:
-    """The run directory of the factor run ``config``: reused when finished, else trained
-    (or resumed) now with :func:`monarchpc.train.run`."""
-    from monarchpc.train import run  # train imports initialize, which imports this module
+Train = Callable[[Any, Splits | None], Any]
+"""The training loop, :func:`monarchpc.train.run` (passed in: this module runs before it)."""
 
+
+def train_factor(config: dict[str, Any], cache_dir: Path, train: Train,
+                 splits: Splits | None = None) -> Path:
+    """The run directory of the factor run ``config``: reused when finished, else trained
+    (or resumed) now with ``train``."""
     name = run_name(config)
     run_dir = cache_dir / name
     with locked(cache_dir / f".{name}.lock"):
@@ -148,7 +155,7 @@ def train_factor(config: dict[str, Any], cache_dir: Path, splits: Splits | None 
                  f"of size {config['model']['hidden_size']}")
         cfg = OmegaConf.create({**config, "run_dir": str(run_dir), "run_name": name,
                                 "resume": resume})
-        run(cfg, splits)
+        train(cfg, splits)
         if not is_finished(run_dir):
             raise FactorRunIncomplete(
                 f"factor run {run_dir} stopped before finishing; run the same command again "
@@ -163,13 +170,14 @@ def load_factor(run_dir: Path, vocab_size: int) -> HMM:
         raise ConfigError(f"{run_dir} holds no checkpoint; it is not a finished factor run")
     model = build_model(ckpt["config"]["model"], vocab_size)
     model.load_state_dict(ckpt["model"])
-    if not isinstance(model, HMM):
+    if model.structure != "hmm":
         raise ConfigError(f"{run_dir} does not hold an HMM")
     return model
 
 
-def factor_runs(cfg: DictConfig, splits: Splits | None = None) -> list[Path]:
-    """The factor run directories of ``cfg`` (``init=multiply``), training what is missing.
+def factor_runs(cfg: DictConfig, train: Train, splits: Splits | None = None) -> list[Path]:
+    """The factor run directories of ``cfg`` (``init=multiply``), training what is missing
+    with ``train``: the pipeline step before a run initialized by multiplication.
 
     Directories given in ``init.factor_runs`` are used as they are (they must be finished).
     """
@@ -182,7 +190,7 @@ def factor_runs(cfg: DictConfig, splits: Splits | None = None) -> list[Path]:
                               f"{', '.join(unfinished)}")
         return dirs
     cache_dir = Path(cfg.init.cache_dir)
-    return [train_factor(factor_config(cfg, size, d), cache_dir, splits)
+    return [train_factor(factor_config(cfg, size, d), cache_dir, train, splits)
             for d, size in enumerate(factor_sizes(cfg))]
 
 

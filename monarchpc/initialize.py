@@ -1,26 +1,29 @@
 """Initialization of a freshly built circuit, chosen by the ``init/`` config group.
 
-``random``: the random stochastic parameters the circuit was built with (seeded).
+``random``: the random stochastic parameters the circuit was built with (seeded), with
+``init.space_token`` set (text8: 0) changed as the paper's reference code starts text8 runs
+(:func:`space_states`).
 ``multiply``: circuit multiplication (paper Section 3, Table 2). Dense HMMs of sizes
-h_0..h_{k-1} (the model's Monarch factors) are trained by the same loop, or reused from
-their cache (:mod:`monarchpc.factor_runs`), and their product is written into the model:
-layer d of the Monarch transition = A_d in every block, initial = kron(g_d), emission =
-prod_d B_d renormalized per state (:mod:`monarchpc.circuits.multiply`). The factor run
-directories are recorded in ``cfg.init.factor_runs`` and from there in the run's saved
-config, checkpoint and ``run.json``.
+h_0..h_{k-1} (the model's Monarch factors), trained by the same loop before the run (the
+pipeline step :func:`monarchpc.factor_runs.factor_runs`) and listed in
+``cfg.init.factor_runs``, are multiplied into the model: layer d of the Monarch transition
+= A_d in every block, initial = kron(g_d), emission = prod_d B_d renormalized per state
+(:mod:`monarchpc.circuits.multiply`). The factor run directories go from there into the
+run's saved config, checkpoint and ``run.json``.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
-from monarchpc.circuits.factory import ConfigError
 from monarchpc.circuits.hmm import HMM
 from monarchpc.circuits.multiply import multiply_into
-from monarchpc.data import Splits
-from monarchpc.factor_runs import factor_runs, factor_sizes, load_factor
+from monarchpc.errors import ConfigError
+from monarchpc.factor_runs import factor_sizes, load_factor
 
 INITS = ("random", "multiply")
 
@@ -35,20 +38,53 @@ def check_init(cfg: Any) -> None:
             raise ConfigError(f"init=multiply builds HMMs; model.structure is "
                               f"{cfg.model.structure!r}")
         factor_sizes(cfg)
+    if cfg.init.get("space_token") is not None and cfg.model.structure != "hmm":
+        raise ConfigError("init.space_token (the text8 initialization) is for HMMs; set "
+                          "init.space_token=null")
 
 
-def initialize(cfg: Any, model: nn.Module, splits: Splits) -> nn.Module:
-    """Return ``model`` initialized as ``cfg.init`` says (``cfg`` is the whole run config)."""
+def initialize(cfg: Any, model: nn.Module, vocab_size: int) -> nn.Module:
+    """Return ``model`` initialized as ``cfg.init`` says (``cfg`` is the whole run config;
+    for ``multiply``, ``cfg.init.factor_runs`` lists the finished factor runs)."""
     check_init(cfg)
     if cfg.init.name == "random":
+        if cfg.init.get("space_token") is not None:
+            space_states(model, int(cfg.init.space_token))
         return model
-    assert isinstance(model, HMM)
-    dirs = factor_runs(cfg, splits)
-    factors = [load_factor(d, splits.vocab_size) for d in dirs]
+    dirs = list(cfg.init.get("factor_runs") or [])
+    if not dirs:
+        raise ConfigError("init=multiply needs its factor runs: run it through "
+                          "monarchpc.train, which trains them first")
+    factors = [load_factor(Path(d), vocab_size) for d in dirs]
     try:
         multiply_into(model, factors, renormalize=bool(cfg.init.get("renormalize", True)))
     except ValueError as err:  # factor runs given by hand that do not fit the model
         raise ConfigError(f"init=multiply: {err} (factor runs {[str(d) for d in dirs]})"
                           ) from None
-    cfg.init.factor_runs = [str(d) for d in dirs]
     return model
+
+
+@torch.no_grad()
+def space_states(model: HMM, space: int) -> None:
+    """The reference's text8 initialization of an HMM, in place (token ``space``).
+
+    With b the last Monarch factor (dense: b = h), the designated states are those whose
+    last multi-index entry is b - 1 (state i with i % b == b - 1; dense: state h - 1 alone).
+    Only they may emit ``space`` (dense: that state emits nothing else), and the transition
+    from one designated state to another is ~0 (1e-10): the layer that mixes the last axis
+    (the only one that changes it) gets ~0 at entry (b - 1, b - 1) of every block.
+    """
+    if not 0 <= space < model.vocab_size:
+        raise ConfigError(f"init.space_token={space} is outside the vocabulary of "
+                          f"{model.vocab_size}")
+    last = list(model.transition.parameters())[-1]  # layer mixing the last axis (..., b, b)
+    b = last.shape[-1]
+    last[..., b - 1, b - 1] = 1e-10
+    last.div_(last.sum(-1, keepdim=True))
+    emission = model.emission
+    designated = torch.arange(model.hidden_size, device=emission.device) % b == b - 1
+    emission[~designated, space] = 0.0
+    if b == model.hidden_size:  # dense: the one space state emits only the space
+        emission[designated] = 0.0
+        emission[designated, space] = 1.0
+    emission.div_(emission.sum(-1, keepdim=True))

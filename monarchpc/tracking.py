@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write ``obj`` as JSON to ``path`` through a temporary file and an atomic rename."""
@@ -77,3 +79,44 @@ class Tracker:
         if self.wandb is not None:
             self.wandb.finish()
             self.wandb = None
+
+
+class NullTracker:
+    """The :class:`Tracker` of data-parallel ranks other than 0: records nothing."""
+
+    wandb_id: str | None = None
+
+    def log(self, record: dict[str, Any]) -> None:
+        pass
+
+    def truncate_after(self, update: int) -> None:
+        pass
+
+    def last_record(self) -> dict[str, Any]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+def run_record(cfg: Any, spec: Any, model: Any, splits: Any, device: Any, status: str,
+               final: dict[str, Any] | None, updates: int, tokens: int,
+               wandb_id: str | None, extra: dict[str, Any]) -> dict[str, Any]:
+    """The content of ``run.json``: what ran (model, block spec, data), how far (status,
+    updates, tokens), on what and with what result (``final``: the last evaluation)."""
+    m = cfg.model
+    cuda = getattr(device, "type", "cpu") == "cuda"
+    return {
+        "name": Path(cfg.run_dir).name, "dataset": splits.info.get("name"),
+        "metric": splits.metric, "structure": m.structure, "block": spec.kind,
+        "k": len(spec.factors) if spec.kind == "monarch" else None,
+        "factors": list(spec.factors) if spec.kind == "monarch" else None,
+        "block_spec": spec.describe(),
+        "hidden_size": spec.hidden_size, "vocab_size": splits.vocab_size,
+        "madds_per_token": model.madds_per_token(),
+        "num_params": sum(p.numel() for p in model.parameters()),
+        "init": cfg.init.name, "status": status, "updates": updates, "tokens": tokens,
+        "device": torch.cuda.get_device_name(device) if cuda else "cpu",
+        "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated(device) if cuda else None,
+        "wandb_id": wandb_id, "data": splits.info, **extra, "final": final,
+    }

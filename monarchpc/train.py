@@ -3,24 +3,24 @@
     python -m monarchpc.train experiment=demo
     python -m monarchpc.train -m model=hmm,monarch2_hmm model.hidden_size=256,1024
 
-Flow: validate the config -> load data -> build (and initialize) the circuit -> stochastic
-mini-batch EM (flows of ``optim.accumulate`` micro-batches of ``optim.batch_size`` rows per
-update) -> evaluate every ``trainer.eval_every`` updates and at the end -> records in the
-run directory (``metrics.jsonl``, ``run.json``, ``checkpoint.pt``) and wandb.
+Flow: check the config -> load data -> (init=multiply: train or reuse the dense factor
+runs) -> build and initialize the circuit -> stochastic mini-batch EM (flows of
+``optim.accumulate`` micro-batches of ``optim.batch_size`` rows per update, computed by the
+structure's engine) -> evaluate every ``trainer.eval_every`` updates and at the end ->
+records in the run directory (``metrics.jsonl``, ``run.json``, ``checkpoint.pt``) and wandb.
 
 Interruption (Ctrl-C, SIGTERM) finishes at an update boundary and leaves a checkpoint;
 ``resume=true`` continues the run in its directory to the same result as an
 uninterrupted run (data order is a function of seed and epoch, EM has no other randomness).
-
-Under torchrun (or SLURM) the ranks share every micro-batch: see monarchpc/distributed.py.
+A non-finite likelihood or parameter stops the run (status "diverged") before any update
+is written. Under torchrun (or SLURM) the ranks share every micro-batch: see
+monarchpc/distributed.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -32,18 +32,20 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from monarchpc import checkpoint, distributed
-from monarchpc.circuits.factory import ConfigError, build_model, resolve_factors
-from monarchpc.circuits.hmm import HMM
-from monarchpc.data import DataError, Splits, build_dataset
-from monarchpc.evaluate import METRICS, long_rows, metric_value, scorer
-from monarchpc.factor_runs import FactorRunIncomplete, factor_costs
-from monarchpc.initialize import check_init, initialize
-from monarchpc.learning.em import accumulate_flows, em_step
-from monarchpc.learning.forward_backward import DTYPES, fused_estep
-from monarchpc.learning.schedules import SCHEDULES, step_size
+from monarchpc import checkpoint, distributed, factor_runs
+from monarchpc.circuits.factory import build_model
+from monarchpc.circuits.sum_blocks import BlockSpec
+from monarchpc.config_checks import check_config
+from monarchpc.data import Splits, build_dataset
+from monarchpc.errors import ConfigError, DataError
+from monarchpc.evaluate import METRICS, long_rows, metric_value
+from monarchpc.initialize import initialize
+from monarchpc.interrupt import StopRequest
+from monarchpc.learning.em import EM
+from monarchpc.learning.engines import Engine, make_engine, select_device
+from monarchpc.learning.schedules import step_size
 from monarchpc.paths import REPO_ROOT
-from monarchpc.tracking import Tracker, write_json_atomic
+from monarchpc.tracking import NullTracker, Tracker, run_record, write_json_atomic
 
 log = logging.getLogger("monarchpc")
 OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT), replace=True)
@@ -66,90 +68,12 @@ class TrainState:
     wandb_id: str | None = None
 
 
-class StopRequest:
-    """Turns SIGINT/SIGTERM/SIGUSR2 (the warning that SLURM jobs of hydra/launcher=slurm get
-    before their time limit) into a flag checked between micro-batches (a second Ctrl-C
-    interrupts at once). ``deferred`` (several ranks): a signal only sets ``pending``, and
-    the loop sets ``requested`` once all ranks have agreed on it at an update boundary."""
-
-    def __init__(self, deferred: bool = False) -> None:
-        self.requested = False
-        self.pending = False
-        self.deferred = deferred
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopRequest:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):
-            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.pending and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.pending = True
-        self.requested = self.requested or not self.deferred
-        log.warning("stop requested: finishing at the next update boundary (Ctrl-C again to "
-                    "abort without a checkpoint)")
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def validate(cfg: DictConfig) -> None:
-    """Fail fast, before any data or GPU work, on settings that cannot work."""
-    resolve_factors(cfg.model.block, int(cfg.model.hidden_size), cfg.model.get("k"),
-                    cfg.model.get("factors"))
-    check_init(cfg)
-    o = cfg.optim
-    if o.schedule not in SCHEDULES:
-        raise ConfigError(f"optim.schedule={o.schedule!r} is unknown; use one of {SCHEDULES}")
-    for key in ("batch_size", "accumulate", "epochs"):
-        if int(o[key]) < 1:
-            raise ConfigError(f"optim.{key} must be >= 1, got {o[key]}")
-    if float(o.pseudocount) < 0:
-        raise ConfigError(f"optim.pseudocount must be >= 0, got {o.pseudocount}")
-    if cfg.trainer.precision not in DTYPES:
-        raise ConfigError(f"trainer.precision={cfg.trainer.precision!r}; use one of "
-                          f"{sorted(DTYPES)}")
-    if cfg.trainer.engine not in ("auto", "fused", "autograd"):
-        raise ConfigError("trainer.engine must be auto, fused or autograd")
-    if cfg.trainer.engine == "fused" and cfg.model.structure != "hmm":
-        raise ConfigError("trainer.engine=fused exists for HMMs only; use auto or autograd")
-    if cfg.trainer.long_eval not in ("never", "final", "always"):
-        raise ConfigError("trainer.long_eval must be never, final or always")
-
-
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("trainer.device=cuda but no CUDA GPU is visible; use trainer.device=cpu")
-    return torch.device(name)
-
-
-def use_fused(t: DictConfig, model: torch.nn.Module, device: torch.device) -> bool:
-    """Whether the fused HMM E-step runs: ``engine=fused``, or ``auto`` for HMMs on a GPU
-    (on the CPU the plain path is faster for the small models that run there)."""
-    fused = t.engine == "fused" or (t.engine == "auto" and device.type == "cuda")
-    return fused and isinstance(model, HMM)
-
-
-def make_estep(t: DictConfig, model: torch.nn.Module, device: torch.device) -> Any:
-    """The E-step: x (N, T) -> log p(x) (N,), adding flows (as gradients) to the parameters.
-
-    ``fused`` is the scaled forward-backward of learning/forward_backward.py in
-    ``trainer.precision`` with recomputation every ``trainer.segment`` steps; ``autograd``
-    is the plain PyTorch reference (see :func:`use_fused` for ``auto``).
-    """
-    if use_fused(t, model, device):
-        return fused_estep(model, device, int(t.segment), t.precision, float(t.keep_gb),
-                           t.cuda_graphs)
-    return lambda x: accumulate_flows(model, x)
+class Diverged(RuntimeError):
+    """A non-finite log-likelihood or parameter: the run stops, its last checkpoint kept."""
 
 
 def check_vocab(cfg: DictConfig, splits: Splits) -> None:
+    """The data's vocabulary against ``model.vocab_size`` and the tokens of every split."""
     want = cfg.model.get("vocab_size")
     if want is not None and int(want) != splits.vocab_size:
         raise ConfigError(f"model.vocab_size={want} but dataset {splits.info.get('name')} has a "
@@ -163,34 +87,12 @@ def check_vocab(cfg: DictConfig, splits: Splits) -> None:
                             f"it under data/ and rerun")
 
 
-def run_info(cfg: DictConfig, model: torch.nn.Module, splits: Splits, device: torch.device,
-             status: str, final: dict[str, Any] | None, state: TrainState) -> dict[str, Any]:
-    """The content of ``run.json`` (see tracking.py)."""
-    m = cfg.model
-    factors = resolve_factors(m.block, int(m.hidden_size), m.get("k"), m.get("factors"))
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    factor_dirs = list(cfg.init.get("factor_runs") or [])
-    return {
-        "name": Path(cfg.run_dir).name, "dataset": splits.info.get("name"),
-        "metric": splits.metric, "structure": m.structure, "block": m.block,
-        "k": len(factors) if factors else None, "factors": factors,
-        "hidden_size": int(m.hidden_size), "vocab_size": splits.vocab_size,
-        "madds_per_token": model.madds_per_token(),
-        "num_params": sum(p.numel() for p in model.parameters()),
-        "init": cfg.init.name, "factor_runs": factor_dirs, **factor_costs(factor_dirs),
-        "status": status, "updates": state.update, "tokens": state.tokens,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "peak_gpu_memory_bytes": peak, "wandb_id": state.wandb_id, "data": splits.info,
-        "final": final,
-    }
-
-
 def run(cfg: DictConfig, splits: Splits | None = None) -> dict[str, Any]:
     """Train as configured; returns the last evaluation record.
 
     ``splits``: the data of ``cfg.dataset`` if already loaded (factor runs of init=multiply).
     """
-    validate(cfg)
+    spec = check_config(cfg)
     torch.set_flush_denormal(True)  # tiny probabilities must not fall onto the CPU's slow path
     torch.manual_seed(int(cfg.seed))
     device = select_device(cfg.trainer.device)
@@ -202,22 +104,26 @@ def run(cfg: DictConfig, splits: Splits | None = None) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
     torch.backends.cuda.matmul.allow_tf32 = cfg.trainer.precision != "fp32"
     torch.backends.cudnn.allow_tf32 = cfg.trainer.precision != "fp32"
-
     if (run_dir / checkpoint.FILENAME).is_file() and not cfg.resume:
         raise ConfigError(f"{run_dir} already holds a checkpoint; pass resume=true to continue "
                           f"it, or choose another run_name")
+
     if splits is None:
         splits = ddp.main_first(lambda: build_dataset(cfg.dataset))
     check_vocab(cfg, splits)
     log.info(splits.describe())
+    if cfg.init.name == "multiply":  # pipeline step: the dense factor runs, trained first
+        cfg.init.factor_runs = [str(d) for d in factor_runs.factor_runs(cfg, run, splits)]
     generator = torch.Generator().manual_seed(int(cfg.seed))
     model = build_model(cfg.model, splits.vocab_size, generator, splits.train_rows(0),
                         vocab_sizes=splits.vocab_sizes)
-    model = initialize(cfg, model, splits)
+    model = initialize(cfg, model, splits.vocab_size)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     config = OmegaConf.to_container(cfg, resolve=True)
-    state = TrainState()
+    o = cfg.optim
+    state, em = TrainState(), EM(o.get("update", "probs"), float(o.pseudocount),
+                                 float(o.get("floor", 0.0)))
     ckpt = checkpoint.load(run_dir)
     if ckpt is not None:
         changed = [k for k in RUN_IDENTITY if ckpt["config"].get(k) != config.get(k)]
@@ -226,139 +132,190 @@ def run(cfg: DictConfig, splits: Splits | None = None) -> dict[str, Any]:
                               f"from this one; use the same settings or another run_name")
         model.load_state_dict(ckpt["model"])
         state = TrainState(**ckpt["trainer"])
+        em.load_state_dict(ckpt.get("em") or {})
         log.info(f"resuming {run_dir} at update {state.update}")
     ddp.barrier()  # every rank has checked for a checkpoint before rank 0 writes one
     if ddp.is_main:
         OmegaConf.save(config, run_dir / "config.yaml")  # resolved, init.factor_runs filled in
     model.to(device)
+    em.load_state_dict(em.state_dict(), device)
     ddp.broadcast_parameters(model)
-    log.info(f"model: {model}\n{model.madds_per_token():,} multiply-adds per token, on {device}")
+    engine = make_engine(model, cfg.trainer, device)
+    log.info(f"{model.structure} {spec.kind} h={spec.hidden_size} factors="
+             f"{'x'.join(map(str, spec.factors))}: {model.madds_per_token():,} multiply-adds "
+             f"per token, {sum(p.numel() for p in model.parameters()):,} parameters, "
+             f"{engine.name} engine in {cfg.trainer.precision} on {device}")
 
     tracker = (Tracker(run_dir, dict(cfg.logger), config, state.wandb_id) if ddp.is_main
-               else distributed.NullTracker())
+               else NullTracker())
     tracker.truncate_after(state.update)
     state.wandb_id = tracker.wandb_id
+    trainer = Trainer(cfg, spec, model, splits, device, state, tracker, config, ddp, em,
+                      engine)
     try:
-        final = train(cfg, model, splits, device, state, tracker, run_dir, config, ddp)
+        return trainer.fit()
     finally:
         tracker.close()
-    return final
 
 
-def train(cfg: DictConfig, model: torch.nn.Module, splits: Splits, device: torch.device,
-          state: TrainState, tracker: Tracker | distributed.NullTracker, run_dir: Path,
-          config: dict[str, Any], ddp: distributed.Dist | None = None) -> dict[str, Any]:
-    """The EM loop; returns the last evaluation record."""
-    o, t = cfg.optim, cfg.trainer
-    ddp = ddp or distributed.Dist(device=device)
-    bs, acc, epochs = int(o.batch_size), int(o.accumulate), int(o.epochs)
-    micro_per_epoch = math.ceil(len(splits.train_rows(0)) / bs)
-    updates_per_epoch = math.ceil(micro_per_epoch / acc)
-    total_updates = updates_per_epoch * epochs
-    madds = model.madds_per_token()
-    metric = splits.metric
-    if metric not in METRICS:
-        raise DataError(f"dataset metric {metric!r} unknown")
-    eval_every = int(t.eval_every)
-    ckpt_every = int(t.checkpoint_every or eval_every)
-    stop_after = t.get("stop_after")
-    eta = step_size(o.schedule, state.update, total_updates, float(o.eta0), float(o.eta_min))
-    estep = make_estep(t, model, device)
-    score = (scorer(model, "fp32" if t.precision == "fp32" else "tf32")
-             if use_fused(t, model, device) else model.log_likelihood)
+@dataclass
+class Trainer:
+    """A run in progress: the EM loop (:meth:`fit`) and what it records."""
 
-    def evaluation(final: bool) -> dict[str, Any]:
-        model.eval()
-        dev = splits.dev if t.eval_max_rows is None else splits.dev[: int(t.eval_max_rows)]
-        sets = {"dev": dev, "test": splits.test}
-        long_wanted = t.long_eval == "always" or (t.long_eval == "final" and final)
-        if long_wanted and splits.test_stream is not None:
-            num_rows = int(cfg.dataset.get("long_rows", 125))
-            sets["test_long"] = long_rows(splits.test_stream, num_rows)
+    cfg: DictConfig
+    spec: BlockSpec
+    model: torch.nn.Module
+    splits: Splits
+    device: torch.device
+    state: TrainState
+    tracker: Tracker | NullTracker
+    config: dict[str, Any]
+    ddp: distributed.Dist
+    em: EM
+    engine: Engine
+
+    def __post_init__(self) -> None:
+        o = self.cfg.optim
+        self.run_dir = Path(self.cfg.run_dir)
+        self.metric = self.splits.metric
+        if self.metric not in METRICS:
+            raise DataError(f"dataset metric {self.metric!r} unknown")
+        self.micro_per_epoch = math.ceil(len(self.splits.train_rows(0)) / int(o.batch_size))
+        self.updates_per_epoch = math.ceil(self.micro_per_epoch / int(o.accumulate))
+        self.total_updates = self.updates_per_epoch * int(o.epochs)
+        self.last: dict[str, Any] = self.tracker.last_record() if self.state.update else {}
+
+    def step_size(self) -> float:
+        o = self.cfg.optim
+        return step_size(o.schedule, self.state.update, self.total_updates, float(o.eta0),
+                         float(o.eta_min))
+
+    def fit(self) -> dict[str, Any]:
+        """Run EM updates until the last epoch ends or a stop is requested; returns the
+        last evaluation record."""
+        s, t = self.state, self.cfg.trainer
+        eval_every = int(t.eval_every)
+        ckpt_every = int(t.checkpoint_every or eval_every)
+        self.save("finished" if s.update >= self.total_updates else "running")
+        if s.update == 0 and t.eval_at_start:
+            self.evaluate(final=False)
+        bar = tqdm(total=self.total_updates, initial=s.update, desc=self.run_dir.name,
+                   unit="upd", disable=not t.progress or not self.ddp.is_main,
+                   dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
+        with StopRequest(deferred=self.ddp.enabled) as stop:
+            while s.update < self.total_updates and not stop.requested:
+                rows = self.splits.train_rows(s.epoch)
+                order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(
+                    int(self.cfg.seed) * 1_000_003 + s.epoch))
+                while s.micro < self.micro_per_epoch and not stop.requested:
+                    if not self.update(rows, order, stop):
+                        break
+                    bar.update(1)
+                    shown = metric_value(self.metric, s.train_nll, s.train_units)
+                    bar.set_postfix({"eta": f"{self.step_size():.3f}",
+                                     f"train_{self.metric}": f"{shown:.3f}"})
+                    done = s.update == self.total_updates
+                    if s.update % eval_every == 0 or done:
+                        self.evaluate(final=done)
+                    if s.update % ckpt_every == 0 or s.update % eval_every == 0 or done:
+                        self.save("finished" if done else "running")
+                    if t.stop_after is not None and s.update >= int(t.stop_after):
+                        stop.requested = True
+                if s.micro >= self.micro_per_epoch:
+                    s.epoch, s.micro = s.epoch + 1, 0
+            bar.close()
+        if s.update < self.total_updates:
+            self.save("interrupted")
+            log.warning(f"stopped at update {s.update}/{self.total_updates}; checkpoint in "
+                        f"{self.run_dir} (continue with resume=true run_name={self.run_dir.name})")
+        return self.last
+
+    def update(self, rows: torch.Tensor, order: torch.Tensor, stop: StopRequest) -> bool:
+        """One EM update from the next ``optim.accumulate`` micro-batches of ``order``;
+        False (nothing changed) when a stop request came first."""
+        s, o = self.state, self.cfg.optim
+        bs, start = int(o.batch_size), time.perf_counter()
+        group = range(s.micro, min(s.micro + int(o.accumulate), self.micro_per_epoch))
+        nll, units = 0.0, 0
+        for m in group:
+            x = rows[self.ddp.shard(order[m * bs:(m + 1) * bs])]
+            x = x.to(self.device, non_blocking=True).long()
+            if len(x):  # a rank's share of a short last micro-batch can be empty
+                nll -= float(self.engine.estep(x).double().sum())
+            units += x.numel()
+            if stop.requested:  # drop the partial group: resume recomputes it
+                self.model.zero_grad(set_to_none=True)
+                return False
+        nll, units, agreed = self.ddp.reduce_update(self.model, nll, units, stop.pending)
+        stop.requested = stop.requested or agreed  # all ranks end this same update
+        if not math.isfinite(nll):
+            self.diverged("the log-likelihood of this update's batch is not finite")
+        self.em.step(self.model, self.step_size())
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            self.diverged("an EM update made a parameter non-finite")
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        s.update, s.micro, s.tokens = s.update + 1, group.stop, s.tokens + units
+        s.train_seconds += time.perf_counter() - start
+        s.train_nll, s.train_units = s.train_nll + nll, s.train_units + units
+        return True
+
+    def evaluate(self, final: bool) -> dict[str, Any]:
+        """Score dev and test (and the long test rows if asked) and log the record."""
+        s, t, metric = self.state, self.cfg.trainer, self.metric
+        self.model.eval()
+        dev = self.splits.dev if t.eval_max_rows is None else self.splits.dev[:int(t.eval_max_rows)]
+        sets = {"dev": dev, "test": self.splits.test}
+        if (t.long_eval == "always" or (t.long_eval == "final" and final)) and \
+                self.splits.test_stream is not None:
+            sets["test_long"] = long_rows(self.splits.test_stream,
+                                          int(self.cfg.dataset.get("long_rows", 125)))
+        madds = self.model.madds_per_token()
         record: dict[str, Any] = {
-            "update": state.update, "epoch": state.update / updates_per_epoch,
-            "tokens": state.tokens, "train_flops": 6 * madds * state.tokens,
-            "madds_per_token": madds, "step_size": eta, "wall_time": state.train_seconds}
-        if state.train_units:
-            record[f"train_{metric}"] = metric_value(metric, state.train_nll, state.train_units)
-        record.update(ddp.evaluate(score, sets, metric, int(t.eval_batch_size), device))
+            "update": s.update, "epoch": s.update / self.updates_per_epoch, "tokens": s.tokens,
+            "train_flops": 6 * madds * s.tokens, "madds_per_token": madds,
+            "step_size": self.step_size(), "wall_time": s.train_seconds}
+        if s.train_units:
+            record[f"train_{metric}"] = metric_value(metric, s.train_nll, s.train_units)
+        record.update(self.ddp.evaluate(self.engine.score, sets, metric,
+                                        int(t.eval_batch_size), self.device))
         record["final"] = final
-        state.train_nll, state.train_units = 0.0, 0
-        tracker.log(record)
-        model.train()
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in record.items()
-                          if k.endswith(f"_{metric}"))
-        log.info(f"update {state.update}/{total_updates} epoch {record['epoch']:.2f}: {shown}")
+        s.train_nll, s.train_units = 0.0, 0
+        self.tracker.log(record)
+        self.model.train()
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k.endswith(f"_{metric}"))
+        log.info(f"update {s.update}/{self.total_updates} epoch {record['epoch']:.2f}: {shown}")
+        self.last = record
         return record
 
-    def save(status: str, final: dict[str, Any] | None) -> None:
-        divergence = ddp.max_divergence(model)  # collective: all ranks save at the same updates
-        if not ddp.is_main:
-            return
-        checkpoint.save(run_dir, model, asdict(state), config)
-        info = run_info(cfg, model, splits, device, status, final, state)
-        write_json_atomic(run_dir / "run.json",
-                          {**info, "world_size": ddp.world, "rank_divergence": divergence})
+    def record(self, status: str) -> dict[str, Any]:
+        """The run.json content now."""
+        extra = {"factor_runs": list(self.cfg.init.get("factor_runs") or []),
+                 **factor_runs.factor_costs(list(self.cfg.init.get("factor_runs") or [])),
+                 "world_size": self.ddp.world}
+        return run_record(self.cfg, self.spec, self.model, self.splits, self.device, status,
+                          self.last or None, self.state.update, self.state.tokens,
+                          self.state.wandb_id, extra)
 
-    last: dict[str, Any] = tracker.last_record() if state.update else {}  # resuming
-    save("finished" if state.update >= total_updates else "running", last or None)
-    if state.update == 0 and t.eval_at_start:
-        last = evaluation(final=False)
-    bar = tqdm(total=total_updates, initial=state.update, desc=run_dir.name, unit="upd",
-               disable=not t.progress or not ddp.is_main, dynamic_ncols=True,
-               mininterval=1.0 if sys.stderr.isatty() else 30.0)
-    with StopRequest(deferred=ddp.enabled) as stop:
-        while state.update < total_updates and not stop.requested:
-            rows = splits.train_rows(state.epoch)
-            order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(
-                int(cfg.seed) * 1_000_003 + state.epoch))
-            while state.micro < micro_per_epoch and not stop.requested:
-                start = time.perf_counter()
-                group = range(state.micro, min(state.micro + acc, micro_per_epoch))
-                nll, units = 0.0, 0
-                for m in group:
-                    x = rows[ddp.shard(order[m * bs:(m + 1) * bs])]
-                    x = x.to(device, non_blocking=True).long()
-                    if len(x):  # a rank's share of a short last micro-batch can be empty
-                        nll -= float(estep(x).double().sum())
-                    units += x.numel()
-                    if stop.requested:
-                        break
-                if stop.requested:  # drop the partial group: resume recomputes it
-                    model.zero_grad(set_to_none=True)
-                    break
-                nll, units, agreed = ddp.reduce_update(model, nll, units, stop.pending)
-                stop.requested = stop.requested or agreed  # all ranks end this same update
-                eta = step_size(o.schedule, state.update, total_updates, float(o.eta0),
-                                float(o.eta_min))
-                em_step(model, eta, float(o.pseudocount))
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                state.update += 1
-                state.micro = group.stop
-                state.tokens += units
-                state.train_seconds += time.perf_counter() - start
-                state.train_nll += nll
-                state.train_units += units
-                bar.update(1)
-                bar.set_postfix({"eta": f"{eta:.3f}",
-                                 f"train_{metric}": f"{metric_value(metric, nll, units):.3f}"})
-                done = state.update == total_updates
-                if state.update % eval_every == 0 or done:
-                    last = evaluation(final=done)
-                if state.update % ckpt_every == 0 or done or state.update % eval_every == 0:
-                    save("finished" if done else "running", last or None)
-                if stop_after is not None and state.update >= int(stop_after):
-                    stop.requested = True
-            if state.micro >= micro_per_epoch:
-                state.epoch += 1
-                state.micro = 0
-        bar.close()
-        if state.update < total_updates:
-            save("interrupted", last or None)
-            log.warning(f"stopped at update {state.update}/{total_updates}; checkpoint in "
-                        f"{run_dir} (continue with resume=true run_name={run_dir.name})")
-    return last
+    def save(self, status: str) -> None:
+        """Checkpoint and run.json (rank 0), at an update boundary."""
+        divergence = self.ddp.max_divergence(self.model)  # collective: all ranks take part
+        if not self.ddp.is_main:
+            return
+        checkpoint.save(self.run_dir, self.model, asdict(self.state), self.config,
+                        em=self.em.state_dict())
+        write_json_atomic(self.run_dir / "run.json",
+                          {**self.record(status), "rank_divergence": divergence})
+
+    def diverged(self, why: str) -> None:
+        """Stop: status "diverged" in run.json, the last good checkpoint kept."""
+        if self.ddp.is_main:
+            write_json_atomic(self.run_dir / "run.json", self.record("diverged"))
+        raise Diverged(
+            f"{why} at update {self.state.update + 1}: stopped, the last checkpoint (update "
+            f"{self.state.update} or before) is kept. Raise optim.pseudocount (e.g. 0.1) or "
+            f"set optim.floor=1e-10 so that no probability reaches 0, or use "
+            f"trainer.precision=fp32")
 
 
 @hydra.main(version_base="1.3", config_path=str(REPO_ROOT / "configs"), config_name="train")
@@ -373,7 +330,10 @@ def main(cfg: DictConfig) -> float | None:
     except (ConfigError, DataError) as err:
         print(f"monarchpc: error: {err}", file=sys.stderr)
         sys.exit(2)
-    except FactorRunIncomplete as err:
+    except Diverged as err:
+        print(f"monarchpc: diverged: {err}", file=sys.stderr)
+        sys.exit(3)
+    except factor_runs.FactorRunIncomplete as err:
         print(f"monarchpc: stopped: {err}", file=sys.stderr)
         sys.exit(130)
     return next((v for k, v in record.items() if k.startswith("dev_")), None)

@@ -22,11 +22,11 @@ from typing import Any
 
 import torch
 
-from monarchpc.circuits import DenseBlock, MonarchBlock
+from monarchpc.circuits import dense_block, monarch_block
 from monarchpc.circuits.hmm import HMM
+from monarchpc.kernels.hmm import element_ops
 from monarchpc.learning.em import accumulate_flows, em_step, flows
 from monarchpc.learning.forward_backward import DTYPES, GraphedEStep, fused_estep, hmm_estep
-from monarchpc.learning.kernels import element_ops
 
 # (name, factors): one factor is a dense block
 GPU_CASES = [("dense 4096", [4096], 128), ("dense 16384", [16384], 128),
@@ -40,7 +40,7 @@ CHECK_CASES = [("dense 512", [512]), ("monarch2 2^12", [64, 64]), ("monarch3 2^1
 
 def build(factors: list[int], vocab: int, device: torch.device, seed: int = 0) -> HMM:
     g = torch.Generator().manual_seed(seed)
-    block = DenseBlock(factors[0], g) if len(factors) == 1 else MonarchBlock(factors, g)
+    block = dense_block(factors[0], g) if len(factors) == 1 else monarch_block(factors, g)
     return HMM(block, vocab, g).to(device)
 
 
@@ -143,7 +143,7 @@ def check_case(name: str, factors: list[int], args: argparse.Namespace,
         clear()
         record(key, hmm_estep(fast, x, 5, precision, keep_gb=keep_gb))
     if device.type == "cuda":  # the CUDA-graph replay (second call) equals the plain path
-        run = GraphedEStep(fast, checkpoint_every=5, precision="fp32")
+        run = GraphedEStep(fast, segment=5, precision="fp32")
         clear()
         run(x)
         clear()

@@ -21,7 +21,8 @@ from hydra import compose, initialize_config_dir
 from monarchpc import checkpoint
 from monarchpc.circuits.factory import build_model
 from monarchpc.data import build_dataset
-from monarchpc.evaluate import metric_value, scorer, total_nll
+from monarchpc.evaluate import metric_value, total_nll
+from monarchpc.learning.engines import scorer
 from monarchpc.paths import REPO_ROOT
 from monarchpc.train import run
 

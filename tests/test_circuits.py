@@ -8,16 +8,16 @@ import math
 import pytest
 import torch
 
-from monarchpc.circuits import DenseBlock, MonarchBlock, factorize
-from monarchpc.circuits.factory import ConfigError, build_sum_block, resolve_factors
+from monarchpc.circuits import BlockSpec, SumBlocks, dense_block, factorize, monarch_block
 from monarchpc.circuits.hmm import HMM, MISSING
+from monarchpc.errors import ConfigError
 
 torch.set_default_dtype(torch.float32)
 
 BLOCKS = {
-    "dense": lambda g: DenseBlock(6, g),
-    "monarch2": lambda g: MonarchBlock([2, 3], g),
-    "monarch3": lambda g: MonarchBlock([2, 2, 2], g),
+    "dense": lambda g: dense_block(6, g),
+    "monarch2": lambda g: monarch_block([2, 3], g),
+    "monarch3": lambda g: monarch_block([2, 2, 2], g),
 }
 
 
@@ -45,38 +45,39 @@ def test_probabilities_of_all_sequences_sum_to_one(kind: str) -> None:
 @pytest.mark.parametrize("factors", [[2, 3], [3, 2], [2, 2, 2], [2, 3, 2, 2], [4]])
 def test_monarch_block_materializes_as_product_of_stochastic_layers(factors: list[int]) -> None:
     g = torch.Generator().manual_seed(1)
-    block = as_double(MonarchBlock(factors, g))
-    m = block.dense()
+    block = as_double(monarch_block(factors, g))
+    m = block.dense()[0]
     h = math.prod(factors)
     assert m.shape == (h, h)
     torch.testing.assert_close(m.sum(1), torch.ones(h, dtype=m.dtype))
     product = torch.eye(h, dtype=m.dtype)
     for d in range(len(factors)):
-        product = product @ block.layer_dense(d)  # M = L_0 @ L_1 @ ... @ L_{k-1}
+        product = product @ block.layer_dense(d)[0]  # M = L_0 @ L_1 @ ... @ L_{k-1}
     torch.testing.assert_close(m, product)
     y = torch.rand(7, h, generator=g, dtype=m.dtype)
     torch.testing.assert_close(block(y), y @ m.t())
     assert block.madds() == h * sum(factors)
     # each layer is block-diagonal up to a permutation: b_d non-zeros per row
     for d, b in enumerate(factors):
-        assert int((block.layer_dense(d) > 0).sum(1).max()) == b
+        assert int((block.layer_dense(d)[0] > 0).sum(1).max()) == b
 
 
 def test_tied_monarch_layers_are_the_kronecker_product() -> None:
     g = torch.Generator().manual_seed(2)
-    a = [DenseBlock(b, g).dense().double() for b in (2, 3, 2)]
-    block = MonarchBlock([2, 3, 2]).double()
+    a = [dense_block(b, g).dense()[0].double() for b in (2, 3, 2)]
+    block = monarch_block([2, 3, 2]).double()
     for d, layer in enumerate(block.layers):
         layer.data[:] = a[d]
     expected = torch.kron(torch.kron(a[0], a[1]), a[2])
-    torch.testing.assert_close(block.dense(), expected)
+    torch.testing.assert_close(block.dense()[0], expected)
 
 
 @pytest.mark.parametrize("kind", sorted(BLOCKS))
 def test_monarch_hmm_equals_dense_hmm_of_its_materialized_transition(kind: str) -> None:
     g = torch.Generator().manual_seed(3)
     hmm = as_double(HMM(BLOCKS[kind](g), vocab_size=4, generator=g))
-    dense = as_double(HMM(DenseBlock.from_matrix(hmm.transition.dense()), vocab_size=4))
+    dense = as_double(HMM(dense_block(hmm.hidden_size), vocab_size=4))
+    dense.transition.layers[0].data.copy_(hmm.transition.dense().view_as(dense.transition.layers[0]))
     dense.initial.data.copy_(hmm.initial.data)
     dense.emission.data.copy_(hmm.emission.data)
     x = torch.randint(0, 4, (16, 9), generator=g)
@@ -85,7 +86,7 @@ def test_monarch_hmm_equals_dense_hmm_of_its_materialized_transition(kind: str) 
 
 def test_marginal_of_missing_token_equals_brute_force_sum() -> None:
     g = torch.Generator().manual_seed(4)
-    hmm = as_double(HMM(MonarchBlock([2, 2], g), vocab_size=3, generator=g))
+    hmm = as_double(HMM(monarch_block([2, 2], g), vocab_size=3, generator=g))
     x = all_sequences(3, 4)
     p = hmm.log_likelihood(x).exp().reshape(3, 3, 3, 3)
     marginal = p.sum(dim=(1, 3))  # p(x_1, x_3), x_2 and x_4 summed out
@@ -95,7 +96,7 @@ def test_marginal_of_missing_token_equals_brute_force_sum() -> None:
 
 def test_long_sequences_stay_finite() -> None:
     g = torch.Generator().manual_seed(5)
-    hmm = HMM(MonarchBlock([4, 4], g), vocab_size=27, generator=g)
+    hmm = HMM(monarch_block([4, 4], g), vocab_size=27, generator=g)
     ll = hmm.log_likelihood(torch.randint(0, 27, (2, 20_000), generator=g))
     assert torch.isfinite(ll).all() and (ll < 0).all()
 
@@ -117,9 +118,9 @@ def test_sample_next_follows_transition_rows(kind: str) -> None:
     g = torch.Generator().manual_seed(8)
     block = BLOCKS[kind](g)
     z = torch.full((50_000,), 5)
-    nxt = block.sample_next(z, torch.Generator().manual_seed(9))
+    nxt = block.sample_next(z, generator=torch.Generator().manual_seed(9))
     freq = torch.bincount(nxt, minlength=block.hidden_size).float() / len(z)
-    torch.testing.assert_close(freq, block.dense()[5], atol=0.01, rtol=0)
+    torch.testing.assert_close(freq, block.dense()[0, 5], atol=0.01, rtol=0)
 
 
 def test_factorize_and_factor_errors() -> None:
@@ -130,6 +131,11 @@ def test_factorize_and_factor_errors() -> None:
     with pytest.raises(ValueError, match="cannot be factored"):
         factorize(13, 2)
     with pytest.raises(ConfigError, match="not the product"):
-        resolve_factors("monarch", 1000, 2, [16, 16])
+        BlockSpec.from_config({"block": "monarch", "hidden_size": 1000, "k": 2,
+                               "factors": [16, 16]})
     with pytest.raises(ConfigError, match="unknown sum-block kind"):
-        build_sum_block("sparse", 16)
+        BlockSpec.from_config({"block": "sparse", "hidden_size": 16})
+    with pytest.raises(ConfigError, match="hidden_size must be >= 1"):
+        BlockSpec.from_config({"block": "dense", "hidden_size": -64})
+    assert SumBlocks(BlockSpec.from_config({"block": "monarch", "hidden_size": 4096, "k": 3}
+                                           )).madds() == 4096 * 48

@@ -10,10 +10,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from monarchpc.circuits.factory import ConfigError, resolve_factors
-from monarchpc.data import DataError
+from monarchpc.circuits.sum_blocks import BlockSpec
+from monarchpc.config_checks import check_config as validate
+from monarchpc.errors import ConfigError, DataError
 from monarchpc.paths import REPO_ROOT
-from monarchpc.train import run, validate
+from monarchpc.train import run
 from tests.helpers import compose_config
 
 CONFIGS = REPO_ROOT / "configs"
@@ -104,8 +105,7 @@ def test_table_b2_sweeps_cover_the_papers_flops(column: str) -> None:
     for size in sweep_params(f"sweep_b2_{column}")["model.hidden_size"]:
         cfg = compose_config([f"experiment=sweep_b2_{column}", f"model.hidden_size={size}"])
         validate(cfg)
-        factors = resolve_factors(cfg.model.block, int(size), cfg.model.k, cfg.model.factors)
-        flops.append(int(size) * (sum(factors) if factors else int(size)))
+        flops.append(BlockSpec.from_config(cfg.model).madds)
         assert cfg.dataset.name == "text8" and cfg.optim.epochs == 20
         assert cfg.optim.batch_size * cfg.optim.accumulate == 4096
         assert cfg.init.name == ("random" if column == "hmm" else "multiply")

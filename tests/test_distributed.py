@@ -19,8 +19,9 @@ import torch.multiprocessing as mp
 
 from monarchpc import checkpoint
 from monarchpc.distributed import Dist, cluster_env, first_host
+from monarchpc.interrupt import StopRequest
 from monarchpc.paths import REPO_ROOT
-from monarchpc.train import StopRequest, run
+from monarchpc.train import run
 from tests.helpers import compose_config
 
 # 257 training rows in micro-batches of 32: the 9th micro-batch holds 1 row, so rank 1's

@@ -9,19 +9,19 @@ import sys
 import pytest
 import torch
 
-from monarchpc.circuits import DenseBlock, MonarchBlock
+from monarchpc.circuits import dense_block, monarch_block
 from monarchpc.circuits.hmm import HMM
+from monarchpc.kernels.hmm import as_rows, element_ops, triton_usable
 from monarchpc.learning.em import accumulate_flows, em_step, flows
 from monarchpc.learning.forward_backward import GraphedEStep, fused_estep, hmm_estep
-from monarchpc.learning.kernels import as_rows, element_ops, triton_usable
 from monarchpc.paths import REPO_ROOT
 
 BLOCKS = {
-    "dense": lambda g: DenseBlock(12, g),
-    "monarch2": lambda g: MonarchBlock([3, 4], g),
-    "monarch2-unequal": lambda g: MonarchBlock([4, 2], g),
-    "monarch3": lambda g: MonarchBlock([2, 3, 2], g),
-    "monarch4": lambda g: MonarchBlock([2, 2, 2, 2], g),
+    "dense": lambda g: dense_block(12, g),
+    "monarch2": lambda g: monarch_block([3, 4], g),
+    "monarch2-unequal": lambda g: monarch_block([4, 2], g),
+    "monarch3": lambda g: monarch_block([2, 3, 2], g),
+    "monarch4": lambda g: monarch_block([2, 2, 2, 2], g),
 }
 
 
@@ -44,7 +44,7 @@ def test_fused_estep_equals_autograd(kind: str, segment: int) -> None:
     x = torch.randint(0, 5, (9, 17), generator=torch.Generator().manual_seed(1))
     x[2, 4] = 4  # every token value appears
     ll_ref = accumulate_flows(ref, x)
-    ll = hmm_estep(fast, x, checkpoint_every=segment, precision="fp32", kernels="torch")
+    ll = hmm_estep(fast, x, segment=segment, precision="fp32", kernels="torch")
     assert_matches(fast, ref, ll, ll_ref)
 
 
@@ -57,7 +57,7 @@ def test_kept_segments_and_triton_kernels_equal_autograd(kind: str, kernels: str
     x = torch.randint(0, 5, (7, 15), generator=torch.Generator().manual_seed(4))
     x[1, 3] = 4
     ll_ref = accumulate_flows(ref, x)
-    ll = hmm_estep(fast, x, checkpoint_every=4, precision="fp32", kernels=kernels,
+    ll = hmm_estep(fast, x, segment=4, precision="fp32", kernels=kernels,
                    keep_gb=keep_gb)
     assert_matches(fast, ref, ll, ll_ref)
 
@@ -102,7 +102,7 @@ def test_fused_estep_accumulates_over_micro_batches_and_evaluates() -> None:
     batches = [torch.randint(0, 5, (4, 11), generator=g) for _ in range(3)]
     for x in batches:
         accumulate_flows(ref, x)
-        hmm_estep(fast, x, checkpoint_every=4, kernels="torch")
+        hmm_estep(fast, x, segment=4, kernels="torch")
     for p, q in zip(fast.parameters(), ref.parameters(), strict=True):
         torch.testing.assert_close(flows(p), flows(q), rtol=1e-4, atol=1e-6)
     em_step(ref, 0.7, 0.1)
@@ -110,7 +110,7 @@ def test_fused_estep_accumulates_over_micro_batches_and_evaluates() -> None:
     for p, q in zip(fast.parameters(), ref.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
     x = batches[0]
-    score = hmm_estep(fast, x, checkpoint_every=x.shape[1], grad=False, kernels="torch")
+    score = hmm_estep(fast, x, segment=x.shape[1], grad=False, kernels="torch")
     torch.testing.assert_close(score, fast.log_likelihood(x).detach(), rtol=1e-5, atol=1e-4)
     assert all(p.grad is None for p in fast.parameters())  # evaluation adds no flows
 
@@ -119,7 +119,7 @@ def test_low_precision_is_close_and_bad_precision_fails() -> None:
     ref, fast = twins("monarch2")
     x = torch.randint(0, 5, (6, 20), generator=torch.Generator().manual_seed(3))
     ll_ref = ref.log_likelihood(x).detach()
-    ll = hmm_estep(fast, x, checkpoint_every=5, precision="bf16", kernels="torch")
+    ll = hmm_estep(fast, x, segment=5, precision="bf16", kernels="torch")
     assert torch.isfinite(ll).all()
     assert float(((ll - ll_ref).abs() / ll_ref.abs()).max()) < 1e-2
     with pytest.raises(ValueError, match="precision must be one of"):

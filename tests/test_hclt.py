@@ -14,10 +14,10 @@ from monarchpc.circuits.chow_liu import (
     mutual_information,
     tree_center,
 )
-from monarchpc.circuits.factory import ConfigError, build_model
+from monarchpc.circuits.factory import build_model
 from monarchpc.circuits.hclt import HCLT, MISSING
-from monarchpc.circuits.monarch import MonarchBlock
-from monarchpc.circuits.stacked import StackedBlocks, stacked_blocks
+from monarchpc.circuits.sum_blocks import BlockSpec, SumBlocks, monarch_block
+from monarchpc.errors import ConfigError
 from monarchpc.learning.em import accumulate_flows, em_step
 
 
@@ -36,7 +36,9 @@ def all_assignments(vocab_sizes: list[int]) -> torch.Tensor:
 
 def hclt(parent, block: str, h: int, vocab_sizes, channels=None, layers=3, seed=0) -> HCLT:
     g = torch.Generator().manual_seed(seed)
-    blocks = stacked_blocks(block, len(parent) - 1, h, None, layers, g)
+    spec = BlockSpec.from_config({"structure": "hclt", "block": block, "hidden_size": h,
+                                  "monarch_layers": layers})
+    blocks = SumBlocks(spec, len(parent) - 1, g, perturbation=2.0)
     return renormalize(HCLT(parent, blocks, vocab_sizes, channels, g))
 
 
@@ -95,24 +97,25 @@ def test_binning_and_chow_liu_on_many_valued_variables():
 # ----------------------------------------------------------------------------- blocks
 def test_stacked_blocks_match_monarch_block():
     g = torch.Generator().manual_seed(0)
-    stack = StackedBlocks(3, [2, 3], generator=g)  # axes [0, 1]: plain Monarch-2
-    single = MonarchBlock([2, 3], generator=g)
+    stack = monarch_block([2, 3], g, num_blocks=3)  # axes [0, 1]: plain Monarch-2
+    single = monarch_block([2, 3], g)
     with torch.no_grad():
         for l in range(2):
             stack.layers[l][1] = single.layers[l]
-    torch.testing.assert_close(stack.dense()[1], single.dense())
+    torch.testing.assert_close(stack.dense()[1], single.dense()[0])
     # three layers on axes [0, 1, 0] = Monarch-2 (L_0 L_1) followed by another axis-0 layer
-    stack3 = StackedBlocks(2, [3, 3], [0, 1, 0], generator=g)
-    a, b = MonarchBlock([3, 3], generator=g), MonarchBlock([3, 3], generator=g)
+    stack3 = monarch_block([3, 3], g, num_blocks=2, axes=[0, 1, 0])
+    a, b = monarch_block([3, 3], g), monarch_block([3, 3], g)
     with torch.no_grad():
         stack3.layers[0][0], stack3.layers[1][0] = a.layers[0], a.layers[1]
         stack3.layers[2][0] = b.layers[0]
-    torch.testing.assert_close(stack3.dense()[0], a.dense() @ b.layer_dense(0))
+    torch.testing.assert_close(stack3.dense()[0], a.dense()[0] @ b.layer_dense(0)[0])
     rows = stack3.dense().sum(-1)
     torch.testing.assert_close(rows, torch.ones_like(rows))  # still row-stochastic
     assert stack3.madds() == 9 * (3 + 3 + 3)
-    assert stacked_blocks("monarch", 1, 16, monarch_layers=4).madds() == 4 * 16**1.5
-    assert stacked_blocks("dense", 1, 16).madds() == 16**2
+    hclt_spec = {"structure": "hclt", "block": "monarch", "hidden_size": 16, "monarch_layers": 4}
+    assert BlockSpec.from_config(hclt_spec).madds == 4 * 16**1.5
+    assert BlockSpec.from_config({**hclt_spec, "block": "dense"}).madds == 16**2
 
 
 # ----------------------------------------------------------------------------- HCLT
@@ -217,7 +220,7 @@ def test_build_model_hclt_from_config():
     vocab = [4, 6, 6] * 4
     rows[:, 0::3] %= 4
     model = build_model(cfg, 6, gen, train_rows=rows, vocab_sizes=vocab)
-    assert isinstance(model, HCLT) and model.blocks.factors == [4, 4]
+    assert isinstance(model, HCLT) and model.blocks.spec.factors == (4, 4)
     assert len(model.leaves) == 3  # one leaf per channel
     assert model.parent[5] == 4 or model.parent[4] == 5
     assert model.madds_per_token() == round((11 * 16 * 12 + 16) / 12)

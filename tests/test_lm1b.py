@@ -13,8 +13,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from monarchpc.circuits.dense import DenseBlock
 from monarchpc.circuits.hmm import HMM
+from monarchpc.circuits.sum_blocks import dense_block
 from monarchpc.data import EVAL_KEYS, LOADERS, DataError, build_dataset, lines, lm1b
 from monarchpc.data import tokenizer as tok
 from tests.helpers import SHARED_DATA, compose_config
@@ -161,13 +161,13 @@ def test_uniform_model_perplexity_is_the_vocabulary_size(tmp_path: Path) -> None
     g = torch.Generator().manual_seed(0)
     random_rows = torch.randint(0, 8192, (8, 128), generator=g)
     for vocab, x in ((64, splits.dev.long()), (8192, random_rows)):
-        model = HMM(DenseBlock(8, g), vocab, g)  # random transition and initial distribution
+        model = HMM(dense_block(8, g), vocab, g)  # random transition and initial distribution
         model.emission.data.fill_(1.0 / vocab)
         nll = -model.log_likelihood(x).double().sum()
         assert torch.exp(nll / x.numel()).item() == pytest.approx(vocab, rel=1e-4)
     # a model that knows the unigram frequencies does better than uniform on this text
     counts = torch.bincount(splits.train.long().flatten(), minlength=64).double() + 0.5
-    model = HMM(DenseBlock(1), 64)
+    model = HMM(dense_block(1), 64)
     model.emission.data.copy_((counts / counts.sum()).float()[None])
     ppl = torch.exp(-model.log_likelihood(splits.dev.long()).double().sum()
                     / splits.dev.numel()).item()

@@ -12,14 +12,16 @@ import torch
 from omegaconf import OmegaConf
 
 from monarchpc import checkpoint
-from monarchpc.circuits import DenseBlock, MonarchBlock
-from monarchpc.circuits.factory import ConfigError
+from monarchpc.circuits import dense_block, monarch_block
 from monarchpc.circuits.hmm import HMM
 from monarchpc.circuits.multiply import kron, kronecker_block, multiply_hmms, multiply_into
+from monarchpc.config_checks import check_config as validate
 from monarchpc.data import build_dataset
-from monarchpc.evaluate import evaluate, scorer
+from monarchpc.errors import ConfigError
+from monarchpc.evaluate import evaluate
 from monarchpc.factor_runs import factor_config, load_factor, run_name, train_factor
-from monarchpc.train import run, validate
+from monarchpc.learning.engines import scorer
+from monarchpc.train import run
 from tests.helpers import compose_config
 
 SIZES = {"k2": [2, 3], "k3": [2, 3, 2]}
@@ -28,7 +30,7 @@ SIZES = {"k2": [2, 3], "k3": [2, 3, 2]}
 def dense_hmm(size: int, vocab: int, seed: int) -> HMM:
     """A random dense HMM in float64 (renormalized at that precision)."""
     g = torch.Generator().manual_seed(seed)
-    hmm = HMM(DenseBlock(size, g), vocab, g, perturbation=4.0).double()
+    hmm = HMM(dense_block(size, g), vocab, g, perturbation=4.0).double()
     for p in hmm.parameters():
         p.data /= p.data.sum(-1, keepdim=True)
     return hmm
@@ -40,13 +42,14 @@ def factors_of(sizes: list[int], vocab: int = 3) -> list[HMM]:
 
 @pytest.mark.parametrize("sizes", SIZES.values(), ids=SIZES.keys())
 def test_kronecker_block_materializes_as_the_kronecker_product(sizes: list[int]) -> None:
-    mats = [f.transition.dense() for f in factors_of(sizes)]
+    mats = [f.transition.dense()[0] for f in factors_of(sizes)]
     block = kronecker_block(mats)
-    assert block.factors == sizes
-    torch.testing.assert_close(block.dense(), kron(mats), rtol=0, atol=1e-12)
+    assert list(block.spec.factors) == sizes
+    torch.testing.assert_close(block.dense()[0], kron(mats), rtol=0, atol=1e-12)
     for d in range(len(sizes)):  # layer d alone: identity on the other axes, A_d on axis d
         eye = [torch.eye(b, dtype=torch.float64) for b in sizes]
-        torch.testing.assert_close(block.layer_dense(d), kron([*eye[:d], mats[d], *eye[d + 1:]]))
+        torch.testing.assert_close(block.layer_dense(d)[0],
+                                   kron([*eye[:d], mats[d], *eye[d + 1:]]))
 
 
 @pytest.mark.parametrize("sizes", SIZES.values(), ids=SIZES.keys())
@@ -80,14 +83,14 @@ def test_renormalized_emission_is_the_product_of_factor_emissions_per_state() ->
 def test_product_into_a_dense_model_equals_the_monarch_product() -> None:
     factors = factors_of([2, 3], vocab=3)
     monarch = multiply_hmms(factors)
-    dense = multiply_into(HMM(DenseBlock(6), 3).double(), factors)
+    dense = multiply_into(HMM(dense_block(6), 3).double(), factors)
     x = torch.randint(0, 3, (16, 7), generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(dense.log_likelihood(x), monarch.log_likelihood(x))
 
 
 def test_mismatched_model_is_refused() -> None:
     with pytest.raises(ValueError, match="cannot hold the product"):
-        multiply_into(HMM(MonarchBlock([3, 3]), 3).double(), factors_of([2, 3]))
+        multiply_into(HMM(monarch_block([3, 3]), 3).double(), factors_of([2, 3]))
 
 
 # ---- init=multiply end to end ---------------------------------------------------------
@@ -144,7 +147,7 @@ def test_interrupted_factor_run_is_resumed(tmp_path: Path) -> None:
     run(OmegaConf.create({**config, "run_dir": str(run_dir), "resume": False,
                           "trainer": {**config["trainer"], "stop_after": 1}}))
     assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
-    assert train_factor(config, cache) == run_dir
+    assert train_factor(config, cache, run) == run_dir
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "finished" and info["updates"] == 4  # 2 per epoch, 2 epochs
 

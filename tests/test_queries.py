@@ -42,10 +42,10 @@ def reference_pruned(hmm, x_row, keep_fraction, between_layers):
         return out
 
     block = hmm.transition
-    if between_layers and hasattr(block, "layer_dense"):
-        mats = [block.layer_dense(d).double() for d in reversed(range(block.k))]
+    if between_layers:
+        mats = [block.layer_dense(d)[0].double() for d in reversed(range(len(block.layers)))]
     else:
-        mats = [block.dense().double()]
+        mats = [block.dense()[0].double()]
     b = hmm.emission.detach().double()
     y = b[:, x_row[-1]]
     for t in range(len(x_row) - 2, -1, -1):

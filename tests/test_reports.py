@@ -12,8 +12,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from monarchpc.circuits.monarch import MonarchBlock
-from monarchpc.circuits.sum_block import factorize
+from monarchpc.circuits.sum_blocks import factorize, monarch_block
 from monarchpc.reports import paper, plots, tables
 from monarchpc.reports.records import (
     RunRecord,
@@ -115,8 +114,8 @@ def test_paper_b2_flops_match_our_block_formulas():
         for h, flops, _ in points:
             ours = h * h if k is None else h * sum(factorize(h, k))
             assert ours == flops, (k, h)
-    for factors in ([4, 8], [2, 3, 4]):  # the formula above is MonarchBlock's count
-        assert MonarchBlock(factors).madds() == math.prod(factors) * sum(factors)
+    for factors in ([4, 8], [2, 3, 4]):  # the formula above is the core's count
+        assert monarch_block(factors).madds() == math.prod(factors) * sum(factors)
 
 
 def test_paper_table3_memory_column_matches_formula():

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from monarchpc import checkpoint
@@ -46,21 +47,28 @@ def test_demo_sized_run_lowers_dev_bpc_and_writes_records(tmp_path: Path) -> Non
     assert info["factors"] == [8, 8] and info["final"]["dev_bpc"] == final["dev_bpc"]
 
 
-def test_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+# the reference's EM (running counts, floor, no pseudocount, text8 initialization) too:
+# its running totals must travel in the checkpoint for an exact resume
+REFERENCE_EM = ["optim.update=counts", "optim.pseudocount=0", "optim.floor=1e-10",
+                "init.space_token=0"]
+
+
+@pytest.mark.parametrize("em", [[], REFERENCE_EM], ids=["probs", "reference"])
+def test_resume_equals_an_uninterrupted_run(tmp_path: Path, em: list[str]) -> None:
     full = tmp_path / "full"
-    run(compose_config(SMALL, full))
+    run(compose_config([*SMALL, *em], full))
     part = tmp_path / "part"
-    run(compose_config([*SMALL, "trainer.stop_after=5"], part))  # stops mid-epoch (4/epoch)
+    run(compose_config([*SMALL, *em, "trainer.stop_after=5"], part))  # mid-epoch (4/epoch)
     assert json.loads((part / "run.json").read_text())["status"] == "interrupted"
     assert checkpoint.load(part)["trainer"]["update"] == 5
-    run(compose_config([*SMALL, "resume=true"], part))
+    run(compose_config([*SMALL, *em, "resume=true"], part))
     a, b = checkpoint.load(full), checkpoint.load(part)
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     strip = lambda rs: [{k: v for k, v in r.items() if k != "wall_time"} for r in rs]  # noqa: E731
     assert strip(records(full)) == strip(records(part))
     # resuming a finished run changes nothing and keeps it finished
-    run(compose_config([*SMALL, "resume=true"], part))
+    run(compose_config([*SMALL, *em, "resume=true"], part))
     info = json.loads((part / "run.json").read_text())
     assert info["status"] == "finished" and info["final"]["dev_bpc"] == records(full)[-1]["dev_bpc"]
     assert strip(records(full)) == strip(records(part))

@@ -1,7 +1,12 @@
-"""Circuits: sum blocks (dense, Monarch) and the structures built from them (HMM, HCLT)."""
+"""Circuits: the sum-block core (dense or Monarch blocks) and the structures built from it
+(HMM, HCLT), circuit multiplication and queries."""
 
-from monarchpc.circuits.dense import DenseBlock
-from monarchpc.circuits.monarch import MonarchBlock
-from monarchpc.circuits.sum_block import SumBlock, factorize
+from monarchpc.circuits.sum_blocks import (
+    BlockSpec,
+    SumBlocks,
+    dense_block,
+    factorize,
+    monarch_block,
+)
 
-__all__ = ["DenseBlock", "MonarchBlock", "SumBlock", "factorize"]
+__all__ = ["BlockSpec", "SumBlocks", "dense_block", "factorize", "monarch_block"]

@@ -14,8 +14,9 @@ vectors of size h:
 
 where leaf_v (h, V_v) is the categorical leaf of variable v (row i: p(x_v | z_v = i)) and
 M_c (h, h) the sum block of the edge parent(c) -> c (row i: p(z_c | z_parent = i)). The
-sum blocks are dense or Monarch (:mod:`monarchpc.circuits.stacked`); the products of
-messages are the product nodes. Scaled linear space as in :mod:`monarchpc.circuits.hmm`:
+sum blocks are dense or Monarch, D - 1 blocks of the sum-block core
+(:mod:`monarchpc.circuits.sum_blocks`); the products of messages are the product nodes.
+Scaled linear space as in :mod:`monarchpc.circuits.hmm`:
 the log of every normalizer is accumulated, so nothing underflows. The product node u_v
 is formed in log space (log leaf + the children's log messages, added into the parents
 with one ``index_add``) and brought back to linear space after subtracting its maximum.
@@ -44,8 +45,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from monarchpc.circuits.chow_liu import chow_liu_tree
-from monarchpc.circuits.stacked import StackedBlocks, stacked_blocks
-from monarchpc.circuits.sum_block import random_stochastic
+from monarchpc.circuits.sum_blocks import BlockSpec, SumBlocks, random_stochastic
+from monarchpc.errors import ConfigError
 
 MISSING = -1
 """A value that is marginalized out (its leaf value is 1 for every state)."""
@@ -59,7 +60,9 @@ class HCLT(nn.Module):
     variable (D,) to share one leaf per channel, or None for a leaf per variable.
     """
 
-    def __init__(self, parent: np.ndarray | Tensor | list[int], blocks: StackedBlocks,
+    structure = "hclt"
+
+    def __init__(self, parent: np.ndarray | Tensor | list[int], blocks: SumBlocks,
                  vocab_sizes: list[int], channels: list[int] | None = None,
                  generator: torch.Generator | None = None, perturbation: float = 2.0) -> None:
         super().__init__()
@@ -184,7 +187,7 @@ class HCLT(nn.Module):
             log_scale = log_scale + (top + norm.log()).sum(0).squeeze(-1)
             y = u / norm  # (n_lvl, N, h), each vector sums to one
             if lvl > 0:  # sum blocks of the edges into this level
-                msg = self.blocks.apply(y, edges[lvl - 1])
+                msg = self.blocks.apply_weights(y, edges[lvl - 1])
         p = (y[0] * self.root).sum(-1).clamp_min(tiny)
         return p.log() + log_scale
 
@@ -206,7 +209,7 @@ class HCLT(nn.Module):
         out = torch.empty(n, self.num_vars, dtype=torch.long, device=self.root.device)
         for lvl, (s, e) in enumerate(self.levels):
             if lvl > 0:  # z: (n_lvl, n) states of this level, drawn from the parents' states
-                z = self.blocks.sample_next(z[self.parent_local[s:e]], s - 1, generator)
+                z = self.blocks.sample_next(z[self.parent_local[s:e]], s - 1, generator=generator)
             for g, gs, ge, row in self.level_groups[lvl]:
                 w = self.leaves[g].detach()
                 zg = z[gs - s : ge - s]  # (n_g, n)
@@ -236,16 +239,19 @@ def _depths(parent: np.ndarray) -> np.ndarray:
     return depth
 
 
-def build_hclt(cfg: Any, train_rows: Tensor, vocab_sizes: list[int],
+def build_hclt(cfg: Any, spec: BlockSpec, train_rows: Tensor, vocab_sizes: list[int],
                generator: torch.Generator | None = None) -> HCLT:
-    """An HCLT from a ``model/`` config: Chow-Liu tree from ``train_rows`` (N, D), random weights.
+    """An HCLT from a ``model/`` config: Chow-Liu tree from ``train_rows`` (N, D), random
+    weights, D - 1 sum blocks of ``spec``.
 
-    Config keys: ``block`` (dense|monarch), ``hidden_size``, ``factors``, ``monarch_layers``,
-    ``leaf_tying`` (none|channel), ``channels`` (variable v is in channel v % channels),
-    ``chow_liu_rows``, ``chow_liu_bins``, ``chow_liu_binning``, ``perturbation``. The mutual
-    information is computed on the GPU when one is visible.
+    Config keys: ``leaf_tying`` (none|channel), ``channels`` (variable v is in channel
+    v % channels), ``chow_liu_rows``, ``chow_liu_bins``, ``chow_liu_binning``,
+    ``perturbation``. The mutual information is computed on the GPU when one is visible.
     """
     n, d = train_rows.shape
+    tying = cfg.get("leaf_tying") or "none"
+    if tying not in ("none", "channel"):
+        raise ConfigError(f"unknown model.leaf_tying {tying!r}; use none|channel")
     m = min(n, int(cfg.get("chow_liu_rows") or n))
     sample = train_rows[torch.randperm(n, generator=generator)[:m].to(train_rows.device)]
     if torch.cuda.is_available():  # the mutual information is a few large products
@@ -253,13 +259,7 @@ def build_hclt(cfg: Any, train_rows: Tensor, vocab_sizes: list[int],
     parent = chow_liu_tree(sample, vocab_sizes, cfg.get("chow_liu_bins", 32),
                            cfg.get("chow_liu_binning") or "quantile")
     perturbation = float(cfg.get("perturbation", 2.0))
-    blocks = stacked_blocks(cfg["block"], d - 1, int(cfg["hidden_size"]), cfg.get("factors"),
-                            int(cfg.get("monarch_layers") or 3), generator, perturbation)
-    tying = cfg.get("leaf_tying") or "none"
-    if tying not in ("none", "channel"):
-        from monarchpc.circuits.factory import ConfigError
-
-        raise ConfigError(f"unknown model.leaf_tying {tying!r}; use none|channel")
+    blocks = SumBlocks(spec, d - 1, generator, perturbation)
     channels = None
     if tying == "channel":
         channels = [v % int(cfg.get("channels") or 3) for v in range(d)]

@@ -1,9 +1,9 @@
-"""Circuit multiplication: products of dense sum blocks and of dense HMMs (paper Section 3).
+"""Circuit multiplication: products of dense sum blocks and of HMMs (paper Section 3).
 
 The product of sum blocks with matrices A_0 (b_0 x b_0), ..., A_{k-1} is the Kronecker
 product M = A_0 (x) ... (x) A_{k-1} over the row-major multi-index (i_0, ..., i_{k-1}).
 It *is* a Monarch block over factors (b_0, ..., b_{k-1}) whose layer d holds A_d in every
-one of its blocks (monarch.py: layer d mixes axis d, M = L_0 @ ... @ L_{k-1}).
+one of its blocks (:meth:`~monarchpc.circuits.sum_blocks.SumBlocks.tie`).
 
 The product of k HMMs over one vocabulary has states z = (z_0, ..., z_{k-1}) (row-major,
 h = h_0 * ... * h_{k-1}) and parameters
@@ -24,39 +24,15 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from monarchpc.circuits.dense import DenseBlock
 from monarchpc.circuits.hmm import HMM
-from monarchpc.circuits.monarch import MonarchBlock
+from monarchpc.circuits.sum_blocks import SumBlocks, kron, monarch_block
 
 
-def kron(tensors: Sequence[Tensor]) -> Tensor:
-    """Kronecker product t_0 (x) ... (x) t_{k-1} of vectors or matrices (row-major index)."""
-    out = tensors[0]
-    for t in tensors[1:]:
-        out = torch.kron(out, t)
-    return out
-
-
-def tie_layers(block: MonarchBlock, matrices: Sequence[Tensor]) -> MonarchBlock:
-    """Set every block of layer d of ``block`` to ``matrices[d]`` (b_d, b_d), in place.
-
-    Afterwards ``block.dense() == kron(matrices)``. Returns ``block``.
-    """
-    if [m.shape[0] for m in matrices] != block.factors:
-        raise ValueError(f"matrices of sizes {[m.shape[0] for m in matrices]} do not match "
-                         f"the Monarch factors {block.factors}")
-    with torch.no_grad():
-        for d, m in enumerate(matrices):
-            layer = block.layers[d]
-            layer.copy_(m.to(layer).expand(layer.shape))
-    return block
-
-
-def kronecker_block(matrices: Sequence[Tensor]) -> MonarchBlock:
+def kronecker_block(matrices: Sequence[Tensor]) -> SumBlocks:
     """The product of dense blocks ``matrices`` (each (b_d, b_d), row-stochastic, linear
     space) as a Monarch block over factors (b_0, ..., b_{k-1}) with tied layers."""
-    block = MonarchBlock([m.shape[0] for m in matrices]).to(matrices[0].dtype)
-    return tie_layers(block, matrices)
+    block = monarch_block([int(m.shape[0]) for m in matrices]).to(matrices[0].dtype)
+    return block.tie(list(matrices))
 
 
 def product_log_emission(emissions: Sequence[Tensor], renormalize: bool = True) -> Tensor:
@@ -86,28 +62,20 @@ def product_log_emission(emissions: Sequence[Tensor], renormalize: bool = True) 
 
 @torch.no_grad()
 def multiply_into(model: HMM, factors: Sequence[HMM], renormalize: bool = True) -> HMM:
-    """Write the product of the dense HMMs ``factors`` into ``model``, in place.
+    """Write the product of the HMMs ``factors`` into ``model``, in place.
 
-    ``model`` has hidden size h_0 * ... * h_{k-1} and the factors' vocabulary. Its
-    transition is a Monarch block over factors (h_0, ..., h_{k-1}) (layer d gets A_d in
-    every block) or a dense block (it gets the materialized Kronecker product). Initial
+    ``model`` has hidden size h_0 * ... * h_{k-1} and the factors' vocabulary; its
+    transition becomes kron(A_0, ..., A_{k-1}) (a Monarch block over the factor sizes gets
+    A_d in every block of layer d; a dense block the materialized product). Initial
     distribution: kron(g_0, ..., g_{k-1}). Emission: see :func:`product_log_emission`;
     without ``renormalize`` the model is the exact, unnormalized product (for tests).
     """
     sizes = [f.hidden_size for f in factors]
-    if any(not isinstance(f.transition, DenseBlock) for f in factors):
-        raise ValueError("circuit multiplication here takes dense factor HMMs")
     if model.hidden_size != math.prod(sizes) or model.vocab_size != factors[0].vocab_size:
         raise ValueError(f"a model of hidden size {model.hidden_size} and vocabulary "
                          f"{model.vocab_size} cannot hold the product of HMMs of sizes {sizes} "
                          f"and vocabulary {factors[0].vocab_size}")
-    matrices = [f.transition.weight.detach() for f in factors]
-    if isinstance(model.transition, MonarchBlock):
-        tie_layers(model.transition, matrices)
-    elif isinstance(model.transition, DenseBlock):
-        model.transition.weight.copy_(kron([m.double() for m in matrices]))
-    else:
-        raise ValueError(f"cannot multiply into a {type(model.transition).__name__}")
+    model.transition.tie([f.transition.dense()[0] for f in factors])
     initial = kron([f.initial.detach().double() for f in factors])
     model.initial.copy_(initial / initial.sum())  # exact up to rounding; keep it normalized
     log_b = product_log_emission([f.emission for f in factors], renormalize)
@@ -116,11 +84,10 @@ def multiply_into(model: HMM, factors: Sequence[HMM], renormalize: bool = True) 
 
 
 def multiply_hmms(factors: Sequence[HMM], renormalize: bool = True) -> HMM:
-    """A new Monarch-k HMM (k = len(factors)) holding the product of dense ``factors``.
+    """A new Monarch-k HMM (k = len(factors)) holding the product of ``factors``.
 
     Its parameters take the factors' dtype; see :func:`multiply_into`.
     """
     dtype = factors[0].emission.dtype
-    block = MonarchBlock([f.hidden_size for f in factors])
-    model = HMM(block, factors[0].vocab_size).to(dtype)
+    model = HMM(monarch_block([f.hidden_size for f in factors]), factors[0].vocab_size).to(dtype)
     return multiply_into(model, factors, renormalize)

@@ -1,8 +1,8 @@
 """Queries on trained circuits: pruned forward passes (Figure 6) and sampling time (Tables 1, 4).
 
-``pruned_log_likelihood`` follows :meth:`monarchpc.circuits.hmm.HMM.log_likelihood`
-(right to left, scaled linear space) but keeps only the largest entries of every hidden
-vector that enters a sum block. All hidden values are non-negative and the likelihood is
+``pruned_log_likelihood`` is :meth:`monarchpc.circuits.hmm.HMM.log_likelihood` (right to
+left, scaled linear space) keeping only the largest entries of every hidden vector that
+enters a sum block. All hidden values are non-negative and the likelihood is
 a sum of products of them with non-negative weights, so zeroing entries can only lower
 it: the pruned log-likelihood is <= the unpruned one, with equality when nothing is
 pruned (``keep_fraction = 1``).
@@ -17,8 +17,7 @@ import time
 import torch
 from torch import Tensor
 
-from monarchpc.circuits.hmm import HMM, MISSING
-from monarchpc.circuits.monarch import MonarchBlock
+from monarchpc.circuits.hmm import HMM
 
 
 def keep_top(y: Tensor, keep_fraction: float) -> Tensor:
@@ -30,21 +29,6 @@ def keep_top(y: Tensor, keep_fraction: float) -> Tensor:
         return y
     idx = y.topk(n_keep, dim=-1).indices
     return torch.zeros_like(y).scatter_(-1, idx, y.gather(-1, idx))
-
-
-def _pruned_transition(hmm: HMM, y: Tensor, keep_fraction: float,
-                       between_layers: bool) -> Tensor:
-    """A @ keep_top(y): prune the vector fed into the transition block, and, with
-    ``between_layers`` and a Monarch block, also the vector fed into every further layer."""
-    y = keep_top(y, keep_fraction)
-    block = hmm.transition
-    if not (between_layers and isinstance(block, MonarchBlock)):
-        return block(y)
-    for n, d in enumerate(reversed(range(block.k))):  # layer k-1 is applied first
-        if n > 0:
-            y = keep_top(y, keep_fraction)
-        y = block.apply_layer(d, y)
-    return y
 
 
 @torch.no_grad()
@@ -63,21 +47,10 @@ def pruned_log_likelihood(hmm: HMM, x: Tensor, keep_fraction: float,
     each row (at least one); top-k is scale-invariant, so this equals pruning the
     unnormalized values.
     """
-    if x.dim() != 2:
-        raise ValueError(f"expected token rows (N, T), got shape {tuple(x.shape)}")
     if not 0.0 <= keep_fraction <= 1.0:
         raise ValueError(f"keep_fraction must lie in [0, 1], got {keep_fraction}")
-    table = hmm.emission_table()
-    x = torch.where(x == MISSING, hmm.vocab_size, x)
-    tiny = torch.finfo(table.dtype).tiny
-    y = table[x[:, -1]]
-    log_scale = torch.zeros(x.shape[0], dtype=y.dtype, device=y.device)
-    for t in range(x.shape[1] - 2, -1, -1):
-        s = y.sum(-1, keepdim=True).clamp_min(tiny)
-        log_scale = log_scale + s.squeeze(-1).log()
-        y = table[x[:, t]] * _pruned_transition(hmm, y / s, keep_fraction, between_layers)
-    p = (keep_top(y, keep_fraction) * hmm.initial).sum(-1).clamp_min(tiny)
-    return p.log() + log_scale
+    return hmm.log_likelihood(x, prune=lambda y: keep_top(y, keep_fraction),
+                              prune_layers=between_layers)
 
 
 def _sync(device: torch.device) -> None:

@@ -17,6 +17,8 @@ from typing import Any
 
 from torch import Tensor
 
+from monarchpc.errors import DataError  # re-exported: the loaders raise it
+
 LOADERS: dict[str, str] = {
     "text8": "monarchpc.data.text8:load",
     "chars": "monarchpc.data.chars:load",
@@ -32,10 +34,6 @@ LOADERS: dict[str, str] = {
 
 EVAL_KEYS = ("name", "long_rows")
 """Dataset config keys read by the training loop, not passed to the loader."""
-
-
-class DataError(RuntimeError):
-    """Missing, corrupt or mismatched data; the message names the fix."""
 
 
 @dataclass

@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from monarchpc.circuits.factory import build_sum_block
 from monarchpc.circuits.hmm import HMM
+from monarchpc.circuits.sum_blocks import BlockSpec, SumBlocks
 from monarchpc.data import Splits
 
 
@@ -15,7 +15,8 @@ def true_model(hidden_size: int, vocab_size: int, seed: int, block: str = "dense
                perturbation: float = 8.0) -> HMM:
     """The generating HMM: random, with peaked distributions so that it is learnable."""
     g = torch.Generator().manual_seed(seed)
-    transition = build_sum_block(block, hidden_size, generator=g, perturbation=perturbation)
+    spec = BlockSpec.from_config({"block": block, "hidden_size": hidden_size})
+    transition = SumBlocks(spec, 1, generator=g, perturbation=perturbation)
     return HMM(transition, vocab_size, generator=g, perturbation=perturbation)
 
 

@@ -37,9 +37,18 @@ def layer_product(w: Tensor, x: Tensor, out: Tensor | None = None,
     Returns ``out`` (written in place) or a new tensor of x's dtype.
     """
     e, pre, post, b, _ = w.shape
-    w3 = (w.transpose(-1, -2) if transpose else w).reshape(e * pre * post, b, b)
-    result = torch.bmm(w3.to(x.dtype), _blocks(x))
-    result = result.view(e, pre, post, b, x.shape[-1]).permute(0, 1, 3, 2, 4)
+    n = x.shape[-1]
+    w3 = (w.transpose(-1, -2) if transpose else w).reshape(e * pre * post, b, b).to(x.dtype)
+    x3 = _blocks(x)
+    if out is not None:
+        try:  # straight into out's storage when its strides flatten (k = 2: always)
+            target = out.permute(0, 1, 3, 2, 4).view(e * pre * post, b, n)
+        except RuntimeError:
+            target = None
+        if target is not None:
+            torch.bmm(w3, x3, out=target)
+            return out
+    result = torch.bmm(w3, x3).view(e, pre, post, b, n).permute(0, 1, 3, 2, 4)
     if out is None:
         return result
     out.copy_(result)
@@ -49,10 +58,24 @@ def layer_product(w: Tensor, x: Tensor, out: Tensor | None = None,
 def grad_product(grad: Tensor, a: Tensor, x: Tensor) -> Tensor:
     """grad (E, pre, post, b, b) fp32 += a @ x^T per block, summed over K columns.
 
-    a, x: (E, pre, b, post, K) in the compute dtype. Returns ``grad``.
+    a, x: (E, pre, b, post, K) in the compute dtype; 16-bit products accumulate in fp32.
+    Returns ``grad``.
     """
     e, pre, post, b, _ = grad.shape
-    g3 = grad.view(e * pre * post, b, b)
-    prod = torch.bmm(_blocks(a), _blocks(x).transpose(1, 2))
-    g3.add_(prod.to(grad.dtype))
+    add_products(grad.view(e * pre * post, b, b), _blocks(a), _blocks(x).transpose(1, 2))
     return grad
+
+
+def add_products(acc: Tensor, a: Tensor, b: Tensor) -> None:
+    """acc (B, m, n) fp32 += a (B, m, K) @ b (B, K, n), accumulating in fp32."""
+    if a.dtype == acc.dtype:
+        acc.baddbmm_(a, b)
+        return
+    if acc.is_cuda:  # 16-bit operands, fp32 output straight from cuBLAS
+        try:
+            torch.baddbmm(acc, a, b, out_dtype=acc.dtype, out=acc)
+            return
+        except (RuntimeError, TypeError):  # a torch without out_dtype: chunks of 64 blocks
+            pass
+    for i in range(0, acc.shape[0], 64):
+        acc[i:i + 64].add_(torch.bmm(a[i:i + 64], b[i:i + 64]).to(acc.dtype))

@@ -1,20 +1,29 @@
 """Stochastic mini-batch EM for circuits whose parameters are stochastic tensors.
 
 The flow of a sum edge (its expected count under the posterior) is theta * dlogL/dtheta,
-the gradient of the batch log-likelihood with respect to the log-parameter. Autograd
-computes dlogL/dtheta into ``param.grad``; gradients of several micro-batches add up, so
-flows accumulate for free until :func:`em_step` consumes them:
+the gradient of the batch log-likelihood with respect to the log-parameter. Autograd (or a
+fused E-step) computes dlogL/dtheta into ``param.grad``; gradients of several micro-batches
+add up, so flows F accumulate for free until an EM update consumes them. Two update rules
+(``optim.update``), with K the number of children of a sum node (the last dimension):
 
-    theta <- normalize((1 - eta) * theta + eta * normalize(flows + pseudocount / K))
+* ``probs`` averages probabilities:
+      theta <- normalize((1 - eta) * theta + eta * normalize(F + pseudocount / K))
+* ``counts`` averages expected counts, as the paper's reference code does: a running count
+      S <- (1 - eta) * S + eta * (F + pseudocount / K),   theta = normalize(S),
+  with S = 0 before the first update (so the first update takes normalize(F) whatever the
+  step size). S is kept as theta times one total per sum node (``EM.totals``).
 
-where K is the number of children of the sum node (the last dimension), so
-``pseudocount`` is the total pseudo-count given to each sum node (or leaf distribution).
+Then probabilities below ``floor`` are raised to it and rows renormalized (the reference
+floors at 1e-10 with no pseudocount, so no row ever holds an exact zero). Sum nodes that
+received no flow and no pseudocount keep their parameters under both rules.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
+UPDATES = ("probs", "counts")
 
 
 def accumulate_flows(model: nn.Module, x: Tensor) -> Tensor:
@@ -31,21 +40,71 @@ def flows(param: Tensor) -> Tensor:
     return param.detach() * param.grad
 
 
-@torch.no_grad()
-def em_step(model: nn.Module, eta: float, pseudocount: float) -> None:
-    """One EM update of every parameter of ``model`` from its accumulated flows; clears them.
+class EM:
+    """The EM update of ``optim``: rule, pseudocount and floor; holds the counts rule's state.
 
-    Sum nodes (rows) that received no flow and no pseudocount keep their parameters.
+    ``step`` consumes the flows accumulated in ``param.grad`` of every parameter and clears
+    them. ``state_dict`` / ``load_state_dict`` carry the running totals for exact resume.
     """
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"EM step size must lie in [0, 1], got {eta}")
-    for param in model.parameters():
-        # in place, in the gradient's storage: no temporaries the size of the parameter
-        f = param.grad.mul_(param) if param.grad is not None else torch.zeros_like(param)
-        f.add_(pseudocount / param.shape[-1])
-        total = f.sum(-1, keepdim=True)
-        f.div_(total.clamp_min(torch.finfo(f.dtype).tiny))
-        f.addcmul_((total <= 0).to(f.dtype), param)  # rows without flow: target = param
-        f.mul_(eta).add_(param, alpha=1.0 - eta)
-        param.copy_(f.div_(f.sum(-1, keepdim=True)))
-        param.grad = None
+
+    def __init__(self, update: str = "probs", pseudocount: float = 0.1,
+                 floor: float = 0.0) -> None:
+        if update not in UPDATES:
+            raise ValueError(f"unknown EM update {update!r}; choose one of {UPDATES}")
+        if pseudocount < 0 or not 0.0 <= floor < 1.0:
+            raise ValueError(f"EM needs pseudocount >= 0 and 0 <= floor < 1, got "
+                             f"{pseudocount}, {floor}")
+        self.update, self.pseudocount, self.floor = update, pseudocount, floor
+        self.totals: dict[str, Tensor] = {}  # counts rule: total count per sum node
+
+    @torch.no_grad()
+    def step(self, model: nn.Module, eta: float) -> None:
+        """One EM update of every parameter of ``model`` with step size ``eta``."""
+        if not 0.0 <= eta <= 1.0:
+            raise ValueError(f"EM step size must lie in [0, 1], got {eta}")
+        for name, param in model.named_parameters():
+            # in place, in the gradient's storage: no temporaries the size of the parameter
+            f = param.grad.mul_(param) if param.grad is not None else torch.zeros_like(param)
+            f.add_(self.pseudocount / param.shape[-1])
+            if self.update == "counts":
+                self._counts(name, param, f, eta)
+            else:
+                _probs(param, f, eta)
+            if self.floor > 0:
+                param.clamp_(min=self.floor)
+                param.div_(param.sum(-1, keepdim=True))
+            param.grad = None
+
+    def _counts(self, name: str, param: Tensor, f: Tensor, eta: float) -> None:
+        """S = (1 - eta) * theta * total + eta * f; theta = S / sum(S); total = sum(S)."""
+        total = self.totals.get(name)
+        if total is None:
+            total = self.totals[name] = param.new_zeros((*param.shape[:-1], 1))
+        f.mul_(eta).addcmul_(param, total, value=1.0 - eta)
+        new_total = f.sum(-1, keepdim=True)
+        moved = new_total > 0  # rows without flow or history (all zero) keep their parameters
+        f.div_(new_total.clamp_min(torch.finfo(f.dtype).tiny))
+        param.copy_(f.addcmul_((~moved).to(f.dtype), param))
+        total.copy_(torch.where(moved, new_total, total))
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The counts rule's totals by parameter name (empty for the probs rule)."""
+        return {name: t.detach().cpu() for name, t in self.totals.items()}
+
+    def load_state_dict(self, state: dict[str, Tensor], device: torch.device | str = "cpu"
+                        ) -> None:
+        self.totals = {name: t.to(device) for name, t in state.items()}
+
+
+def _probs(param: Tensor, f: Tensor, eta: float) -> None:
+    """theta <- normalize((1 - eta) theta + eta normalize(f)), f in place."""
+    total = f.sum(-1, keepdim=True)
+    f.div_(total.clamp_min(torch.finfo(f.dtype).tiny))
+    f.addcmul_((total <= 0).to(f.dtype), param)  # rows without flow: target = param
+    f.mul_(eta).add_(param, alpha=1.0 - eta)
+    param.copy_(f.div_(f.sum(-1, keepdim=True)))
+
+
+def em_step(model: nn.Module, eta: float, pseudocount: float, floor: float = 0.0) -> None:
+    """One EM update with the probs rule (see :class:`EM`); clears the flows."""
+    EM("probs", pseudocount, floor).step(model, eta)

@@ -20,132 +20,44 @@ The first pass keeps every c-th y_t; the second recomputes a segment's X_d(t) fr
 except for the leading segments that fit in ``keep_gb``, whose X_d(t) the first pass
 wrote into their buffers already. Products write straight into their slots of a segment
 buffer (b_0, ..., b_{k-1}, c, N), and the element-wise work of a step is one kernel
-(:mod:`monarchpc.learning.kernels`: Triton on a GPU, PyTorch otherwise).
+(:mod:`monarchpc.kernels.hmm`: Triton on a GPU, PyTorch otherwise).
 
 Hidden states are kept hidden-major, (b_0, ..., b_{k-1}, N), so every Monarch layer is one
-batched matrix product over strided views (the permutations between layers cost nothing
-for k = 2). Matrix operands may be bf16 or fp16 (fp32 accumulation) or TF32; scales,
-sums and accumulated gradients stay fp32.
+batched matrix product over strided views (circuits/sum_blocks.py ``HiddenMajor``: the
+permutations between layers cost nothing for k = 2). Matrix operands may be bf16 or fp16
+(fp32 accumulation) or TF32; scales, sums and accumulated gradients stay fp32.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from monarchpc.circuits.dense import DenseBlock
 from monarchpc.circuits.hmm import HMM
-from monarchpc.circuits.monarch import MonarchBlock
-from monarchpc.learning.kernels import element_ops
+from monarchpc.circuits.sum_blocks import HiddenMajor
+from monarchpc.kernels.hmm import element_ops
 
 GRAPH_MAX_HIDDEN = 2**18  # CUDA graphs by default up to this hidden size (launch-bound sizes)
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16,
           "fp16": torch.float16}
 
 
-def layer_params(hmm: HMM) -> list[Tensor]:
-    """The transition's parameters, one per layer (M = L_0 ... L_{k-1}; dense: one layer)."""
-    block = hmm.transition
-    if isinstance(block, DenseBlock):
-        return [block.weight]
-    if isinstance(block, MonarchBlock):
-        return list(block.layers)
-    raise TypeError(f"no fused E-step for {type(block).__name__}")
-
-
-def as_layer(param: Tensor) -> Tensor:
-    """A layer's weights as (pre, post, b, b): a dense (h, h) matrix is (1, 1, h, h)."""
-    return param.detach().view(1, 1, *param.shape) if param.dim() == 2 else param.detach()
-
-
-def add_products(acc: Tensor, a: Tensor, b: Tensor) -> None:
-    """acc (B, m, n) fp32 += a (B, m, K) @ b (B, K, n), accumulating in fp32."""
-    if a.dtype == acc.dtype:
-        acc.baddbmm_(a, b)
-        return
-    if acc.is_cuda:  # 16-bit operands, fp32 output straight from cuBLAS
-        try:
-            torch.baddbmm(acc, a, b, out_dtype=acc.dtype, out=acc)
-            return
-        except (RuntimeError, TypeError):  # a torch without out_dtype: chunks of 64 blocks
-            pass
-    for i in range(0, acc.shape[0], 64):
-        acc[i:i + 64].add_(torch.bmm(a[i:i + 64], b[i:i + 64]).to(acc.dtype))
-
-
-class Layers:
-    """The transition's layers in the compute dtype, applied to hidden-major states.
-
-    A state is a tensor (b_0, ..., b_{k-1}, N) with any strides (N: columns, e.g. the batch).
-    """
-
-    def __init__(self, weights: list[Tensor], dtype: torch.dtype) -> None:
-        self.w = [as_layer(w).to(dtype) for w in weights]
-        self.factors = [int(w.shape[2]) for w in self.w]
-        self.k = len(self.w)
-        self.h = math.prod(self.factors)
-
-    def split(self, state: Tensor, d: int) -> Tensor:
-        """``state`` as (pre_d, post_d, b_d, N) (a view whenever the strides allow)."""
-        pre, post = self.w[d].shape[0], self.w[d].shape[1]
-        return state.reshape(pre, self.factors[d], post, state.shape[-1]).transpose(1, 2)
-
-    def unview(self, out: Tensor, d: int) -> Tensor:
-        """A product's output (pre_d, post_d, b_d, N) as a state (b_0, ..., b_{k-1}, N)."""
-        b = self.factors
-        out = out.view(*b[:d], *b[d + 1:], b[d], out.shape[-1])
-        order = [*range(d), self.k - 1, *range(d, self.k - 1), self.k]
-        return out.permute(order)
-
-    def apply(self, d: int, state: Tensor, transpose: bool = False,
-              out: Tensor | None = None) -> Tensor:
-        """L_d @ state (or L_d^T @ state) for every column: one batched product.
-
-        With ``out`` (a state, e.g. a slot of a segment buffer) the product is written there,
-        directly where its strides allow, and ``out`` is returned.
-        """
-        w = self.w[d].transpose(-1, -2) if transpose else self.w[d]
-        w3 = w.reshape(-1, *w.shape[2:])
-        x3 = self.split(state, d).reshape(w3.shape[0], self.factors[d], state.shape[-1])
-        if out is None:
-            return self.unview(torch.bmm(w3, x3), d)
-        b, n = self.factors[d], out.shape[-1]
-        try:  # out as (pre, post, b, N), flattened to (pre * post, b, N) without a copy
-            target = out.view(self.w[d].shape[0], b, -1, n).transpose(1, 2).view(-1, b, n)
-        except RuntimeError:  # the slot's strides do not flatten (middle layers of k >= 3)
-            out.copy_(self.unview(torch.bmm(w3, x3), d))
-            return out
-        torch.bmm(w3, x3, out=target)
-        return out
-
-    def accumulate_grad(self, d: int, grad: Tensor, a: Tensor, x: Tensor) -> None:
-        """grad (pre, post, b, b) fp32 += sum over columns of a x^T per block.
-
-        a, x: (b_0, ..., b_{k-1}, K) in the compute dtype (K = columns of a whole segment).
-        """
-        pre, post, b, _ = grad.shape
-        a3 = self.split(a, d).reshape(pre * post, b, a.shape[-1])
-        x3 = self.split(x, d).reshape(pre * post, b, x.shape[-1])
-        add_products(grad.view(pre * post, b, b), a3, x3.transpose(1, 2))
-
-
 @torch.no_grad()
-def hmm_estep(hmm: HMM, x: Tensor, checkpoint_every: int = 16, precision: str = "fp32",
+def hmm_estep(hmm: HMM, x: Tensor, segment: int = 16, precision: str = "fp32",
               grad: bool = True, kernels: str = "auto", keep_gb: float = 0.0) -> Tensor:
     """Log-likelihood (N,) of rows ``x`` (N, T); adds dlogp/dtheta to every ``param.grad``.
 
     With ``grad=False`` only the first pass runs (evaluation).
 
-    ``checkpoint_every`` (c >= 1): the first pass keeps every c-th hidden vector and the
+    ``segment`` (c >= 1): the first pass keeps every c-th hidden vector and the
     second recomputes c steps at a time. ``keep_gb``: memory for segments whose layer
     inputs the first pass keeps (no recomputation); each takes (k c + 1) states of N
     columns. ``precision``: fp32, tf32, bf16 or fp16 operands for the matrix products.
     ``kernels``: the element-wise steps in ``triton``, ``torch`` or ``auto`` (Triton on a GPU).
     """
-    log_likelihood, grads = estep_values(hmm, x, checkpoint_every, precision, grad, kernels,
+    log_likelihood, grads = estep_values(hmm, x, segment, precision, grad, kernels,
                                          keep_gb, into_grad=True)
     for param, g in grads:
         if param.grad is None or g.data_ptr() != param.grad.data_ptr():
@@ -153,7 +65,7 @@ def hmm_estep(hmm: HMM, x: Tensor, checkpoint_every: int = 16, precision: str = 
     return log_likelihood
 
 
-def fused_estep(hmm: HMM, device: torch.device, checkpoint_every: int = 16,
+def fused_estep(hmm: HMM, device: torch.device, segment: int = 16,
                 precision: str = "fp32", keep_gb: float = 0.0, graphs: str | bool = "auto"
                 ) -> Callable[[Tensor], Tensor]:
     """The training E-step x (N, T) -> log p (N,): :func:`hmm_estep` with these settings,
@@ -161,7 +73,7 @@ def fused_estep(hmm: HMM, device: torch.device, checkpoint_every: int = 16,
     on a GPU (small models, where launching the kernels takes longer than running them)."""
     if graphs not in ("auto", True, False):
         raise ValueError(f"graphs must be auto, true or false, got {graphs!r}")
-    settings = {"checkpoint_every": checkpoint_every, "precision": precision,
+    settings = {"segment": segment, "precision": precision,
                 "keep_gb": keep_gb}
     if graphs == "auto":
         graphs = device.type == "cuda" and hmm.hidden_size <= GRAPH_MAX_HIDDEN
@@ -212,7 +124,7 @@ class GraphedEStep:
         return static_x, graph, outputs
 
 
-def estep_values(hmm: HMM, x: Tensor, checkpoint_every: int = 16, precision: str = "fp32",
+def estep_values(hmm: HMM, x: Tensor, segment: int = 16, precision: str = "fp32",
                  grad: bool = True, kernels: str = "auto", keep_gb: float = 0.0,
                  into_grad: bool = False) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
     """:func:`hmm_estep`'s values: (log p (N,), [(param, dlogp/dparam)]) without touching
@@ -223,13 +135,14 @@ def estep_values(hmm: HMM, x: Tensor, checkpoint_every: int = 16, precision: str
     dtype = DTYPES[precision]
     n, length = x.shape
     dev = x.device
-    layers = Layers(layer_params(hmm), dtype)
-    k, h, factors = layers.k, layers.h, layers.factors
+    layers = HiddenMajor(hmm.transition, dtype)
+    factors = layers.factors
+    k, h = len(factors), hmm.hidden_size
     table = hmm.emission.detach().float().contiguous()  # (h, V)
     initial = hmm.initial.detach().float()
     ops = element_ops(kernels, dev, table.shape[1])
     xt = x.t().contiguous()  # (T, N)
-    c = max(1, min(int(checkpoint_every), length))
+    c = max(1, min(int(segment), length))
 
     def new_state() -> Tensor:
         return torch.empty(*factors, n, dtype=dtype, device=dev)
@@ -287,9 +200,9 @@ def estep_values(hmm: HMM, x: Tensor, checkpoint_every: int = 16, precision: str
         return log_likelihood, []
 
     # Pass 2: left to right, segment by segment, carrying w (w_{-1} . y_0 = 1).
-    grads = [param.grad.view(w.shape) if into_grad and accumulable(param) else
-             torch.zeros(w.shape, dtype=torch.float32, device=dev)
-             for param, w in zip(layer_params(hmm), layers.w, strict=True)]
+    grads = [param.grad if into_grad and accumulable(param) else
+             torch.zeros(param.shape, dtype=torch.float32, device=dev)
+             for param in layers.params]
     emission_flows = torch.zeros_like(table)
     w = (initial[:, None] / g_dot[None, :]).view(*factors, n)
     initial_flows = (w.reshape(h, n) * y_first).sum(1)
@@ -319,7 +232,7 @@ def estep_values(hmm: HMM, x: Tensor, checkpoint_every: int = 16, precision: str
 
     # Gradients: transition layers directly; emission and initial from their flows.
     tiny = torch.finfo(torch.float32).tiny
-    out = [(param, g.view(param.shape)) for param, g in zip(layer_params(hmm), grads, strict=True)]
+    out = list(zip(layers.params, grads, strict=True))
     out.append((hmm.emission, emission_flows / hmm.emission.detach().clamp_min(tiny)))
     out.append((hmm.initial, initial_flows / hmm.initial.detach().clamp_min(tiny)))
     return log_likelihood, out

@@ -76,7 +76,7 @@ TABLE5: list[tuple[str, dict[tuple[int, str], float | None], str | None]] = [
 # Table B.2: text8 FLOPs per token -> test BPC for each model kind (key: k, None = dense).
 # The "Hidden Size" column was lost in extraction; each size below is the unique power
 # of two whose FLOPs (h^2 dense, h * (b_1 + ... + b_k) with the most even factors) give
-# the printed number (tests/test_reports.py checks this against MonarchBlock.madds).
+# the printed number (tests/test_reports.py checks this against the sum-block core).
 TABLE_B2: dict[int | None, list[tuple[int, int, float]]] = {
     # k: [(hidden_size, flops, bpc), ...]
     2: [(2**12, 524288, 2.041), (2**13, 1572864, 1.926), (2**14, 4194304, 1.824),

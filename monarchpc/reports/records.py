@@ -29,7 +29,8 @@ from typing import Any
 
 import yaml
 
-from monarchpc.circuits.factory import ConfigError, resolve_factors
+from monarchpc.circuits.sum_blocks import BlockSpec
+from monarchpc.errors import ConfigError
 
 METRICS = ("bpc", "bpd", "ppl")
 CONFIG_FILES = (".hydra/config.yaml", "config.yaml", "config.json")  # first found is read
@@ -190,20 +191,19 @@ def _record(info: dict[str, Any], config: dict[str, Any], history: list[dict[str
 
     block = pick("block", "dense")
     hidden = int(pick("hidden_size"))
-    factors = pick("factors")
-    if block == "monarch" and factors is None:
+    spec = info.get("block_spec")  # recorded by the run (older runs: resolved here)
+    if spec is None:
         try:
-            factors = resolve_factors(block, hidden, pick("k"), None)
-        except ConfigError:
-            factors = None
-    factors = [int(b) for b in factors] if factors else None
-    k = pick("k")
-    if k is None and factors:
-        k = len(factors)
-    k = None if block == "dense" or k is None else int(k)
+            spec = BlockSpec.from_config({**model, "block": block, "hidden_size": hidden,
+                                          "k": pick("k"), "factors": pick("factors")}
+                                         ).describe()
+        except (ConfigError, TypeError, ValueError):
+            spec = None
+    factors = list(spec["factors"]) if spec and block == "monarch" else None
+    k = None if factors is None else len(factors)
     madds = info.get("madds_per_token")
-    if madds is None and pick("structure", "hmm") == "hmm":
-        madds = hidden**2 if block == "dense" else (hidden * sum(factors) if factors else None)
+    if madds is None and spec is not None and pick("structure", "hmm") == "hmm":
+        madds = spec["madds_per_block"]
     dataset = info.get("dataset") or _get(config, "dataset.name") or "unknown"
     metric = info.get("metric") or _metric_from_keys(info.get("final") or {}, history) or "bpc"
     final = info.get("final")
