@@ -33,7 +33,7 @@ from bench import device_name, peak_gb, reset_memory, timed
 
 from monarchpc.circuits.chow_liu import chow_liu_tree
 from monarchpc.circuits.hclt import HCLT, MISSING
-from monarchpc.circuits.stacked import stacked_blocks
+from monarchpc.circuits.sum_blocks import BlockSpec, SumBlocks
 from monarchpc.learning.em import accumulate_flows, flows
 from monarchpc.learning.forward_backward import DTYPES
 from monarchpc.learning.hclt_estep import CapturedEStep, fused_hclt_estep, hclt_estep
@@ -63,7 +63,9 @@ def build(parent: np.ndarray, block: str, h: int, device: torch.device,
     """An HCLT with random weights made on ``device``, per-variable leaves."""
     torch.manual_seed(0)
     with device:
-        blocks = stacked_blocks(block, len(parent) - 1, h, None, layers, perturbation=8.0)
+        spec = BlockSpec.from_config({"structure": "hclt", "block": block, "hidden_size": h,
+                                      "monarch_layers": layers})
+        blocks = SumBlocks(spec, len(parent) - 1, perturbation=8.0)
         return HCLT(parent, blocks, [VOCAB] * len(parent), None, perturbation=8.0).to(device)
 
 
@@ -278,7 +280,8 @@ def main() -> None:
     data = patches(1024 if args.tiny else 8192, seed=0)
     parent = chow_liu_tree(data.to(device), [VOCAB] * data.shape[1],
                            num_bins=8 if args.tiny else 32)
-    depth = len(HCLT(parent, stacked_blocks("dense", len(parent) - 1, 2), [2] * len(parent)).levels)
+    depth = len(HCLT(parent, SumBlocks(BlockSpec.dense(2), len(parent) - 1),
+                     [2] * len(parent)).levels)
     emit({"tree": "chow-liu of synthetic patches", "num_vars": len(parent), "levels": depth,
           "max_children": int(np.bincount(parent[parent >= 0]).max())}, keep=False)
     for block, h in [("dense", 8 if args.tiny else 64), ("monarch", 16 if args.tiny else 64)]:
@@ -313,8 +316,8 @@ def main() -> None:
         if model is not None:
             info["madds_per_sample"] = (len(parent) - 1) * model.blocks.madds() + h
             if block == "monarch":
-                info |= {"factors": model.blocks.factors,
-                         "monarch_layers": len(model.blocks.axes)}
+                info |= {"factors": list(model.blocks.spec.factors),
+                         "monarch_layers": len(model.blocks.spec.axes)}
         for batch, x in inputs.items():
             variants = [("fused-nograph" if args.no_graphs else "fused", p) for p in precisions]
             if device.type == "cuda" and not args.no_graphs and batch == batches[0]:

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from monarchpc.circuits.hclt import HCLT, MISSING
-from monarchpc.circuits.stacked import stacked_blocks
+from monarchpc.circuits.sum_blocks import BlockSpec, SumBlocks
 from monarchpc.kernels.hclt import level_ops
+from monarchpc.kernels.hmm import triton_usable
 from monarchpc.learning.em import accumulate_flows, em_step, flows
 from monarchpc.learning.hclt_estep import (
     CapturedEStep,
@@ -25,12 +26,12 @@ from monarchpc.learning.hclt_estep import (
     parameters,
     tree_layout,
 )
-from monarchpc.learning.kernels import triton_usable
 from monarchpc.paths import REPO_ROOT
 
-# block kind, factors, layers: dense, and Monarch-HCLT blocks of 2, 3 and 4 layers
-BLOCKS = {"dense": ("dense", None, 1), "monarch2": ("monarch", [2, 3], 2),
-          "monarch3": ("monarch", [3, 2], 3), "monarch4": ("monarch", [2, 3], 4)}
+# dense blocks, and Monarch-HCLT blocks of 2, 3 and 4 layers alternating between two axes
+BLOCKS = {"dense": BlockSpec.dense(6), "monarch2": BlockSpec.monarch([2, 3], [0, 1]),
+          "monarch3": BlockSpec.monarch([3, 2], [0, 1, 0]),
+          "monarch4": BlockSpec.monarch([2, 3], [0, 1, 0, 1])}
 KERNELS = ["torch", pytest.param("triton", marks=pytest.mark.skipif(
     not triton_usable(torch.device("cpu")), reason="triton not installed"))]
 VOCAB = [3, 5, 4, 5, 3, 4, 5, 3, 4, 5]  # per-variable vocabularies
@@ -49,14 +50,12 @@ def random_tree(d: int, seed: int) -> np.ndarray:
 def twins(kind: str, tied: bool, parent: np.ndarray | None = None,
           vocab: list[int] = VOCAB) -> tuple[HCLT, HCLT]:
     """(float64 reference, float32 copy) of one random HCLT with h = 6."""
-    block, factors, layers = BLOCKS[kind]
+    spec, edges = BLOCKS[kind], len(vocab) - 1
     parent = random_tree(len(vocab), 0) if parent is None else parent
     g = torch.Generator().manual_seed(0)
-    blocks = stacked_blocks(block, len(vocab) - 1, 6, factors, layers, g, perturbation=4.0)
     channels = [v % 3 for v in range(len(vocab))] if tied else None
-    fast = HCLT(parent, blocks, vocab, channels, g, perturbation=4.0)
-    ref = HCLT(parent, stacked_blocks(block, len(vocab) - 1, 6, factors, layers), vocab,
-               channels).double()
+    fast = HCLT(parent, SumBlocks(spec, edges, g, 4.0), vocab, channels, g, perturbation=4.0)
+    ref = HCLT(parent, SumBlocks(spec, edges), vocab, channels).double()
     ref.load_state_dict(fast.state_dict())
     return ref, fast
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from monarchpc.learning.kernels import triton, triton_usable
+from monarchpc.kernels.hmm import triton, triton_usable
 
 if triton is not None:
     import triton.language as tl

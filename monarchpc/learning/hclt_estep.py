@@ -21,8 +21,8 @@ log-likelihood and the same gradients with respect to the parameters (so
 The scales cancel in every backward formula, so the top-down pass needs none of them.
 States are hidden-major (D, h, N) in the model's breadth-first order, so each level is a
 contiguous range of nodes and of sum blocks: one product kernel, one batched product per
-block layer (:mod:`monarchpc.kernels.monarch`) and one posterior kernel per level
-(:mod:`monarchpc.kernels.hclt`). Matrix operands may be bf16 or fp16 (fp32 accumulation)
+block layer (:class:`~monarchpc.circuits.sum_blocks.HiddenMajor`) and one posterior kernel
+per level (:mod:`monarchpc.kernels.hclt`). Matrix operands may be bf16 or fp16 (fp32 accumulation)
 or TF32 (``torch.backends.cuda.matmul.allow_tf32``, set by the caller as for HMMs);
 scales, posteriors and gradients stay fp32. States are stored in the operand type: bf16
 has fp32's range, fp16 does not (u and m lie in [0, 1], but a = F / m and w grow as a
@@ -39,8 +39,8 @@ import torch
 from torch import Tensor
 
 from monarchpc.circuits.hclt import HCLT
+from monarchpc.circuits.sum_blocks import HiddenMajor
 from monarchpc.kernels.hclt import Layout, level_ops
-from monarchpc.kernels.monarch import grad_product, layer_product
 from monarchpc.learning.forward_backward import DTYPES, accumulable, add_grad
 
 _LAYOUTS: weakref.WeakKeyDictionary[HCLT, dict[torch.device, Layout]] = (
@@ -138,17 +138,16 @@ def estep(model: HCLT, x: Tensor, precision: str = "fp32", grads: list[Tensor] |
     ops = level_ops(kernels, dev)
     values = internal_values(model, x, layout, validate)
     blocks, levels = model.blocks, layout.levels
-    d, h, n, k = model.num_vars, model.hidden_size, x.shape[0], len(blocks.axes)
-    weights = [w.detach() for w in blocks.layers]  # converted level by level
+    d, h, n, k = model.num_vars, model.hidden_size, x.shape[0], len(blocks.layers)
     tables = leaf_tables(model)
 
     def state() -> Tensor:
         return torch.empty(d, h, n, dtype=dtype, device=dev)
 
-    def layer(l: int, t: Tensor) -> Tensor:
-        """States (E, h, N) as layer l's (E, pre, b, post, N)."""
-        _, pre, post, b, _ = blocks.layer_shape(l)
-        return t.view(t.shape[0], pre, b, post, n)
+    def edges(start: int, stop: int) -> HiddenMajor:
+        """The blocks of the edges into nodes start..stop-1 (the edge into v is block v - 1)
+        in the compute dtype, one level at a time."""
+        return HiddenMajor(blocks, dtype, start - 1, stop - 1)
 
     # Bottom-up: u, s of every node; X[l] holds layer l's inputs (l < k - 1; layer k - 1
     # reads u) and m the messages (layer 0's outputs).
@@ -159,11 +158,9 @@ def estep(model: HCLT, x: Tensor, precision: str = "fp32", grads: list[Tensor] |
         ops.product(layout, start, stop, values, tables, m, s, u)
         if lvl == 0:
             break
-        y, edges = u[start:stop], slice(start - 1, stop - 1)  # edge into node v: block v - 1
+        y, level = u[start:stop], edges(start, stop)
         for l in reversed(range(k)):
-            out = (inputs[l - 1] if l > 0 else m)[start:stop]
-            layer_product(weights[l][edges], layer(l, y), out=layer(l, out))
-            y = out
+            y = level.apply(l, y, out=(inputs[l - 1] if l > 0 else m)[start:stop])
     tiny = torch.finfo(torch.float32).tiny
     root = model.root.detach().float()
     u_root = u[0].float()
@@ -183,13 +180,11 @@ def estep(model: HCLT, x: Tensor, precision: str = "fp32", grads: list[Tensor] |
         if lvl + 1 == len(levels):
             break
         start, stop = levels[lvl + 1]
-        a, edges = m[start:stop], slice(start - 1, stop - 1)
+        a, level = m[start:stop], edges(start, stop)
         for l in range(k):
             x_l = (inputs[l] if l < k - 1 else u)[start:stop]
-            grad_product(layer_grads[l][edges], layer(l, a), layer(l, x_l))
-            out = x_l if l < k - 1 else w[: stop - start]
-            layer_product(weights[l][edges], layer(l, a), out=layer(l, out), transpose=True)
-            a = out
+            level.accumulate_grad(l, layer_grads[l][start - 1:stop - 1], a, x_l)
+            a = level.apply(l, a, transpose=True, out=x_l if l < k - 1 else w[: stop - start])
     del u, m, inputs, w
 
     # Leaves and root: d log p / d theta = flows / theta.
