@@ -242,7 +242,7 @@ def main() -> None:
     parser.add_argument("--no-pyjuice", action="store_true")
     parser.add_argument("--no-graphs", action="store_true", help="fused engine without CUDA graphs")
     parser.add_argument("--reps", type=int, default=7)
-    parser.add_argument("--budget-s", type=float, default=300.0,
+    parser.add_argument("--budget-s", type=float, default=270.0,
                         help="skip the variants that would start after this many seconds")
     parser.add_argument("--out", default=None, help="JSON lines file ('' for none)")
     parser.add_argument("--profile", action="store_true",
@@ -363,8 +363,8 @@ def main() -> None:
             emit(run_variant(row, lambda pc=pc, x=x: bench_pyjuice(pc, x, reps, device)))
         del pc
         gc.collect()
+    print(f"total {time.perf_counter() - begin:.0f} s\n", flush=True)
     print(markdown(rows))
-    print(f"total {time.perf_counter() - begin:.0f} s", flush=True)
     if sink:
         sink.close()
 
