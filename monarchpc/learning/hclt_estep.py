@@ -1,0 +1,281 @@
+"""Fused E-step for HCLTs: level by level in scaled linear space, no autograd graph.
+
+The reference path (:func:`monarchpc.learning.em.accumulate_flows` on
+:meth:`HCLT.log_likelihood <monarchpc.circuits.hclt.HCLT.log_likelihood>`) works in log
+space and lets autograd keep every intermediate. This path computes the same
+log-likelihood and the same gradients with respect to the parameters (so
+``theta * grad`` are the flows) in linear space, with one scale per node and column:
+
+1. Bottom-up, level by level (the deepest first), for every node v of a level:
+       u_v = leaf_v[:, x_v] * prod_{c child of v} m_c / s_c,     s_v = max_i u_v[i],
+       m_v = M_v u_v                       (the sum block of the edge parent(v) -> v)
+       log p = log(root . u_root) + sum_{v != root} log s_v
+   (every factor m_c / s_c lies in [0, 1]: M_c is row-stochastic and u_c <= s_c).
+2. Top-down, level by level, carrying w_v = d log p / d u_v (w_root = root / (root . u_root)):
+       posterior of z_v:   F_v = w_v * u_v           (sums to 1; added to the leaf flows)
+       a_c = F_v / m_c,    dlogp/dM_c += a_c u_c^T,    w_c = M_c^T a_c
+   through the layers of a Monarch block as in the HMM (M = L_0 ... L_{k-1}: a_0 = a_c,
+   dlogp/dL_l += a_l X_l^T, a_{l+1} = L_l^T a_l, w_c = a_k, where X_l is layer l's input).
+   Leaves: dlogp/dleaf = flows / leaf; root: dlogp/droot = u_root / (root . u_root).
+
+The scales cancel in every backward formula, so the top-down pass needs none of them.
+States are hidden-major (D, h, N) in the model's breadth-first order, so each level is a
+contiguous range of nodes and of sum blocks: one product kernel, one batched product per
+block layer (:class:`~monarchpc.circuits.sum_blocks.HiddenMajor`) and one posterior kernel
+per level (:mod:`monarchpc.kernels.hclt`). Matrix operands may be bf16 or fp16 (fp32 accumulation)
+or TF32 (``torch.backends.cuda.matmul.allow_tf32``, set by the caller as for HMMs);
+scales, posteriors and gradients stay fp32. States are stored in the operand type: bf16
+has fp32's range, fp16 does not (u and m lie in [0, 1], but a = F / m and w grow as a
+column's scale shrinks), so prefer bf16 for peaked models.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from monarchpc.circuits.hclt import HCLT
+from monarchpc.circuits.sum_blocks import HiddenMajor
+from monarchpc.kernels.hclt import Layout, level_ops
+from monarchpc.learning.forward_backward import DTYPES, accumulable, add_grad
+
+_LAYOUTS: weakref.WeakKeyDictionary[HCLT, dict[torch.device, Layout]] = (
+    weakref.WeakKeyDictionary())
+
+
+def tree_layout(model: HCLT, device: torch.device) -> Layout:
+    """The :class:`~monarchpc.kernels.hclt.Layout` of ``model`` on ``device`` (cached)."""
+    cached = _LAYOUTS.setdefault(model, {})
+    if device in cached:
+        return cached[device]
+    d, h = model.num_vars, model.hidden_size
+    parent_local = model.parent_local.cpu().numpy()
+    parent = np.full(d, -1, dtype=np.int64)
+    for (s, e), (above, _) in zip(model.levels[1:], model.levels, strict=False):
+        parent[s:e] = above + parent_local[s:e]
+    child_idx = np.argsort(parent[1:], kind="stable") + 1  # children grouped by parent
+    child_ptr = np.concatenate([[0], np.cumsum(np.bincount(parent[1:], minlength=d))])
+    base = np.cumsum([0] + [w.numel() for w in model.leaves])
+    offset = np.zeros(d, dtype=np.int64)
+    vocab = np.zeros(d, dtype=np.int32)
+    for parts in model.level_groups:
+        for g, start, stop, row in parts:
+            size = model.leaves[g].shape[-1]
+            rows = row + (0 if model.tied else np.arange(stop - start))
+            offset[start:stop] = base[g] + rows * h * size
+            vocab[start:stop] = size
+
+    def put(a: np.ndarray, dtype: torch.dtype) -> Tensor:
+        return torch.as_tensor(a).to(device=device, dtype=dtype)
+
+    cached[device] = Layout(
+        list(model.levels), put(parent, torch.int64), put(child_ptr, torch.int32),
+        put(child_idx, torch.int32), put(offset, torch.int64), put(vocab, torch.int32), h)
+    return cached[device]
+
+
+def leaf_tables(model: HCLT) -> Tensor:
+    """All leaf tables as one flat fp32 tensor, each (V, h) value-major (a copy)."""
+    return torch.cat([w.detach().transpose(1, 2).reshape(-1) for w in model.leaves]).float()
+
+
+def internal_values(model: HCLT, x: Tensor, layout: Layout, validate: bool = True) -> Tensor:
+    """Rows ``x`` (N, D) as (D, N) int32 in internal order (-1: MISSING).
+
+    With ``validate``, a value outside its variable's vocabulary raises ValueError (as the
+    reference does; this waits for the GPU).
+    """
+    if x.dim() != 2 or x.shape[1] != model.num_vars:
+        raise ValueError(f"expected rows (N, {model.num_vars}), got shape {tuple(x.shape)}")
+    values = x[:, model.order].t().to(torch.int32).contiguous()
+    if validate and bool((values >= layout.vocab[:, None]).any()):
+        raise ValueError("a value lies outside its variable's vocabulary (vocab_sizes)")
+    return values
+
+
+def parameters(model: HCLT) -> list[Tensor]:
+    """The parameters an E-step gives gradients for: block layers, leaves, root."""
+    return [*model.blocks.layers, *model.leaves, model.root]
+
+
+@torch.no_grad()
+def hclt_estep(model: HCLT, x: Tensor, precision: str = "fp32", grad: bool = True,
+               kernels: str = "auto") -> Tensor:
+    """Log-likelihood (N,) (nats) of rows ``x`` (N, D); adds d log p.sum() / d theta into
+    every parameter's ``.grad``, as autograd on ``model.log_likelihood(x).sum()`` would.
+
+    Entries MISSING (-1) are marginalized out. ``grad=False`` only scores. ``precision``:
+    fp32, tf32, bf16 or fp16 operands for the block products. ``kernels``: the per-level
+    element-wise work in ``triton``, ``torch`` or ``auto`` (Triton on a GPU).
+    """
+    if not grad:
+        return estep(model, x, precision, None, kernels)
+    params = parameters(model)
+    grads = [p.grad if accumulable(p) else torch.zeros(p.shape, device=x.device)
+             for p in params]  # fp32, existing gradients accumulate in place
+    log_likelihood = estep(model, x, precision, grads, kernels)
+    for param, g in zip(params, grads, strict=True):
+        if g is not param.grad:
+            add_grad(param, g, owned=True)
+    return log_likelihood
+
+
+def estep(model: HCLT, x: Tensor, precision: str = "fp32", grads: list[Tensor] | None = None,
+          kernels: str = "auto", validate: bool = True) -> Tensor:
+    """:func:`hclt_estep` on explicit buffers: returns log p (N,) and adds d log p.sum() /
+    d theta into ``grads`` (fp32 tensors shaped as :func:`parameters`; None: only scores).
+
+    With ``validate=False`` the values of ``x`` are not checked (nothing waits for the GPU).
+    """
+    if precision not in DTYPES:
+        raise ValueError(f"precision must be one of {sorted(DTYPES)}, got {precision!r}")
+    dtype, dev = DTYPES[precision], x.device
+    layout = tree_layout(model, dev)
+    ops = level_ops(kernels, dev)
+    values = internal_values(model, x, layout, validate)
+    blocks, levels = model.blocks, layout.levels
+    d, h, n, k = model.num_vars, model.hidden_size, x.shape[0], len(blocks.layers)
+    tables = leaf_tables(model)
+
+    def state() -> Tensor:
+        return torch.empty(d, h, n, dtype=dtype, device=dev)
+
+    def edges(start: int, stop: int) -> HiddenMajor:
+        """The blocks of the edges into nodes start..stop-1 (the edge into v is block v - 1)
+        in the compute dtype, one level at a time."""
+        return HiddenMajor(blocks, dtype, start - 1, stop - 1)
+
+    # Bottom-up: u, s of every node; X[l] holds layer l's inputs (l < k - 1; layer k - 1
+    # reads u) and m the messages (layer 0's outputs).
+    u, m, inputs = state(), state(), [state() for _ in range(k - 1)]
+    s = torch.zeros(d, n, dtype=torch.float32, device=dev)
+    for lvl in reversed(range(len(levels))):
+        start, stop = levels[lvl]
+        ops.product(layout, start, stop, values, tables, m, s, u)
+        if lvl == 0:
+            break
+        y, level = u[start:stop], edges(start, stop)
+        for l in reversed(range(k)):
+            y = level.apply(l, y, out=(inputs[l - 1] if l > 0 else m)[start:stop])
+    tiny = torch.finfo(torch.float32).tiny
+    root = model.root.detach().float()
+    u_root = u[0].float()
+    dot = (root @ u_root).clamp_min(tiny)  # (N,)
+    log_likelihood = dot.log() + s[1:].clamp_min(tiny).log().sum(0)
+    if grads is None:
+        return log_likelihood
+
+    # Top-down: w of a level's nodes in one buffer; a_c replaces m_c (posterior kernel),
+    # a_{l+1} replaces X_l once layer l's gradient is taken; leaf flows replace the tables.
+    layer_grads, leaf_grads, root_grad = grads[:k], grads[k:-1], grads[-1]
+    w = torch.empty(max(e - s_ for s_, e in levels), h, n, dtype=dtype, device=dev)
+    w[0] = (root[:, None] / dot).to(dtype)
+    flows = tables.zero_()
+    for lvl, (start, stop) in enumerate(levels):
+        ops.posterior(layout, start, stop, values, flows, w, u, m)
+        if lvl + 1 == len(levels):
+            break
+        start, stop = levels[lvl + 1]
+        a, level = m[start:stop], edges(start, stop)
+        for l in range(k):
+            x_l = (inputs[l] if l < k - 1 else u)[start:stop]
+            level.accumulate_grad(l, layer_grads[l][start - 1:stop - 1], a, x_l)
+            a = level.apply(l, a, transpose=True, out=x_l if l < k - 1 else w[: stop - start])
+    del u, m, inputs, w
+
+    # Leaves and root: d log p / d theta = flows / theta.
+    sizes = [p.numel() for p in model.leaves]
+    for param, f, g in zip(model.leaves, flows.split(sizes), leaf_grads, strict=True):
+        f = f.view(param.shape[0], param.shape[2], param.shape[1]).transpose(1, 2)
+        g.addcdiv_(f, param.detach().float().clamp_min(tiny))
+    root_grad.add_((u_root / dot).sum(1))
+    return log_likelihood
+
+
+def fused_hclt_estep(model: HCLT, device: torch.device, precision: str = "fp32",
+                     graphs: str | bool = "auto") -> Callable[[Tensor], Tensor]:
+    """The training E-step x (N, D) -> log p (N,): :func:`hclt_estep` in ``precision``,
+    replayed from CUDA graphs when ``graphs`` is true or ``auto`` on a GPU (an HCLT runs a
+    few kernels per level of its tree, too short to hide their launches)."""
+    if graphs not in ("auto", True, False):
+        raise ValueError(f"graphs must be auto, true or false, got {graphs!r}")
+    if precision not in DTYPES:
+        raise ValueError(f"precision must be one of {sorted(DTYPES)}, got {precision!r}")
+    if graphs == "auto":
+        graphs = device.type == "cuda"
+    if graphs:
+        if device.type != "cuda":
+            raise ValueError("CUDA graphs need a GPU; set graphs to auto or false")
+
+        def check(x: Tensor) -> None:
+            internal_values(model, x, tree_layout(model, x.device))
+
+        return CapturedEStep(
+            lambda x, grads: estep(model, x, precision, grads, validate=False),
+            parameters(model), lambda x: hclt_estep(model, x, precision), check)
+    return lambda x: hclt_estep(model, x, precision)
+
+
+class CapturedEStep:
+    """An E-step ``run(x, grads) -> log p`` (adding d log p / d theta into fp32 buffers
+    ``grads`` shaped as ``params``) captured as a CUDA graph per input shape, then replayed.
+
+    The buffers persist and serve as the parameters' ``.grad``: a replay accumulates into
+    them while they are the gradients, and starts them from zero after the gradients were
+    consumed (``.grad`` set to None, as :func:`~monarchpc.learning.em.em_step` does); any
+    other ``.grad`` gets the replay's gradients added. ``plain(x)`` (the same E-step,
+    adding to ``.grad`` itself) serves shapes beyond ``max_shapes``; ``check(x)`` runs
+    before every replay (input validation cannot run inside a graph). Parameters must be
+    updated in place; each captured shape keeps its memory.
+    """
+
+    def __init__(self, run: Callable[[Tensor, list[Tensor]], Tensor], params: list[Tensor],
+                 plain: Callable[[Tensor], Tensor],
+                 check: Callable[[Tensor], None] | None = None, max_shapes: int = 2) -> None:
+        self.run, self.params, self.plain, self.check = run, params, plain, check
+        self.max_shapes = max_shapes
+        self.grads: list[Tensor] = []
+        self.graphs: dict[tuple, tuple[Tensor, torch.cuda.CUDAGraph, Tensor]] = {}
+
+    @torch.no_grad()
+    def __call__(self, x: Tensor) -> Tensor:
+        key = (*x.shape, x.dtype)
+        if key not in self.graphs and len(self.graphs) >= self.max_shapes:
+            return self.plain(x)  # an odd shape: no new graph
+        if self.check is not None:
+            self.check(x)
+        if not self.grads:
+            self.grads = [torch.zeros(p.shape, device=x.device) for p in self.params]
+        others = []  # gradients that are not our buffers: add the replay's to them
+        for param, g in zip(self.params, self.grads, strict=True):
+            if param.grad is not g:
+                g.zero_()
+                if param.grad is None and param.dtype == g.dtype:
+                    param.grad = g
+                else:
+                    others.append((param, g))
+        if key not in self.graphs:
+            self.graphs[key] = self.capture(x)
+        static_x, graph, log_likelihood = self.graphs[key]
+        static_x.copy_(x)
+        graph.replay()
+        for param, g in others:
+            add_grad(param, g)
+        return log_likelihood.clone()
+
+    def capture(self, x: Tensor) -> tuple[Tensor, torch.cuda.CUDAGraph, Tensor]:
+        """Capture ``run`` on a copy of ``x``; the warm-up run adds into zeroed scratch."""
+        static_x = x.clone()
+        side = torch.cuda.Stream(x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side):  # warm-up: compiles kernels, sets up cuBLAS
+            self.run(static_x, [torch.zeros_like(g) for g in self.grads])
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            log_likelihood = self.run(static_x, self.grads)
+        return static_x, graph, log_likelihood

@@ -1,0 +1,373 @@
+"""Benchmark the HCLT E-step (forward + flows) of monarchpc beside PyJuice.
+
+    python scripts/bench_hclt.py                 # the issue's cases on a GPU (about 5 minutes)
+    python scripts/bench_hclt.py --tiny          # small sizes on the CPU (CI smoke test)
+    python scripts/bench_hclt.py --cases dense-256-512,monarch-1024-2048 --precisions bf16
+
+An HCLT over 192 variables (8 x 8 patches x 3 channels) with 256 values each and one
+categorical leaf per variable, on the Chow-Liu tree of synthetic smooth image patches.
+First the fused E-step is checked against the autograd path on this device (relative
+errors of log p and of the flows, fp32 and bf16, and of a CUDA-graph replay). Then, per
+case (block, hidden size h, batch), one E-step's samples per second (median) and peak
+memory for: monarchpc's fused engine (``--precisions``, CUDA graphs), its autograd engine
+(TF32, h <= ``--autograd-max``) and, when ``import pyjuice`` works, PyJuice's compiled
+HCLT on the same tree (forward + backward with parameter flows, TF32; dense blocks only).
+One JSON line per row to stdout and ``--out`` (default
+docs/results/device/bench_hclt_<device>.jsonl, rewritten), then Markdown tables. A
+variant that fails becomes a row with ``error``; variants past ``--budget-s`` are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import re
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from bench import device_name, peak_gb, reset_memory, timed
+
+from monarchpc.circuits.chow_liu import chow_liu_tree
+from monarchpc.circuits.hclt import HCLT, MISSING
+from monarchpc.circuits.sum_blocks import BlockSpec, SumBlocks
+from monarchpc.learning.em import accumulate_flows, flows
+from monarchpc.learning.forward_backward import DTYPES
+from monarchpc.learning.hclt_estep import CapturedEStep, fused_hclt_estep, hclt_estep
+from monarchpc.paths import REPO_ROOT
+
+SIDE, CHANNELS, VOCAB = 8, 3, 256
+GPU_CASES = [("dense", h, n) for h in (256, 512, 1024) for n in (512, 2048)] + [
+    ("monarch", h, n) for h in (1024, 4096) for n in (512, 2048)] + [
+    ("dense", 4096, 512), ("dense", 4096, 2048)]
+TINY_CASES = [("dense", 8, 16), ("monarch", 16, 16)]
+
+
+def patches(n: int, seed: int) -> torch.Tensor:
+    """n synthetic smooth 8 x 8 RGB patches as rows (n, 192) of values 0..255, variables
+    ordered (row, column, channel): bilinear blow-ups of random 3 x 3 fields plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    shade = torch.rand(n, 1, 3, 3, generator=g)
+    field = 0.7 * shade + 0.3 * torch.rand(n, CHANNELS, 3, 3, generator=g)
+    image = F.interpolate(field, size=(SIDE, SIDE), mode="bilinear", align_corners=True)
+    image = image + 0.03 * torch.randn(image.shape, generator=g)
+    values = (image.clamp(0, 1) * (VOCAB - 1)).round().long()
+    return values.permute(0, 2, 3, 1).reshape(n, SIDE * SIDE * CHANNELS)
+
+
+def build(parent: np.ndarray, block: str, h: int, device: torch.device,
+          layers: int = 3) -> HCLT:
+    """An HCLT with random weights made on ``device``, per-variable leaves."""
+    torch.manual_seed(0)
+    with device:
+        spec = BlockSpec.from_config({"structure": "hclt", "block": block, "hidden_size": h,
+                                      "monarch_layers": layers})
+        blocks = SumBlocks(spec, len(parent) - 1, perturbation=8.0)
+        return HCLT(parent, blocks, [VOCAB] * len(parent), None, perturbation=8.0).to(device)
+
+
+def clear(model: torch.nn.Module) -> None:
+    for p in model.parameters():
+        p.grad = None
+
+
+def check(parent: np.ndarray, block: str, h: int, data: torch.Tensor,
+          device: torch.device) -> dict[str, Any]:
+    """Fused E-step vs autograd (fp32 products, no TF32): relative errors of log p and of
+    the flows (largest flow error of a parameter over its largest flow)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    ref, fast = build(parent, block, h, device), build(parent, block, h, device)
+    x = data[:64].clone().to(device)
+    x[torch.rand(x.shape, device=device) < 0.1] = MISSING
+    ll_ref = accumulate_flows(ref, x)
+    row: dict[str, Any] = {"check": f"{block} {h}", "device": device_name(device)}
+
+    def record(key: str, ll: torch.Tensor) -> None:
+        row[f"{key}_ll_rel_err"] = float(((ll - ll_ref).abs() / ll_ref.abs()).max())
+        row[f"{key}_flow_rel_err"] = max(
+            float((flows(p) - flows(q)).abs().max() / flows(q).abs().max())
+            for p, q in zip(fast.parameters(), ref.parameters(), strict=True))
+
+    for precision in ("fp32", "bf16"):
+        clear(fast)
+        record(precision, hclt_estep(fast, x, precision))
+    if device.type == "cuda":  # the replay (second call) equals the plain path
+        run = fused_hclt_estep(fast, device, "fp32", graphs=True)
+        assert isinstance(run, CapturedEStep)
+        run(x)
+        clear(fast)
+        record("fp32_graph", run(x))
+    return row
+
+
+def pyjuice_madds(parent: np.ndarray, h: int) -> int:
+    """Multiply-adds per sample of PyJuice's HCLT: an h x h sum per inner non-root node
+    (its leaves' variables feed their parent's product directly) and the root's h-way sum."""
+    inner = np.bincount(parent[parent >= 0], minlength=len(parent)) > 0
+    return int((inner.sum() - 1) * h * h + h)
+
+
+def pyjuice_circuit(parent: np.ndarray, h: int, device: torch.device) -> Any:
+    """PyJuice's HCLT (version 2.6.3 API) on the same tree, compiled on ``device``."""
+    import networkx as nx
+    import pyjuice as juice
+    from pyjuice.nodes.distributions import Categorical
+    from pyjuice.structures.compilation import BayesianTreeToHiddenRegionGraph
+
+    tree = nx.Graph()
+    tree.add_nodes_from(range(len(parent)))
+    tree.add_edges_from((v, int(p)) for v, p in enumerate(parent) if p >= 0)
+    root = int(np.flatnonzero(parent < 0)[0])
+    ns = BayesianTreeToHiddenRegionGraph(tree, root, h, Categorical, {"num_cats": VOCAB})
+    ns.init_parameters()
+    pc = juice.compile(ns, verbose=False)
+    pc.to(device)
+    return pc
+
+
+def measure(step: Any, batch: int, device: torch.device, reps: int) -> dict[str, Any]:
+    """Median E-step time of ``step()`` (after a warm-up), samples/s and peak memory."""
+    t = timed(step, device, reps)
+    return {"estep_s": t, "samples_per_s": batch / t, "peak_memory_gb": peak_gb(device)}
+
+
+def bench_ours(model: HCLT, x: torch.Tensor, engine: str, precision: str, reps: int,
+               device: torch.device) -> dict[str, Any]:
+    """One E-step of monarchpc's ``engine`` on rows ``x``: fused (CUDA graphs on a GPU),
+    fused-nograph or autograd."""
+    torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"
+    clear(model)
+    extra: dict[str, Any] = {}
+    if engine.startswith("fused"):
+        step = fused_hclt_estep(model, device, precision, "auto" if engine == "fused" else False)
+        extra["cuda_graph"] = isinstance(step, CapturedEStep)
+    else:
+        def step(x: torch.Tensor) -> torch.Tensor:
+            return accumulate_flows(model, x)
+    reset_memory(device)
+    result = measure(lambda: step(x), len(x), device, reps)
+    clear(model)
+    return result | extra
+
+
+def profile_ours(model: HCLT, x: torch.Tensor, precision: str, device: torch.device) -> str:
+    """The top kernels of one fused E-step (no CUDA graph), by total device time."""
+    torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"
+    hclt_estep(model, x, precision)  # warm-up
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        hclt_estep(model, x, precision)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    clear(model)
+    sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    return prof.key_averages().table(sort_by=sort, row_limit=20, max_name_column_width=70)
+
+
+def bench_pyjuice(pc: Any, x: torch.Tensor, reps: int, device: torch.device) -> dict[str, Any]:
+    """One forward pass plus backward pass with parameter flows of PyJuice's circuit."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+
+    def step() -> None:
+        pc(x)
+        pc.backward(x, flows_memory=1.0)
+
+    step()  # compiles its kernels for this batch
+    reset_memory(device)
+    return measure(step, len(x), device, reps)
+
+
+def run_variant(row: dict[str, Any], fn: Any) -> dict[str, Any]:
+    """``row`` updated with ``fn()``'s measurements, or with the error it raised."""
+    try:
+        row |= fn()
+    except torch.OutOfMemoryError:
+        row["error"] = "out of memory"
+    except Exception as err:  # one failing variant must not lose the others
+        row["error"] = f"{type(err).__name__}: {err}"[:300]
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return row
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """A table of all rows (speed-up over PyJuice where it ran) and, per (h, batch,
+    precision), Monarch-HCLT's speed-up over dense against half their multiply-add ratio."""
+    def key(r: dict[str, Any], **kw: Any) -> tuple:
+        r = r | kw
+        return (r["block"], r["hidden_size"], r["batch"], r["peer"], r["engine"], r["precision"])
+
+    speed = {key(r): r["samples_per_s"] for r in rows if "samples_per_s" in r}
+    out = ["| block | h | batch | peer | engine | precision | samples/s | peak GB | "
+           "x PyJuice |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        peer = speed.get(key(r, peer="pyjuice", engine="pyjuice", precision="tf32"))
+        ours = r.get("samples_per_s")
+        peak = r.get("peak_memory_gb")
+        cells = (f"{ours:,.0f} | {'-' if peak is None else format(peak, '.2f')}" if ours else
+                 f"{r.get('error') or r.get('skipped')} | -")
+        ratio = f"{ours / peer:.2f}" if ours and peer and r["peer"] != "pyjuice" else "-"
+        out.append(f"| {r['block']} | {r['hidden_size']} | {r['batch']} | {r['peer']} | "
+                   f"{r['engine']} | {r['precision']} | {cells} | {ratio} |")
+    out += ["", "| h | batch | precision | Monarch / dense samples/s | half the madds ratio |",
+            "| --- | --- | --- | --- | --- |"]
+    for r in rows:
+        if r["block"] != "monarch" or "samples_per_s" not in r or r["engine"] == "autograd":
+            continue
+        dense = [d for d in rows if key(d, block="monarch") == key(r) and d["block"] == "dense"
+                 and "samples_per_s" in d]
+        if dense:
+            out.append(f"| {r['hidden_size']} | {r['batch']} | {r['precision']} | "
+                       f"{r['samples_per_s'] / dense[0]['samples_per_s']:.1f} | "
+                       f"{dense[0]['madds_per_sample'] / r['madds_per_sample'] / 2:.1f} |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="small CPU-sized cases")
+    parser.add_argument("--cases", default=None,
+                        help="comma-separated block-h-batch, e.g. dense-256-512,monarch-1024-512")
+    parser.add_argument("--precisions", default="tf32,bf16",
+                        help="fused-engine precisions (comma-separated)")
+    parser.add_argument("--monarch-layers", type=int, default=3)
+    parser.add_argument("--autograd-max", type=int, default=1024,
+                        help="largest h timed with the autograd engine")
+    parser.add_argument("--no-pyjuice", action="store_true")
+    parser.add_argument("--no-graphs", action="store_true", help="fused engine without CUDA graphs")
+    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--budget-s", type=float, default=270.0,
+                        help="skip the variants that would start after this many seconds")
+    parser.add_argument("--out", default=None, help="JSON lines file ('' for none)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also write the top kernels of one fused E-step per model "
+                             "(first precision, largest batch) to <out>.profile.txt")
+    args = parser.parse_args()
+    begin = time.perf_counter()
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+    cases = TINY_CASES if args.tiny else GPU_CASES
+    if args.cases:
+        cases = [(b, int(h), int(n)) for b, h, n in (c.split("-") for c in args.cases.split(","))]
+    precisions = ["fp32"] if args.tiny else args.precisions.split(",")
+    if any(p not in DTYPES for p in precisions):
+        parser.error(f"--precisions must be among {sorted(DTYPES)}")
+    reps = 1 if args.tiny else args.reps
+    name = device_name(device)
+    if args.out is None:
+        model_name = re.search(r"\b[A-Z]+\d{2,}\b", name)  # "NVIDIA H200" -> h200
+        slug = (model_name.group(0) if model_name else name.split()[-1]).lower()
+        args.out = str(REPO_ROOT / "docs" / "results" / "device" / f"bench_hclt_{slug}.jsonl")
+    sink = open(args.out, "w") if args.out else None  # noqa: SIM115
+    if args.out and args.profile:
+        open(args.out + ".profile.txt", "w").close()
+    rows: list[dict[str, Any]] = []
+
+    def emit(row: dict[str, Any], keep: bool = True) -> None:
+        line = json.dumps(row)
+        print(line, flush=True)
+        if sink:
+            sink.write(line + "\n")
+            sink.flush()
+        if keep:
+            rows.append(row)
+
+    data = patches(1024 if args.tiny else 8192, seed=0)
+    parent = chow_liu_tree(data.to(device), [VOCAB] * data.shape[1],
+                           num_bins=8 if args.tiny else 32)
+    depth = len(HCLT(parent, SumBlocks(BlockSpec.dense(2), len(parent) - 1),
+                     [2] * len(parent)).levels)
+    emit({"tree": "chow-liu of synthetic patches", "num_vars": len(parent), "levels": depth,
+          "max_children": int(np.bincount(parent[parent >= 0]).max())}, keep=False)
+    for block, h in [("dense", 8 if args.tiny else 64), ("monarch", 16 if args.tiny else 64)]:
+        emit(run_variant({"check": f"{block} {h}"}, lambda b=block, h=h: check(
+            parent, b, h, data, device)), keep=False)
+
+    def over_budget() -> bool:
+        return time.perf_counter() - begin > args.budget_s
+
+    groups: dict[tuple[str, int], list[int]] = {}
+    for block, h, batch in cases:
+        groups.setdefault((block, h), []).append(batch)
+    have_pyjuice = False
+    if not args.no_pyjuice and device.type == "cuda":
+        try:
+            import pyjuice  # noqa: F401
+
+            have_pyjuice = True
+        except ImportError:
+            emit({"pyjuice": "not installed: no PyJuice rows"}, keep=False)
+    gen = torch.Generator().manual_seed(1)
+    for (block, h), batches in groups.items():
+        base = {"structure": "hclt", "block": block, "hidden_size": h, "num_vars": len(parent),
+                "vocab": VOCAB, "leaves": "per-variable", "device": name}
+        inputs = {n: data[torch.randint(0, len(data), (n,), generator=gen)].to(device)
+                  for n in batches}
+        # monarchpc: one model per (block, h), every batch and engine
+        model = run_variant({}, lambda b=block, h=h: {"model": build(
+            parent, b, h, device, args.monarch_layers)})
+        model = model.get("model")
+        info: dict[str, Any] = {"peer": "monarchpc"}
+        if model is not None:
+            info["madds_per_sample"] = (len(parent) - 1) * model.blocks.madds() + h
+            if block == "monarch":
+                info |= {"factors": list(model.blocks.spec.factors),
+                         "monarch_layers": len(model.blocks.spec.axes)}
+        for batch, x in inputs.items():
+            variants = [("fused-nograph" if args.no_graphs else "fused", p) for p in precisions]
+            if device.type == "cuda" and not args.no_graphs and batch == batches[0]:
+                variants.append(("fused-nograph", precisions[0]))  # what the graphs gain
+            if h <= args.autograd_max:
+                variants.append(("autograd", "tf32" if device.type == "cuda" else "fp32"))
+            for engine, precision in variants:
+                row = base | info | {"batch": batch, "engine": engine, "precision": precision}
+                if model is None or over_budget():
+                    emit(row | {"skipped": "no model (memory) or past the time budget"})
+                    continue
+                emit(run_variant(row, lambda m=model, x=x, e=engine, p=precision: bench_ours(
+                    m, x, e, p, reps, device)))
+        if args.profile and model is not None and not over_budget():
+            report = run_variant({}, lambda m=model, x=x: {"table": profile_ours(
+                m, x, precisions[0], device)})
+            text = f"== {block} h={h} batch={len(x)} {precisions[0]}\n" + str(
+                report.get("table", report.get("error")))
+            if args.out:
+                with open(args.out + ".profile.txt", "a") as f:
+                    f.write(text + "\n")
+            else:
+                print(text)
+        del model
+        gc.collect()
+        if not (have_pyjuice and block == "dense"):
+            continue
+        # PyJuice: its compiled HCLT on the same tree, after ours is freed
+        info = {"peer": "pyjuice", "engine": "pyjuice", "precision": "tf32",
+                "madds_per_sample": pyjuice_madds(parent, h)}
+        pc = None
+        for batch, x in inputs.items():
+            row = base | info | {"batch": batch}
+            if over_budget():
+                emit(row | {"skipped": "past the time budget"})
+                continue
+            if pc is None:
+                built = run_variant(row, lambda h=h: {"pc": pyjuice_circuit(parent, h, device)})
+                pc = built.pop("pc", None)
+                if pc is None:
+                    emit(built)
+                    continue
+            emit(run_variant(row, lambda pc=pc, x=x: bench_pyjuice(pc, x, reps, device)))
+        del pc
+        gc.collect()
+    print(f"total {time.perf_counter() - begin:.0f} s\n", flush=True)
+    print(markdown(rows))
+    if sink:
+        sink.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""The fused HCLT E-step equals the autograd path (log p and flows); its kernels equal
+their PyTorch twins; the HCLT benchmark runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from monarchpc.circuits.hclt import HCLT, MISSING
+from monarchpc.circuits.sum_blocks import BlockSpec, SumBlocks
+from monarchpc.kernels.hclt import level_ops
+from monarchpc.kernels.hmm import triton_usable
+from monarchpc.learning.em import accumulate_flows, em_step, flows
+from monarchpc.learning.hclt_estep import (
+    CapturedEStep,
+    estep,
+    fused_hclt_estep,
+    hclt_estep,
+    leaf_tables,
+    parameters,
+    tree_layout,
+)
+from monarchpc.paths import REPO_ROOT
+
+# dense blocks, and Monarch-HCLT blocks of 2, 3 and 4 layers alternating between two axes
+BLOCKS = {"dense": BlockSpec.dense(6), "monarch2": BlockSpec.monarch([2, 3], [0, 1]),
+          "monarch3": BlockSpec.monarch([3, 2], [0, 1, 0]),
+          "monarch4": BlockSpec.monarch([2, 3], [0, 1, 0, 1])}
+KERNELS = ["torch", pytest.param("triton", marks=pytest.mark.skipif(
+    not triton_usable(torch.device("cpu")), reason="triton not installed"))]
+VOCAB = [3, 5, 4, 5, 3, 4, 5, 3, 4, 5]  # per-variable vocabularies
+
+
+def random_tree(d: int, seed: int) -> np.ndarray:
+    """Parents (D,) of a random tree whose root is not variable 0."""
+    rng = np.random.default_rng(seed)
+    parent = np.array([-1] + [int(rng.integers(0, v)) for v in range(1, d)])
+    perm = rng.permutation(d)
+    out = np.empty(d, dtype=np.int64)
+    out[perm] = np.where(parent >= 0, perm[np.maximum(parent, 0)], -1)
+    return out
+
+
+def twins(kind: str, tied: bool, parent: np.ndarray | None = None,
+          vocab: list[int] = VOCAB) -> tuple[HCLT, HCLT]:
+    """(float64 reference, float32 copy) of one random HCLT with h = 6."""
+    spec, edges = BLOCKS[kind], len(vocab) - 1
+    parent = random_tree(len(vocab), 0) if parent is None else parent
+    g = torch.Generator().manual_seed(0)
+    channels = [v % 3 for v in range(len(vocab))] if tied else None
+    fast = HCLT(parent, SumBlocks(spec, edges, g, 4.0), vocab, channels, g, perturbation=4.0)
+    ref = HCLT(parent, SumBlocks(spec, edges), vocab, channels).double()
+    ref.load_state_dict(fast.state_dict())
+    return ref, fast
+
+
+def rows(vocab: list[int], n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.stack([torch.randint(0, v, (n,), generator=g) for v in vocab], 1)
+    x[torch.rand(x.shape, generator=g) < 0.15] = MISSING
+    x[0] = MISSING  # a row with nothing observed: p = 1
+    return x
+
+
+def flow_error(fast: HCLT, ref: HCLT) -> float:
+    """Largest flow error of any parameter, relative to that parameter's largest flow."""
+    return max(float((flows(p).double() - flows(q)).abs().max() / flows(q).abs().max())
+               for p, q in zip(fast.parameters(), ref.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("kind", sorted(BLOCKS))
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_fused_estep_equals_autograd(kind: str, tied: bool, kernels: str) -> None:
+    ref, fast = twins(kind, tied)
+    x = rows(VOCAB, 13, 1)
+    ll_ref = accumulate_flows(ref, x)
+    ll = hclt_estep(fast, x, "fp32", kernels=kernels)
+    assert abs(float(ll[0])) < 1e-5 and float(ll_ref[1:].max()) < -1.0
+    assert float(((ll.double() - ll_ref).abs() / ll_ref.abs().clamp_min(1.0)).max()) < 1e-5
+    assert flow_error(fast, ref) < 1e-4
+
+
+def test_micro_batches_accumulate_em_steps_agree_and_scoring_adds_no_flows() -> None:
+    ref, fast = twins("monarch3", tied=False)
+    for seed in (2, 3):
+        x = rows(VOCAB, 9, seed)
+        accumulate_flows(ref, x)
+        hclt_estep(fast, x, kernels="torch")
+    assert flow_error(fast, ref) < 1e-4
+    em_step(ref, 0.7, 0.1)
+    em_step(fast, 0.7, 0.1)
+    for p, q in zip(fast.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p.double(), q, rtol=1e-4, atol=1e-6)
+    x = rows(VOCAB, 7, 4)
+    score = hclt_estep(fast, x, grad=False)
+    torch.testing.assert_close(score, fast.log_likelihood(x).detach(), rtol=1e-5, atol=1e-5)
+    assert all(p.grad is None for p in fast.parameters())
+    run = fused_hclt_estep(fast, torch.device("cpu"))  # auto: no CUDA graphs on a CPU
+    torch.testing.assert_close(run(x), score, rtol=1e-5, atol=1e-5)
+    assert all(p.grad is not None for p in fast.parameters())
+
+
+class EagerGraph:
+    """Stands in for a CUDA graph on the CPU: a replay runs the captured step again."""
+
+    def __init__(self, step: object) -> None:
+        self.replay = step
+
+
+def eager_capture(self: CapturedEStep, x: torch.Tensor) -> tuple:
+    static_x, log_likelihood = x.clone(), torch.empty(x.shape[0])
+    grads = self.grads  # the persistent buffers, as a captured graph would hold them
+    return static_x, EagerGraph(lambda: log_likelihood.copy_(self.run(static_x, grads))), \
+        log_likelihood
+
+
+def test_captured_estep_accumulates_into_persistent_gradients(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replays add into buffers that are the parameters' .grad across micro-batches,
+    restart from zero after an EM step, add into a foreign .grad; odd shapes run plainly."""
+    monkeypatch.setattr(CapturedEStep, "capture", eager_capture)
+    ref, fast = twins("monarch3", tied=True)
+    checked = []
+    run = CapturedEStep(lambda x, grads: estep(fast, x, "fp32", grads, "torch", False),
+                        parameters(fast), lambda x: hclt_estep(fast, x, kernels="torch"),
+                        checked.append, max_shapes=1)
+    batches = [rows(VOCAB, 9, seed) for seed in (10, 11, 12)]
+    for x in batches[:2]:
+        accumulate_flows(ref, x)
+        run(x)
+    assert flow_error(fast, ref) < 1e-4 and len(checked) == 2
+    assert all(p.grad is g for p, g in zip(parameters(fast), run.grads, strict=True))
+    em_step(ref, 0.5, 0.1)
+    em_step(fast, 0.5, 0.1)
+    fast.root.grad = torch.ones_like(fast.root)  # a gradient that is not a buffer
+    ref.root.grad = torch.ones_like(ref.root)
+    torch.testing.assert_close(run(batches[2]).double(), accumulate_flows(ref, batches[2]),
+                               rtol=1e-5, atol=1e-5)
+    odd = rows(VOCAB, 5, 13)
+    torch.testing.assert_close(run(odd).double(), accumulate_flows(ref, odd),
+                               rtol=1e-5, atol=1e-5)
+    assert flow_error(fast, ref) < 1e-4 and fast.root.grad is not run.grads[-1]
+
+
+def test_deep_chain_and_wide_star_neither_underflow_nor_overflow() -> None:
+    """A 60-variable chain (log p about -200: p itself underflows fp32) and a root with
+    29 children, peaked parameters."""
+    vocab = [40] * 60
+    for parent in (np.arange(-1, 59), np.array([-1] + [0] * 29 + list(range(1, 31)))):
+        ref, fast = twins("monarch3", tied=False, parent=parent, vocab=vocab)
+        x = rows(vocab, 6, 5)
+        ll_ref = accumulate_flows(ref, x)
+        ll = hclt_estep(fast, x, kernels="torch")
+        assert torch.isfinite(ll).all() and float(ll_ref.min()) < -150
+        assert float(((ll.double() - ll_ref).abs() / ll_ref.abs().clamp_min(1.0)).max()) < 1e-5
+        assert flow_error(fast, ref) < 1e-4
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_low_precision_is_close(precision: str) -> None:
+    ref, fast = twins("dense", tied=True)
+    x = rows(VOCAB, 13, 6)
+    ll_ref = accumulate_flows(ref, x)
+    ll = hclt_estep(fast, x, precision, kernels="torch")
+    assert torch.isfinite(ll).all()
+    assert float(((ll.double() - ll_ref).abs() / ll_ref.abs().clamp_min(1.0)).max()) < 5e-3
+    assert flow_error(fast, ref) < 2e-2
+
+
+@pytest.mark.skipif(not triton_usable(torch.device("cpu")), reason="triton not installed")
+def test_triton_level_kernels_equal_torch_with_zero_messages() -> None:
+    """Both kernels on random states where some messages, and one whole column, are 0,
+    and a value lies outside its vocabulary."""
+    _, model = twins("dense", tied=False)
+    layout = tree_layout(model, torch.device("cpu"))
+    g = torch.Generator().manual_seed(7)
+    d, h, n = model.num_vars, model.hidden_size, 5
+    x = rows(VOCAB, n, 8)[:, model.order].t().int().contiguous()
+    tables = leaf_tables(model)
+    m = torch.rand(d, h, n, generator=g)
+    m[m < 0.2] = 0.0
+    m[:, :, 3] = 0.0
+    level = max(range(len(layout.levels) - 1),
+                key=lambda lvl: layout.levels[lvl][1] - layout.levels[lvl][0])
+    start, stop = layout.levels[level]
+    x[start, 1] = int(layout.vocab[start])  # outside the vocabulary (unvalidated): p = 0
+    w = torch.rand(stop - start, h, n, generator=g)
+    scales = torch.rand(d - stop, n, generator=g) + 0.5  # s of the children
+    outs = {}
+    for kind in ("torch", "triton"):
+        ops = level_ops(kind, x.device)
+        u, s, mk = torch.zeros(d, h, n), torch.zeros(d, n), m.clone()
+        s[stop:] = scales
+        ops.product(layout, start, stop, x, tables, mk, s, u)
+        flow = torch.zeros_like(tables)
+        ops.posterior(layout, start, stop, x, flow, w, u, mk)
+        outs[kind] = (u, s, mk, flow)
+    for got, want in zip(outs["triton"], outs["torch"], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+        assert torch.isfinite(got).all()
+    u, s, _, flow = outs["torch"]
+    assert float(u[start:stop].abs().sum()) > 0 and float(flow.sum()) > 0
+    assert float(u[start, :, 1].abs().max()) == 0
+
+
+def test_bad_inputs_and_settings_fail_with_the_fix() -> None:
+    _, fast = twins("dense", tied=False)
+    x = rows(VOCAB, 4, 9)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        hclt_estep(fast, x, precision="fp8")
+    with pytest.raises(ValueError, match=r"expected rows \(N, 10\)"):
+        hclt_estep(fast, x[:, :5])
+    bad = x.clone()
+    bad[1, 0] = VOCAB[0]
+    with pytest.raises(ValueError, match="outside its variable's vocabulary"):
+        hclt_estep(fast, bad)
+    with pytest.raises(ValueError, match="CUDA graphs need a GPU"):
+        fused_hclt_estep(fast, torch.device("cpu"), graphs=True)
+    with pytest.raises(ValueError, match="graphs must be"):
+        fused_hclt_estep(fast, torch.device("cpu"), graphs="yes")
+    with pytest.raises(ValueError, match="kernels must be"):
+        hclt_estep(fast, x, kernels="cuda")
+
+
+def test_hclt_benchmark_runs_on_the_cpu_and_prints_json() -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}  # this checkout's monarchpc
+    result = subprocess.run([sys.executable, "scripts/bench_hclt.py", "--tiny", "--out", ""],
+                            capture_output=True, text=True, timeout=300, cwd=REPO_ROOT, env=env)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(ln) for ln in result.stdout.splitlines() if ln.startswith("{")]
+    checks = [r for r in lines if "check" in r]
+    cases = [r for r in lines if "samples_per_s" in r]
+    assert checks and all(c["fp32_ll_rel_err"] < 1e-5 and c["fp32_flow_rel_err"] < 1e-4
+                          for c in checks)
+    assert {(r["block"], r["peer"]) for r in cases} == {("dense", "monarchpc"),
+                                                        ("monarch", "monarchpc")}
+    for r in cases:
+        assert r["structure"] == "hclt" and r["samples_per_s"] > 0 and r["device"] == "cpu"
+        assert {"hidden_size", "batch", "peak_memory_gb", "precision", "madds_per_sample"} <= set(r)
+    assert "| block |" in result.stdout
