@@ -101,7 +101,8 @@ def test_bad_values_give_one_line_naming_the_key(default: dict, key: str, value,
     (["dataset=wikitext2", "dataset.train_fraction=0.95"], "leaves no test lines"),
     (["dataset=text8", "dataset.split=[90000000,5000000,6000000]"], "more than "
                                                                     r"dataset\.text_size"),
-    (["model=hclt", "trainer.engine=fused", "dataset=image_demo"], "exists for hmm only"),
+    (["model=hclt", "trainer.engine=autograd", "trainer.precision=bf16", "dataset=image_demo"],
+     "bf16 is not available to the autograd engine of hclt"),
     (["dataset=chars", "dataset.allow_non_text=yes"], "must be true or false"),
     (["dataset=imagenet32", "dataset.train_batches=[0,11]"], r"numbers 1\.\.10"),
 ])

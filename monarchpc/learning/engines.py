@@ -12,6 +12,7 @@ operands bf16 / fp16 with fp32 accumulation). Which engines exist:
 | structure | ``trainer.engine`` | where | precisions |
 | --- | --- | --- | --- |
 | hmm | fused (auto on a GPU, or for 16-bit) | learning/forward_backward.py | all four |
+| hclt | fused (auto on a GPU, or for 16-bit) | learning/hclt_estep.py | all four |
 | hmm, hclt | autograd (auto otherwise) | ``model.log_likelihood`` + backward | fp32 tf32 |
 
 A precision the chosen engine does not have is a ConfigError, never a silent change.
@@ -29,10 +30,11 @@ from torch import Tensor, nn
 from monarchpc.errors import ConfigError
 from monarchpc.learning.em import accumulate_flows
 from monarchpc.learning.forward_backward import fused_estep, hmm_estep
+from monarchpc.learning.hclt_estep import fused_hclt_estep, hclt_estep
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 ENGINES = ("auto", "fused", "autograd")
-FUSED_PRECISIONS = {"hmm": PRECISIONS}
+FUSED_PRECISIONS = {"hmm": PRECISIONS, "hclt": PRECISIONS}
 """The structures with a fused engine, and its precisions."""
 AUTOGRAD_PRECISIONS = ("fp32", "tf32")
 
@@ -89,9 +91,12 @@ def make_engine(model: nn.Module, trainer: Any, device: torch.device) -> Engine:
                    fused=name == "fused")
     if name == "autograd":
         return Engine(name, lambda x: accumulate_flows(model, x), score)
-    estep = fused_estep(model, device, int(trainer.segment), trainer.precision,
-                        float(trainer.keep_gb), trainer.cuda_graphs,
-                        trainer.get("products", "auto"))
+    if model.structure == "hclt":
+        estep = fused_hclt_estep(model, device, trainer.precision, trainer.cuda_graphs)
+    else:
+        estep = fused_estep(model, device, int(trainer.segment), trainer.precision,
+                            float(trainer.keep_gb), trainer.cuda_graphs,
+                            trainer.get("products", "auto"))
     return Engine(name, estep, score)
 
 
@@ -102,6 +107,8 @@ def scorer(model: nn.Module, precision: str = "fp32", fused: bool = True
     if fused and model.structure == "hmm":
         return lambda x: hmm_estep(model, x, segment=x.shape[1], precision=precision,
                                    grad=False)
+    if fused and model.structure == "hclt":
+        return lambda x: hclt_estep(model, x, precision=precision, grad=False)
     return no_grad(model.log_likelihood)
 
 
