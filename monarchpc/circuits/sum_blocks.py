@@ -307,7 +307,8 @@ class HiddenMajor:
         self.factors = list(blocks.spec.factors)
         self.w = [w.detach()[start:stop].to(dtype).contiguous() for w in blocks.layers]
         self.params = list(blocks.layers)  # the parameters the gradients belong to
-        self.ops = monarch_products(products, self.w[0].device, self.factors)
+        self.ops = monarch_products(products, self.w[0].device, self.factors,
+                                    stacked=blocks.num_blocks > 1)
 
     def view(self, state: Tensor, l: int) -> Tensor:
         """``state`` as (n, pre, b, post, N) for layer l (a view whenever strides allow)."""

@@ -286,15 +286,19 @@ class MonarchProducts:
     grad: Callable[..., Tensor]
 
 
-def monarch_products(kind: str, device: torch.device, factors: Sequence[int]
-                     ) -> MonarchProducts:
-    """``kind``: ``triton``, ``torch`` or ``auto`` (Triton on a GPU for k = len(factors) >= 3,
-    whose middle layers cost the twins a copy in and out; cuBLAS for dense and Monarch-2)."""
+def monarch_products(kind: str, device: torch.device, factors: Sequence[int],
+                     stacked: bool = False) -> MonarchProducts:
+    """``kind``: ``triton``, ``torch`` or ``auto``: Triton on a GPU wherever the twins would
+    copy states in and out (k = len(factors) >= 3: the middle layers; Monarch blocks of
+    several ``stacked`` edges, an HCLT level: the layers mixing a leading axis), cuBLAS for
+    dense blocks and a single Monarch-2 block (at its ceiling for large blocks; measured on
+    an H200, docs/results/device/monarch_kernels_h200.jsonl)."""
     if kind not in ("auto", "triton", "torch"):
         raise ValueError(f"products must be auto, triton or torch, got {kind!r}")
     if kind == "auto":
-        kind = "triton" if device.type == "cuda" and triton_usable(device) \
-            and len(factors) >= 3 else "torch"
+        copies = len(factors) >= 3 or (stacked and len(factors) >= 2)
+        kind = "triton" if device.type == "cuda" and triton_usable(device) and copies \
+            else "torch"
     if kind == "triton":
         if not triton_usable(device):
             raise RuntimeError("Triton products need Triton and a GPU (or TRITON_INTERPRET=1); "
