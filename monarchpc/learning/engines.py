@@ -37,6 +37,15 @@ ENGINES = ("auto", "fused", "autograd")
 FUSED_PRECISIONS = {"hmm": PRECISIONS, "hclt": PRECISIONS}
 """The structures with a fused engine, and its precisions."""
 AUTOGRAD_PRECISIONS = ("fp32", "tf32")
+SCORE_PRECISION = {
+    # HMMs: TF32 when training runs below fp32 (+0.00008 dev BPC against fp32 scoring on
+    # the text8 prefix, docs/results/device/precision_text8_prefix.json), for speed at 2^19
+    "hmm": lambda training: "fp32" if training == "fp32" else "tf32",
+    # HCLTs: fp32 always (TF32 scoring added +0.0029 dev BPD on Tiny ImageNet 32,
+    # docs/results/device/precision_tiny_imagenet32_hclt.json), a small cost beside training
+    "hclt": lambda training: "fp32",
+}
+"""The precision of evaluation (exact scoring) by structure and training precision."""
 
 
 @dataclass(frozen=True)
@@ -86,8 +95,7 @@ def engine_name(structure: str, trainer: Any, device_type: str) -> str:
 def make_engine(model: nn.Module, trainer: Any, device: torch.device) -> Engine:
     """The engine of ``model`` (its ``structure``: hmm or hclt) on ``device`` for ``trainer``."""
     name = engine_name(model.structure, trainer, device.type)
-    # evaluation is exact: fp32, or TF32 products when training runs below fp32
-    score = scorer(model, "fp32" if trainer.precision == "fp32" else "tf32",
+    score = scorer(model, SCORE_PRECISION[model.structure](trainer.precision),
                    fused=name == "fused")
     if name == "autograd":
         return Engine(name, lambda x: accumulate_flows(model, x), score)
