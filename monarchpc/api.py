@@ -30,8 +30,12 @@ from monarchpc import checkpoint
 from monarchpc.circuits.factory import build_model
 
 
-class RunDirError(ValueError):
-    """A run directory that cannot be used as asked; the message names the fix."""
+class RunDirError(FileNotFoundError):
+    """A run directory, or a file it needs, is missing; the message names the fix."""
+
+
+class UsageError(ValueError):
+    """A command-line argument or query that cannot work; the message names the fix."""
 
 
 CHAR_DATASETS = ("text8", "chars", "demo")
@@ -122,7 +126,6 @@ class CharCodec:
     """text8 characters: space = 0, a..z = 1..26; other text is normalized the text8 way."""
 
     vocab: str = " abcdefghijklmnopqrstuvwxyz"
-    joiner: str = ""
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` after text8 normalization (lowercase, digits spelled out)."""
@@ -134,7 +137,7 @@ class CharCodec:
         """Ids of a pattern whose ``unknown`` characters are missing (-1)."""
         bad = sorted({c for c in mask.lower() if c != unknown and c not in self.vocab})
         if bad:
-            raise RunDirError(f"mask may hold only a-z, space and {unknown!r} (unknown), not "
+            raise UsageError(f"mask may hold only a-z, space and {unknown!r} (unknown), not "
                               f"{''.join(bad)!r}")
         return [-1 if c == unknown else self.vocab.index(c) for c in mask.lower()]
 
@@ -147,12 +150,11 @@ class IntCodec:
     """Integer tokens written as numbers separated by spaces (the synthetic data)."""
 
     vocab_size: int
-    joiner: str = " "
 
     def encode(self, text: str) -> list[int]:
         ids = [int(t) for t in text.split()]
         if any(not 0 <= i < self.vocab_size for i in ids):
-            raise RunDirError(f"tokens must be integers in [0, {self.vocab_size})")
+            raise UsageError(f"tokens must be integers in [0, {self.vocab_size})")
         return ids
 
     def encode_mask(self, mask: str, unknown: str = "_") -> list[int]:
@@ -167,13 +169,12 @@ class PieceCodec:
     """SentencePiece pieces (lm1b, WikiText-2 runs); ``add_eos`` ends every sentence."""
 
     processor: Any
-    joiner: str = " "
 
     def encode(self, text: str, add_eos: bool = False) -> list[int]:
         return list(self.processor.encode(text, add_eos=add_eos))
 
     def encode_mask(self, mask: str, unknown: str = "_") -> list[int]:
-        raise RunDirError("mask= works on character runs only; a token run takes prefix= "
+        raise UsageError("mask= works on character runs only; a token run takes prefix= "
                           "and/or suffix= (whole pieces)")
 
     def decode(self, ids: list[int] | torch.Tensor) -> str:
@@ -210,7 +211,7 @@ def text_codec(config: DictConfig, run_dir: str | Path | None = None) -> Codec:
                               f"the run; copy it there or set dataset.tokenizer in "
                               f"{run_dir}/config.yaml")
         return PieceCodec(spm.SentencePieceProcessor(model_file=str(path)))
-    raise RunDirError(f"dataset {name!r} is not a text data set (image runs: use image=)")
+    raise UsageError(f"dataset {name!r} is not a text data set (image runs: use image=)")
 
 
 # ------------------------------------------------------------------------------ images
@@ -233,7 +234,7 @@ def image_format(config: DictConfig) -> ImageFormat:
     """The :class:`ImageFormat` of an image run's config."""
     ds = config.dataset
     if ds.name not in IMAGE_DATASETS:
-        raise RunDirError(f"dataset {ds.name!r} is not an image data set")
+        raise UsageError(f"dataset {ds.name!r} is not an image data set")
     size = {"imagenet": ds.get("resolution"), "image_folder": ds.get("image_size"),
             "image_demo": ds.get("crop_size")}[ds.name]
     return ImageFormat(int(size), int(ds.patch_size), str(ds.transform))
@@ -259,14 +260,32 @@ def image_to_rows(rgb: np.ndarray, fmt: ImageFormat) -> torch.Tensor:
                                     fmt.patch)[0].astype(np.int64))
 
 
+def to_rgb(values: np.ndarray, transform: str) -> np.ndarray:
+    """Colour-transformed values (..., 3) -> uint8 RGB (..., 3), clipped to [0, 255].
+
+    Sampled YCoCg-R triples can leave the RGB cube (each channel is drawn on its own);
+    ``transforms.ycocg_r_inverse`` would wrap them around, so the lifting steps are
+    repeated here in a wide integer type and clipped.
+    """
+    from monarchpc.data.transforms import inverse_colour_transform
+
+    if transform != "lossless":
+        return inverse_colour_transform(values, transform)
+    y, co, cg = (values[..., i].astype(np.int64) for i in range(3))
+    co, cg = co - 255, cg - 255
+    t = y - (cg >> 1)
+    b = t - (co >> 1)
+    return np.clip(np.stack([b + co, cg + t, b], axis=-1), 0, 255).astype(np.uint8)
+
+
 def rows_to_image(rows: torch.Tensor, fmt: ImageFormat) -> np.ndarray:
     """Patch rows (G, 3 p^2) -> uint8 RGB (S, S, 3) (values of -1 become grey)."""
-    from monarchpc.data.transforms import inverse_colour_transform, unpatch
+    from monarchpc.data.transforms import unpatch
 
     values = rows.cpu().numpy().astype(np.int64)
     missing = values < 0
     img = unpatch(np.where(missing, 0, values)[None], fmt.patch)[0]
-    rgb = inverse_colour_transform(img, fmt.transform)
+    rgb = to_rgb(img, fmt.transform)
     grey = unpatch(missing[None], fmt.patch)[0].any(-1)
     rgb[grey] = 128
     return rgb
@@ -279,10 +298,64 @@ def parse_region(text: str | None, size: int) -> tuple[int, int, int, int]:
         return size // 4, size // 4, 3 * size // 4, 3 * size // 4
     parts = [int(p) for p in re.split(r"[ ,:]+", str(text).strip("()[] ")) if p]
     if len(parts) != 4:
-        raise RunDirError(f"region={text!r}: give left,top,right,bottom in pixels of the "
+        raise UsageError(f"region={text!r}: give left,top,right,bottom in pixels of the "
                           f"{size}x{size} image, e.g. region=8,8,24,24")
     left, top, right, bottom = parts
     if not (0 <= left < right <= size and 0 <= top < bottom <= size):
-        raise RunDirError(f"region={text!r} must lie inside the {size}x{size} image with "
+        raise UsageError(f"region={text!r} must lie inside the {size}x{size} image with "
                           f"left < right and top < bottom")
     return left, top, right, bottom
+
+
+# -------------------------------------------------------------------------- command line
+
+Options = dict[str, tuple[Any, str]]
+"""Command-line options: name -> (default, one-line description); a default of None
+marks a required option. Values take the type of their default."""
+
+
+def parse_options(argv: list[str], options: Options, doc: str) -> dict[str, Any]:
+    """``key=value`` arguments -> {key: value} typed as the defaults; ``--help`` prints
+    ``doc`` and every option, then exits. A bad argument raises :class:`UsageError`."""
+    if any(a in ("-h", "--help", "help") for a in argv):
+        width = max(map(len, options))
+        lines = [f"  {k:<{width}}  {h}" + ("" if d is None or d == "" else f" (default {d})")
+                 for k, (d, h) in options.items()]
+        print(doc.strip() + "\n\noptions (key=value):\n" + "\n".join(lines))
+        raise SystemExit(0)
+    out = {k: d for k, (d, _) in options.items()}
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if not eq or key not in options:
+            raise UsageError(f"unknown argument {arg!r}: use key=value with key one of "
+                              f"{', '.join(options)} (--help describes them)")
+        default = options[key][0]
+        try:
+            if isinstance(default, bool):
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(value)
+                out[key] = value.lower() in ("true", "1")
+            else:
+                out[key] = type(default)(value) if default is not None else value
+        except ValueError:
+            raise UsageError(f"{key}={value!r}: expected a {type(default).__name__}") from None
+    missing = [k for k, v in out.items() if v is None]
+    if missing:
+        raise UsageError(f"missing {', '.join(f'{k}=...' for k in missing)} "
+                          f"(--help lists the options)")
+    return out
+
+
+def run_cli(main: Any, argv: list[str] | None = None) -> None:
+    """Run a command's ``main(argv)`` (default: the process's arguments); a bad argument,
+    run directory or data file becomes one line on stderr and exit status 2."""
+    import sys
+
+    from monarchpc.circuits.factory import ConfigError
+    from monarchpc.data import DataError
+
+    try:
+        main(sys.argv[1:] if argv is None else argv)
+    except (RunDirError, UsageError, ConfigError, DataError) as err:
+        print(f"monarchpc: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
