@@ -14,6 +14,26 @@ __version__ = "0.1.0"
 __all__ = ["load_run"]
 
 
+def _dataset_choice(*, _root_: Any) -> str:
+    """The dataset's config-group choice (wikitext2, imagenet32, ...) under a Hydra app, else
+    ``dataset.name`` (configs composed by tests or scripts): run names say the data set."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return str(HydraConfig.get().runtime.choices["dataset"])
+    except ValueError:  # no Hydra app is running
+        return str(_root_.dataset.name)
+
+
+def _register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("dataset_choice", _dataset_choice, replace=True)
+
+
+_register_resolvers()
+
+
 def __getattr__(name: str) -> Any:
     # load_run is imported on first use, so that `import monarchpc` stays light (no torch)
     if name == "load_run":
