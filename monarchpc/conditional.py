@@ -68,18 +68,25 @@ def _draw(weights: Tensor, generator: torch.Generator | None) -> Tensor:
 
 # --------------------------------------------------------------------------------- HMM
 
-def _hmm_emissions(hmm: HMM, x: Tensor) -> Tensor:
-    """e_t (N, T, h): B[:, x_t], or ones where x_t is missing; linear space."""
-    x = _check_rows(x, hmm.vocab_size)
-    return hmm.emission_table().detach()[torch.where(x == MISSING, hmm.vocab_size, x)]
+class _Evidence:
+    """e_t (N, h) of rows ``x``: B[:, x_t], or ones where x_t is missing; linear space."""
+
+    def __init__(self, hmm: HMM, x: Tensor) -> None:
+        x = _check_rows(x, hmm.vocab_size)
+        self.rows = torch.where(x == MISSING, hmm.vocab_size, x)
+        self.table = hmm.emission_table().detach()
+
+    def __call__(self, t: int) -> Tensor:
+        return self.table[self.rows[:, t]]
 
 
-def _hmm_backward(hmm: HMM, emit: Tensor) -> Tensor:
+def _hmm_backward(hmm: HMM, emit: _Evidence) -> Tensor:
     """Normalized backward messages c (N, T, h), c_T = 1 (see the module docstring)."""
-    c = torch.empty_like(emit)
+    n, length = emit.rows.shape
+    c = emit.table.new_empty(n, length, hmm.hidden_size)
     c[:, -1] = 1.0 / hmm.hidden_size
-    for t in range(emit.shape[1] - 2, -1, -1):
-        c[:, t] = _normalize(hmm.transition(_normalize(emit[:, t + 1] * c[:, t + 1])))
+    for t in range(length - 2, -1, -1):
+        c[:, t] = _normalize(hmm.transition(_normalize(emit(t + 1) * c[:, t + 1])))
     return c
 
 
@@ -88,34 +95,37 @@ def hmm_marginals(hmm: HMM, x: Tensor) -> Tensor:
     """p(x_t = v | the observed values of the row other than x_t): (N, T, V), linear space.
 
     At a missing position this is the posterior marginal of the value given all observed
-    ones; at an observed position, how well the rest of the row predicts it.
+    ones; at an observed position, how well the rest of the row predicts it. Memory:
+    the backward messages, N T h values.
     """
-    emit = _hmm_emissions(hmm, x)
+    emit = _Evidence(hmm, x)
     c = _hmm_backward(hmm, emit)
-    a = torch.empty_like(emit)
-    a[:, 0] = hmm.initial.detach()
-    for t in range(emit.shape[1] - 1):
-        a[:, t + 1] = _normalize(transpose_apply(hmm.transition, _normalize(a[:, t] * emit[:, t])))
-    posterior = _normalize(a * c)  # p(z_t | the other observed values)
-    return posterior @ hmm.emission.detach()
+    emission = hmm.emission.detach()
+    out = emission.new_empty(*emit.rows.shape, hmm.vocab_size)
+    a = hmm.initial.detach().expand(len(c), -1)
+    for t in range(c.shape[1]):
+        out[:, t] = _normalize(a * c[:, t]) @ emission  # p(z_t | the other observed values)
+        a = _normalize(transpose_apply(hmm.transition, _normalize(a * emit(t))))
+    return out
 
 
 @torch.no_grad()
 def hmm_sample(hmm: HMM, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Rows (N, T) with every MISSING value drawn from p(missing | observed); observed
-    values are kept. Each row is one exact sample of the conditional distribution."""
-    emit = _hmm_emissions(hmm, x)
+    values are kept. Each row is one exact sample of the conditional distribution.
+    Memory: the backward messages, N T h values."""
+    emit = _Evidence(hmm, x)
     c = _hmm_backward(hmm, emit)
-    out = x.long().clone()
+    out = emit.rows.clone()
     emission = hmm.emission.detach()
-    z = _draw(hmm.initial.detach() * emit[:, 0] * c[:, 0], generator)
-    for t in range(x.shape[1]):
-        missing = out[:, t] == MISSING
+    z = _draw(hmm.initial.detach() * emit(0) * c[:, 0], generator)
+    for t in range(out.shape[1]):
+        missing = out[:, t] == hmm.vocab_size
         if missing.any():
             out[missing, t] = _draw(emission[z[missing]], generator)
-        if t + 1 < x.shape[1]:
-            rows = transpose_apply(hmm.transition, _one_hot(z, hmm.hidden_size, emit))
-            z = _draw(rows * emit[:, t + 1] * c[:, t + 1], generator)
+        if t + 1 < out.shape[1]:
+            rows = transpose_apply(hmm.transition, _one_hot(z, hmm.hidden_size, c))
+            z = _draw(rows * emit(t + 1) * c[:, t + 1], generator)
     return out
 
 
