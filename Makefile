@@ -1,7 +1,9 @@
-# monarchpc: every target installs what it needs first (into .venv).
+# monarchpc: every target installs what it needs first (into .venv). `make` lists the targets.
 #   make demo    train a Monarch-2 HMM on the embedded corpus (no download)
 #   make test    run the test suite
+# A target's `## text` is its line in `make help`; [GPU] marks GPU-sized runs.
 SHELL := /bin/bash
+.DEFAULT_GOAL := help
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -27,10 +29,16 @@ TEXT_TARGETS := demo text8-hmm text8-monarch2 chars-text8-prefix text8-ablation-
 	lm1b-hmm lm1b-monarch2 lm1b-sweep wikitext2-hmm wikitext2-monarch2
 IMAGE_TARGETS := image-demo tiny-imagenet32-monarch-hclt imagenet32-monarch-hclt \
 	imagenet64-monarch-hclt fig7-sweep
-.PHONY: install test lint bench bench-ddp tables plots sampling-time pruning clean-venv \
-	$(TEXT_TARGETS) $(IMAGE_TARGETS)
+.PHONY: help install test lint bench bench-ddp tables plots results sampling-time pruning \
+	clean-venv $(TEXT_TARGETS) $(IMAGE_TARGETS)
 
-install: $(VENV)/.installed
+help: ## this list (the default goal)
+	@echo "usage: make TARGET [ARGS=\"hydra overrides\"] [GPUS=n]; [GPU]: sized for a GPU"
+	@grep -hE '^[a-z0-9 %-]+:.*## ' $(MAKEFILE_LIST) | \
+	  sed -E 's/^([^:]+):.*## (.*)$$/\1\t\2/' | \
+	  awk -F '\t' '{printf "  %-28s %s\n", $$1, $$2}'
+
+install: $(VENV)/.installed ## create .venv and install the project (and torch if missing)
 
 # The venv sees the system's site-packages, so a CUDA torch you already have is kept;
 # only where no torch imports is the pinned CPU build installed.
@@ -46,105 +54,126 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # One torch thread per process: the suite runs many tiny models, where threads only contend.
-test: install
+test: install ## the test suite on the CPU (a few minutes)
 	OMP_NUM_THREADS=1 $(PY) -m pytest tests
 
-lint: install
+lint: install ## ruff
 	$(BIN)/ruff check .
 
 # ---- text: the embedded demo, text8, the real text8 prefix, LM1B, WikiText-2 -------------
-demo: install
+demo: install ## Monarch-2 HMM on the embedded corpus, about a minute on a CPU
 	$(TRAIN) experiment=demo $(ARGS)
 
-text8-hmm: install
+text8-hmm: install ## [GPU] dense HMM h=2^15 on text8 (Table 1)
 	$(TRAIN) experiment=text8_hmm $(ARGS)
 
-text8-monarch2: install
+text8-monarch2: install ## [GPU] Monarch-2 HMM h=2^19 on text8, init by multiplication (Table 1)
 	$(TRAIN) experiment=text8_monarch2 $(ARGS)
 
-chars-text8-prefix: install
+chars-text8-prefix: install ## developers: Monarch-2 on the text8 prefix of ../shared (CPU, ~10 min)
 	$(TRAIN) experiment=chars_text8_prefix $(ARGS)
 
 # text8-monarch2 is the paper's recipe: dense HMMs of 512 and 1024 (cached in
 # outputs/factors/) multiplied into a Monarch-2 HMM of h = 2^19, 20 epochs, batch 128 x 32.
 # Table 2: random vs multiplication initialization at four hidden sizes (a Hydra multirun;
 # factor HMMs are shared between jobs through outputs/factors/).
-text8-ablation-init: install
+text8-ablation-init: install ## [GPU] sweep: random vs multiplication init (Table 2)
 	$(TRAIN) -m experiment=text8_ablation_init $(ARGS)
 
 # Table B.2 / Figures 4-5: BPC against FLOPs per token, one multirun per column.
-text8-sweep-b2-hmm text8-sweep-b2-monarch2 text8-sweep-b2-monarch3 text8-sweep-b2-monarch4: text8-sweep-b2-%: install
-	$(TRAIN) -m experiment=sweep_b2_$* $(ARGS)
+text8-sweep-b2-hmm: install ## [GPU] Table B.2, dense HMM column
+	$(TRAIN) -m experiment=sweep_b2_hmm $(ARGS)
 
-text8-sweep-b2: text8-sweep-b2-hmm text8-sweep-b2-monarch2 text8-sweep-b2-monarch3 text8-sweep-b2-monarch4
+text8-sweep-b2-monarch2: install ## [GPU] Table B.2, Monarch-2 column
+	$(TRAIN) -m experiment=sweep_b2_monarch2 $(ARGS)
+
+text8-sweep-b2-monarch3: install ## [GPU] Table B.2, Monarch-3 column
+	$(TRAIN) -m experiment=sweep_b2_monarch3 $(ARGS)
+
+text8-sweep-b2-monarch4: install ## [GPU] Table B.2, Monarch-4 column
+	$(TRAIN) -m experiment=sweep_b2_monarch4 $(ARGS)
+
+text8-sweep-b2: text8-sweep-b2-hmm text8-sweep-b2-monarch2 text8-sweep-b2-monarch3 text8-sweep-b2-monarch4 ## [GPU] Table B.2, all four columns
 
 # LM1B needs the official release unpacked under data/lm1b (the loader's error says how).
-lm1b-hmm: install
+lm1b-hmm: install ## [GPU] dense HMM on LM1B (Table 4; data under data/lm1b)
 	$(TRAIN) experiment=lm1b_hmm $(ARGS)
 
-lm1b-monarch2: install
+lm1b-monarch2: install ## [GPU] Monarch-2 HMM h=2^16 on LM1B (Table 4)
 	$(TRAIN) experiment=lm1b_monarch2 $(ARGS)
 
-lm1b-sweep: install
+lm1b-sweep: install ## [GPU] sweep: dense vs Monarch-2 on LM1B
 	$(TRAIN) -m experiment=sweep_lm1b $(ARGS)
 
-# The LM1B pipeline on real text shipped in ../shared/data (WikiText-2 validation text).
-wikitext2-hmm: install
+# The LM1B pipeline on any local text of one sentence per line (e.g. WikiText-2's
+# wiki.valid.raw): make wikitext2-hmm ARGS="dataset.path=path/to/wiki.valid.raw".
+wikitext2-hmm: install ## dense HMM on a text of lines, ARGS="dataset.path=wiki.valid.raw"
 	$(TRAIN) experiment=wikitext2_hmm $(ARGS)
 
-wikitext2-monarch2: install
+wikitext2-monarch2: install ## Monarch-2 HMM on a text of lines (as wikitext2-hmm)
 	$(TRAIN) experiment=wikitext2_monarch2 $(ARGS)
 
 # ---- images: HCLT and Monarch-HCLT on image patches -------------------------------------
-image-demo: install
+image-demo: install ## Monarch-HCLT on patches of a photograph, about a minute on a CPU
 	$(TRAIN) experiment=image_demo $(ARGS)
 
-tiny-imagenet32-monarch-hclt: install
+tiny-imagenet32-monarch-hclt: install ## [GPU] Monarch-HCLT on a folder/tar of images (dataset.train=...)
 	$(TRAIN) experiment=tiny_imagenet32_monarch_hclt $(ARGS)
 
-imagenet32-monarch-hclt: install
+imagenet32-monarch-hclt: install ## [GPU] Monarch-HCLT on ImageNet32 (Table 5; data under data/imagenet32)
 	$(TRAIN) experiment=imagenet32_monarch_hclt $(ARGS)
 
-imagenet64-monarch-hclt: install
+imagenet64-monarch-hclt: install ## [GPU] Monarch-HCLT on ImageNet64 (Table 5)
 	$(TRAIN) experiment=imagenet64_monarch_hclt $(ARGS)
 
-fig7-sweep: install
+fig7-sweep: install ## [GPU] sweep: HCLT vs Monarch-HCLT on ImageNet64 (Figure 7)
 	$(TRAIN) -m experiment=sweep_fig7 $(ARGS)
 
 # ---- speed ------------------------------------------------------------------------------
 # E-step / EM-update throughput (GPU: the issue's cases; CPU: BENCH_ARGS=--tiny). JSON + Markdown.
 BENCH_ARGS ?= --precision bf16 --reps 5 --ceilings --lean
-bench: install
+bench: install ## [GPU] E-step throughput (CPU: BENCH_ARGS=--tiny)
 	$(PY) scripts/bench.py $(BENCH_ARGS)
 
 # Tokens/s with 1 and 2 GPUs and the ranks' parameter divergence after 10 updates.
 BENCH_GPUS ?= 1 2
-bench-ddp: install
+bench-ddp: install ## [2 GPUs] data-parallel throughput, 1 vs 2 GPUs
 	NCCL_NVLS_ENABLE=0 $(PY) scripts/bench_ddp.py --gpus $(BENCH_GPUS) --out outputs/bench_ddp.json $(if $(ARGS),-- $(ARGS))
 
 # ---- tables and plots from run directories ------------------------------------------------
-# RUNS may name several folders: make tables RUNS="outputs /other/runs"
+# RUNS may name several folders: make tables RUNS="outputs /other/runs". Each writes a
+# provenance_*.md beside its outputs: which run fed which row, and why others did not.
 RUNS ?= outputs
-OUT ?= docs/results
+OUT ?= outputs/reports
 WANDB_PROJECT ?=
 TABLE_ARGS ?=
 PLOT_ARGS ?=
 RUN ?=
 WANDB_FLAG = $(if $(WANDB_PROJECT),--wandb-project $(WANDB_PROJECT))
 
-tables: install
+tables: install ## paper tables from RUNS (outputs) into OUT (outputs/reports) + provenance
 	$(PY) scripts/make_tables.py --runs $(RUNS) --out $(OUT) $(WANDB_FLAG) $(TABLE_ARGS)
 
-plots: install
+plots: install ## paper figures from RUNS into OUT (outputs/reports) + provenance
 	$(PY) scripts/make_plots.py --runs $(RUNS) --out $(OUT) $(WANDB_FLAG) $(PLOT_ARGS)
 
+# docs/results: the committed tables and figures, rebuilt from the committed run records.
+RESULTS := docs/results
+results: install ## rebuild docs/results (tables, figures) from docs/results/runs
+	$(PY) scripts/make_tables.py --out $(RESULTS) --runs $(RESULTS)/runs/text8_prefix \
+	  $(RESULTS)/runs/multiply $(RESULTS)/runs/wikitext2 $(RESULTS)/runs/tiny_imagenet32 \
+	  --text8-dataset chars --lm1b-dataset lines-wikitext-2_valid \
+	  --imagenet32-dataset image_folder --table2-sizes 256,1024
+	$(PY) scripts/make_plots.py --out $(RESULTS) --runs $(RESULTS)/runs/text8_prefix \
+	  $(RESULTS)/runs/tiny_imagenet64 --text8-dataset chars --imagenet64-dataset image_folder
+
 # Table 1/4 "Time": writes sampling_seconds_per_sequence into $(RUN)/run.json
-sampling-time: install
+sampling-time: install ## Tables 1/4 time: sampling seconds per sequence of RUN=<dir>
 	$(PY) scripts/measure_sampling.py --run $(RUN)
 
 # Figure 6: writes $(RUN)/pruning.json
-pruning: install
+pruning: install ## Figure 6: likelihood with hidden states pruned, RUN=<dir>
 	$(PY) scripts/eval_pruning.py --run $(RUN) --fractions 0,0.5,0.75,0.9,0.95,0.99
 
-clean-venv:
+clean-venv: ## remove .venv
 	rm -rf $(VENV)

@@ -255,6 +255,10 @@ LOGGER: dict[str, tuple[Rule, str]] = {
 }
 
 
+RULES_BY_GROUP = {"": TOP, "trainer": TRAINER, "optim": OPTIM, "dataset": DATASET,
+                  "model": MODEL, "init": INIT, "logger": LOGGER}
+
+
 def check_group(prefix: str, values: Mapping[str, Any],
                 rules: Mapping[str, tuple[Rule, str]]) -> None:
     """Apply ``rules`` to the keys of ``values`` they name (others are left alone)."""
@@ -270,6 +274,12 @@ def check_config(cfg: DictConfig | Mapping[str, Any]) -> BlockSpec:
     """Raise :class:`ConfigError` (one line naming the key and the fix) for the first value
     of ``cfg`` that cannot work (see the module docstring); returns the model's block spec.
     Reads nothing but ``cfg`` (and which devices this machine has)."""
+    if isinstance(cfg, DictConfig):
+        for key in sorted(OmegaConf.missing_keys(cfg)):
+            group, _, name = key.rpartition(".")
+            meaning = RULES_BY_GROUP.get(group, {}).get(name, (None, "a required setting"))[1]
+            raise ConfigError(f"{key} is required ({meaning}): give it on the command line, "
+                              f"e.g. {key}=... (see configs/{group or 'train'}/)")
     c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     check_group("", {k: v for k, v in c.items() if k in TOP}, TOP)
     for group, rules in (("trainer", TRAINER), ("optim", OPTIM), ("model", MODEL),

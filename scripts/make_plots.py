@@ -1,11 +1,17 @@
 """Regenerate the paper's figures 4-7 (PNG + PDF) from run directories (and wandb).
 
-    python scripts/make_plots.py --runs outputs --out docs/results
+    python scripts/make_plots.py --runs outputs --out outputs/reports
+
+Beside the figures, provenance_plots.md lists the run behind every point and why each
+other run was left out (its summary is printed too).
 """
 
 from __future__ import annotations
 
-from monarchpc.reports.plots import build_plots
+from pathlib import Path
+
+from monarchpc.reports.plots import build_plots, figure_sources
+from monarchpc.reports.provenance import write_provenance
 from monarchpc.reports.records import load_from_args, source_parser
 
 
@@ -20,6 +26,11 @@ def main() -> None:
     for path in build_plots(records, args.out, text8=args.text8_dataset,
                             imagenet64=args.imagenet64_dataset):
         print(f"wrote {path}")
+    sources = figure_sources(records, args.text8_dataset, args.imagenet64_dataset)
+    datasets = {"figures 4-5": args.text8_dataset, "figure 7": args.imagenet64_dataset}
+    for line in write_provenance(Path(args.out) / "provenance_plots.md", records, sources,
+                                 datasets, "Runs behind the figures"):
+        print(line)
 
 
 if __name__ == "__main__":

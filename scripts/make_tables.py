@@ -1,10 +1,16 @@
 """Regenerate the paper's tables (Markdown + LaTeX) from run directories (and wandb).
 
-    python scripts/make_tables.py --runs outputs --out docs/results
+    python scripts/make_tables.py --runs outputs --out outputs/reports
+
+Beside the tables, provenance_tables.md lists the run behind every cell and why each
+other run was left out (its summary is printed too).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from monarchpc.reports.provenance import write_provenance
 from monarchpc.reports.records import load_from_args, source_parser
 from monarchpc.reports.tables import build_tables, write_tables
 
@@ -26,6 +32,12 @@ def main() -> None:
                           table2_sizes=sizes)
     for path in write_tables(tables, args.out):
         print(f"wrote {path}")
+    datasets = {"text8 tables": args.text8_dataset, "lm1b table": args.lm1b_dataset,
+                "imagenet32": args.imagenet32_dataset, "imagenet64": args.imagenet64_dataset}
+    for line in write_provenance(Path(args.out) / "provenance_tables.md", records,
+                                 {t.key: t.sources for t in tables}, datasets,
+                                 "Runs behind the tables"):
+        print(line)
 
 
 if __name__ == "__main__":

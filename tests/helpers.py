@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 import monarchpc.train  # noqa: F401  (registers the repo_root resolver)
 from monarchpc.paths import REPO_ROOT
@@ -25,3 +25,11 @@ def compose_config(overrides: list[str], run_dir: Path | None = None) -> DictCon
                  f"paths.data_dir={run_dir.parent / 'data'}"]
     with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
         return compose("train", overrides=base + overrides)
+
+
+def with_user_data(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with every setting the user must give (``???``: data files) filled in with a
+    placeholder path, for tests of presets that need no data to be read."""
+    for key in OmegaConf.missing_keys(cfg):
+        OmegaConf.update(cfg, key, ["user.txt"] if key.endswith("paths") else "user.txt")
+    return cfg

@@ -19,7 +19,7 @@ from monarchpc.config_checks import (
 )
 from monarchpc.errors import ConfigError
 from monarchpc.paths import REPO_ROOT
-from tests.helpers import compose_config
+from tests.helpers import compose_config, with_user_data
 
 CONFIGS = REPO_ROOT / "configs"
 
@@ -47,7 +47,7 @@ SINGLE_RUNS = [e for e in options("experiment")
 @pytest.mark.parametrize("overrides", [[f"experiment={e}"] for e in SINGLE_RUNS]
                          + [["dataset=synthetic", "model=hmm"]])
 def test_every_preset_passes(overrides: list[str]) -> None:
-    check_config(compose_config(overrides))
+    check_config(with_user_data(compose_config(overrides)))
 
 
 @pytest.fixture(scope="module")
@@ -98,12 +98,15 @@ def test_bad_values_give_one_line_naming_the_key(default: dict, key: str, value,
     (["dataset=image_folder", "dataset.patch_size=5"], r"patch_size=5 does not divide "
                                                        r"dataset\.image_size=32"),
     (["dataset=image_demo", "dataset.patch_size=64"], r"does not divide dataset\.crop_size"),
-    (["dataset=wikitext2", "dataset.train_fraction=0.95"], "leaves no test lines"),
+    (["dataset=wikitext2", "dataset.path=w.txt", "dataset.train_fraction=0.95"],
+     "leaves no test lines"),
     (["dataset=text8", "dataset.split=[90000000,5000000,6000000]"], "more than "
                                                                     r"dataset\.text_size"),
     (["model=hclt", "trainer.engine=autograd", "trainer.precision=bf16", "dataset=image_demo"],
      "bf16 is not available to the autograd engine of hclt"),
-    (["dataset=chars", "dataset.allow_non_text=yes"], "must be true or false"),
+    (["dataset=chars", "dataset.paths=[a.txt]", "dataset.allow_non_text=yes"],
+     "must be true or false"),
+    (["dataset=chars"], r"dataset\.paths is required \(text files to read\)"),
     (["dataset=imagenet32", "dataset.train_batches=[0,11]"], r"numbers 1\.\.10"),
 ])
 def test_values_that_conflict_are_named(overrides: list[str], match: str) -> None:

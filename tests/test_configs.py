@@ -15,7 +15,7 @@ from monarchpc.config_checks import check_config as validate
 from monarchpc.errors import ConfigError
 from monarchpc.paths import REPO_ROOT
 from monarchpc.train import run
-from tests.helpers import compose_config
+from tests.helpers import compose_config, with_user_data
 
 CONFIGS = REPO_ROOT / "configs"
 
@@ -26,7 +26,7 @@ def options(group: str) -> list[str]:
 
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_every_experiment_preset_composes_and_validates(experiment: str) -> None:
-    cfg = compose_config([f"experiment={experiment}"])
+    cfg = with_user_data(compose_config([f"experiment={experiment}"]))
     OmegaConf.resolve(cfg)  # every interpolation resolves
     validate(cfg)
 
@@ -35,7 +35,7 @@ def test_every_experiment_preset_composes_and_validates(experiment: str) -> None
 @pytest.mark.parametrize("group", ["dataset", "optim", "trainer", "logger", "init"])
 def test_every_group_option_composes(model: str, group: str) -> None:
     for option in options(group):
-        cfg = compose_config([f"model={model}", f"{group}={option}"])
+        cfg = with_user_data(compose_config([f"model={model}", f"{group}={option}"]))
         OmegaConf.resolve(cfg)
         if option == "multiply" and cfg.model.structure != "hmm":  # a product of HMMs
             with pytest.raises(ConfigError, match="init=multiply builds HMMs"):

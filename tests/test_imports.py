@@ -1,4 +1,10 @@
-"""The package has no import circle, counting imports inside functions too."""
+"""The package has no import circle, counting imports inside functions too.
+
+An edge is an import statement of a package module (``import a.b``, ``from a.b import c``
+where ``a.b.c`` may itself be a module); the parent packages that Python initializes on the
+way are not edges of their own (a package that re-exports its modules would otherwise
+always close a circle with each of them).
+"""
 
 from __future__ import annotations
 
@@ -16,15 +22,11 @@ def module_name(path: Path) -> str:
 
 
 def import_graph() -> dict[str, set[str]]:
-    """module -> the package modules it imports (anywhere in its file), and the packages
-    whose ``__init__`` an import of a submodule runs first."""
+    """module -> the package modules it imports (anywhere in its file)."""
     modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
 
     def targets(name: str) -> set[str]:
-        found = {name} if name in modules else set()
-        parts = name.split(".")
-        found |= {".".join(parts[:i]) for i in range(1, len(parts))} & set(modules)
-        return found
+        return {name} if name in modules else set()
 
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
@@ -34,9 +36,9 @@ def import_graph() -> dict[str, set[str]]:
                 for alias in node.names:
                     edges |= targets(alias.name)
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                edges |= targets(node.module)
-                for alias in node.names:  # `from package import submodule`
-                    edges |= targets(f"{node.module}.{alias.name}") - {node.module}
+                subs = {f"{node.module}.{alias.name}" for alias in node.names} & set(modules)
+                # `from package import submodule` imports the submodule; names, the package
+                edges |= subs if len(subs) == len(node.names) else targets(node.module) | subs
         graph[name] = {e for e in edges if e.startswith("monarchpc") and e != name}
     return graph
 

@@ -29,7 +29,7 @@ def test_wikitext2_monarch_run_lowers_dev_perplexity(tmp_path: Path, one_thread:
     if not WIKITEXT.is_file():
         pytest.skip(f"real WikiText-2 text not found at {WIKITEXT}")
     run_dir = tmp_path / "run"
-    cfg = compose_config(["experiment=wikitext2_monarch2", f"paths.shared_data={SHARED_DATA}",
+    cfg = compose_config(["experiment=wikitext2_monarch2", f"dataset.path={WIKITEXT}",
                           "dataset.max_lines=800", "dataset.vocab_size=256",
                           "dataset.seq_len=32", "model.hidden_size=16", "optim.batch_size=64",
                           "optim.epochs=1", "trainer.eval_every=10", "trainer.device=cpu"],

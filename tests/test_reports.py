@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from monarchpc.circuits.sum_blocks import factorize, monarch_block
-from monarchpc.reports import paper, plots, tables
+from monarchpc.reports import paper, plots, provenance, tables
 from monarchpc.reports.records import (
     RunRecord,
     find_run_dirs,
@@ -23,6 +23,7 @@ from monarchpc.reports.records import (
     load_wandb_runs,
     record_from_wandb,
     select,
+    source_parser,
 )
 
 DS = "chars"  # the tiny runs are on the text8 prefix, recorded as "chars"
@@ -223,6 +224,9 @@ def test_make_tables_script_writes_files(runs, tmp_path, monkeypatch, capsys):
             assert (out / f"{key}{suffix}").stat().st_size > 0
             assert f"wrote {out / (key + suffix)}" in printed
     assert f"{final_test(runs['hmm16']):.3f}" in (out / "tables.md").read_text()
+    provenance = (out / "provenance_tables.md").read_text()
+    assert f"- HMM: {load_run(runs['hmm16']).name} (" in provenance  # Table 1's dense row
+    assert "table1_text8: 2 run(s)" in printed and "table4_lm1b: no run of ours" in printed
     for t in tables.build_tables(load_runs([root_of(runs)]), text8=DS):  # well-formed LaTeX
         body = t.latex().split("\\midrule\n")[1].split("\\bottomrule")[0].splitlines()
         assert len(body) == len(t.rows)
@@ -263,11 +267,13 @@ def test_make_plots_script(runs, tmp_path, monkeypatch, capsys):
                                       "--out", str(tmp_path), "--text8-dataset", DS])
     make_plots.main()
     printed = capsys.readouterr().out
-    assert printed.count("wrote ") == 8
-    assert {p.name for p in tmp_path.iterdir()} == {f"{s}.{e}" for e in ("png", "pdf") for s in (
+    assert printed.count("wrote ") == 9
+    figures = {f"{s}.{e}" for e in ("png", "pdf") for s in (
         "figure4_bpc_vs_madds", "figure5_bpc_vs_hidden", "figure6_pruning",
         "figure7_imagenet_bpd_vs_madds")}
-    _check_files(sorted(tmp_path.iterdir()))
+    assert {p.name for p in tmp_path.iterdir()} == {*figures, "provenance_plots.md"}
+    _check_files(sorted(p for p in tmp_path.iterdir() if p.name in figures))
+    assert "figure7_imagenet_bpd_vs_madds: no run of ours" in printed
 
 
 @pytest.mark.parametrize("value", [1.0, math.nan])
@@ -279,3 +285,42 @@ def test_missing_or_nan_metric_is_no_value(runs, tmp_path, value):
     (d / "run.json").write_text(json.dumps(info))
     rec = load_run(d)
     assert rec.value("test") == (1.0 if value == 1.0 else None)
+
+
+# -------------------------------------------------------------------------- provenance
+
+def _rec(name, dataset="text8", block="dense", h=64, dev=2.0, test=2.0, status="finished",
+         init="random"):
+    final = None if test is None else {"dev_bpc": dev, "test_bpc": test}
+    return RunRecord(name=name, dataset=dataset, metric="bpc", structure="hmm", block=block,
+                     k=None if block == "dense" else 2, hidden_size=h, init=init,
+                     status=status, final=final, madds_per_token=h * h)
+
+
+def test_provenance_names_every_run_and_why_it_was_left_out():
+    chosen, worse = _rec("chosen", dev=1.9), _rec("worse", dev=2.1)
+    small, demo, fresh = _rec("small", h=16), _rec("demo-run", dataset="demo"), \
+        _rec("fresh", h=32, test=None)
+    records = [chosen, worse, small, demo, fresh]
+    built = tables.build_tables(records)
+    sources = {t.key: t.sources for t in built}
+    assert ("HMM", chosen) in sources["table1_text8"]  # the lowest dev of the largest size
+    datasets = {"text8 tables": "text8", "lm1b table": "lm1b"}
+    text, summary = provenance.provenance(records, sources, datasets, "Tables")
+    used = text.split("## Runs not used")[0]
+    assert "- HMM: chosen" in used and "- HMM h=16: small" in used  # Table B.2 shows all sizes
+    reasons = dict(line.split(": ", 1) for line in summary if line.startswith("  "))
+    assert reasons == {
+        "  worse": "chosen fills the rows of the same setting (finished runs first, then the "
+                   "lowest dev metric)",
+        "  demo-run": "its dataset 'demo' is not one the outputs read (text8 tables: 'text8', "
+                      "lm1b table: 'lm1b'); name it with the script's --*-dataset options",
+        "  fresh": "it has no test metric yet (never evaluated)"}
+    assert "table4_lm1b: no run of ours" in summary and "3 run(s) not used:" in summary
+    figs = plots.figure_sources(records)
+    assert [r.name for _, r in figs["figure5_bpc_vs_hidden"]] == ["small", "chosen"]
+
+
+def test_report_scripts_write_to_outputs_reports_by_default():
+    args = source_parser("x").parse_args([])
+    assert args.out == "outputs/reports" and args.runs == ["outputs"]

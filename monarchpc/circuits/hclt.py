@@ -170,11 +170,19 @@ class HCLT(nn.Module):
         has_missing, too_large = torch.stack([missing.any(), (x >= self.vocab_int).any()]).tolist()
         if too_large:
             raise ValueError("a value lies outside its variable's vocabulary (vocab_sizes)")
-        missing = missing if has_missing else None
-        x = x.clamp_min(0)
+        ys, log_scale = self.upward(x.clamp_min(0), missing if has_missing else None)
+        p = (ys[0][0] * self.root).sum(-1).clamp_min(torch.finfo(self.root.dtype).tiny)
+        return p.log() + log_scale
+
+    def upward(self, x: Tensor, missing: Tensor | None = None) -> tuple[list[Tensor], Tensor]:
+        """The bottom-up pass over values ``x`` (N, D) in internal order (``missing`` (N, D)
+        bool marks values summed out): per level the node vectors y (n_lvl, N, h), each
+        scaled to sum to one (linear space), and the log of all scales (N,), so that
+        log p(x) = log(root . y_root) + log_scale."""
         tables, edges = self.leaf_tables(), self.blocks.split(self.edge_sizes)
         tiny = torch.finfo(self.root.dtype).tiny
         log_scale = torch.zeros(x.shape[0], dtype=self.root.dtype, device=x.device)
+        ys: list[Tensor] = [x.new_empty(0)] * len(self.levels)
         msg = None
         for lvl in reversed(range(len(self.levels))):
             log_u = self.leaf_values(x, lvl, tables, missing).clamp_min(tiny).log()
@@ -185,11 +193,10 @@ class HCLT(nn.Module):
             u = (log_u - top).exp()
             norm = u.sum(-1, keepdim=True)
             log_scale = log_scale + (top + norm.log()).sum(0).squeeze(-1)
-            y = u / norm  # (n_lvl, N, h), each vector sums to one
+            ys[lvl] = u / norm  # (n_lvl, N, h), each vector sums to one
             if lvl > 0:  # sum blocks of the edges into this level
-                msg = self.blocks.apply_weights(y, edges[lvl - 1])
-        p = (y[0] * self.root).sum(-1).clamp_min(tiny)
-        return p.log() + log_scale
+                msg = self.blocks.apply_weights(ys[lvl], edges[lvl - 1])
+        return ys, log_scale
 
     def madds_per_token(self) -> int:
         """Multiply-adds per variable of the forward pass (the paper's FLOPs per dimension).
@@ -210,15 +217,23 @@ class HCLT(nn.Module):
         for lvl, (s, e) in enumerate(self.levels):
             if lvl > 0:  # z: (n_lvl, n) states of this level, drawn from the parents' states
                 z = self.blocks.sample_next(z[self.parent_local[s:e]], s - 1, generator=generator)
-            for g, gs, ge, row in self.level_groups[lvl]:
-                w = self.leaves[g].detach()
-                zg = z[gs - s : ge - s]  # (n_g, n)
-                k = torch.arange(ge - gs, device=z.device)[:, None] * (not self.tied) + row
-                probs = w[k, zg]  # (n_g, n, V)
-                draw = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1,
-                                         generator=generator)
-                out[:, gs:ge] = draw.reshape(ge - gs, n).t()
+            out[:, s:e] = self.draw_leaves(lvl, z, generator).t()
         return out[:, self.inverse]
+
+    @torch.no_grad()
+    def draw_leaves(self, lvl: int, z: Tensor, generator: torch.Generator | None = None
+                    ) -> Tensor:
+        """Values (n_lvl, n) of level ``lvl``'s variables drawn from their leaves given the
+        latent states z (n_lvl, n)."""
+        s, _ = self.levels[lvl]
+        out = torch.empty_like(z)
+        for g, gs, ge, row in self.level_groups[lvl]:
+            w = self.leaves[g].detach()
+            k = torch.arange(ge - gs, device=z.device)[:, None] * (not self.tied) + row
+            probs = w[k, z[gs - s:ge - s]]  # (n_g, n, V)
+            draw = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator)
+            out[gs - s:ge - s] = draw.reshape(ge - gs, -1)
+        return out
 
     def extra_repr(self) -> str:
         return (f"num_vars={self.num_vars}, hidden_size={self.hidden_size}, "
@@ -248,19 +263,33 @@ def build_hclt(cfg: Any, spec: BlockSpec, train_rows: Tensor, vocab_sizes: list[
     v % channels), ``chow_liu_rows``, ``chow_liu_bins``, ``chow_liu_binning``,
     ``perturbation``. The mutual information is computed on the GPU when one is visible.
     """
-    n, d = train_rows.shape
-    tying = cfg.get("leaf_tying") or "none"
-    if tying not in ("none", "channel"):
-        raise ConfigError(f"unknown model.leaf_tying {tying!r}; use none|channel")
+    n = train_rows.shape[0]
+    leaf_channels(cfg, 1)  # a bad model.leaf_tying fails before the tree is learned
     m = min(n, int(cfg.get("chow_liu_rows") or n))
     sample = train_rows[torch.randperm(n, generator=generator)[:m].to(train_rows.device)]
     if torch.cuda.is_available():  # the mutual information is a few large products
         sample = sample.cuda()
     parent = chow_liu_tree(sample, vocab_sizes, cfg.get("chow_liu_bins", 32),
                            cfg.get("chow_liu_binning") or "quantile")
+    return hclt_from_tree(cfg, spec, parent, vocab_sizes, generator)
+
+
+def hclt_from_tree(cfg: Any, spec: BlockSpec, parent: np.ndarray | Tensor,
+                   vocab_sizes: list[int], generator: torch.Generator | None = None) -> HCLT:
+    """An HCLT of a ``model/`` config over a given tree ``parent`` (D,), random weights
+    (a saved run's tree: see monarchpc/api.py)."""
+    d = len(parent)
     perturbation = float(cfg.get("perturbation", 2.0))
     blocks = SumBlocks(spec, d - 1, generator, perturbation)
-    channels = None
-    if tying == "channel":
-        channels = [v % int(cfg.get("channels") or 3) for v in range(d)]
-    return HCLT(parent, blocks, vocab_sizes, channels, generator, perturbation)
+    return HCLT(parent, blocks, vocab_sizes, leaf_channels(cfg, d), generator, perturbation)
+
+
+def leaf_channels(cfg: Any, num_vars: int) -> list[int] | None:
+    """The channel of each variable when leaves are tied per channel (``leaf_tying``
+    channel: variable v is in channel v % ``channels``), else None (a leaf per variable)."""
+    tying = cfg.get("leaf_tying") or "none"
+    if tying not in ("none", "channel"):
+        raise ConfigError(f"unknown model.leaf_tying {tying!r}; use none|channel")
+    if tying == "none":
+        return None
+    return [v % int(cfg.get("channels") or 3) for v in range(num_vars)]

@@ -5,9 +5,7 @@
 * :func:`evaluate_pruning`: bits per token with hidden states pruned -> ``pruning.json``
   (Figure 6).
 
-The checkpoint is ``<run>/checkpoint.pt``: a torch.save dict with ``"model"`` (the state
-dict) and ``"config"`` (the composed config as a plain dict); the model is rebuilt with
-``build_model(config["model"], vocab_size)`` where vocab_size comes from run.json.
+The model comes from the run's checkpoint through :func:`monarchpc.api.load_run`.
 """
 
 from __future__ import annotations
@@ -19,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 from torch import Tensor
 
-from monarchpc import checkpoint
-from monarchpc.circuits.factory import build_model
+from monarchpc.api import load_run, run_info
 from monarchpc.circuits.hmm import HMM
 from monarchpc.circuits.queries import pruned_log_likelihood, sampling_seconds_per_sequence
 from monarchpc.tracking import write_json_atomic
@@ -41,20 +39,11 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu"
 
     Only HMM runs are supported: the queries of this module are HMM queries.
     """
-    run_dir = Path(run_dir)
-    info = json.loads((run_dir / "run.json").read_text())
-    ckpt = checkpoint.load(run_dir, map_location=device)
-    if ckpt is None:
-        raise FileNotFoundError(f"{run_dir / checkpoint.FILENAME} does not exist: the run "
-                                f"saved no checkpoint")
-    config = ckpt["config"]
-    if config["model"]["structure"] != "hmm":
+    model, config = load_run(run_dir, device)
+    if not isinstance(model, HMM):
         raise ValueError(f"{run_dir}: sampling time and pruning are measured for HMM runs "
-                         f"only, this run is a {config['model']['structure']!r}")
-    vocab_size = info.get("vocab_size") or ckpt["model"]["emission"].shape[-1]
-    model = build_model(config["model"], int(vocab_size))
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), config, info
+                         f"only, this run is a {config.model.structure!r}")
+    return model, OmegaConf.to_container(config), run_info(run_dir)  # type: ignore[return-value]
 
 
 def update_run_json(run_dir: str | Path, **fields: Any) -> None:

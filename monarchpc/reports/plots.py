@@ -34,7 +34,8 @@ def _save(fig: Figure, out: str | Path, stem: str) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{stem}.png", out / f"{stem}.pdf"]
     fig.savefig(paths[0], dpi=150, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
+    # no creation date: regenerated figures of unchanged runs are byte-identical
+    fig.savefig(paths[1], bbox_inches="tight", metadata={"CreationDate": None})
     return paths
 
 
@@ -107,8 +108,8 @@ def figure6(records: Sequence[RunRecord], out: str | Path) -> list[Path]:
     ``pruning.json``; the paper's claim (90% prunable) as a dotted vertical line."""
     fig = Figure(figsize=(6.4, 4.6))
     ax = fig.add_subplot()
-    runs = [r for r in records if r.pruning and r.pruning.get("points")]
-    for r in sorted(runs, key=lambda r: (r.kind, r.hidden_size)):
+    runs = pruning_runs(records)
+    for r in runs:
         pts = sorted(r.pruning["points"], key=lambda p: p["pruned_fraction"])
         where = "all layers" if r.pruning.get("between_layers") else "transition inputs"
         ax.plot([p["pruned_fraction"] for p in pts], [p["bits_per_token"] for p in pts],
@@ -128,6 +129,18 @@ def figure6(records: Sequence[RunRecord], out: str | Path) -> list[Path]:
     return _save(fig, out, "figure6_pruning")
 
 
+def figure7_runs(records: Sequence[RunRecord], dataset: str, transform: str | None,
+                 block: str) -> list[RunRecord]:
+    """Figure 7's points of one block kind: one HCLT run per hidden size, by multiply-adds."""
+    key = {"dataset": dataset, "structure": "hclt", "block": block}
+    found = [r for r in matching(records, **key) if r.madds_per_token
+             and (transform is None or r.transform in (transform, None))]
+    sizes = sorted({r.hidden_size for r in found})
+    runs = [r for h in sizes
+            if (r := select([f for f in found if f.hidden_size == h])) is not None]
+    return sorted(runs, key=lambda r: r.madds_per_token or 0)
+
+
 def figure7(records: Sequence[RunRecord], out: str | Path, dataset: str = "imagenet64",
             transform: str | None = "lossless") -> list[Path]:
     """Test BPD vs multiply-adds per dimension, dense HCLT vs Monarch-HCLT (no paper numbers
@@ -136,15 +149,9 @@ def figure7(records: Sequence[RunRecord], out: str | Path, dataset: str = "image
     ax = fig.add_subplot()
     n = 0
     for block, name in (("dense", "HCLT"), ("monarch", "Monarch-HCLT")):
-        key = {"dataset": dataset, "structure": "hclt", "block": block}
-        found = [r for r in matching(records, **key) if r.madds_per_token
-                 and (transform is None or r.transform in (transform, None))]
-        sizes = sorted({r.hidden_size for r in found})
-        runs = [r for h in sizes
-                if (r := select([f for f in found if f.hidden_size == h])) is not None]
+        runs = figure7_runs(records, dataset, transform, block)
         if runs:
             n += len(runs)
-            runs.sort(key=lambda r: r.madds_per_token)
             ax.plot([r.madds_per_token for r in runs], [r.value("test") for r in runs], "-",
                     marker="o", color=COLORS[block], label=f"{name} (ours)")
             for r in runs:
@@ -162,6 +169,28 @@ def figure7(records: Sequence[RunRecord], out: str | Path, dataset: str = "image
     else:
         ax.legend(fontsize=8)
     return _save(fig, out, "figure7_imagenet_bpd_vs_madds")
+
+
+def pruning_runs(records: Sequence[RunRecord]) -> list[RunRecord]:
+    """Figure 6's lines: the runs with a ``pruning.json``."""
+    return sorted((r for r in records if r.pruning and r.pruning.get("points")),
+                  key=lambda r: (r.kind, r.hidden_size))
+
+
+def figure_sources(records: Sequence[RunRecord], text8: str = "text8",
+                   imagenet64: str = "imagenet64") -> dict[str, list[tuple[str, RunRecord]]]:
+    """Figure -> [(point or line, run)]: the runs each figure of :func:`build_plots` draws."""
+    scaling = [(f"{paper.kind_name(k)} h={r.hidden_size}", r) for k in KINDS
+               for r in our_points(records, text8, "hmm", k)]
+    return {
+        "figure4_bpc_vs_madds": [(p, r) for p, r in scaling if r.madds_per_token],
+        "figure5_bpc_vs_hidden": scaling,
+        "figure6_pruning": [(f"{r.kind} h={r.hidden_size}", r) for r in pruning_runs(records)],
+        "figure7_imagenet_bpd_vs_madds": [
+            (f"{name} h={r.hidden_size}", r)
+            for block, name in (("dense", "HCLT"), ("monarch", "Monarch-HCLT"))
+            for r in figure7_runs(records, imagenet64, "lossless", block)],
+    }
 
 
 def build_plots(records: Sequence[RunRecord], out: str | Path, text8: str = "text8",

@@ -1,5 +1,8 @@
 """The paper's tables rebuilt from run records, each as Markdown and LaTeX.
 
+Each :class:`Table` also lists the runs behind its cells (``sources``), which
+:mod:`monarchpc.reports.provenance` reports beside the tables.
+
 Every table puts the paper's number beside ours. A row the paper has but no run of ours
 covers says "no run"; rows of other papers' models (flows, diffusion, ...) are shown with
 the paper's numbers only. The run behind each of our cells is chosen by
@@ -32,6 +35,8 @@ class Table:
     columns: list[str]
     rows: list[list[str]]
     notes: list[str] = field(default_factory=list)
+    sources: list[tuple[str, RunRecord]] = field(default_factory=list)
+    """(row, run) for every run whose numbers appear in the table."""
 
     def __post_init__(self) -> None:
         if not any(c.endswith("*") or ", running" in c or ", interrupted" in c
@@ -146,13 +151,14 @@ def pick_text_run(records: Sequence[RunRecord], dataset: str, which: str,
 
 def table1(records: Sequence[RunRecord], dataset: str = "text8") -> Table:
     """Table 1: text8 test BPC (and long-context BPC) and sampling time per sequence."""
-    rows = []
+    rows, sources = [], []
     for typ, model, bpc, secs, which in paper.TABLE1:
         if which is None:
             rows.append([typ, model, fmt(bpc, 2), DASH, DASH, fmt_time(secs, DASH), DASH,
                          "not reproduced here"])
             continue
         run = pick_text_run(records, dataset, which, paper.TABLE1_MONARCH_HIDDEN)
+        sources += [(model, run)] if run else []
         rows.append([typ, model, fmt(bpc, 2), ours(run), DASH if run is None else
                      ours(run, "test_long"), fmt_time(secs, DASH), time_cell(run),
                      run_cell(run)])
@@ -166,18 +172,19 @@ def table1(records: Sequence[RunRecord], dataset: str = "text8") -> Table:
          "paper's reference code does.",
          "Time: seconds per sampled sequence (scripts/measure_sampling.py), with the "
          "device and sequence length measured at; the paper's are GPU times at length 256.",
-         UNFINISHED_NOTE])
+         UNFINISHED_NOTE], sources)
 
 
 def table4(records: Sequence[RunRecord], dataset: str = "lm1b") -> Table:
     """Table 4: LM1B test perplexity and sampling time per sequence."""
-    rows = []
+    rows, sources = [], []
     for typ, model, ppl, secs, which in paper.TABLE4:
         if which is None:
             rows.append([typ, model, fmt(ppl, 2), DASH, fmt_time(secs, DASH), DASH,
                          "not reproduced here"])
             continue
         run = pick_text_run(records, dataset, which)
+        sources += [(model, run)] if run else []
         rows.append([typ, model, fmt(ppl, 2), ours(run), fmt_time(secs, DASH), time_cell(run),
                      run_cell(run)])
     return Table(
@@ -185,7 +192,7 @@ def table4(records: Sequence[RunRecord], dataset: str = "lm1b") -> Table:
         ["Type", "Model", "PPL (paper)", "PPL (ours)", "Time s (paper)", "Time s (ours)",
          "Our run"], rows,
         [f"Ours: the largest dense HMM and the largest Monarch-2 HMM run on {dataset}.",
-         UNFINISHED_NOTE])
+         UNFINISHED_NOTE], sources)
 
 
 # ---------------------------------------------------------------------------- Table 2
@@ -202,11 +209,12 @@ def table2(records: Sequence[RunRecord], dataset: str = "text8",
     if hidden_sizes is None:
         hidden_sizes = sorted({r.hidden_size for r in matching(records, **key)
                                if r.init in ("random", "multiply")})
-    rows = []
+    rows, sources = [], []
     for i in range(max(len(paper.TABLE2["random"]), len(hidden_sizes))):
         h = hidden_sizes[i] if i < len(hidden_sizes) else None
         runs = {init: None if h is None else select(records, **key, hidden_size=h, init=init)
                 for init in ("random", "multiply")}
+        sources += [(f"h={h} {init}", r) for init, r in runs.items() if r]
         pv = {init: paper.TABLE2[init][i] if i < len(paper.TABLE2[init]) else None
               for init in ("random", "multiply")}
         a, b = (runs[i_].value("test") if runs[i_] else None for i_ in ("random", "multiply"))
@@ -223,7 +231,7 @@ def table2(records: Sequence[RunRecord], dataset: str = "text8",
         ["The paper's hidden sizes were lost in text extraction: its four columns are "
          "matched to our sizes by rank (smallest first); choose ours with --table2-sizes.",
          "Gain = random BPC - multiply BPC (positive: multiplication helps).",
-         UNFINISHED_NOTE])
+         UNFINISHED_NOTE], sources)
 
 
 # ---------------------------------------------------------------------------- Table 3
@@ -268,10 +276,11 @@ def table3(records: Sequence[RunRecord], dataset: str = "text8") -> Table:
     """Table 3: multiply-adds per token, memory complexity and peak GPU memory."""
     ex = paper.TABLE3_EXAMPLE
     h, t, b = ex["hidden_size"], ex["seq_len"], ex["batch_size"]
-    rows = []
+    rows, sources = [], []
     for model, k, flops, mem, paper_gb in paper.TABLE3:
         formula_gib = memory_formula_bytes(h, _flops_formula(h, k), k or 1, t, b) / GIB
         run = pick_memory_run(records, dataset, k, h)
+        sources += [(model, run)] if run else []
         if run is None:
             rows.append([model, f"${flops}$", f"${mem}$", f"{paper_gb}", f"{formula_gib:.0f}",
                          NO_RUN, DASH, DASH, DASH])
@@ -297,7 +306,8 @@ def table3(records: Sequence[RunRecord], dataset: str = "text8") -> Table:
          f"h = 2^{int(math.log2(h))}, T = {t}, B = {b} (our inference: the setting is "
          f"not in the extracted text); 'Formula GiB' evaluates it.",
          "Ours: the run with measured peak memory, preferring the paper's h; the formula "
-         "at the run's own T and B (fp32, no recomputation) beside the measured peak."])
+         "at the run's own T and B (fp32, no recomputation) beside the measured peak."],
+        sources)
 
 
 # ---------------------------------------------------------------------------- Table 5
@@ -309,7 +319,7 @@ def table5(records: Sequence[RunRecord], datasets: dict[int, str] | None = None)
     """Table 5: ImageNet 32/64 test BPD, lossy (YCoCg) and lossless (YCoCg-R)."""
     datasets = datasets or IMAGENET_DATASETS
     cols = [(res, tr) for res in (32, 64) for tr in ("lossy", "lossless")]
-    rows, notes = [], []
+    rows, notes, sources = [], [], []
     for model, values, which in [*paper.TABLE5, ("HCLT (dense)", {}, "dense")]:
         row = [model]
         for res, tr in cols:
@@ -322,6 +332,7 @@ def table5(records: Sequence[RunRecord], datasets: dict[int, str] | None = None)
             row.append(ours(run))
             if run is not None:
                 notes.append(f"{model}, {datasets[res]} {tr}: {run.label()}")
+                sources.append((f"{model} {res}x{res} {tr}", run))
         rows.append(row)
     header = ["Model"]
     for res, tr in cols:
@@ -331,14 +342,14 @@ def table5(records: Sequence[RunRecord], datasets: dict[int, str] | None = None)
         header, rows,
         ["Ours: the largest Monarch-HCLT (and dense HCLT) run per data set and transform; "
          "'no run' where none exists. Other models: the paper's numbers only.",
-         *notes, UNFINISHED_NOTE])
+         *notes, UNFINISHED_NOTE], sources)
 
 
 # --------------------------------------------------------------------------- Table B.2
 
 def table_b2(records: Sequence[RunRecord], dataset: str = "text8") -> Table:
     """Table B.2: hidden size -> multiply-adds per token -> BPC, per model kind."""
-    rows = []
+    rows, sources = [], []
     for k, points in paper.TABLE_B2.items():
         key = {"dataset": dataset, "structure": "hmm", **_kind_key(k)}
         ours_h = {r.hidden_size for r in matching(records, **key)}
@@ -346,6 +357,7 @@ def table_b2(records: Sequence[RunRecord], dataset: str = "text8") -> Table:
         for h in sorted(set(by_h) | ours_h):
             flops, bpc = by_h.get(h, (None, None))
             run = select(records, **key, hidden_size=h)
+            sources += [(f"{paper.kind_name(k)} h={h}", run)] if run else []
             rows.append([paper.kind_name(k), f"$2^{{{int(math.log2(h))}}}$"
                          if h & (h - 1) == 0 else fmt_int(h), fmt_int(flops), fmt(bpc, 3),
                          DASH if run is None else fmt_int(run.madds_per_token),
@@ -356,7 +368,7 @@ def table_b2(records: Sequence[RunRecord], dataset: str = "text8") -> Table:
          "Madds/token (ours)", "BPC (ours)", "Our run"], rows,
         ["The paper's hidden sizes are derived from its FLOPs column (h^2 dense, "
          "h (b_1+...+b_k) Monarch); rows only we have show a dash in the paper columns.",
-         UNFINISHED_NOTE])
+         UNFINISHED_NOTE], sources)
 
 
 # ------------------------------------------------------------------------------- all

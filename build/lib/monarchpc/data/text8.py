@@ -1,0 +1,116 @@
+"""Text8: the first 10^8 characters of English Wikipedia, cleaned to a-z and space.
+
+Official source: http://mattmahoney.net/dc/text8.zip (31,344,016 bytes), holding one file
+``text8`` of 100,000,000 characters. Split as in the paper: the first 90M characters
+train, the next 5M dev, the last 5M test, each cut into rows of 256; the test split is
+also kept as one line for "long" evaluation. The verified characters are cached as
+``<root>/text8.npy``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from monarchpc.data import DataError, Splits
+from monarchpc.data.chars import char_splits, encode
+from monarchpc.paths import resolve
+
+URL = "http://mattmahoney.net/dc/text8.zip"
+ZIP_SIZE = 31_344_016
+TEXT_SIZE = 100_000_000
+# sha256 of the unzipped 10^8 characters, as published alongside the corpus in public
+# reproduction notes; set dataset.sha256=null to skip the check.
+TEXT_SHA256 = "6e890197040d37d85beb962ae1f041ff1d9a9ca8d20c7d99c85027eebf51dca7"
+SPLIT = (90_000_000, 5_000_000, 5_000_000)
+
+
+def fix_hint(root: Path, url: str, zip_size: int | None) -> str:
+    size = f" ({zip_size:,} bytes)" if zip_size else ""
+    return (f"download {url}{size} and put it at {root / 'text8.zip'} (or unzipped as "
+            f"{root / 'text8'}), or point dataset.path at a local copy")
+
+
+def locate(path: str | None, root: Path, url: str, download: bool,
+           zip_size: int | None) -> Path:
+    """The text8 source file: ``path``, else ``root``/text8.zip or text8, else a download."""
+    if path is not None:
+        src = resolve(path)
+        if not src.is_file():
+            raise DataError(f"text8: dataset.path={path} does not exist; "
+                            + fix_hint(root, url, zip_size))
+        return src
+    for name in ("text8.zip", "text8"):
+        if (root / name).is_file():
+            return root / name
+    if not download:
+        raise DataError("text8: not found and dataset.download=false; "
+                        + fix_hint(root, url, zip_size))
+    root.mkdir(parents=True, exist_ok=True)
+    part = root / "text8.zip.part"
+    print(f"downloading {url} -> {root / 'text8.zip'}")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as out:
+            shutil.copyfileobj(response, out)
+    except OSError as err:
+        part.unlink(missing_ok=True)
+        raise DataError(f"text8: download failed ({err}); " + fix_hint(root, url, zip_size)
+                        ) from err
+    part.replace(root / "text8.zip")
+    return root / "text8.zip"
+
+
+def read_verified(src: Path, url: str, zip_size: int | None, text_size: int | None,
+                  sha256: str | None) -> bytes:
+    """The corpus bytes of ``src`` (zip or plain), checked against the expected sizes/hash."""
+    hint = fix_hint(src.parent, url, zip_size)
+    if src.suffix == ".zip":
+        if zip_size is not None and src.stat().st_size != zip_size:
+            raise DataError(f"text8: {src} has {src.stat().st_size:,} bytes, expected "
+                            f"{zip_size:,}: the download is incomplete or corrupt; delete it "
+                            f"and {hint}")
+        try:
+            with zipfile.ZipFile(src) as zf:
+                raw = zf.read(zf.namelist()[0])
+        except (zipfile.BadZipFile, IndexError, OSError) as err:
+            raise DataError(f"text8: {src} is not a valid zip ({err}); delete it and {hint}"
+                            ) from err
+    else:
+        raw = src.read_bytes()
+    if text_size is not None and len(raw) != text_size:
+        raise DataError(f"text8: {src} holds {len(raw):,} characters, expected {text_size:,}; "
+                        f"delete it and {hint}")
+    if sha256 is not None and hashlib.sha256(raw).hexdigest() != sha256:
+        raise DataError(f"text8: checksum mismatch for {src} (sha256 of the text is "
+                        f"{hashlib.sha256(raw).hexdigest()}, expected {sha256}); the file is "
+                        f"corrupt or not text8: delete it and {hint}")
+    return raw
+
+
+def load(path: str | None = None, root: str = "data/text8", url: str = URL,
+         download: bool = True, zip_size: int | None = ZIP_SIZE,
+         text_size: int | None = TEXT_SIZE, sha256: str | None = TEXT_SHA256,
+         split: list[int] = SPLIT, seq_len: int = 256) -> Splits:
+    """Text8 as 27-symbol rows (see module docstring); downloads when allowed and needed."""
+    root_dir = resolve(root)
+    cache = root_dir / "text8.npy"
+    if cache.is_file():  # only ever holds verified text8
+        codes = np.load(cache)
+        source = str(cache)
+    else:
+        src = locate(path, root_dir, url, download, zip_size)
+        raw = read_verified(src, url, zip_size, text_size, sha256)
+        if raw.translate(None, delete=b" abcdefghijklmnopqrstuvwxyz"):
+            raise DataError(f"text8: {src} contains characters other than a-z and space; "
+                            f"it is not text8 (use dataset=chars for other text)")
+        codes = encode(raw.decode("ascii"))
+        root_dir.mkdir(parents=True, exist_ok=True)
+        np.save(cache, codes)
+        source = str(src)
+    info = {"name": "text8", "source": source, "chars": int(codes.size), "split": list(split)}
+    return char_splits(codes, tuple(split), seq_len, info)

@@ -1,0 +1,197 @@
+"""The factor runs of ``init=multiply``: dense HMMs trained by the same loop, cached.
+
+Factor d (size h_d, d = 0..k-1) is an ordinary training run of a dense HMM, derived from
+the Monarch run's config: same dataset, trainer and logger; ``model`` = dense HMM of size
+h_d; ``optim`` = the run's optim with the non-null keys of ``init.optim`` on top (the
+paper's text8 factors: batch 1024, 20 epochs, same schedule); ``init`` = random;
+``seed`` = ``init.seed + d`` (so equal sizes, e.g. 16 x 16, give two different HMMs and
+not the same one twice).
+
+Each factor run lives in ``init.cache_dir/<name>`` where the name ends in a hash of its
+identity (resolved dataset config, model, optim, seed and trainer precision). A run whose
+``run.json`` says finished is reused; an interrupted one is resumed; a changed identity
+(another size, epochs, data, seed...) is a new directory. A file lock per directory keeps
+parallel sweep jobs from training the same factor twice.
+"""
+
+from __future__ import annotations
+
+import copy
+import fcntl
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from monarchpc import checkpoint
+from monarchpc.circuits.factory import ConfigError, build_model, resolve_factors
+from monarchpc.circuits.hmm import HMM
+from monarchpc.circuits.sum_block import factorize
+from monarchpc.data import Splits
+
+log = logging.getLogger("monarchpc")
+
+DATASET_LOCATION_KEYS = ("cache_dir", "download")
+"""Dataset keys that say where data is cached or whether to fetch it, not what it is."""
+
+
+class FactorRunIncomplete(RuntimeError):
+    """A factor run stopped before finishing (Ctrl-C, SIGTERM); rerunning resumes it."""
+
+
+def factor_sizes(cfg: DictConfig) -> list[int]:
+    """The dense factor sizes h_0..h_{k-1} of ``init=multiply`` for the model of ``cfg``.
+
+    ``init.factors`` if given; else the model's Monarch factors; for a dense model, its two
+    near-equal factors (the product is then materialized as a dense matrix).
+    """
+    m = cfg.model
+    hidden = int(m.hidden_size)
+    model_factors = resolve_factors(m.block, hidden, m.get("k"), m.get("factors"))
+    given = cfg.init.get("factors")
+    if given is None and model_factors is not None:
+        return model_factors
+    if given is None:
+        try:
+            return factorize(hidden, 2)
+        except ValueError as err:
+            raise ConfigError(f"init=multiply: {err}; or set init.factors") from None
+    sizes = [int(b) for b in given]
+    if model_factors is not None and sizes != model_factors:
+        raise ConfigError(f"init.factors={sizes} must equal the Monarch factors "
+                          f"{model_factors} of the model (set model.factors={sizes}, or "
+                          f"init.factors=null to use the model's)")
+    if math.prod(sizes) != hidden:
+        raise ConfigError(f"init.factors={sizes} multiply to {math.prod(sizes)}, not "
+                          f"model.hidden_size={hidden}")
+    return sizes
+
+
+def factor_config(cfg: DictConfig, size: int, index: int) -> dict[str, Any]:
+    """The resolved config (a plain dict) of factor ``index`` of size ``size``; no run dir."""
+    parent = OmegaConf.to_container(cfg, resolve=True)
+    init = parent["init"]
+    c = copy.deepcopy(parent)
+    c["model"] = {"name": "hmm", "structure": "hmm", "block": "dense", "hidden_size": int(size),
+                  "k": None, "factors": None,
+                  "perturbation": parent["model"].get("perturbation", 8.0),
+                  "vocab_size": parent["model"].get("vocab_size")}
+    c["init"] = {"name": "random"}
+    c["optim"] = {**parent["optim"],
+                  **{k: v for k, v in (init.get("optim") or {}).items() if v is not None}}
+    c["trainer"] = {**parent["trainer"],
+                    **{k: v for k, v in (init.get("trainer") or {}).items() if v is not None},
+                    "stop_after": None}
+    c["seed"] = int(init.get("seed", parent["seed"])) + index
+    return c
+
+
+def identity(config: dict[str, Any]) -> dict[str, Any]:
+    """What makes two factor runs the same run (the cache key)."""
+    dataset = {k: v for k, v in config["dataset"].items() if k not in DATASET_LOCATION_KEYS}
+    return {"dataset": dataset, "model": config["model"], "optim": config["optim"],
+            "seed": config["seed"], "precision": config["trainer"]["precision"]}
+
+
+def run_name(config: dict[str, Any]) -> str:
+    """``<dataset>-hmm-h<size>-seed<seed>-<12 hex digits of the identity's sha256>``."""
+    key = json.dumps(identity(config), sort_keys=True, default=str)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return (f"{config['dataset']['name']}-hmm-h{config['model']['hidden_size']}"
+            f"-seed{config['seed']}-{digest}")
+
+
+def read_info(run_dir: Path) -> dict[str, Any] | None:
+    """The run.json of ``run_dir``, or None."""
+    path = run_dir / "run.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def is_finished(run_dir: Path) -> bool:
+    info = read_info(run_dir)
+    return bool(info and info.get("status") == "finished") and \
+        (run_dir / checkpoint.FILENAME).is_file()
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (created if missing) for the duration of the block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def train_factor(config: dict[str, Any], cache_dir: Path, splits: Splits | None = None
+                 ) -> Path:
+    """The run directory of the factor run ``config``: reused when finished, else trained
+    (or resumed) now with :func:`monarchpc.train.run`."""
+    from monarchpc.train import run  # train imports initialize, which imports this module
+
+    name = run_name(config)
+    run_dir = cache_dir / name
+    with locked(cache_dir / f".{name}.lock"):
+        if is_finished(run_dir):
+            log.info(f"factor run {run_dir}: finished, reused")
+            return run_dir
+        resume = (run_dir / checkpoint.FILENAME).is_file()
+        log.info(f"factor run {run_dir}: {'resuming' if resume else 'training'} a dense HMM "
+                 f"of size {config['model']['hidden_size']}")
+        cfg = OmegaConf.create({**config, "run_dir": str(run_dir), "run_name": name,
+                                "resume": resume})
+        run(cfg, splits)
+        if not is_finished(run_dir):
+            raise FactorRunIncomplete(
+                f"factor run {run_dir} stopped before finishing; run the same command again "
+                f"to resume it")
+    return run_dir
+
+
+def load_factor(run_dir: Path, vocab_size: int) -> HMM:
+    """The trained dense HMM of a finished factor run (on the CPU)."""
+    ckpt = checkpoint.load(run_dir)
+    if ckpt is None:
+        raise ConfigError(f"{run_dir} holds no checkpoint; it is not a finished factor run")
+    model = build_model(ckpt["config"]["model"], vocab_size)
+    model.load_state_dict(ckpt["model"])
+    if not isinstance(model, HMM):
+        raise ConfigError(f"{run_dir} does not hold an HMM")
+    return model
+
+
+def factor_runs(cfg: DictConfig, splits: Splits | None = None) -> list[Path]:
+    """The factor run directories of ``cfg`` (``init=multiply``), training what is missing.
+
+    Directories given in ``init.factor_runs`` are used as they are (they must be finished).
+    """
+    given = cfg.init.get("factor_runs")
+    if given:
+        dirs = [Path(d) for d in given]
+        unfinished = [str(d) for d in dirs if not is_finished(d)]
+        if unfinished:
+            raise ConfigError(f"init.factor_runs lists runs that are not finished: "
+                              f"{', '.join(unfinished)}")
+        return dirs
+    cache_dir = Path(cfg.init.cache_dir)
+    return [train_factor(factor_config(cfg, size, d), cache_dir, splits)
+            for d, size in enumerate(factor_sizes(cfg))]
+
+
+def factor_costs(dirs: list[str] | list[Path]) -> dict[str, float]:
+    """Training cost of the factor runs: summed ``train_flops`` and ``wall_time`` (seconds)
+    of their final records (what multiplication cost before the Monarch run started)."""
+    flops, seconds = 0.0, 0.0
+    for d in dirs:
+        final = (read_info(Path(d)) or {}).get("final") or {}
+        flops += float(final.get("train_flops", 0.0))
+        seconds += float(final.get("wall_time", 0.0))
+    return {"factor_train_flops": flops, "factor_wall_time": seconds}

@@ -1,0 +1,1 @@
+"""GPU kernels (Triton), each with the PyTorch twin it is tested against."""

@@ -1,0 +1,340 @@
+"""Fused E-step for HMMs: scaled forward-backward with recomputation, no autograd graph.
+
+The reference path (:func:`monarchpc.learning.em.accumulate_flows`) lets autograd cache
+every hidden state of every layer. This path computes the same log-likelihood and the
+same gradients with respect to the parameters (so ``theta * grad`` are the flows) with
+three matrix products per layer and step (four where a step is recomputed), in linear
+space with one scale per column and step:
+
+1. Right to left (the HMM recursion of circuits/hmm.py), with e_t = B[:, x_t]:
+       y_{T-1} = e_{T-1},   y_t = e_t * (M y_{t+1}) / s_{t+1},   s_t = sum_i y_t[i]
+       log p = log(g . y_0) + sum_{t >= 1} log s_t
+   (y_t sums to s_t: dividing by the previous step's sum needs one pass over a state).
+2. Left to right over segments of c transitions, carrying w (w_{-1} = g / (g . y_0)):
+       posterior of z_t:   gamma_t = w_{t-1} * y_t               (sums to 1)
+       a_0 = w_{t-1} * e_t / s_{t+1},   a_{d+1} = L_d^T a_d,   w_t = a_k
+       dlogp/dL_d += sum_t a_d(t) X_d(t)^T   (one batched product per segment, K = c * N)
+   where X_d(t) = L_{d+1} ... L_{k-1} y_{t+1} is the input of layer d (M = L_0 ... L_{k-1}).
+
+The first pass keeps every c-th y_t; the second recomputes a segment's X_d(t) from it,
+except for the leading segments that fit in ``keep_gb``, whose X_d(t) the first pass
+wrote into their buffers already. Products write straight into their slots of a segment
+buffer (b_0, ..., b_{k-1}, c, N), and the element-wise work of a step is one kernel
+(:mod:`monarchpc.learning.kernels`: Triton on a GPU, PyTorch otherwise).
+
+Hidden states are kept hidden-major, (b_0, ..., b_{k-1}, N), so every Monarch layer is one
+batched matrix product over strided views (the permutations between layers cost nothing
+for k = 2). Matrix operands may be bf16 or fp16 (fp32 accumulation) or TF32; scales,
+sums and accumulated gradients stay fp32.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from monarchpc.circuits.dense import DenseBlock
+from monarchpc.circuits.hmm import HMM
+from monarchpc.circuits.monarch import MonarchBlock
+from monarchpc.learning.kernels import element_ops
+
+GRAPH_MAX_HIDDEN = 2**18  # CUDA graphs by default up to this hidden size (launch-bound sizes)
+DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16,
+          "fp16": torch.float16}
+
+
+def layer_params(hmm: HMM) -> list[Tensor]:
+    """The transition's parameters, one per layer (M = L_0 ... L_{k-1}; dense: one layer)."""
+    block = hmm.transition
+    if isinstance(block, DenseBlock):
+        return [block.weight]
+    if isinstance(block, MonarchBlock):
+        return list(block.layers)
+    raise TypeError(f"no fused E-step for {type(block).__name__}")
+
+
+def as_layer(param: Tensor) -> Tensor:
+    """A layer's weights as (pre, post, b, b): a dense (h, h) matrix is (1, 1, h, h)."""
+    return param.detach().view(1, 1, *param.shape) if param.dim() == 2 else param.detach()
+
+
+def add_products(acc: Tensor, a: Tensor, b: Tensor) -> None:
+    """acc (B, m, n) fp32 += a (B, m, K) @ b (B, K, n), accumulating in fp32."""
+    if a.dtype == acc.dtype:
+        acc.baddbmm_(a, b)
+        return
+    if acc.is_cuda:  # 16-bit operands, fp32 output straight from cuBLAS
+        try:
+            torch.baddbmm(acc, a, b, out_dtype=acc.dtype, out=acc)
+            return
+        except (RuntimeError, TypeError):  # a torch without out_dtype: chunks of 64 blocks
+            pass
+    for i in range(0, acc.shape[0], 64):
+        acc[i:i + 64].add_(torch.bmm(a[i:i + 64], b[i:i + 64]).to(acc.dtype))
+
+
+class Layers:
+    """The transition's layers in the compute dtype, applied to hidden-major states.
+
+    A state is a tensor (b_0, ..., b_{k-1}, N) with any strides (N: columns, e.g. the batch).
+    """
+
+    def __init__(self, weights: list[Tensor], dtype: torch.dtype) -> None:
+        self.w = [as_layer(w).to(dtype) for w in weights]
+        self.factors = [int(w.shape[2]) for w in self.w]
+        self.k = len(self.w)
+        self.h = math.prod(self.factors)
+
+    def split(self, state: Tensor, d: int) -> Tensor:
+        """``state`` as (pre_d, post_d, b_d, N) (a view whenever the strides allow)."""
+        pre, post = self.w[d].shape[0], self.w[d].shape[1]
+        return state.reshape(pre, self.factors[d], post, state.shape[-1]).transpose(1, 2)
+
+    def unview(self, out: Tensor, d: int) -> Tensor:
+        """A product's output (pre_d, post_d, b_d, N) as a state (b_0, ..., b_{k-1}, N)."""
+        b = self.factors
+        out = out.view(*b[:d], *b[d + 1:], b[d], out.shape[-1])
+        order = [*range(d), self.k - 1, *range(d, self.k - 1), self.k]
+        return out.permute(order)
+
+    def apply(self, d: int, state: Tensor, transpose: bool = False,
+              out: Tensor | None = None) -> Tensor:
+        """L_d @ state (or L_d^T @ state) for every column: one batched product.
+
+        With ``out`` (a state, e.g. a slot of a segment buffer) the product is written there,
+        directly where its strides allow, and ``out`` is returned.
+        """
+        w = self.w[d].transpose(-1, -2) if transpose else self.w[d]
+        w3 = w.reshape(-1, *w.shape[2:])
+        x3 = self.split(state, d).reshape(w3.shape[0], self.factors[d], state.shape[-1])
+        if out is None:
+            return self.unview(torch.bmm(w3, x3), d)
+        b, n = self.factors[d], out.shape[-1]
+        try:  # out as (pre, post, b, N), flattened to (pre * post, b, N) without a copy
+            target = out.view(self.w[d].shape[0], b, -1, n).transpose(1, 2).view(-1, b, n)
+        except RuntimeError:  # the slot's strides do not flatten (middle layers of k >= 3)
+            out.copy_(self.unview(torch.bmm(w3, x3), d))
+            return out
+        torch.bmm(w3, x3, out=target)
+        return out
+
+    def accumulate_grad(self, d: int, grad: Tensor, a: Tensor, x: Tensor) -> None:
+        """grad (pre, post, b, b) fp32 += sum over columns of a x^T per block.
+
+        a, x: (b_0, ..., b_{k-1}, K) in the compute dtype (K = columns of a whole segment).
+        """
+        pre, post, b, _ = grad.shape
+        a3 = self.split(a, d).reshape(pre * post, b, a.shape[-1])
+        x3 = self.split(x, d).reshape(pre * post, b, x.shape[-1])
+        add_products(grad.view(pre * post, b, b), a3, x3.transpose(1, 2))
+
+
+@torch.no_grad()
+def hmm_estep(hmm: HMM, x: Tensor, checkpoint_every: int = 16, precision: str = "fp32",
+              grad: bool = True, kernels: str = "auto", keep_gb: float = 0.0) -> Tensor:
+    """Log-likelihood (N,) of rows ``x`` (N, T); adds dlogp/dtheta to every ``param.grad``.
+
+    With ``grad=False`` only the first pass runs (evaluation).
+
+    ``checkpoint_every`` (c >= 1): the first pass keeps every c-th hidden vector and the
+    second recomputes c steps at a time. ``keep_gb``: memory for segments whose layer
+    inputs the first pass keeps (no recomputation); each takes (k c + 1) states of N
+    columns. ``precision``: fp32, tf32, bf16 or fp16 operands for the matrix products.
+    ``kernels``: the element-wise steps in ``triton``, ``torch`` or ``auto`` (Triton on a GPU).
+    """
+    log_likelihood, grads = estep_values(hmm, x, checkpoint_every, precision, grad, kernels,
+                                         keep_gb, into_grad=True)
+    for param, g in grads:
+        if param.grad is None or g.data_ptr() != param.grad.data_ptr():
+            add_grad(param, g, owned=True)  # (else accumulated in param.grad already)
+    return log_likelihood
+
+
+def fused_estep(hmm: HMM, device: torch.device, checkpoint_every: int = 16,
+                precision: str = "fp32", keep_gb: float = 0.0, graphs: str | bool = "auto"
+                ) -> Callable[[Tensor], Tensor]:
+    """The training E-step x (N, T) -> log p (N,): :func:`hmm_estep` with these settings,
+    replayed from CUDA graphs when ``graphs`` is true, or ``auto`` and h <= GRAPH_MAX_HIDDEN
+    on a GPU (small models, where launching the kernels takes longer than running them)."""
+    if graphs not in ("auto", True, False):
+        raise ValueError(f"graphs must be auto, true or false, got {graphs!r}")
+    settings = {"checkpoint_every": checkpoint_every, "precision": precision,
+                "keep_gb": keep_gb}
+    if graphs == "auto":
+        graphs = device.type == "cuda" and hmm.hidden_size <= GRAPH_MAX_HIDDEN
+    if graphs:
+        if device.type != "cuda":
+            raise ValueError("CUDA graphs need a GPU; set graphs to auto or false")
+        return GraphedEStep(hmm, **settings)
+    return lambda x: hmm_estep(hmm, x, **settings)
+
+
+class GraphedEStep:
+    """:func:`hmm_estep` captured as a CUDA graph per input shape, then replayed.
+
+    For models whose steps are too short to hide the launch of their kernels (on an H100,
+    up to h = 2^18: Monarch-2 2^16 went from 282k to 534k tokens/s). Parameters must be
+    updated in place (as :func:`~monarchpc.learning.em.em_step` does); each captured
+    shape keeps its memory.
+    """
+
+    def __init__(self, hmm: HMM, max_shapes: int = 2, **settings: object) -> None:
+        self.hmm, self.settings, self.max_shapes = hmm, settings, max_shapes
+        self.graphs: dict[tuple[int, ...], tuple[Tensor, torch.cuda.CUDAGraph, tuple]] = {}
+
+    @torch.no_grad()
+    def __call__(self, x: Tensor) -> Tensor:
+        key = tuple(x.shape)
+        if key not in self.graphs:
+            if len(self.graphs) >= self.max_shapes:  # an odd shape: no new graph
+                return hmm_estep(self.hmm, x, **self.settings)
+            self.graphs[key] = self.capture(x)
+        static_x, graph, (log_likelihood, grads) = self.graphs[key]
+        static_x.copy_(x)
+        graph.replay()
+        for param, g in grads:
+            add_grad(param, g)
+        return log_likelihood.clone()
+
+    def capture(self, x: Tensor) -> tuple[Tensor, torch.cuda.CUDAGraph, tuple]:
+        static_x = x.clone()
+        side = torch.cuda.Stream(x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side):  # warm-up: compiles kernels, sets up cuBLAS
+            estep_values(self.hmm, static_x, **self.settings)
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outputs = estep_values(self.hmm, static_x, **self.settings)
+        return static_x, graph, outputs
+
+
+def estep_values(hmm: HMM, x: Tensor, checkpoint_every: int = 16, precision: str = "fp32",
+                 grad: bool = True, kernels: str = "auto", keep_gb: float = 0.0,
+                 into_grad: bool = False) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+    """:func:`hmm_estep`'s values: (log p (N,), [(param, dlogp/dparam)]) without touching
+    ``.grad``, except with ``into_grad``: then transition gradients accumulate straight
+    into existing fp32 ``param.grad`` tensors (which are returned as they are)."""
+    if precision not in DTYPES:
+        raise ValueError(f"precision must be one of {sorted(DTYPES)}, got {precision!r}")
+    dtype = DTYPES[precision]
+    n, length = x.shape
+    dev = x.device
+    layers = Layers(layer_params(hmm), dtype)
+    k, h, factors = layers.k, layers.h, layers.factors
+    table = hmm.emission.detach().float().contiguous()  # (h, V)
+    initial = hmm.initial.detach().float()
+    ops = element_ops(kernels, dev, table.shape[1])
+    xt = x.t().contiguous()  # (T, N)
+    c = max(1, min(int(checkpoint_every), length))
+
+    def new_state() -> Tensor:
+        return torch.empty(*factors, n, dtype=dtype, device=dev)
+
+    def new_buffers() -> list[Tensor]:
+        """Segment buffer: slot j of layer d < k-1 holds X_d(start + j); layer k-1 holds
+        y_{start + j} for j in [0, c] (so X_{k-1}(t) = y_{t+1} is slot t - start + 1)."""
+        return [torch.empty(*factors, c + (d == k - 1), n, dtype=dtype, device=dev)
+                for d in range(k)]
+
+    # transitions t -> t+1 for t in [start, stop); the first `kept` keep the first pass's X
+    segments = [(s, min(s + c, length - 1)) for s in range(0, length - 1, c)]
+    seg_bytes = (k * c + 1) * h * n * dtype.itemsize
+    kept = min(len(segments), int(keep_gb * 1e9) // seg_bytes) if grad else 0
+    buffers = [new_buffers() for _ in range(kept)]
+
+    def step_down(t: int, y_next: Tensor, s_next: Tensor, xs: list[Tensor] | None,
+                  start: int, y_out: Tensor) -> Tensor:
+        """y_t (into ``y_out``) from y_{t+1}; returns s_t. With ``xs``, every layer's input
+        goes into its slot t - start (y_{t+1} is there already)."""
+        m = y_next
+        for d in reversed(range(k)):
+            slot = xs[d - 1][..., t - start, :] if xs is not None and d > 0 else None
+            m = layers.apply(d, m, out=slot)
+        return ops.emit(m, table, xt[t], s_next, y_out)
+
+    # Pass 1: right to left; y_u of a kept segment lands in its slots, and y_stop of every
+    # other segment is kept as its checkpoint.
+    scales = torch.empty(length, n, dtype=torch.float32, device=dev)
+    e_last = table[:, xt[-1]]
+    scales[-1] = e_last.sum(0)
+    y_last = new_state()
+    y_last.copy_(e_last.view(y_last.shape))
+    checkpoints = {length - 1: y_last}
+    y = y_last
+    for t in range(length - 1, -1, -1):
+        j = min(t // c, len(segments) - 1) if segments else 0
+        if t < length - 1:
+            keep = j < kept
+            out = buffers[j][k - 1][..., t - segments[j][0], :] if keep else new_state()
+            scales[t] = step_down(t, y, scales[t + 1], buffers[j] if keep else None,
+                                  segments[j][0] if keep else 0, out)
+            y = out
+            if grad and not keep and t > 0 and t % c == 0:
+                checkpoints[t] = y
+        for i in (j - 1, j):  # y_t is slot t - start of segment i when kept (both ends)
+            if 0 <= i < kept and segments[i][0] <= t <= segments[i][1]:
+                slot = buffers[i][k - 1][..., t - segments[i][0], :]
+                if slot.data_ptr() != y.data_ptr():
+                    slot.copy_(y)
+    y_first = y.reshape(h, n).float()
+    g_dot = initial @ y_first  # (N,)
+    log_likelihood = g_dot.log() + scales[1:].log().sum(0)
+    if not grad:
+        return log_likelihood, []
+
+    # Pass 2: left to right, segment by segment, carrying w (w_{-1} . y_0 = 1).
+    grads = [param.grad.view(w.shape) if into_grad and accumulable(param) else
+             torch.zeros(w.shape, dtype=torch.float32, device=dev)
+             for param, w in zip(layer_params(hmm), layers.w, strict=True)]
+    emission_flows = torch.zeros_like(table)
+    w = (initial[:, None] / g_dot[None, :]).view(*factors, n)
+    initial_flows = (w.reshape(h, n) * y_first).sum(1)
+    a_buf = [torch.empty(*factors, c, n, dtype=dtype, device=dev) for _ in range(k)]
+    work = new_buffers() if kept < len(segments) else None
+    for j, (start, stop) in enumerate(segments):
+        xs = buffers[j] if j < kept else work
+        if j >= kept:  # recompute X_d(t) for t in [start, stop) from the checkpoint y_stop
+            xs[k - 1][..., stop - start, :].copy_(checkpoints[stop])
+            for t in range(stop - 1, start - 1, -1):
+                step_down(t, xs[k - 1][..., t - start + 1, :], scales[t + 1], xs, start,
+                          xs[k - 1][..., t - start, :])
+        for t in range(start, stop):
+            a = a_buf[0][..., t - start, :]
+            ops.post(w, xs[k - 1][..., t - start, :], table, xt[t], scales[t + 1], a,
+                     emission_flows)
+            for d in range(k):
+                a = layers.apply(d, a, transpose=True,
+                                 out=a_buf[d + 1][..., t - start, :] if d + 1 < k else None)
+            w = a
+        width = stop - start
+        for d in range(k):
+            first = 1 if d == k - 1 else 0
+            layers.accumulate_grad(d, grads[d], a_buf[d][..., :width, :].flatten(-2),
+                                   xs[d][..., first:first + width, :].flatten(-2))
+    ops.post(w, y_last, table, xt[-1], scales[-1], None, emission_flows)
+
+    # Gradients: transition layers directly; emission and initial from their flows.
+    tiny = torch.finfo(torch.float32).tiny
+    out = [(param, g.view(param.shape)) for param, g in zip(layer_params(hmm), grads, strict=True)]
+    out.append((hmm.emission, emission_flows / hmm.emission.detach().clamp_min(tiny)))
+    out.append((hmm.initial, initial_flows / hmm.initial.detach().clamp_min(tiny)))
+    return log_likelihood, out
+
+
+def accumulable(param: Tensor) -> bool:
+    """Whether ``param.grad`` exists as a contiguous fp32 tensor to accumulate into."""
+    g = param.grad
+    return g is not None and g.dtype == torch.float32 and g.is_contiguous()
+
+
+def add_grad(param: Tensor, grad: Tensor, owned: bool = False) -> None:
+    """Accumulate ``grad`` into ``param.grad`` (as autograd would); an ``owned`` tensor
+    (fresh, used nowhere else) becomes the gradient itself instead of a copy."""
+    if param.grad is None:
+        param.grad = grad.to(param.dtype) if owned else grad.to(param.dtype, copy=True)
+    else:
+        param.grad += grad

@@ -1,0 +1,233 @@
+"""The element-wise halves of the fused HMM E-step: Triton kernels and their PyTorch twins.
+
+Two operations run once per time step, between the matrix products of
+:mod:`monarchpc.learning.forward_backward` (all values in linear space):
+
+* ``emit``  (right to left): ``out = e * m / s`` and its column sums (N,) fp32, where
+  ``e = B[:, tokens]`` is the emission column of every column's token and ``s`` (N,) a
+  per-column scale;
+* ``post``  (left to right): the posterior ``gamma = w * y`` added to the emission flows
+  (``flows[:, tokens[n]] += gamma[:, n]``) and the scaled forward vector ``out = w * e / s``
+  entering the transition.
+
+Hidden states are tensors (b_0, ..., b_{k-1}, N) with unit column stride and any other
+strides (slots of a segment buffer, permuted outputs of a batched product); ``as_rows``
+views one as (R0, R1, N) with hidden index i = i0 * R1 + i1. The Triton kernels read and
+write those views in place, so no state is copied; one pass of each runs per step. Both
+implementations give the same values; the PyTorch one is the reference and the fallback
+(no Triton, or a vocabulary too large for the in-kernel one-hot product).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+try:  # Triton ships with CUDA builds of torch; on a CPU it runs under TRITON_INTERPRET=1
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised on machines without Triton
+    triton = None
+
+MAX_TRITON_VOCAB = 128  # the post kernel builds a (columns x vocabulary) one-hot in registers
+
+
+def as_rows(state: Tensor) -> Tensor:
+    """A state (b_0, ..., b_{k-1}, N) of unit column stride as a (R0, R1, N) view.
+
+    Adjacent hidden axes whose strides chain are merged; raises ValueError when more
+    than two groups remain (the caller then passes a contiguous copy).
+    """
+    if state.stride(-1) != 1 and state.shape[-1] > 1:
+        raise ValueError("states need unit column stride")
+    groups: list[list[int]] = []  # [size, stride]
+    for size, stride in zip(state.shape[:-1], state.stride()[:-1], strict=True):
+        if size == 1:
+            continue
+        if groups and groups[-1][1] == stride * size:
+            groups[-1] = [groups[-1][0] * size, stride]
+        else:
+            groups.append([size, stride])
+    while len(groups) < 2:
+        groups.insert(0, [1, 0])
+    if len(groups) > 2:
+        raise ValueError(f"state of shape {tuple(state.shape)} and strides {state.stride()} "
+                         "is not a (R0, R1, N) view")
+    (r0, s0), (r1, s1) = groups
+    return state.as_strided((r0, r1, state.shape[-1]), (s0, s1, 1))
+
+
+# ---- PyTorch reference -------------------------------------------------------------------
+
+def emit_torch(m: Tensor, table: Tensor, tokens: Tensor, s: Tensor, out: Tensor) -> Tensor:
+    """out = B[:, tokens] * m / s (written into ``out``); returns its column sums (N,) fp32.
+
+    m, out: states (b_0, ..., b_{k-1}, N); table: B (h, V) fp32; tokens (N,); s (N,) fp32.
+    """
+    y = table[:, tokens].view(m.shape) * m.float() / s
+    out.copy_(y)
+    return y.sum(dim=tuple(range(y.dim() - 1)))
+
+
+def post_torch(w: Tensor, y: Tensor, table: Tensor, tokens: Tensor, s: Tensor,
+               out: Tensor | None, flows: Tensor) -> None:
+    """flows[:, tokens] += w * y (fp32); out = w * B[:, tokens] / s when ``out`` is given.
+
+    w, y, out: states (b_0, ..., b_{k-1}, N); table, flows: (h, V) fp32.
+    """
+    wf = w.float()
+    flows.index_add_(1, tokens, (wf * y.float()).reshape(flows.shape[0], -1))
+    if out is not None:
+        out.copy_(wf * table[:, tokens].view(w.shape) / s)
+
+
+# ---- Triton kernels ----------------------------------------------------------------------
+
+if triton is not None:
+
+    @triton.jit
+    def _offsets(rows, cols, r1, s0, s1):
+        """int64 element offsets of rows x cols in a (R0, R1, N) view of strides (s0, s1, 1)."""
+        rows = rows.to(tl.int64)
+        return ((rows // r1) * s0 + (rows % r1) * s1)[:, None] + cols[None, :]
+
+    @triton.jit
+    def _emission(table_ptr, rows, tok, vocab, mask):
+        """B[rows, tok] as (rows, columns) fp32, from the (h, V) table."""
+        return tl.load(table_ptr + rows.to(tl.int64)[:, None] * vocab + tok[None, :], mask=mask,
+                       other=0.0)
+
+    @triton.jit
+    def _emit_kernel(m_ptr, m_r1, m_s0, m_s1, y_ptr, y_r1, y_s0, y_s1, table_ptr, tok_ptr,
+                     s_ptr, part_ptr, h, n, vocab,
+                     BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr):
+        rows = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+        cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        rmask, cmask = rows < h, cols < n
+        mask = rmask[:, None] & cmask[None, :]
+        tok = tl.load(tok_ptr + cols, mask=cmask, other=0)
+        s = tl.load(s_ptr + cols, mask=cmask, other=1.0)
+        m = tl.load(m_ptr + _offsets(rows, cols, m_r1, m_s0, m_s1), mask=mask, other=0.0)
+        e = _emission(table_ptr, rows, tok, vocab, mask)
+        y = e * m.to(tl.float32) / s[None, :]
+        tl.store(y_ptr + _offsets(rows, cols, y_r1, y_s0, y_s1),
+                 y.to(y_ptr.dtype.element_ty), mask=mask)
+        tl.store(part_ptr + tl.program_id(0) * n + cols, tl.sum(y, axis=0), mask=cmask)
+
+    @triton.jit
+    def _post_kernel(w_ptr, w_r1, w_s0, w_s1, y_ptr, y_r1, y_s0, y_s1,
+                     a_ptr, a_r1, a_s0, a_s1, table_ptr, tok_ptr, s_ptr, flow_ptr, h, vocab,
+                     N: tl.constexpr, HAS_OUT: tl.constexpr, VP: tl.constexpr,
+                     BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, INTERPRET: tl.constexpr):
+        # One program owns BLOCK_H rows of the flows and walks over all N columns, so the
+        # flows are updated once per step without atomics.
+        rows = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+        rmask = rows < h
+        words = tl.arange(0, VP)
+        flows = tl.zeros((BLOCK_H, VP), dtype=tl.float32)
+        for start in range(0, N, BLOCK_N):
+            cols = start + tl.arange(0, BLOCK_N)
+            cmask = cols < N
+            mask = rmask[:, None] & cmask[None, :]
+            tok = tl.load(tok_ptr + cols, mask=cmask, other=0)
+            w = tl.load(w_ptr + _offsets(rows, cols, w_r1, w_s0, w_s1), mask=mask,
+                        other=0.0).to(tl.float32)
+            y = tl.load(y_ptr + _offsets(rows, cols, y_r1, y_s0, y_s1), mask=mask,
+                        other=0.0).to(tl.float32)
+            # emission flows: gamma (BLOCK_H, BLOCK_N) @ one-hot(tokens) (BLOCK_N, VP) on
+            # tensor cores, gamma split into two bf16 terms (relative error < 2^-16)
+            gamma = w * y
+            hi = gamma.to(tl.bfloat16)
+            lo = (gamma - hi.to(tl.float32)).to(tl.bfloat16)
+            onehot = tl.where((tok[:, None] == words[None, :]) & cmask[:, None], 1.0, 0.0)
+            if INTERPRET:  # the interpreter's dot mishandles bf16: the same products in fp32
+                flows = tl.dot(hi.to(tl.float32), onehot, flows, input_precision="ieee")
+                flows = tl.dot(lo.to(tl.float32), onehot, flows, input_precision="ieee")
+            else:
+                flows = tl.dot(hi, onehot.to(tl.bfloat16), flows)
+                flows = tl.dot(lo, onehot.to(tl.bfloat16), flows)
+            if HAS_OUT:
+                s = tl.load(s_ptr + cols, mask=cmask, other=1.0)
+                e = _emission(table_ptr, rows, tok, vocab, mask)
+                tl.store(a_ptr + _offsets(rows, cols, a_r1, a_s0, a_s1),
+                         (w * e / s[None, :]).to(a_ptr.dtype.element_ty), mask=mask)
+        fmask = rmask[:, None] & (words < vocab)[None, :]
+        fptr = flow_ptr + rows.to(tl.int64)[:, None] * vocab + words[None, :]
+        tl.store(fptr, tl.load(fptr, mask=fmask, other=0.0) + flows, mask=fmask)
+
+
+def _view_args(state: Tensor) -> tuple[Tensor, int, int, int]:
+    v = as_rows(state)
+    return v, v.shape[1], v.stride(0), v.stride(1)
+
+
+def _blocks(n: int) -> tuple[int, int]:
+    block_n = min(128, max(16, triton.next_power_of_2(n)))
+    return 64 if block_n <= 64 else 32, block_n
+
+
+def emit_triton(m: Tensor, table: Tensor, tokens: Tensor, s: Tensor, out: Tensor) -> Tensor:
+    """:func:`emit_torch` as one Triton kernel plus a sum over (h / 64, N) partial sums."""
+    h, n = table.shape[0], m.shape[-1]
+    block_h, block_n = _blocks(n)
+    grid = (triton.cdiv(h, block_h), triton.cdiv(n, block_n))
+    partial = torch.empty(grid[0], n, dtype=torch.float32, device=m.device)
+    mv, yv = _view_args(m), _view_args(out)
+    _emit_kernel[grid](*mv, *yv, table, tokens, s, partial, h, n, table.shape[1],
+                       BLOCK_H=block_h, BLOCK_N=block_n)
+    return partial.sum(0)
+
+
+def post_triton(w: Tensor, y: Tensor, table: Tensor, tokens: Tensor, s: Tensor,
+                out: Tensor | None, flows: Tensor) -> None:
+    """:func:`post_torch` as one Triton kernel (vocabulary <= MAX_TRITON_VOCAB)."""
+    h, vocab = table.shape
+    n = w.shape[-1]
+    block_h, block_n = _blocks(n)
+    wv, yv = _view_args(w), _view_args(y)
+    av = _view_args(out) if out is not None else (w, 1, 0, 0)
+    _post_kernel[(triton.cdiv(h, block_h),)](
+        *wv, *yv, *av, table, tokens, s, flows, h, vocab, N=n, HAS_OUT=out is not None,
+        VP=max(16, triton.next_power_of_2(vocab)), BLOCK_H=block_h, BLOCK_N=block_n,
+        INTERPRET=interpreting())
+
+
+@dataclass(frozen=True)
+class ElementOps:
+    """The per-step element-wise operations of one E-step (see the module docstring)."""
+
+    name: str
+    emit: Callable[..., Tensor]
+    post: Callable[..., None]
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels through its CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def triton_usable(device: torch.device) -> bool:
+    """Whether the Triton kernels can run on ``device`` (a GPU, or the CPU interpreter)."""
+    if triton is None:
+        return False
+    return device.type == "cuda" or interpreting()
+
+
+def element_ops(kind: str, device: torch.device, vocab: int) -> ElementOps:
+    """``kind``: ``triton``, ``torch`` or ``auto`` (Triton on a GPU when the vocabulary fits)."""
+    if kind not in ("auto", "triton", "torch"):
+        raise ValueError(f"kernels must be auto, triton or torch, got {kind!r}")
+    if kind == "auto":
+        kind = "triton" if device.type == "cuda" and triton_usable(device) else "torch"
+    if kind == "triton":
+        if not triton_usable(device):
+            raise RuntimeError("Triton kernels need Triton and a GPU (or TRITON_INTERPRET=1); "
+                               "install triton or use kernels=torch")
+        if vocab > MAX_TRITON_VOCAB:  # the emission one-hot would not fit in registers
+            return ElementOps("triton", emit_triton, post_torch)
+        return ElementOps("triton", emit_triton, post_triton)
+    return ElementOps("torch", emit_torch, post_torch)
