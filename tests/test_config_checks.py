@@ -95,8 +95,8 @@ def test_bad_values_give_one_line_naming_the_key(default: dict, key: str, value,
 
 @pytest.mark.parametrize("overrides, match", [
     (["optim.eta0=0.2", "optim.eta_min=0.5"], r"optim\.eta_min=0\.5 exceeds optim\.eta0=0\.2"),
-    (["dataset=image_folder", "dataset.patch_size=5"], r"patch_size=5 does not divide "
-                                                       r"dataset\.image_size=32"),
+    (["dataset=image_folder", "dataset.train=i.tar", "dataset.patch_size=5"],
+     r"patch_size=5 does not divide dataset\.image_size=32"),
     (["dataset=image_demo", "dataset.patch_size=64"], r"does not divide dataset\.crop_size"),
     (["dataset=wikitext2", "dataset.path=w.txt", "dataset.train_fraction=0.95"],
      "leaves no test lines"),

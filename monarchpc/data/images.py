@@ -7,10 +7,10 @@ Three sources, one pipeline (:func:`patch_splits`):
   or as pickled batches, each holding ``data``: N x 3*S*S uint8, channel-planar RGB.
   Train = the official train minus a held-out dev fraction; test = the official val.
 * ``image_folder``: a folder or a tar file of image files (any format Pillow reads;
-  greyscale and palette images become RGB), e.g. the Tiny ImageNet tars in
-  ``../shared/data/tiny_imagenet``. Non-square images are centre-cropped; images whose
-  side is a multiple of ``image_size`` are box-downsampled exactly (64 -> 32: 2 x 2 boxes),
-  others are resized with Pillow's box filter.
+  greyscale and palette images become RGB), e.g. Tiny ImageNet's folders. Non-square
+  images are centre-cropped; images whose side is a multiple of ``image_size`` are
+  box-downsampled exactly (64 -> 32: 2 x 2 boxes), other larger ones resized with
+  Pillow's box filter; smaller images are an error.
 * ``image_demo``: a real photograph shipped inside matplotlib (no download), cut into
   aligned crops that are dealt to train/dev/test (see :func:`load_demo`).
 
@@ -203,8 +203,9 @@ def image_bytes(path: Path) -> Iterator[tuple[str, bytes]]:
                 yield m.name, tar.extractfile(m).read()  # type: ignore[union-attr]
     else:
         raise DataError(f"{path} is neither a folder nor a tar file of images: set "
-                        f"dataset.train (and dataset.test) to one, e.g. "
-                        f"../shared/data/tiny_imagenet/tiny-imagenet-200_val.tar")
+                        f"dataset.train (and dataset.test) to one, e.g. Tiny ImageNet's "
+                        f"tiny-imagenet-200 folder (http://cs231n.stanford.edu/"
+                        f"tiny-imagenet-200.zip, unzipped)")
 
 
 def to_square(image: Image.Image, size: int) -> np.ndarray:
@@ -247,8 +248,9 @@ def read_images(path: Path, image_size: int, store: Path
     tar by itself)."""
     if not path.exists():
         raise DataError(f"image source {path} not found: set dataset.train / dataset.test to a "
-                        f"folder or tar file of images (for Tiny ImageNet: "
-                        f"../shared/data/tiny_imagenet/tiny-imagenet-200_val.tar)")
+                        f"folder or tar file of images (for Tiny ImageNet: unzip "
+                        f"http://cs231n.stanford.edu/tiny-imagenet-200.zip and give its "
+                        f"train/ and val/images/ folders)")
     files = [path] if path.is_file() else folder_images(path)
     key = cache_key("images", files, {"image_size": image_size})
     return cached_images(store / f"{key}.npy", lambda: decode_images(path, image_size), [path])

@@ -1,7 +1,7 @@
 """Any local text file of sentences (one per line) as packed SentencePiece rows.
 
-The token-level stand-in for LM1B on machines without it (configs/dataset/wikitext2.yaml
-reads the real WikiText-2 validation text in ../shared/data). Same tokenizer, separator,
+The token-level stand-in for LM1B on machines without it (configs/dataset/wikitext2.yaml:
+a WikiText-2 text file, e.g. its validation split). Same tokenizer, separator,
 packing and perplexity as LM1B (see :mod:`monarchpc.data.tokenizer`).
 
 The file may be plain, ``.xz`` or ``.gz`` (UTF-8). Blank lines are skipped; each other
@@ -58,9 +58,9 @@ def load(path: str, train_fraction: float = 0.8, dev_fraction: float = 0.1,
     """
     file = resolve(path)
     if not file.is_file():
-        raise DataError(f"text file {file} not found; fix dataset.path (WikiText-2 lives in "
-                        f"../shared/data/wikitext2/wikitext-2_valid.txt.xz beside the project "
-                        f"on this workplace: dataset=wikitext2)")
+        raise DataError(f"text file {file} not found; fix dataset.path (WikiText-2: "
+                        f"wiki.valid.tokens of https://s3.amazonaws.com/research.metamind.io/"
+                        f"wikitext/wikitext-2-v1.zip, unzipped)")
     lines = read_lines(file)[:max_lines]
     train, dev, test = split_lines(lines, train_fraction, dev_fraction)
     key = {"kind": "lines", "file": file.name, "sha256": file_sha256(file),
