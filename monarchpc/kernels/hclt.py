@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from monarchpc.kernels.hmm import triton, triton_usable
+from monarchpc.kernels import choose, triton
 
 if triton is not None:
     import triton.language as tl
@@ -214,14 +214,7 @@ class LevelOps:
 
 def level_ops(kind: str, device: torch.device) -> LevelOps:
     """``kind``: ``triton``, ``torch`` or ``auto`` (Triton on a GPU, PyTorch on a CPU)."""
-    if kind not in ("auto", "triton", "torch"):
-        raise ValueError(f"kernels must be auto, triton or torch, got {kind!r}")
-    if kind == "auto":
-        kind = "triton" if device.type == "cuda" and triton_usable(device) else "torch"
-    if kind == "triton":
-        if not triton_usable(device):
-            raise RuntimeError("Triton kernels need Triton and a GPU (or TRITON_INTERPRET=1); "
-                               "install triton or use kernels=torch")
+    if choose(kind, device) == "triton":
         return LevelOps("triton", product_triton, posterior_triton)
     return LevelOps("torch", product_torch, posterior_torch)
 

@@ -20,12 +20,13 @@ implementations give the same values; the PyTorch one is the reference and the f
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from monarchpc.kernels import choose, interpreting, triton_usable  # noqa: F401  (re-exported)
 
 try:  # Triton ships with CUDA builds of torch; on a CPU it runs under TRITON_INTERPRET=1
     import triton
@@ -205,28 +206,9 @@ class ElementOps:
     post: Callable[..., None]
 
 
-def interpreting() -> bool:
-    """Whether Triton runs kernels through its CPU interpreter (TRITON_INTERPRET=1)."""
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def triton_usable(device: torch.device) -> bool:
-    """Whether the Triton kernels can run on ``device`` (a GPU, or the CPU interpreter)."""
-    if triton is None:
-        return False
-    return device.type == "cuda" or interpreting()
-
-
 def element_ops(kind: str, device: torch.device, vocab: int) -> ElementOps:
     """``kind``: ``triton``, ``torch`` or ``auto`` (Triton on a GPU when the vocabulary fits)."""
-    if kind not in ("auto", "triton", "torch"):
-        raise ValueError(f"kernels must be auto, triton or torch, got {kind!r}")
-    if kind == "auto":
-        kind = "triton" if device.type == "cuda" and triton_usable(device) else "torch"
-    if kind == "triton":
-        if not triton_usable(device):
-            raise RuntimeError("Triton kernels need Triton and a GPU (or TRITON_INTERPRET=1); "
-                               "install triton or use kernels=torch")
+    if choose(kind, device) == "triton":
         if vocab > MAX_TRITON_VOCAB:  # the emission one-hot would not fit in registers
             return ElementOps("triton", emit_triton, post_torch)
         return ElementOps("triton", emit_triton, post_triton)

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from monarchpc.kernels.hmm import interpreting, triton_usable
+from monarchpc.kernels import choose, interpreting
 
 try:  # Triton ships with CUDA builds of torch; on a CPU it runs under TRITON_INTERPRET=1
     import triton
@@ -293,15 +293,7 @@ def monarch_products(kind: str, device: torch.device, factors: Sequence[int],
     several ``stacked`` edges, an HCLT level: the layers mixing a leading axis), cuBLAS for
     dense blocks and a single Monarch-2 block (at its ceiling for large blocks; measured on
     an H200, docs/results/device/monarch_kernels_h200.jsonl)."""
-    if kind not in ("auto", "triton", "torch"):
-        raise ValueError(f"products must be auto, triton or torch, got {kind!r}")
-    if kind == "auto":
-        copies = len(factors) >= 3 or (stacked and len(factors) >= 2)
-        kind = "triton" if device.type == "cuda" and triton_usable(device) and copies \
-            else "torch"
-    if kind == "triton":
-        if not triton_usable(device):
-            raise RuntimeError("Triton products need Triton and a GPU (or TRITON_INTERPRET=1); "
-                               "install triton or use products=torch")
+    copies = len(factors) >= 3 or (stacked and len(factors) >= 2)
+    if choose(kind, device, "products", auto_triton=copies) == "triton":
         return MonarchProducts("triton", layer_product_triton, grad_product_triton)
     return MonarchProducts("torch", layer_product, grad_product)

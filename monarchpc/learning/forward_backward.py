@@ -32,6 +32,7 @@ bf16 or fp16 (fp32 accumulation) or TF32; scales, sums and accumulated gradients
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -116,16 +117,26 @@ class GraphedEStep:
         return log_likelihood.clone()
 
     def capture(self, x: Tensor) -> tuple[Tensor, torch.cuda.CUDAGraph, tuple]:
-        static_x = x.clone()
-        side = torch.cuda.Stream(x.device)
-        side.wait_stream(torch.cuda.current_stream(x.device))
-        with torch.cuda.stream(side):  # warm-up: compiles kernels, sets up cuBLAS
-            estep_values(self.hmm, static_x, **self.settings)
-        torch.cuda.current_stream(x.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            outputs = estep_values(self.hmm, static_x, **self.settings)
-        return static_x, graph, outputs
+        def run(static_x: Tensor) -> tuple:
+            return estep_values(self.hmm, static_x, **self.settings)
+        return capture_graph(x, run, run)
+
+
+def capture_graph(x: Tensor, warm_up: Callable[[Tensor], object],
+                  record: Callable[[Tensor], object]) -> tuple[Tensor, torch.cuda.CUDAGraph, Any]:
+    """(static input, CUDA graph, its outputs): ``warm_up`` once on a side stream (compiles
+    kernels, sets up cuBLAS), then ``record`` captured on a copy of ``x``; replay the graph
+    after copying new inputs into the static one."""
+    static_x = x.clone()
+    side = torch.cuda.Stream(x.device)
+    side.wait_stream(torch.cuda.current_stream(x.device))
+    with torch.cuda.stream(side):
+        warm_up(static_x)
+    torch.cuda.current_stream(x.device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outputs = record(static_x)
+    return static_x, graph, outputs
 
 
 def estep_values(hmm: HMM, x: Tensor, segment: int = 16, precision: str = "fp32",

@@ -41,7 +41,7 @@ from torch import Tensor
 from monarchpc.circuits.hclt import HCLT
 from monarchpc.circuits.sum_blocks import HiddenMajor
 from monarchpc.kernels.hclt import Layout, level_ops
-from monarchpc.learning.forward_backward import DTYPES, accumulable, add_grad
+from monarchpc.learning.forward_backward import DTYPES, accumulable, add_grad, capture_graph
 
 _LAYOUTS: weakref.WeakKeyDictionary[HCLT, dict[torch.device, Layout]] = (
     weakref.WeakKeyDictionary())
@@ -269,13 +269,5 @@ class CapturedEStep:
 
     def capture(self, x: Tensor) -> tuple[Tensor, torch.cuda.CUDAGraph, Tensor]:
         """Capture ``run`` on a copy of ``x``; the warm-up run adds into zeroed scratch."""
-        static_x = x.clone()
-        side = torch.cuda.Stream(x.device)
-        side.wait_stream(torch.cuda.current_stream(x.device))
-        with torch.cuda.stream(side):  # warm-up: compiles kernels, sets up cuBLAS
-            self.run(static_x, [torch.zeros_like(g) for g in self.grads])
-        torch.cuda.current_stream(x.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            log_likelihood = self.run(static_x, self.grads)
-        return static_x, graph, log_likelihood
+        return capture_graph(x, lambda s: self.run(s, [torch.zeros_like(g) for g in self.grads]),
+                             lambda s: self.run(s, self.grads))

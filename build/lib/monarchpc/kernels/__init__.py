@@ -1,1 +1,0 @@
-"""GPU kernels (Triton), each with the PyTorch twin it is tested against."""
