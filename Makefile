@@ -160,12 +160,10 @@ plots: install ## paper figures from RUNS into OUT (outputs/reports) + provenanc
 # docs/results: the committed tables and figures, rebuilt from the committed run records.
 RESULTS := docs/results
 results: install ## rebuild docs/results (tables, figures) from docs/results/runs
-	$(PY) scripts/make_tables.py --out $(RESULTS) --runs $(RESULTS)/runs/text8_prefix \
-	  $(RESULTS)/runs/multiply $(RESULTS)/runs/wikitext2 $(RESULTS)/runs/tiny_imagenet32 \
-	  --text8-dataset chars --lm1b-dataset lines-wikitext-2_valid \
-	  --imagenet32-dataset image_folder --table2-sizes 256,1024
-	$(PY) scripts/make_plots.py --out $(RESULTS) --runs $(RESULTS)/runs/text8_prefix \
-	  $(RESULTS)/runs/tiny_imagenet64 --text8-dataset chars --imagenet64-dataset image_folder
+	$(PY) scripts/make_tables.py --out $(RESULTS) --runs $(RESULTS)/runs \
+	  --text8-dataset chars --lm1b-dataset wikitext2 --imagenet32-dataset image_folder
+	$(PY) scripts/make_plots.py --out $(RESULTS) --runs $(RESULTS)/runs \
+	  --text8-dataset chars --imagenet64-dataset image_folder
 
 # Table 1/4 "Time": writes sampling_seconds_per_sequence into $(RUN)/run.json
 sampling-time: install ## Tables 1/4 time: sampling seconds per sequence of RUN=<dir>

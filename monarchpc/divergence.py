@@ -38,9 +38,10 @@ def non_finite(tensors: Mapping[str, Tensor]) -> str | None:
 
 def hint(optim: Mapping[str, Any], trainer: Mapping[str, Any]) -> str:
     """Which setting to change after a divergence, judged from the run's optim/trainer config."""
-    if float(optim.get("pseudocount", 0.1)) <= 0:
-        return ("set optim.pseudocount > 0 (the default is 0.1): without it a parameter that "
-                "reaches 0 turns its flows into 0 * inf = NaN")
+    if float(optim.get("pseudocount", 0.1)) <= 0 and float(optim.get("floor", 0.0)) <= 0:
+        return ("set optim.pseudocount > 0 (the default is 0.1) or optim.floor=1e-10 (the "
+                "reference's): without either a parameter that reaches 0 turns its flows "
+                "into 0 * inf = NaN")
     if trainer.get("precision") in ("bf16", "fp16"):
         return (f"use trainer.precision=fp32 or tf32 (trainer.precision="
                 f"{trainer.get('precision')} overflowed or underflowed)")
