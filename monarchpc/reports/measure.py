@@ -40,7 +40,7 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu"
     Only HMM runs are supported: the queries of this module are HMM queries.
     """
     model, config = load_run(run_dir, device)
-    if not isinstance(model, HMM):
+    if model.structure != "hmm":
         raise ValueError(f"{run_dir}: sampling time and pruning are measured for HMM runs "
                          f"only, this run is a {config.model.structure!r}")
     return model, OmegaConf.to_container(config), run_info(run_dir)  # type: ignore[return-value]
