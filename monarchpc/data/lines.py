@@ -2,7 +2,7 @@
 
 The token-level stand-in for LM1B on machines without it (configs/dataset/wikitext2.yaml:
 a WikiText-2 text file, e.g. its validation split). Same tokenizer, separator,
-packing and perplexity as LM1B (see :mod:`monarchpc.data.tokenizer`).
+packing and perplexity as LM1B (see :mod:`monarchpc.data.token_rows`).
 
 The file may be plain, ``.xz`` or ``.gz`` (UTF-8). Blank lines are skipped; each other
 line, stripped, is one sentence. Split by fraction of the lines in file order, in
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from monarchpc.data import DataError, Splits
-from monarchpc.data.tokenizer import build_token_splits
+from monarchpc.data.token_rows import build_token_splits
 from monarchpc.files import file_sha256
 from monarchpc.paths import resolve
 
@@ -52,7 +52,7 @@ def load(path: str, train_fraction: float = 0.8, dev_fraction: float = 0.1,
     """Sentences of the text file ``path`` (relative: see monarchpc.paths.resolve) as rows.
 
     ``max_lines``: use only the first lines of the file (quick tests). ``token_options`` go
-    to :func:`~monarchpc.data.tokenizer.build_token_splits` (vocab_size, model_type,
+    to :func:`~monarchpc.data.token_rows.build_token_splits` (vocab_size, model_type,
     character_coverage, max_chars, tokenizer, seq_len, add_bos, cache_dir,
     user_defined_symbols).
     """

@@ -2,7 +2,7 @@
 
 Setup of the paper, after D3PM: a SentencePiece vocabulary of 8192, sequences packed to
 length 128, metric perplexity. Tokenization and packing are in
-:mod:`monarchpc.data.tokenizer` (EOS after every sentence, last partial row dropped,
+:mod:`monarchpc.data.token_rows` (EOS after every sentence, last partial row dropped,
 perplexity over every packed position).
 
 Where the sentences come from (``source``):
@@ -37,7 +37,7 @@ from typing import Any
 
 from monarchpc.data import DataError, Splits
 from monarchpc.data.cache import source_record
-from monarchpc.data.tokenizer import Batches, build_token_splits, take
+from monarchpc.data.token_rows import Batches, build_token_splits, take
 from monarchpc.paths import resolve
 
 URL = ("http://www.statmt.org/lm-benchmark/"
@@ -140,7 +140,7 @@ def load(source: str = "auto", root: str = "data/lm1b", dev_sentences: int = 30_
          ) -> Splits:
     """LM1B as packed rows; see the module docstring for the sources and splits.
 
-    ``token_options`` go to :func:`~monarchpc.data.tokenizer.build_token_splits`
+    ``token_options`` go to :func:`~monarchpc.data.token_rows.build_token_splits`
     (vocab_size, model_type, character_coverage, max_chars, tokenizer, seq_len, add_bos,
     cache_dir, user_defined_symbols). Relative paths: see :func:`monarchpc.paths.resolve`.
     """
