@@ -259,6 +259,15 @@ RULES_BY_GROUP = {"": TOP, "trainer": TRAINER, "optim": OPTIM, "dataset": DATASE
                   "model": MODEL, "init": INIT, "logger": LOGGER}
 
 
+def settings_help() -> str:
+    """Every setting of the groups with what it means, one line each (for ``--help``)."""
+    lines = []
+    for group, rules in RULES_BY_GROUP.items():
+        lines += [f"  {group + '.' if group else ''}{key}: {meaning}"
+                  for key, (_, meaning) in rules.items()]
+    return "\n".join(lines)
+
+
 def check_group(prefix: str, values: Mapping[str, Any],
                 rules: Mapping[str, tuple[Rule, str]]) -> None:
     """Apply ``rules`` to the keys of ``values`` they name (others are left alone)."""

@@ -37,7 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 from monarchpc import checkpoint, distributed, divergence, factor_runs, progress
 from monarchpc.circuits.factory import build_model
 from monarchpc.circuits.sum_blocks import BlockSpec
-from monarchpc.config_checks import check_config
+from monarchpc.config_checks import check_config, settings_help
 from monarchpc.data import Splits, build_dataset
 from monarchpc.data.fingerprint import compare, data_fingerprint
 from monarchpc.errors import ConfigError, DataError, DivergedError
@@ -53,6 +53,7 @@ from monarchpc.tracking import NullTracker, RunLog, Tracker, run_record, write_j
 
 log = logging.getLogger("monarchpc")
 OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT), replace=True)
+OmegaConf.register_new_resolver("settings_help", settings_help, replace=True)  # --help
 
 # Keys whose change makes a checkpoint belong to a different run.
 RUN_IDENTITY = ("dataset", "model", "init", "optim", "seed")

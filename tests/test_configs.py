@@ -122,3 +122,12 @@ def test_main_text8_recipe_and_init_ablation_presets() -> None:
     params = sweep_params("text8_ablation_init")
     assert sorted(params["init"]) == ["multiply", "random"]
     assert len(params["model.hidden_size"]) == 4
+
+
+def test_help_lists_every_setting_with_its_meaning() -> None:
+    result = subprocess.run([sys.executable, "-m", "monarchpc.train", "--help"],
+                            capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "optim.update: the EM update" in result.stdout
+    assert "trainer.eval_every: updates between evaluations" in result.stdout
+    assert "model: hclt, hmm, monarch2_hmm" in result.stdout  # the groups and their options
