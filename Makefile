@@ -29,7 +29,7 @@ TEXT_TARGETS := demo text8-hmm text8-monarch2 chars-text8-prefix text8-ablation-
 	lm1b-hmm lm1b-monarch2 lm1b-sweep wikitext2-hmm wikitext2-monarch2
 IMAGE_TARGETS := image-demo tiny-imagenet32-monarch-hclt imagenet32-monarch-hclt \
 	imagenet64-monarch-hclt fig7-sweep
-.PHONY: help install test lint bench bench-ddp tables plots results sampling-time pruning \
+.PHONY: help install test lint bench bench-hclt bench-ddp tables plots results sampling-time pruning \
 	clean-venv $(TEXT_TARGETS) $(IMAGE_TARGETS)
 
 help: ## this list (the default goal)
@@ -132,8 +132,13 @@ fig7-sweep: install ## [GPU] sweep: HCLT vs Monarch-HCLT on ImageNet64 (Figure 7
 # ---- speed ------------------------------------------------------------------------------
 # E-step / EM-update throughput (GPU: the issue's cases; CPU: BENCH_ARGS=--tiny). JSON + Markdown.
 BENCH_ARGS ?= --precision bf16 --reps 5 --ceilings --lean
-bench: install ## [GPU] E-step throughput (CPU: BENCH_ARGS=--tiny)
+bench: install ## [GPU] HMM E-step throughput (CPU: BENCH_ARGS=--tiny)
 	$(PY) scripts/bench.py $(BENCH_ARGS)
+
+# HCLT / Monarch-HCLT E-step, beside PyJuice when it is installed (CPU: HCLT_BENCH_ARGS=--tiny).
+HCLT_BENCH_ARGS ?=
+bench-hclt: install ## [GPU] HCLT E-step throughput beside PyJuice (if installed)
+	$(PY) scripts/bench_hclt.py $(HCLT_BENCH_ARGS)
 
 # Tokens/s with 1 and 2 GPUs and the ranks' parameter divergence after 10 updates.
 BENCH_GPUS ?= 1 2
