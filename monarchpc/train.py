@@ -154,7 +154,7 @@ def prepare(cfg: DictConfig, splits: Splits | None, overrides: list[str] | None,
             compare(ckpt["data"], fingerprint)
         model.load_state_dict(ckpt["model"])
         state = TrainState(**ckpt["trainer"])
-        em.load_state_dict(ckpt.get("em") or {})
+        em.load_state_dict(ckpt.get("em") or {}, device)
         log.info(f"resuming {run_dir} at update {state.update}")
     ddp.barrier()  # every rank has checked for a checkpoint before rank 0 writes one
     if ddp.is_main:  # the run is accepted: its config and log
@@ -163,7 +163,6 @@ def prepare(cfg: DictConfig, splits: Splits | None, overrides: list[str] | None,
         if overrides is not None:  # a command-line run: .hydra/ as Hydra would write it
             write_hydra_files(run_dir, composed)
     model.to(device)
-    em.load_state_dict(em.state_dict(), device)
     ddp.broadcast_parameters(model)
     engine = make_engine(model, cfg.trainer, device)
     log.info(f"{model.structure} {spec.kind} h={spec.hidden_size} factors="
