@@ -205,6 +205,8 @@ class Trainer:
         self.updates_per_epoch = math.ceil(self.micro_per_epoch / int(o.accumulate))
         self.total_updates = self.updates_per_epoch * int(o.epochs)
         self.last: dict[str, Any] = self.tracker.last_record() if self.state.update else {}
+        dirs = list(self.cfg.init.get("factor_runs") or [])  # finished: their cost is fixed
+        self.factors = {"factor_runs": dirs, **factor_runs.factor_costs(dirs)}
 
     def step_size(self) -> float:
         o = self.cfg.optim
@@ -308,12 +310,9 @@ class Trainer:
 
     def record(self, status: str) -> dict[str, Any]:
         """The run.json content now."""
-        extra = {"factor_runs": list(self.cfg.init.get("factor_runs") or []),
-                 **factor_runs.factor_costs(list(self.cfg.init.get("factor_runs") or [])),
-                 "world_size": self.ddp.world}
         return run_record(self.cfg, self.spec, self.model, self.splits, self.device, status,
                           self.last or None, self.state.update, self.state.tokens,
-                          self.state.wandb_id, extra)
+                          self.state.wandb_id, {**self.factors, "world_size": self.ddp.world})
 
     def save(self, status: str) -> None:
         """Checkpoint and run.json (rank 0), at an update boundary."""

@@ -29,10 +29,10 @@ from torch import Tensor, nn
 
 from monarchpc.errors import ConfigError
 from monarchpc.learning.em import accumulate_flows
-from monarchpc.learning.forward_backward import fused_estep, hmm_estep
+from monarchpc.learning.forward_backward import DTYPES, fused_estep, hmm_estep
 from monarchpc.learning.hclt_estep import fused_hclt_estep, hclt_estep
 
-PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+PRECISIONS = tuple(DTYPES)  # fp32, tf32, bf16, fp16: the fused E-steps' operand types
 ENGINES = ("auto", "fused", "autograd")
 FUSED_PRECISIONS = {"hmm": PRECISIONS, "hclt": PRECISIONS}
 """The structures with a fused engine, and its precisions."""
