@@ -264,7 +264,6 @@ def build_hclt(cfg: Any, spec: BlockSpec, train_rows: Tensor, vocab_sizes: list[
     ``perturbation``. The mutual information is computed on the GPU when one is visible.
     """
     n = train_rows.shape[0]
-    leaf_channels(cfg, 1)  # a bad model.leaf_tying fails before the tree is learned
     m = min(n, int(cfg.get("chow_liu_rows") or n))
     sample = train_rows[torch.randperm(n, generator=generator)[:m].to(train_rows.device)]
     if torch.cuda.is_available():  # the mutual information is a few large products
