@@ -5,17 +5,19 @@
 
 A jobs file holds one run per line, ``name: override override ...`` (Hydra overrides of
 ``python -m monarchpc.train``; ``#`` starts a comment; ``--common`` adds overrides to
-every job). Jobs run in file order, one per GPU at a time (``--per-gpu`` for more), each
-in ``<out>/<name>`` with its log beside it. A job whose run directory already holds a
-finished run is skipped. Past ``--deadline`` seconds the running jobs get SIGINT (they
-stop at an update boundary with a checkpoint, so a later invocation resumes them) and no
-job starts.
+every job). Jobs run in file order (or in ``--only``'s order), one per GPU at a time
+(``--per-gpu`` for more), each in ``<out>/<name>`` with its log beside it. A job whose run
+directory already holds a finished run is skipped. No job starts after ``--last-start``
+seconds; past ``--deadline`` seconds the running jobs get SIGINT (they stop at an update
+boundary with a checkpoint, so a later invocation resumes them).
 
 Export: each run's ``run.json``, ``metrics.jsonl`` and ``config.yaml`` are copied to
 ``<export>/<name>/`` with no absolute path of this machine left in them (paths under the
 repository become relative; data files are named by file name, size and sha256), and the
 measured wall time of the job's process (``gpu_seconds``: the whole process, evaluation
-and data loading included, on one GPU) is added to run.json.
+and data loading included, on one GPU; kept in ``<out>/<name>.seconds`` so a later
+invocation exports it too) is added to run.json. ``pruning.json`` (scripts/eval_pruning.py)
+travels with the records.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def status(run_dir: Path) -> str | None:
 
 
 def run_jobs(jobs: list[tuple[str, list[str]]], out: Path, gpus: int, per_gpu: int,
-             deadline: float) -> dict[str, float]:
+             deadline: float, last_start: float = float("inf")) -> dict[str, float]:
     """Run the jobs, at most ``per_gpu`` per GPU; returns name -> seconds of its process."""
     start, queue, running = time.monotonic(), list(jobs), {}
     seconds: dict[str, float] = {}
@@ -73,12 +75,14 @@ def run_jobs(jobs: list[tuple[str, list[str]]], out: Path, gpus: int, per_gpu: i
                 proc.interrupted = True  # type: ignore[attr-defined]
             if proc.poll() is not None:
                 seconds[name] = time.monotonic() - t0
+                (out / f"{name}.seconds").write_text(f"{seconds[name]:.1f}\n")
                 log.close()
                 slots.append(slot)
                 del running[name]
                 print(f"[{time.monotonic() - start:6.0f}s] {name}: exit {proc.returncode}, "
                       f"{seconds[name]:.0f} s, {status(out / name)}", flush=True)
-        while queue and slots and not late:
+        closed = late or time.monotonic() - start > last_start
+        while queue and slots and not closed:
             name, overrides = queue.pop(0)
             run_dir = out / name
             if status(run_dir) == "finished":
@@ -93,11 +97,11 @@ def run_jobs(jobs: list[tuple[str, list[str]]], out: Path, gpus: int, per_gpu: i
             running[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                               env=env, cwd=REPO), slot, time.monotonic(), log)
             print(f"[{time.monotonic() - start:6.0f}s] {name} on GPU {slot}", flush=True)
-        if late and not running:
+        if closed and not running:
             break
         time.sleep(2)
     for name, _ in queue:
-        print(f"{name}: not started (deadline)", flush=True)
+        print(f"{name}: not started (past --last-start or --deadline)", flush=True)
     return seconds
 
 
@@ -129,6 +133,16 @@ def export(run_dir: Path, dest: Path, gpu_seconds: float | None) -> None:
     (dest / "metrics.jsonl").write_text((run_dir / "metrics.jsonl").read_text())
     config = scrub(yaml.safe_load((run_dir / "config.yaml").read_text()))
     (dest / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    pruning = run_dir / "pruning.json"
+    if pruning.is_file():
+        text = json.dumps(scrub(json.loads(pruning.read_text())), indent=2)
+        (dest / "pruning.json").write_text(text + "\n")
+
+
+def recorded_seconds(out: Path, name: str) -> float | None:
+    """The process seconds an earlier invocation measured for job ``name``, if any."""
+    path = out / f"{name}.seconds"
+    return float(path.read_text()) if path.is_file() else None
 
 
 def main() -> None:
@@ -140,18 +154,27 @@ def main() -> None:
     p.add_argument("--gpus", type=int, default=None, help="default: every visible GPU")
     p.add_argument("--per-gpu", type=int, default=1)
     p.add_argument("--deadline", type=float, default=float("inf"), help="seconds")
+    p.add_argument("--last-start", type=float, default=float("inf"),
+                   help="seconds after which no job starts")
     p.add_argument("--export", type=Path, default=None, help="records destination")
     args = p.parse_args()
     jobs = read_jobs(args.jobs, shlex.split(args.common))
     if args.only:
-        wanted = set(args.only.split(","))
-        jobs = [j for j in jobs if j[0] in wanted]
+        by_name = dict(jobs)
+        wanted = args.only.split(",")
+        unknown = [n for n in wanted if n not in by_name]
+        if unknown:
+            raise SystemExit(f"{args.jobs}: no job named {', '.join(unknown)}")
+        jobs = [(n, by_name[n]) for n in wanted]
     gpus = args.gpus
     if gpus is None:
         import torch
 
         gpus = max(1, torch.cuda.device_count())
-    seconds = run_jobs(jobs, args.out, gpus, args.per_gpu, args.deadline)
+    seconds = run_jobs(jobs, args.out, gpus, args.per_gpu, args.deadline, args.last_start)
+    for name, _ in jobs:
+        if name not in seconds and (sec := recorded_seconds(args.out, name)) is not None:
+            seconds[name] = sec
     rows = []
     for name, _ in jobs:
         run_dir = args.out / name
