@@ -18,13 +18,21 @@ campaign = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(campaign)
 
 
-def test_every_job_of_the_text8_campaign_passes_the_config_checks() -> None:
+CAMPAIGNS = {  # jobs file -> its common overrides (data paths as placeholders), job count
+    "text8_prefix.txt": (["dataset=chars", "dataset.paths=[text.xz]", "logger=none"], 30),
+    "wikitext2.txt": (["dataset.path=wiki.valid.raw", "logger=none"], 4),
+    "tiny_imagenet.txt": (["experiment=tiny_imagenet32_monarch_hclt", "dataset.train=val.tar",
+                           "dataset.test=null", "logger=none"], 12),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CAMPAIGNS))
+def test_every_job_of_a_campaign_passes_the_config_checks(name: str) -> None:
     from monarchpc.config_checks import check_config
 
-    jobs = campaign.read_jobs(REPO_ROOT / "docs/results/campaigns/text8_prefix.txt",
-                              ["dataset=chars", "dataset.paths=[text.xz]", "logger=none"])
-    assert len(jobs) >= 30 and all(o[:2] == ["dataset=chars", "dataset.paths=[text.xz]"]
-                                   for _, o in jobs)
+    common, count = CAMPAIGNS[name]
+    jobs = campaign.read_jobs(REPO_ROOT / "docs/results/campaigns" / name, common)
+    assert len(jobs) >= count and all(o[:len(common)] == common for _, o in jobs)
     for _, overrides in jobs:
         check_config(compose_config(overrides))
 

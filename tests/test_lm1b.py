@@ -245,6 +245,8 @@ def test_missing_data_errors_name_the_fix(tmp_path: Path) -> None:
     tiny.write_text("\n".join(fake_sentences(200, 5)) + "\n")
     with pytest.raises(DataError, match=re.escape("smaller dataset.seq_len")):
         lines.load(path=str(tiny), vocab_size=60, seq_len=4096, cache_dir=str(tmp_path))
+    with pytest.raises(DataError, match=re.escape("set dataset.cache_dir")):  # not a TypeError
+        lines.load(path=str(tiny), vocab_size=60, seq_len=4, cache_dir=None)
 
 
 @pytest.mark.parametrize("dataset", ["lm1b", "wikitext2"])

@@ -164,7 +164,7 @@ def build_token_splits(
     vocab_size: int = 8192, model_type: str = "unigram", character_coverage: float = 1.0,
     max_chars: int = 10_000_000, user_defined_symbols: Iterable[str] = (),
     tokenizer: str | None = None, seq_len: int = 128, add_bos: bool = False,
-    cache_dir: str = "data", tokenizer_text: Batches | None = None,
+    cache_dir: str | None = "data", tokenizer_text: Batches | None = None,
     tokenizer_source: dict[str, Any] | None = None,
 ) -> Splits:
     """Tokenize and pack three splits of sentences (see the module docstring), with caches.
@@ -178,6 +178,10 @@ def build_token_splits(
     """
     if seq_len < 1:
         raise DataError(f"dataset.seq_len must be positive, got {seq_len}")
+    if not cache_dir:
+        raise DataError(f"{name}: dataset.cache_dir is null, but a token data set keeps its "
+                        f"SentencePiece model (needed again to sample and score) and packed "
+                        f"rows there; set dataset.cache_dir to a folder (default: data/)")
     cache = resolve(cache_dir)
     symbols = [str(s) for s in user_defined_symbols]
     if tokenizer is None:
