@@ -123,12 +123,14 @@ def scrub(value: Any) -> Any:
     return value
 
 
-def export(run_dir: Path, dest: Path, gpu_seconds: float | None) -> None:
-    """Copy ``run_dir``'s records to ``dest`` without absolute paths (see module docstring)."""
+def export(run_dir: Path, dest: Path, gpu_seconds: float | None, jobs_per_gpu: int = 1) -> None:
+    """Copy ``run_dir``'s records to ``dest`` without absolute paths (see module docstring);
+    ``jobs_per_gpu`` > 1 says the GPU was shared, so ``gpu_seconds`` is an upper bound."""
     dest.mkdir(parents=True, exist_ok=True)
     info = scrub(json.loads((run_dir / "run.json").read_text()))
     if gpu_seconds is not None:
         info["gpu_seconds"] = round(gpu_seconds, 1)
+        info["jobs_per_gpu"] = jobs_per_gpu
     (dest / "run.json").write_text(json.dumps(info, indent=2) + "\n")
     (dest / "metrics.jsonl").write_text((run_dir / "metrics.jsonl").read_text())
     config = scrub(yaml.safe_load((run_dir / "config.yaml").read_text()))
@@ -187,7 +189,7 @@ def main() -> None:
         rows.append((name, info.get("status"), final.get(f"dev_{metric}"),
                      final.get(f"test_{metric}"), seconds.get(name)))
         if args.export is not None and info.get("status") in ("finished", "diverged"):
-            export(run_dir, args.export / name, seconds.get(name))
+            export(run_dir, args.export / name, seconds.get(name), args.per_gpu)
     print("\n| run | status | dev | test | process s |\n| --- | --- | --- | --- | --- |")
     for name, st, dev, test, sec in rows:
         fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
