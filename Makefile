@@ -168,7 +168,7 @@ results: install ## rebuild docs/results (tables, figures) from docs/results/run
 	$(PY) scripts/make_tables.py --out $(RESULTS) --runs $(RESULTS)/runs \
 	  --text8-dataset chars --lm1b-dataset wikitext2 --imagenet32-dataset image_folder
 	$(PY) scripts/make_plots.py --out $(RESULTS) --runs $(RESULTS)/runs \
-	  --text8-dataset chars --imagenet64-dataset image_folder
+	  --text8-dataset chars --imagenet64-dataset image_folder --imagenet32-dataset image_folder
 
 # Table 1/4 "Time": writes sampling_seconds_per_sequence into $(RUN)/run.json
 sampling-time: install ## Tables 1/4 time: sampling seconds per sequence of RUN=<dir>

@@ -256,7 +256,10 @@ def test_scaling_plot_points_from_runs(runs, tmp_path):
 
 
 def test_plots_without_runs(tmp_path):
-    _check_files(plots.build_plots([], tmp_path))
+    paths = plots.build_plots([], tmp_path)
+    _check_files(paths)
+    assert "figure_bpc_vs_gpu_seconds.png" in {p.name for p in paths}
+    assert not any("dev_curves" in p.name for p in paths)  # no image run: no curve figure
 
 
 def test_make_plots_script(runs, tmp_path, monkeypatch, capsys):
@@ -267,13 +270,105 @@ def test_make_plots_script(runs, tmp_path, monkeypatch, capsys):
                                       "--out", str(tmp_path), "--text8-dataset", DS])
     make_plots.main()
     printed = capsys.readouterr().out
-    assert printed.count("wrote ") == 9
+    assert printed.count("wrote ") == 11
     figures = {f"{s}.{e}" for e in ("png", "pdf") for s in (
         "figure4_bpc_vs_madds", "figure5_bpc_vs_hidden", "figure6_pruning",
-        "figure7_imagenet_bpd_vs_madds")}
+        "figure7_imagenet_bpd_vs_madds", "figure_bpc_vs_gpu_seconds")}
     assert {p.name for p in tmp_path.iterdir()} == {*figures, "provenance_plots.md"}
     _check_files(sorted(p for p in tmp_path.iterdir() if p.name in figures))
     assert "figure7_imagenet_bpd_vs_madds: no run of ours" in printed
+    assert "figure_bpc_vs_gpu_seconds: no run of ours" in printed  # no gpu_seconds in them
+    assert f"figure_bpc_vs_gpu_seconds: {len(runs)} run(s) left out" in printed
+
+
+def _fake_run(root: Path, name: str, history: list[dict], config: dict | None = None,
+              **info) -> Path:
+    """A run directory written by hand: run.json, metrics.jsonl, config.yaml."""
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "run.json").write_text(json.dumps({"name": name, "status": "finished", **info}))
+    (d / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    (d / "config.yaml").write_text(yaml.safe_dump(config or {}))
+    return d
+
+
+def _fake_runs(root: Path) -> list[str]:
+    """Text runs with and without gpu_seconds, and image runs of 32 and 64 pixels."""
+    def text(name, block, h, test, dev=2.0, **info):
+        k = {"k": 2, "factors": [math.isqrt(h)] * 2} if block == "monarch" else {}
+        _fake_run(root, name, [], dataset="chars", metric="bpc", structure="hmm", block=block,
+                  hidden_size=h, device="NVIDIA H200", final={"dev_bpc": dev, "test_bpc": test},
+                  **k, **info)
+
+    text("dense256", "dense", 256, 2.5, gpu_seconds=30.5)
+    text("dense1024", "dense", 1024, 2.2, gpu_seconds=60.0)
+    text("m2-timed", "monarch", 16384, 1.97, dev=1.99, gpu_seconds=112.0)
+    text("m2-untimed", "monarch", 16384, 1.95, dev=1.90)  # Figure 4 takes it, not ours
+    text("m2-stopped", "monarch", 4096, 2.3, status="interrupted", gpu_seconds=50.0)
+
+    def image(name, block, size, dev, status="finished", config=None, epoch=True):
+        """``dev``: one value per evaluation; the last is logged again as the final one."""
+        rows = [{"update": 10 * i, **({"epoch": float(i)} if epoch else {}), "dev_bpd": v}
+                for i, v in enumerate(dev[:-1])]
+        rows.append({**rows[-1], "dev_bpd": dev[-1], "test_bpd": 4.0, "final": True})
+        k = {"k": 2, "factors": [8, 8]} if block == "monarch" else {}
+        data = {} if size is None else {"data": {"image_size": size}}
+        _fake_run(root, name, rows, config, dataset="image_folder", metric="bpd",
+                  structure="hclt", block=block, hidden_size=64, status=status, **k, **data)
+
+    image("hclt32", "dense", 32, [8.0, 5.0, 4.8, 4.79])
+    image("mhclt32", "monarch", 32, [8.0, 5.1, 5.09], status="interrupted")
+    image("diverged32", "dense", 32, [8.0, 9.0, 9.0], status="diverged")
+    image("a64", "dense", 64, [8.0, 4.5, 4.49])
+    image("b64", "dense", None, [8.0, 4.4, 4.39], config={"dataset": {"image_size": 64}},
+          epoch=False)
+    return ["figure_bpc_vs_gpu_seconds", "figure_dev_curves_image32",
+            "figure_dev_curves_image64"]
+
+
+def test_gpu_seconds_and_dev_curve_figures(tmp_path):
+    stems = _fake_runs(tmp_path / "runs")
+    records = load_runs([tmp_path / "runs"])
+    assert {r.name: r.gpu_seconds for r in records}["m2-timed"] == 112.0
+    assert plots.gpu_seconds_series(records, DS) == {
+        None: [(30.5, 2.5, 256), (60.0, 2.2, 1024)], 2: [(112.0, 1.97, 16384)]}
+    assert [r.name for r in plots.our_points(records, DS, "hmm", 2)] == ["m2-stopped",
+                                                                         "m2-untimed"]
+    timed = [r for r in records if r.gpu_seconds]
+    assert plots.one_gpu(timed) == "one H200" and plots.hidden_label(16384) == "$2^{14}$"
+    assert plots.one_gpu([*timed, RunRecord("x", DS, "bpc", "hmm", "dense", 8)]) == "one GPU"
+    h = "h=$2^{6}$"
+    assert plots.dev_curves(records, ("image_folder",)) == {
+        32: ("epoch", [(f"HCLT {h}", [1.0, 2.0], [5.0, 4.79]),
+                       (f"Monarch-HCLT {h} [interrupted]", [1.0], [5.09])]),
+        64: ("update", [(f"HCLT {h} (a64)", [10.0], [4.49]),
+                        (f"HCLT {h} (b64)", [10.0], [4.39])])}
+    written = plots.build_plots(records, tmp_path / "out", DS, "image_folder", "image_folder")
+    _check_files(written)
+    assert {p.name for p in written} >= {f"{s}.{e}" for s in stems for e in ("png", "pdf")}
+
+
+def test_make_plots_names_runs_left_out_of_gpu_seconds(tmp_path, monkeypatch, capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import make_plots
+
+    stems = _fake_runs(tmp_path / "runs")
+    monkeypatch.setattr(sys, "argv", ["make_plots.py", "--runs", str(tmp_path / "runs"),
+                                      "--out", str(tmp_path / "out"), "--text8-dataset", DS,
+                                      "--imagenet64-dataset", "image_folder",
+                                      "--imagenet32-dataset", "image_folder"])
+    make_plots.main()
+    printed = capsys.readouterr().out
+    assert all((tmp_path / "out" / f"{s}.png").is_file() for s in stems)
+    assert "figure_bpc_vs_gpu_seconds: 2 run(s) left out: m2-stopped, m2-untimed" in printed
+    text = (tmp_path / "out" / "provenance_plots.md").read_text()
+    section = text.split("## figure_bpc_vs_gpu_seconds")[1].split("## ")[0]
+    assert "- Monarch-2 h=16384: m2-timed (" in section and "- HMM h=256: dense256 (" in section
+    assert re.search(r"- m2-untimed \(.*\): no gpu_seconds in its run.json", section)
+    assert "- m2-stopped (" in section and "status 'interrupted': finished runs only" in section
+    curves = text.split("## figure_dev_curves_image32")[1].split("## ")[0]
+    assert "- HCLT h=64: hclt32 (" in curves and "- Monarch-HCLT h=64: mhclt32 (" in curves
+    assert "diverged32" not in curves
 
 
 @pytest.mark.parametrize("value", [1.0, math.nan])

@@ -10,7 +10,11 @@ ours to show says so in its panel.
   (HMM, Monarch-2/3/4);
 * Figure 5: test BPC vs hidden size (log2 x), same kinds;
 * Figure 6: bits per token vs fraction of hidden states pruned (from ``pruning.json``);
-* Figure 7: ImageNet64 test BPD vs multiply-adds per dimension, HCLT vs Monarch-HCLT.
+* Figure 7: ImageNet64 test BPD vs multiply-adds per dimension, HCLT vs Monarch-HCLT;
+* test BPC vs measured GPU-seconds (run.json's ``gpu_seconds``, log x), Figure 4's kinds
+  and choice of runs (not in the paper);
+* dev BPD vs epoch of every finished or interrupted image run, one figure per image size
+  (not in the paper: shows whether training has flattened).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from monarchpc.reports import paper
-from monarchpc.reports.records import RunRecord, matching, select
+from monarchpc.reports.records import RunRecord, _finite, matching, select
 
 KINDS: list[int | None] = [None, 2, 3, 4]  # dense HMM, Monarch-2/3/4
 COLORS = {None: "tab:blue", 2: "tab:orange", 3: "tab:green", 4: "tab:red",
@@ -171,6 +175,131 @@ def figure7(records: Sequence[RunRecord], out: str | Path, dataset: str = "image
     return _save(fig, out, "figure7_imagenet_bpd_vs_madds")
 
 
+def hidden_label(h: int) -> str:
+    """A hidden size as plots print it: "$2^{14}$" (mathtext) for a power of two."""
+    return f"$2^{{{h.bit_length() - 1}}}$" if h > 0 and h & (h - 1) == 0 else str(h)
+
+
+def gpu_seconds_runs(records: Sequence[RunRecord], dataset: str,
+                     k: int | None) -> list[RunRecord]:
+    """The GPU-seconds figure's runs of kind ``k``: Figure 4's choice per hidden size among
+    the finished runs whose run.json holds ``gpu_seconds``."""
+    timed = [r for r in records if r.finished and r.gpu_seconds is not None]
+    return our_points(timed, dataset, "hmm", k)
+
+
+def gpu_seconds_series(records: Sequence[RunRecord], dataset: str
+                       ) -> dict[int | None, list[tuple[float, float, int]]]:
+    """Kind -> [(GPU-seconds, test BPC, hidden size)] of the GPU-seconds figure, by size."""
+    series = {k: [(float(r.gpu_seconds or 0), float(r.value("test") or 0), r.hidden_size)
+                  for r in gpu_seconds_runs(records, dataset, k)] for k in KINDS}
+    return {k: pts for k, pts in series.items() if pts}
+
+
+def gpu_seconds_left_out(records: Sequence[RunRecord], dataset: str
+                         ) -> list[tuple[RunRecord, str]]:
+    """[(run, why)]: the evaluated runs of the GPU-seconds figure's kinds it cannot show."""
+    out = []
+    for r in records:
+        if (r.dataset, r.structure) != (dataset, "hmm") or r.k not in KINDS \
+                or r.value("test") is None:
+            continue
+        if r.gpu_seconds is None:
+            out.append((r, "no gpu_seconds in its run.json (scripts/campaign.py measures it)"))
+        elif not r.finished:
+            out.append((r, f"status {r.status!r}: finished runs only"))
+    return out
+
+
+def one_gpu(runs: Sequence[RunRecord]) -> str:
+    """"one H200" where every run's run.json names the same GPU, else "one GPU"."""
+    names = {r.device for r in runs}
+    name = names.pop() if len(names) == 1 else None
+    return f"one {name.removeprefix('NVIDIA ')}" if name and name != "cpu" else "one GPU"
+
+
+def figure_bpc_vs_gpu_seconds(records: Sequence[RunRecord], out: str | Path,
+                              dataset: str = "text8") -> list[Path]:
+    """Test BPC vs measured GPU-seconds of the whole run (log x), one line per kind."""
+    fig = Figure(figsize=(6.4, 4.6))
+    ax = fig.add_subplot()
+    series = gpu_seconds_series(records, dataset)
+    for k, pts in series.items():
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", marker="o", color=COLORS[k],
+                label=f"{paper.kind_name(k)} (ours)")
+        for x, y, h in pts:
+            ax.annotate(hidden_label(h), (x, y), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7)
+    gpu = one_gpu([r for k in KINDS for r in gpu_seconds_runs(records, dataset, k)])
+    ax.set_xscale("log")
+    ax.set_xlabel(f"GPU-seconds ({gpu}, whole process; log scale)")
+    ax.set_ylabel("Test BPC (lower is better)")
+    ax.set_title(f"Test BPC vs GPU-seconds ({gpu}, whole process; {dataset})")
+    ax.grid(True, alpha=0.3)
+    if series:
+        ax.legend(fontsize=8)
+    else:
+        _message(ax, f"no finished run of ours on {dataset!r} with gpu_seconds yet\n"
+                     "(scripts/campaign.py measures it)")
+    return _save(fig, out, "figure_bpc_vs_gpu_seconds")
+
+
+def dev_curve(run: RunRecord, x: str = "epoch") -> tuple[list[float], list[float]]:
+    """(``x``, dev metric) of ``run``'s evaluations after the start (the untrained model's
+    value would flatten the scale), by ``x``; a repeated ``x`` keeps its last value."""
+    points = {float(rec[x]): float(rec[f"dev_{run.metric}"]) for rec in run.history
+              if _finite(rec.get(x)) and rec[x] > 0 and _finite(rec.get(f"dev_{run.metric}"))}
+    xs = sorted(points)
+    return xs, [points[v] for v in xs]
+
+
+def curve_runs(records: Sequence[RunRecord], datasets: Sequence[str]
+               ) -> dict[int, list[RunRecord]]:
+    """Image size -> the finished or interrupted HCLT / Monarch-HCLT runs on ``datasets``
+    with a dev curve, by kind, hidden size and name."""
+    out: dict[int, list[RunRecord]] = {}
+    for r in sorted(records, key=lambda r: (r.kind, r.hidden_size, r.name)):
+        if r.structure == "hclt" and r.dataset in datasets and r.image_size \
+                and r.status in ("finished", "interrupted") and dev_curve(r, "update")[0]:
+            out.setdefault(r.image_size, []).append(r)
+    return dict(sorted(out.items()))
+
+
+def dev_curves(records: Sequence[RunRecord], datasets: Sequence[str]
+               ) -> dict[int, tuple[str, list[tuple[str, list[float], list[float]]]]]:
+    """Image size -> (x: "epoch", or "update" where an evaluation lacks its epoch,
+    [(label, x, dev BPD)] one line per run of :func:`curve_runs`); a label is kind and
+    hidden size, with the run's name where two share it and its status if unfinished."""
+    out = {}
+    for size, runs in curve_runs(records, datasets).items():
+        x = "epoch" if all("epoch" in rec for r in runs for rec in r.history) else "update"
+        labels = [f"{r.kind} h={hidden_label(r.hidden_size)}" for r in runs]
+        labels = [(f"{lab} ({r.name})" if labels.count(lab) > 1 else lab)
+                  + ("" if r.finished else f" [{r.status}]")
+                  for lab, r in zip(labels, runs, strict=True)]
+        out[size] = (x, [(lab, *dev_curve(r, x)) for lab, r in zip(labels, runs, strict=True)])
+    return out
+
+
+def figure_dev_curves(records: Sequence[RunRecord], out: str | Path,
+                      datasets: Sequence[str] = ("imagenet32", "imagenet64")) -> list[Path]:
+    """Dev BPD vs epoch of every image run, one figure per image size present
+    (``figure_dev_curves_image<size>``); none without image runs."""
+    paths = []
+    for size, (x, lines) in dev_curves(records, datasets).items():
+        fig = Figure(figsize=(6.4, 4.6))
+        ax = fig.add_subplot()
+        for label, xs, ys in lines:
+            ax.plot(xs, ys, "-", marker="o", markersize=3, label=label)
+        ax.set_xlabel("Epoch" if x == "epoch" else "EM update")
+        ax.set_ylabel("Dev BPD (lower is better)")
+        ax.set_title(f"Dev BPD during training, {size}x{size} images")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        paths += _save(fig, out, f"figure_dev_curves_image{size}")
+    return paths
+
+
 def pruning_runs(records: Sequence[RunRecord]) -> list[RunRecord]:
     """Figure 6's lines: the runs with a ``pruning.json``."""
     return sorted((r for r in records if r.pruning and r.pruning.get("points")),
@@ -178,7 +307,8 @@ def pruning_runs(records: Sequence[RunRecord]) -> list[RunRecord]:
 
 
 def figure_sources(records: Sequence[RunRecord], text8: str = "text8",
-                   imagenet64: str = "imagenet64") -> dict[str, list[tuple[str, RunRecord]]]:
+                   imagenet64: str = "imagenet64", imagenet32: str = "imagenet32"
+                   ) -> dict[str, list[tuple[str, RunRecord]]]:
     """Figure -> [(point or line, run)]: the runs each figure of :func:`build_plots` draws."""
     scaling = [(f"{paper.kind_name(k)} h={r.hidden_size}", r) for k in KINDS
                for r in our_points(records, text8, "hmm", k)]
@@ -190,11 +320,23 @@ def figure_sources(records: Sequence[RunRecord], text8: str = "text8",
             (f"{name} h={r.hidden_size}", r)
             for block, name in (("dense", "HCLT"), ("monarch", "Monarch-HCLT"))
             for r in figure7_runs(records, imagenet64, "lossless", block)],
+        "figure_bpc_vs_gpu_seconds": [(f"{paper.kind_name(k)} h={r.hidden_size}", r)
+                                      for k in KINDS for r in gpu_seconds_runs(records, text8, k)],
+        **{f"figure_dev_curves_image{size}": [(f"{r.kind} h={r.hidden_size}", r) for r in runs]
+           for size, runs in curve_runs(records, (imagenet32, imagenet64)).items()},
     }
 
 
+def figure_notes(records: Sequence[RunRecord], text8: str = "text8"
+                 ) -> dict[str, list[tuple[RunRecord, str]]]:
+    """Figure -> [(run, why)]: runs a figure names as left out (for the provenance)."""
+    return {"figure_bpc_vs_gpu_seconds": gpu_seconds_left_out(records, text8)}
+
+
 def build_plots(records: Sequence[RunRecord], out: str | Path, text8: str = "text8",
-                imagenet64: str = "imagenet64") -> list[Path]:
-    """Every figure; returns the files written."""
+                imagenet64: str = "imagenet64", imagenet32: str = "imagenet32") -> list[Path]:
+    """Every figure (the dev curves only where image runs exist); returns the files written."""
     return [*figure4(records, out, text8), *figure5(records, out, text8),
-            *figure6(records, out), *figure7(records, out, imagenet64)]
+            *figure6(records, out), *figure7(records, out, imagenet64),
+            *figure_bpc_vs_gpu_seconds(records, out, text8),
+            *figure_dev_curves(records, out, (imagenet32, imagenet64))]

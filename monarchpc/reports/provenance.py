@@ -15,6 +15,8 @@ from monarchpc.reports.records import RunRecord
 
 Sources = Mapping[str, Sequence[tuple[str, RunRecord]]]
 """Output name -> [(row or point, run)], as tables' ``sources`` / ``plots.figure_sources``."""
+Notes = Mapping[str, Sequence[tuple[RunRecord, str]]]
+"""Output name -> [(run, why the output leaves it out)], as ``plots.figure_notes``."""
 
 
 def where(run: RunRecord) -> str:
@@ -54,8 +56,10 @@ def skip_reason(run: RunRecord, used: Sequence[RunRecord], datasets: Mapping[str
 
 
 def provenance(records: Sequence[RunRecord], sources: Sources,
-               datasets: Mapping[str, str], title: str) -> tuple[str, list[str]]:
-    """(Markdown document, short printed summary) of which runs fed which output."""
+               datasets: Mapping[str, str], title: str,
+               notes: Notes | None = None) -> tuple[str, list[str]]:
+    """(Markdown document, short printed summary) of which runs fed which output, and the
+    runs an output names as left out (``notes``)."""
     used_ids = {id(r) for rows in sources.values() for _, r in rows}
     used = [r for r in records if id(r) in used_ids]
     lines = [f"# {title}", "", f"{len(records)} runs read; data sets read: "
@@ -66,10 +70,17 @@ def provenance(records: Sequence[RunRecord], sources: Sources,
         if not rows:
             lines += ["no run of ours: only the paper's numbers", ""]
             summary.append(f"{output}: no run of ours")
-            continue
-        lines += [f"- {label}: {r.name} ({where(r)})" for label, r in rows] + [""]
-        names = sorted({r.name for _, r in rows})
-        summary.append(f"{output}: {len(names)} run(s): {', '.join(names)}")
+        else:
+            lines += [f"- {label}: {r.name} ({where(r)})" for label, r in rows] + [""]
+            names = sorted({r.name for _, r in rows})
+            summary.append(f"{output}: {len(names)} run(s): {', '.join(names)}")
+        left = (notes or {}).get(output) or []
+        if left:
+            lines += ["Left out:", ""] + [f"- {r.name} ({where(r)}): {why}" for r, why in left]
+            lines.append("")
+            names = [r.name for r, _ in left]
+            summary.append(f"{output}: {len(left)} run(s) left out: {', '.join(names[:5])}"
+                           + (", ..." if len(names) > 5 else ""))
     skipped = [r for r in records if id(r) not in used_ids]
     lines += [f"## Runs not used ({len(skipped)})", ""]
     lines += [f"- {r.name} ({where(r)}): {skip_reason(r, used, datasets)}" for r in skipped]
@@ -82,9 +93,10 @@ def provenance(records: Sequence[RunRecord], sources: Sources,
 
 
 def write_provenance(path: str | Path, records: Sequence[RunRecord], sources: Sources,
-                     datasets: Mapping[str, str], title: str) -> list[str]:
+                     datasets: Mapping[str, str], title: str,
+                     notes: Notes | None = None) -> list[str]:
     """Write the provenance document to ``path``; returns the lines to print."""
-    text, summary = provenance(records, sources, datasets, title)
+    text, summary = provenance(records, sources, datasets, title, notes)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)

@@ -5,7 +5,9 @@ recognised by its ``run.json``. It holds
 
 * ``run.json``: what the run is (dataset, metric, structure, block, k, factors,
   hidden_size, madds_per_token, num_params, init, status, device,
-  peak_gpu_memory_bytes, final, sampling_seconds_per_sequence, vocab_size, ...);
+  peak_gpu_memory_bytes, final, sampling_seconds_per_sequence, vocab_size, ...;
+  ``gpu_seconds``, the measured wall time of the run's whole process on one GPU, is added
+  by ``scripts/campaign.py`` export);
 * ``metrics.jsonl``: one evaluation per line (update, epoch, tokens, train_flops,
   step_size, wall_time, ``<split>_<metric>``, final);
 * ``.hydra/config.yaml``: the composed config (what the Hydra CLI saves; ``config.yaml``
@@ -54,6 +56,7 @@ class RunRecord:
     status: str = "finished"
     device: str | None = None
     peak_gpu_memory_bytes: int | None = None
+    gpu_seconds: float | None = None  # run.json's, where scripts/campaign.py measured it
     final: dict[str, Any] | None = None
     sampling_seconds_per_sequence: float | None = None
     vocab_size: int | None = None
@@ -100,6 +103,13 @@ class RunRecord:
         raw = (self.info.get("transform") or _get(self.info, "data.transform")
                or _get(self.config, "dataset.transform"))
         return None if raw is None else str(raw)
+
+    @property
+    def image_size(self) -> int | None:
+        """The side in pixels of an image run's images (32, 64); None for other runs."""
+        raw = (_get(self.info, "data.image_size") or self.setting("dataset.image_size")
+               or self.setting("dataset.resolution"))
+        return None if raw is None else int(raw)
 
     def setting(self, *names: str) -> Any:
         """The first config value found among dotted ``names`` (None if none is set)."""
@@ -217,7 +227,8 @@ def _record(info: dict[str, Any], config: dict[str, Any], history: list[dict[str
         k=k, factors=factors, madds_per_token=None if madds is None else int(madds),
         num_params=info.get("num_params"), init=str(init),
         status=str(info.get("status") or "finished"), device=info.get("device"),
-        peak_gpu_memory_bytes=info.get("peak_gpu_memory_bytes"), final=final,
+        peak_gpu_memory_bytes=info.get("peak_gpu_memory_bytes"),
+        gpu_seconds=info.get("gpu_seconds"), final=final,
         sampling_seconds_per_sequence=info.get("sampling_seconds_per_sequence"),
         vocab_size=info.get("vocab_size"), factor_runs=list(info.get("factor_runs") or []),
         history=history, config=config, pruning=pruning, path=path, source=source, info=info)
@@ -239,7 +250,8 @@ def record_from_wandb(name: str, config: dict[str, Any], summary: dict[str, Any]
     summary are used as they are; the rest is derived from the config."""
     info: dict[str, Any] = dict(config.get("run") or {})
     for key in ("madds_per_token", "num_params", "peak_gpu_memory_bytes", "device",
-                "sampling_seconds_per_sequence", "vocab_size", "init", "metric", "dataset"):
+                "gpu_seconds", "sampling_seconds_per_sequence", "vocab_size", "init", "metric",
+                "dataset"):
         if key in summary and key not in info:
             info[key] = summary[key]
     info.setdefault("name", name)
