@@ -301,7 +301,7 @@ def _fake_runs(root: Path) -> list[str]:
                   **k, **info)
 
     text("dense256", "dense", 256, 2.5, gpu_seconds=30.5)
-    text("dense1024", "dense", 1024, 2.2, gpu_seconds=60.0)
+    text("dense1024", "dense", 1024, 2.2, gpu_seconds=60.0, jobs_per_gpu=3)
     text("m2-timed", "monarch", 16384, 1.97, dev=1.99, gpu_seconds=112.0)
     text("m2-untimed", "monarch", 16384, 1.95, dev=1.90)  # Figure 4 takes it, not ours
     text("m2-stopped", "monarch", 4096, 2.3, status="interrupted", gpu_seconds=50.0)
@@ -331,7 +331,7 @@ def test_gpu_seconds_and_dev_curve_figures(tmp_path):
     records = load_runs([tmp_path / "runs"])
     assert {r.name: r.gpu_seconds for r in records}["m2-timed"] == 112.0
     assert plots.gpu_seconds_series(records, DS) == {
-        None: [(30.5, 2.5, 256), (60.0, 2.2, 1024)], 2: [(112.0, 1.97, 16384)]}
+        None: [(30.5, 2.5, 256, 1), (60.0, 2.2, 1024, 3)], 2: [(112.0, 1.97, 16384, 1)]}
     assert [r.name for r in plots.our_points(records, DS, "hmm", 2)] == ["m2-stopped",
                                                                          "m2-untimed"]
     timed = [r for r in records if r.gpu_seconds]

@@ -188,11 +188,19 @@ def gpu_seconds_runs(records: Sequence[RunRecord], dataset: str,
     return our_points(timed, dataset, "hmm", k)
 
 
+def jobs_per_gpu(run: RunRecord) -> int:
+    """How many jobs shared the run's GPU (run.json's ``jobs_per_gpu``, written by
+    scripts/campaign.py; absent: 1). Above 1, ``gpu_seconds`` is an upper bound."""
+    return int(run.info.get("jobs_per_gpu") or 1)
+
+
 def gpu_seconds_series(records: Sequence[RunRecord], dataset: str
-                       ) -> dict[int | None, list[tuple[float, float, int]]]:
-    """Kind -> [(GPU-seconds, test BPC, hidden size)] of the GPU-seconds figure, by size."""
-    series = {k: [(float(r.gpu_seconds or 0), float(r.value("test") or 0), r.hidden_size)
-                  for r in gpu_seconds_runs(records, dataset, k)] for k in KINDS}
+                       ) -> dict[int | None, list[tuple[float, float, int, int]]]:
+    """Kind -> [(GPU-seconds, test BPC, hidden size, jobs per GPU)] of the GPU-seconds
+    figure, by size."""
+    series = {k: [(float(r.gpu_seconds or 0), float(r.value("test") or 0), r.hidden_size,
+                   jobs_per_gpu(r)) for r in gpu_seconds_runs(records, dataset, k)]
+              for k in KINDS}
     return {k: pts for k, pts in series.items() if pts}
 
 
@@ -220,16 +228,22 @@ def one_gpu(runs: Sequence[RunRecord]) -> str:
 
 def figure_bpc_vs_gpu_seconds(records: Sequence[RunRecord], out: str | Path,
                               dataset: str = "text8") -> list[Path]:
-    """Test BPC vs measured GPU-seconds of the whole run (log x), one line per kind."""
+    """Test BPC vs measured GPU-seconds of the whole run (log x), one line per kind; runs
+    that shared their GPU with other jobs are hollow (their seconds are an upper bound)."""
     fig = Figure(figsize=(6.4, 4.6))
     ax = fig.add_subplot()
     series = gpu_seconds_series(records, dataset)
     for k, pts in series.items():
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", marker="o", color=COLORS[k],
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", color=COLORS[k],
                 label=f"{paper.kind_name(k)} (ours)")
-        for x, y, h in pts:
+        for x, y, h, jobs in pts:
+            ax.plot([x], [y], "o", color=COLORS[k], markerfacecolor="white" if jobs > 1
+                    else COLORS[k])
             ax.annotate(hidden_label(h), (x, y), textcoords="offset points", xytext=(4, 4),
                         fontsize=7)
+    shared = sorted({p[3] for pts in series.values() for p in pts if p[3] > 1})
+    note = (f"hollow: {'/'.join(map(str, shared))} jobs shared the GPU\n(seconds: an upper "
+            "bound)") if shared else None
     gpu = one_gpu([r for k in KINDS for r in gpu_seconds_runs(records, dataset, k)])
     ax.set_xscale("log")
     ax.set_xlabel(f"GPU-seconds ({gpu}, whole process; log scale)")
@@ -237,7 +251,7 @@ def figure_bpc_vs_gpu_seconds(records: Sequence[RunRecord], out: str | Path,
     ax.set_title(f"Test BPC vs GPU-seconds ({gpu}, whole process; {dataset})")
     ax.grid(True, alpha=0.3)
     if series:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, title=note, title_fontsize=7)
     else:
         _message(ax, f"no finished run of ours on {dataset!r} with gpu_seconds yet\n"
                      "(scripts/campaign.py measures it)")
