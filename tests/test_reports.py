@@ -177,6 +177,19 @@ def test_table5_and_figure7_place_image_runs(tmp_path):
     assert rows["HCLT (dense)"][8] == "4.400" and rows["QPC"][2] == "—"
     _check_files(plots.figure7(records, tmp_path))
 
+    # One image folder at both sizes (dataset=image_folder): each run goes to its own size.
+    def folder(res, h, bpd):
+        return RunRecord(name=f"f{res}-{h}", dataset="image_folder", metric="bpd",
+                         structure="hclt", block="monarch", hidden_size=h,
+                         madds_per_token=h * h, final={"dev_bpd": bpd, "test_bpd": bpd},
+                         info={"data": {"transform": "lossless", "image_size": res}})
+
+    mixed = [folder(32, 1024, 4.9), folder(64, 256, 4.5)]
+    rows = {r[0]: r for r in tables.table5(mixed, {32: "image_folder", 64: "image_folder"}).rows}
+    assert rows["Monarch"][4] == "4.900" and rows["Monarch"][8] == "4.500"
+    assert [r.name for r in plots.figure7_runs(mixed, "image_folder", "lossless", "monarch")
+            ] == ["f64-256"]
+
 
 def test_table2_init_ablation(runs):
     records = load_runs([root_of(runs)])

@@ -134,11 +134,13 @@ def figure6(records: Sequence[RunRecord], out: str | Path) -> list[Path]:
 
 
 def figure7_runs(records: Sequence[RunRecord], dataset: str, transform: str | None,
-                 block: str) -> list[RunRecord]:
-    """Figure 7's points of one block kind: one HCLT run per hidden size, by multiply-adds."""
+                 block: str, image_size: int = 64) -> list[RunRecord]:
+    """Figure 7's points of one block kind: one HCLT run of ``image_size`` pixels per hidden
+    size, by multiply-adds (runs that do not record their size count as that size)."""
     key = {"dataset": dataset, "structure": "hclt", "block": block}
     found = [r for r in matching(records, **key) if r.madds_per_token
-             and (transform is None or r.transform in (transform, None))]
+             and (transform is None or r.transform in (transform, None))
+             and r.image_size in (image_size, None)]
     sizes = sorted({r.hidden_size for r in found})
     runs = [r for h in sizes
             if (r := select([f for f in found if f.hidden_size == h])) is not None]

@@ -327,7 +327,8 @@ def table5(records: Sequence[RunRecord], datasets: dict[int, str] | None = None)
             if which is None:
                 row.append(DASH)
                 continue
-            run = select_largest(records, dataset=datasets[res], structure="hclt",
+            sized = [r for r in records if r.image_size in (res, None)]  # one folder, 2 sizes
+            run = select_largest(sized, dataset=datasets[res], structure="hclt",
                                  block=which, transform=tr)
             row.append(ours(run))
             if run is not None:
