@@ -29,7 +29,7 @@ TEXT_TARGETS := demo text8-hmm text8-monarch2 chars-text8-prefix text8-ablation-
 	lm1b-hmm lm1b-monarch2 lm1b-sweep wikitext2-hmm wikitext2-monarch2
 IMAGE_TARGETS := image-demo tiny-imagenet32-monarch-hclt imagenet32-monarch-hclt \
 	imagenet64-monarch-hclt fig7-sweep
-.PHONY: help install test lint bench bench-hclt bench-ddp tables plots results sampling-time pruning \
+.PHONY: help install test lint bench bench-hclt bench-ddp profile tables plots results sampling-time pruning \
 	clean-venv $(TEXT_TARGETS) $(IMAGE_TARGETS)
 
 help: ## this list (the default goal)
@@ -144,6 +144,20 @@ bench-hclt: install ## [GPU] HCLT E-step throughput beside PyJuice (if installed
 BENCH_GPUS ?= 1 2
 bench-ddp: install ## [2 GPUs] data-parallel throughput, 1 vs 2 GPUs
 	NCCL_NVLS_ENABLE=0 $(PY) scripts/bench_ddp.py --gpus $(BENCH_GPUS) --out outputs/bench_ddp.json $(if $(ARGS),-- $(ARGS))
+
+# Where one E-step's time goes (torch.profiler, CUDA graphs off): top kernels and their
+# families, peak memory; one JSON line appended to a file in outputs/profile/.
+#   make profile CASE="monarch4 2^16" PROFILE_ARGS="--hidden 4096"      (Monarch-4, 8 x 8 blocks)
+#   make profile STRUCTURE=hclt CASE=dense-512-512 PROFILE_ARGS="--precision tf32"
+# CASE: a case of scripts/bench.py (name or index) or of bench_hclt.py (block-h-batch);
+# TRACE=file.json also writes a Chrome trace (chrome://tracing, ui.perfetto.dev).
+STRUCTURE ?= hmm
+CASE ?= $(if $(filter hclt,$(STRUCTURE)),dense-512-512,monarch3 2^18)
+PROFILE_ARGS ?=
+TRACE ?=
+profile: install ## [GPU] profile one E-step: STRUCTURE=hmm|hclt CASE="monarch3 2^18"
+	$(PY) scripts/profile_estep.py --structure $(STRUCTURE) --case "$(CASE)" \
+	  $(if $(TRACE),--trace $(TRACE)) $(PROFILE_ARGS)
 
 # ---- tables and plots from run directories ------------------------------------------------
 # RUNS may name several folders: make tables RUNS="outputs /other/runs". Each writes a
