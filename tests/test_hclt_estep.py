@@ -16,6 +16,7 @@ from monarchpc.circuits.hclt import HCLT, MISSING
 from monarchpc.circuits.sum_blocks import BlockSpec, SumBlocks
 from monarchpc.kernels.hclt import level_ops
 from monarchpc.kernels.hmm import triton_usable
+from monarchpc.learning import hclt_estep as hclt_estep_module
 from monarchpc.learning.em import accumulate_flows, em_step, flows
 from monarchpc.learning.hclt_estep import (
     CapturedEStep,
@@ -114,7 +115,7 @@ class EagerGraph:
         self.replay = step
 
 
-def eager_capture(self: CapturedEStep, x: torch.Tensor) -> tuple:
+def eager_capture(self: CapturedEStep, x: torch.Tensor, scratch: bool = False) -> tuple:
     static_x, log_likelihood = x.clone(), torch.empty(x.shape[0])
     grads = self.grads  # the persistent buffers, as a captured graph would hold them
     return static_x, EagerGraph(lambda: log_likelihood.copy_(self.run(static_x, grads))), \
@@ -147,6 +148,35 @@ def test_captured_estep_accumulates_into_persistent_gradients(
     torch.testing.assert_close(run(odd).double(), accumulate_flows(ref, odd),
                                rtol=1e-5, atol=1e-5)
     assert flow_error(fast, ref) < 1e-4 and fast.root.grad is not run.grads[-1]
+
+
+def eager_capture_graph(x: torch.Tensor, warm_up, record) -> tuple:
+    """capture_graph on the CPU: the warm-up runs now, the recorded step at each replay
+    (a capture itself computes nothing)."""
+    static_x = x.clone()
+    warm_up(static_x)
+    log_likelihood = torch.empty(x.shape[0])
+    return static_x, EagerGraph(lambda: log_likelihood.copy_(record(static_x))), log_likelihood
+
+
+def test_capture_warm_up_leaves_no_trace_in_the_gradients(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The warm-up of a first capture adds into the gradient buffers themselves (no second
+    set in memory) and they are zeroed after it; a shape first seen mid-accumulation warms
+    up into scratch, keeping the gradients held so far."""
+    monkeypatch.setattr(hclt_estep_module, "capture_graph", eager_capture_graph)
+    ref, fast = twins("monarch3", tied=True)
+    run = CapturedEStep(lambda x, grads: estep(fast, x, "fp32", grads, "torch", False),
+                        parameters(fast), lambda x: hclt_estep(fast, x, kernels="torch"))
+    scratch_calls = []
+    capture = run.capture
+    monkeypatch.setattr(run, "capture", lambda x, scratch=False: (
+        scratch_calls.append(scratch), capture(x, scratch))[1])
+    for x in (rows(VOCAB, 9, 20), rows(VOCAB, 7, 21), rows(VOCAB, 9, 22)):
+        torch.testing.assert_close(run(x).double(), accumulate_flows(ref, x),
+                                   rtol=1e-5, atol=1e-5)
+        assert flow_error(fast, ref) < 1e-4  # no warm-up counted twice
+    assert scratch_calls == [False, True]  # the second shape came mid-accumulation
 
 
 def test_deep_chain_and_wide_star_neither_underflow_nor_overflow() -> None:

@@ -250,6 +250,8 @@ class CapturedEStep:
             self.check(x)
         if not self.grads:
             self.grads = [torch.zeros(p.shape, device=x.device) for p in self.params]
+        # buffers still holding this update's gradients (a new shape mid-accumulation)
+        holding = any(param.grad is g for param, g in zip(self.params, self.grads, strict=True))
         others = []  # gradients that are not our buffers: add the replay's to them
         for param, g in zip(self.params, self.grads, strict=True):
             if param.grad is not g:
@@ -259,7 +261,7 @@ class CapturedEStep:
                 else:
                     others.append((param, g))
         if key not in self.graphs:
-            self.graphs[key] = self.capture(x)
+            self.graphs[key] = self.capture(x, scratch=holding)
         static_x, graph, log_likelihood = self.graphs[key]
         static_x.copy_(x)
         graph.replay()
@@ -267,7 +269,15 @@ class CapturedEStep:
             add_grad(param, g)
         return log_likelihood.clone()
 
-    def capture(self, x: Tensor) -> tuple[Tensor, torch.cuda.CUDAGraph, Tensor]:
-        """Capture ``run`` on a copy of ``x``; the warm-up run adds into zeroed scratch."""
-        return capture_graph(x, lambda s: self.run(s, [torch.zeros_like(g) for g in self.grads]),
-                             lambda s: self.run(s, self.grads))
+    def capture(self, x: Tensor, scratch: bool = False
+                ) -> tuple[Tensor, torch.cuda.CUDAGraph, Tensor]:
+        """Capture ``run`` on a copy of ``x``. The warm-up run adds into the (zero) buffers,
+        which are zeroed again after it; with ``scratch`` (buffers that hold gradients)
+        it adds into zeroed copies instead, a second set of gradients in memory."""
+        warm = [torch.zeros_like(g) for g in self.grads] if scratch else self.grads
+        captured = capture_graph(x, lambda s: self.run(s, warm),
+                                 lambda s: self.run(s, self.grads))
+        if not scratch:
+            for g in self.grads:
+                g.zero_()
+        return captured
