@@ -176,24 +176,6 @@ def check_case(name: str, factors: list[int], args: argparse.Namespace,
     return row
 
 
-def profile_case(factors: list[int], batch: int, args: argparse.Namespace,
-                 device: torch.device) -> None:
-    """Print where one E-step's time goes (torch.profiler, top 15 kernels by total time)."""
-    hmm = build(factors, args.vocab, device)
-    x = torch.randint(0, args.vocab, (batch, args.length), device=device)
-    settings = {"keep_gb": args.keep_gb, "products": args.products[0]}
-    hmm_estep(hmm, x, args.segment, args.precision, **settings)  # warm-up
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    if device.type == "cuda":
-        activities.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(activities=activities) as prof:
-        hmm_estep(hmm, x, args.segment, args.precision, **settings)
-        sync(device)
-    sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
-    print(prof.key_averages().table(sort_by=sort, row_limit=15, max_name_column_width=60),
-          flush=True)
-
-
 def ceilings(device: torch.device) -> list[dict[str, Any]]:
     """Batched GEMM TFLOP/s in the E-step's shapes, and device-to-device copy bandwidth."""
     rows = []
@@ -303,8 +285,6 @@ def main() -> None:
     parser.add_argument("--ceilings", action="store_true", help="measure GEMM/copy ceilings")
     parser.add_argument("--lean", action="store_true",
                         help="also time each case with keep_gb = 0 (least memory)")
-    parser.add_argument("--profile", action="store_true",
-                        help="print the top GPU kernels of one E-step of each case")
     parser.add_argument("--products", default="auto",
                         help="Monarch products, comma-separated: auto | torch | triton; each "
                              "case runs once per choice")
@@ -345,8 +325,6 @@ def main() -> None:
             emit(row)
     rows = []
     for name, factors, batch in cases:
-        if args.profile:
-            profile_case(factors, batch, args, device)
         for products in args.products:
             row = bench_case(name, factors, batch, args, device, products)
             rows.append(row)

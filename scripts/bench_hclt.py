@@ -153,22 +153,6 @@ def bench_ours(model: HCLT, x: torch.Tensor, engine: str, precision: str, reps: 
     return result | extra
 
 
-def profile_ours(model: HCLT, x: torch.Tensor, precision: str, device: torch.device) -> str:
-    """The top kernels of one fused E-step (no CUDA graph), by total device time."""
-    torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"
-    hclt_estep(model, x, precision)  # warm-up
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    if device.type == "cuda":
-        activities.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(activities=activities) as prof:
-        hclt_estep(model, x, precision)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    clear(model)
-    sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
-    return prof.key_averages().table(sort_by=sort, row_limit=20, max_name_column_width=70)
-
-
 def bench_pyjuice(pc: Any, x: torch.Tensor, reps: int, device: torch.device) -> dict[str, Any]:
     """One forward pass plus backward pass with parameter flows of PyJuice's circuit."""
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -245,9 +229,6 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=270.0,
                         help="skip the variants that would start after this many seconds")
     parser.add_argument("--out", default=None, help="JSON lines file ('' for none)")
-    parser.add_argument("--profile", action="store_true",
-                        help="also write the top kernels of one fused E-step per model "
-                             "(first precision, largest batch) to <out>.profile.txt")
     args = parser.parse_args()
     begin = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
@@ -264,8 +245,6 @@ def main() -> None:
         slug = (model_name.group(0) if model_name else name.split()[-1]).lower()
         args.out = str(REPO_ROOT / "docs" / "results" / "device" / f"bench_hclt_{slug}.jsonl")
     sink = open(args.out, "w") if args.out else None  # noqa: SIM115
-    if args.out and args.profile:
-        open(args.out + ".profile.txt", "w").close()
     rows: list[dict[str, Any]] = []
 
     def emit(row: dict[str, Any], keep: bool = True) -> None:
@@ -331,16 +310,6 @@ def main() -> None:
                     continue
                 emit(run_variant(row, lambda m=model, x=x, e=engine, p=precision: bench_ours(
                     m, x, e, p, reps, device)))
-        if args.profile and model is not None and not over_budget():
-            report = run_variant({}, lambda m=model, x=x: {"table": profile_ours(
-                m, x, precisions[0], device)})
-            text = f"== {block} h={h} batch={len(x)} {precisions[0]}\n" + str(
-                report.get("table", report.get("error")))
-            if args.out:
-                with open(args.out + ".profile.txt", "a") as f:
-                    f.write(text + "\n")
-            else:
-                print(text)
         del model
         gc.collect()
         if not (have_pyjuice and block == "dense"):
