@@ -30,7 +30,8 @@ from monarchpc.circuits.hmm import HMM
 from monarchpc.kernels.hmm import element_ops
 from monarchpc.kernels.monarch import monarch_products
 from monarchpc.learning.em import accumulate_flows, em_step, flows
-from monarchpc.learning.forward_backward import DTYPES, GraphedEStep, fused_estep, hmm_estep
+from monarchpc.learning.forward_backward import DTYPES, fused_estep, hmm_estep
+from monarchpc.learning.graphs import CapturedEStep
 from monarchpc.paths import REPO_ROOT
 
 # (name, factors, batch): one factor is a dense block
@@ -104,7 +105,7 @@ def bench_case(name: str, factors: list[int], batch: int, args: argparse.Namespa
                            "kernels": element_ops("auto", device, args.vocab).name,
                            "products": monarch_products(products, device, factors).name,
                            "products_setting": products,
-                           "cuda_graph": isinstance(run, GraphedEStep),
+                           "cuda_graph": isinstance(run, CapturedEStep),
                            "device": device_name(device)}
     try:
         t_e = timed(lambda: run(x), device, args.reps)
@@ -164,8 +165,8 @@ def check_case(name: str, factors: list[int], args: argparse.Namespace,
                 row[f"{key}{tag}_error"] = f"{type(err).__name__}: {str(err)[:200]}"
     if device.type == "cuda":  # the CUDA-graph replay (second call) equals the plain path
         try:
-            run = GraphedEStep(fast, segment=5, precision="fp32",
-                               products=args.products[0])
+            run = fused_estep(fast, device, segment=5, precision="fp32", graphs=True,
+                              products=args.products[0])
             clear()
             run(x)
             clear()

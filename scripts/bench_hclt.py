@@ -36,7 +36,8 @@ from monarchpc.circuits.hclt import HCLT, MISSING
 from monarchpc.circuits.sum_blocks import BlockSpec, SumBlocks
 from monarchpc.learning.em import accumulate_flows, flows
 from monarchpc.learning.forward_backward import DTYPES
-from monarchpc.learning.hclt_estep import CapturedEStep, fused_hclt_estep, hclt_estep
+from monarchpc.learning.graphs import CapturedEStep
+from monarchpc.learning.hclt_estep import fused_hclt_estep, hclt_estep
 from monarchpc.paths import REPO_ROOT
 
 SIDE, CHANNELS, VOCAB = 8, 3, 256

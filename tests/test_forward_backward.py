@@ -13,8 +13,10 @@ import torch
 from monarchpc.circuits import dense_block, monarch_block
 from monarchpc.circuits.hmm import HMM
 from monarchpc.kernels.hmm import as_rows, element_ops, triton_usable
+from monarchpc.learning import graphs as graphs_module
 from monarchpc.learning.em import accumulate_flows, em_step, flows
-from monarchpc.learning.forward_backward import GraphedEStep, fused_estep, hmm_estep
+from monarchpc.learning.forward_backward import estep, fused_estep, hmm_estep, parameters
+from monarchpc.learning.graphs import CapturedEStep
 from monarchpc.paths import REPO_ROOT
 
 BLOCKS = {
@@ -76,6 +78,42 @@ def test_kept_segments_and_triton_kernels_equal_autograd(kind: str, kernels: str
     ll = hmm_estep(fast, x, segment=4, precision="fp32", kernels=kernels,
                    keep_gb=keep_gb(fast, 4, 7, kept))
     assert_matches(fast, ref, ll, ll_ref)
+
+
+class EagerGraph:
+    """Stands in for a CUDA graph on the CPU: a replay runs the recorded step again."""
+
+    def __init__(self, step: object) -> None:
+        self.replay = step
+
+
+def eager_capture_graph(x: torch.Tensor, warm_up, record) -> tuple:
+    """capture_graph on the CPU: the warm-up runs now, the recorded step at each replay."""
+    static_x = x.clone()
+    warm_up(static_x)
+    log_likelihood = torch.empty(x.shape[0])
+    return static_x, EagerGraph(lambda: log_likelihood.copy_(record(static_x))), log_likelihood
+
+
+@pytest.mark.parametrize("kind", ["dense", "monarch3"])
+def test_captured_estep_accumulates_exactly(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The captured HMM E-step (CUDA graphs, replayed eagerly here) adds each micro-batch's
+    gradients once into buffers that are the parameters' .grad (warm-ups leave no trace),
+    restarts after an EM update, and captures a second shape mid-accumulation."""
+    monkeypatch.setattr(graphs_module, "capture_graph", eager_capture_graph)
+    ref, fast = twins(kind)
+    run = CapturedEStep(lambda x, grads: estep(fast, x, grads, segment=3, kernels="torch"),
+                        parameters(fast), lambda x: hmm_estep(fast, x, segment=3,
+                                                              kernels="torch"))
+    batches = [torch.randint(0, 5, (n, 7), generator=torch.Generator().manual_seed(seed))
+               for n, seed in ((6, 30), (4, 31), (6, 32), (6, 33))]
+    for i, x in enumerate(batches):
+        assert_matches(fast, ref, run(x), accumulate_flows(ref, x))
+        if i == 2:  # an EM update consumes the gradients
+            em_step(ref, 0.5, 0.1)
+            em_step(fast, 0.5, 0.1)
+    assert len(run.graphs) == 2
+    assert all(p.grad is g for p, g in zip(parameters(fast), run.grads, strict=True))
 
 
 def assert_matches(fast: HMM, ref: HMM, ll: torch.Tensor, ll_ref: torch.Tensor) -> None:
@@ -180,7 +218,7 @@ def test_bad_engine_settings_fail_with_the_fix() -> None:
     with pytest.raises(ValueError, match="graphs must be"):
         fused_estep(fast, torch.device("cpu"), graphs="yes")
     run = fused_estep(fast, torch.device("cpu"))  # auto: no graphs on the CPU
-    assert not isinstance(run, GraphedEStep)
+    assert not isinstance(run, CapturedEStep)
     assert torch.isfinite(run(x)).all()
     with pytest.raises(ValueError, match="not a \\(R0, R1, N\\) view"):
         as_rows(torch.zeros(2, 3, 4, 5).permute(1, 0, 2, 3))

@@ -16,10 +16,10 @@ from monarchpc.circuits.hclt import HCLT, MISSING
 from monarchpc.circuits.sum_blocks import BlockSpec, SumBlocks
 from monarchpc.kernels.hclt import level_ops
 from monarchpc.kernels.hmm import triton_usable
-from monarchpc.learning import hclt_estep as hclt_estep_module
+from monarchpc.learning import graphs as graphs_module
 from monarchpc.learning.em import accumulate_flows, em_step, flows
+from monarchpc.learning.graphs import CapturedEStep
 from monarchpc.learning.hclt_estep import (
-    CapturedEStep,
     estep,
     fused_hclt_estep,
     hclt_estep,
@@ -164,7 +164,7 @@ def test_capture_warm_up_leaves_no_trace_in_the_gradients(
     """The warm-up of a first capture adds into the gradient buffers themselves (no second
     set in memory) and they are zeroed after it; a shape first seen mid-accumulation warms
     up into scratch, keeping the gradients held so far."""
-    monkeypatch.setattr(hclt_estep_module, "capture_graph", eager_capture_graph)
+    monkeypatch.setattr(graphs_module, "capture_graph", eager_capture_graph)
     ref, fast = twins("monarch3", tied=True)
     run = CapturedEStep(lambda x, grads: estep(fast, x, "fp32", grads, "torch", False),
                         parameters(fast), lambda x: hclt_estep(fast, x, kernels="torch"))

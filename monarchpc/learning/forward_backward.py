@@ -32,7 +32,6 @@ bf16 or fp16 (fp32 accumulation) or TF32; scales, sums and accumulated gradients
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -40,6 +39,7 @@ from torch import Tensor
 from monarchpc.circuits.hmm import HMM
 from monarchpc.circuits.sum_blocks import HiddenMajor
 from monarchpc.kernels.hmm import element_ops
+from monarchpc.learning.graphs import CapturedEStep, into_grads
 
 GRAPH_MAX_HIDDEN = 2**18  # CUDA graphs by default up to this hidden size (launch-bound sizes)
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16,
@@ -62,12 +62,17 @@ def hmm_estep(hmm: HMM, x: Tensor, segment: int = 16, precision: str = "fp32",
     ``products``: the matrix products likewise (auto: Triton on a GPU for k >= 3, see
     :func:`~monarchpc.kernels.monarch.monarch_products`).
     """
-    log_likelihood, grads = estep_values(hmm, x, segment, precision, grad, kernels,
-                                         keep_gb, into_grad=True, products=products)
-    for param, g in grads:
-        if param.grad is None or g.data_ptr() != param.grad.data_ptr():
-            add_grad(param, g, owned=True)  # (else accumulated in param.grad already)
-    return log_likelihood
+    settings = {"segment": segment, "precision": precision, "kernels": kernels,
+                "keep_gb": keep_gb, "products": products}
+    if not grad:
+        return estep(hmm, x, None, **settings)
+    return into_grads(lambda grads: estep(hmm, x, grads, **settings), parameters(hmm),
+                      x.device)
+
+
+def parameters(hmm: HMM) -> list[Tensor]:
+    """The parameters an E-step gives gradients for: transition layers, emission, initial."""
+    return [*hmm.transition.layers, hmm.emission, hmm.initial]
 
 
 def fused_estep(hmm: HMM, device: torch.device, segment: int = 16,
@@ -85,67 +90,17 @@ def fused_estep(hmm: HMM, device: torch.device, segment: int = 16,
     if graphs:
         if device.type != "cuda":
             raise ValueError("CUDA graphs need a GPU; set graphs to auto or false")
-        return GraphedEStep(hmm, **settings)
+        return CapturedEStep(lambda x, grads: estep(hmm, x, grads, **settings),
+                             parameters(hmm), lambda x: hmm_estep(hmm, x, **settings))
     return lambda x: hmm_estep(hmm, x, **settings)
 
 
-class GraphedEStep:
-    """:func:`hmm_estep` captured as a CUDA graph per input shape, then replayed.
-
-    For models whose steps are too short to hide the launch of their kernels (on an H100,
-    up to h = 2^18: Monarch-2 2^16 went from 282k to 534k tokens/s). Parameters must be
-    updated in place (as :func:`~monarchpc.learning.em.em_step` does); each captured
-    shape keeps its memory.
-    """
-
-    def __init__(self, hmm: HMM, max_shapes: int = 2, **settings: object) -> None:
-        self.hmm, self.settings, self.max_shapes = hmm, settings, max_shapes
-        self.graphs: dict[tuple[int, ...], tuple[Tensor, torch.cuda.CUDAGraph, tuple]] = {}
-
-    @torch.no_grad()
-    def __call__(self, x: Tensor) -> Tensor:
-        key = tuple(x.shape)
-        if key not in self.graphs:
-            if len(self.graphs) >= self.max_shapes:  # an odd shape: no new graph
-                return hmm_estep(self.hmm, x, **self.settings)
-            self.graphs[key] = self.capture(x)
-        static_x, graph, (log_likelihood, grads) = self.graphs[key]
-        static_x.copy_(x)
-        graph.replay()
-        for param, g in grads:
-            add_grad(param, g)
-        return log_likelihood.clone()
-
-    def capture(self, x: Tensor) -> tuple[Tensor, torch.cuda.CUDAGraph, tuple]:
-        def run(static_x: Tensor) -> tuple:
-            return estep_values(self.hmm, static_x, **self.settings)
-        return capture_graph(x, run, run)
-
-
-def capture_graph(x: Tensor, warm_up: Callable[[Tensor], object],
-                  record: Callable[[Tensor], object]) -> tuple[Tensor, torch.cuda.CUDAGraph, Any]:
-    """(static input, CUDA graph, its outputs): ``warm_up`` once on a side stream (compiles
-    kernels, sets up cuBLAS), then ``record`` captured on a copy of ``x``; replay the graph
-    after copying new inputs into the static one."""
-    static_x = x.clone()
-    side = torch.cuda.Stream(x.device)
-    side.wait_stream(torch.cuda.current_stream(x.device))
-    with torch.cuda.stream(side):
-        warm_up(static_x)
-    torch.cuda.current_stream(x.device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        outputs = record(static_x)
-    return static_x, graph, outputs
-
-
-def estep_values(hmm: HMM, x: Tensor, segment: int = 16, precision: str = "fp32",
-                 grad: bool = True, kernels: str = "auto", keep_gb: float = 0.0,
-                 into_grad: bool = False, products: str = "auto"
-                 ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
-    """:func:`hmm_estep`'s values: (log p (N,), [(param, dlogp/dparam)]) without touching
-    ``.grad``, except with ``into_grad``: then transition gradients accumulate straight
-    into existing fp32 ``param.grad`` tensors (which are returned as they are)."""
+def estep(hmm: HMM, x: Tensor, grads: list[Tensor] | None, segment: int = 16,
+          precision: str = "fp32", kernels: str = "auto", keep_gb: float = 0.0,
+          products: str = "auto") -> Tensor:
+    """:func:`hmm_estep` on explicit buffers: returns log p (N,) and adds d log p.sum() /
+    d theta into ``grads`` (fp32 tensors shaped as :func:`parameters`; None: only the first
+    pass, scoring)."""
     if precision not in DTYPES:
         raise ValueError(f"precision must be one of {sorted(DTYPES)}, got {precision!r}")
     dtype = DTYPES[precision]
@@ -172,7 +127,7 @@ def estep_values(hmm: HMM, x: Tensor, segment: int = 16, precision: str = "fp32"
     # transitions t -> t+1 for t in [start, stop); the first `kept` keep the first pass's X
     segments = [(s, min(s + c, length - 1)) for s in range(0, length - 1, c)]
     seg_bytes = (k * c + 1) * h * n * dtype.itemsize
-    kept = min(len(segments), int(keep_gb * 1e9) // seg_bytes) if grad else 0
+    kept = min(len(segments), int(keep_gb * 1e9) // seg_bytes) if grads is not None else 0
     buffers = [new_buffers() for _ in range(kept)]
 
     def step_down(t: int, y_next: Tensor, s_next: Tensor, xs: list[Tensor] | None,
@@ -202,7 +157,7 @@ def estep_values(hmm: HMM, x: Tensor, segment: int = 16, precision: str = "fp32"
             scales[t] = step_down(t, y, scales[t + 1], buffers[j] if keep else None,
                                   segments[j][0] if keep else 0, out)
             y = out
-            if grad and not keep and t > 0 and t % c == 0:
+            if grads is not None and not keep and t > 0 and t % c == 0:
                 checkpoints[t] = y
         for i in (j - 1, j):  # y_t is slot t - start of segment i when kept (both ends)
             if 0 <= i < kept and segments[i][0] <= t <= segments[i][1]:
@@ -212,13 +167,10 @@ def estep_values(hmm: HMM, x: Tensor, segment: int = 16, precision: str = "fp32"
     y_first = y.reshape(h, n).float()
     g_dot = initial @ y_first  # (N,)
     log_likelihood = g_dot.log() + scales[1:].log().sum(0)
-    if not grad:
-        return log_likelihood, []
+    if grads is None:
+        return log_likelihood
 
     # Pass 2: left to right, segment by segment, carrying w (w_{-1} . y_0 = 1).
-    grads = [param.grad if into_grad and accumulable(param) else
-             torch.zeros(param.shape, dtype=torch.float32, device=dev)
-             for param in layers.params]
     emission_flows = torch.zeros_like(table)
     w = (initial[:, None] / g_dot[None, :]).view(*factors, n)
     initial_flows = (w.reshape(h, n) * y_first).sum(1)
@@ -246,24 +198,8 @@ def estep_values(hmm: HMM, x: Tensor, segment: int = 16, precision: str = "fp32"
                                    xs[d][..., first:first + width, :].flatten(-2))
     ops.post(w, y_last, table, xt[-1], scales[-1], None, emission_flows)
 
-    # Gradients: transition layers directly; emission and initial from their flows.
+    # Gradients: transition layers directly (above); emission and initial from their flows.
     tiny = torch.finfo(torch.float32).tiny
-    out = list(zip(layers.params, grads, strict=True))
-    out.append((hmm.emission, emission_flows / hmm.emission.detach().clamp_min(tiny)))
-    out.append((hmm.initial, initial_flows / hmm.initial.detach().clamp_min(tiny)))
-    return log_likelihood, out
-
-
-def accumulable(param: Tensor) -> bool:
-    """Whether ``param.grad`` exists as a contiguous fp32 tensor to accumulate into."""
-    g = param.grad
-    return g is not None and g.dtype == torch.float32 and g.is_contiguous()
-
-
-def add_grad(param: Tensor, grad: Tensor, owned: bool = False) -> None:
-    """Accumulate ``grad`` into ``param.grad`` (as autograd would); an ``owned`` tensor
-    (fresh, used nowhere else) becomes the gradient itself instead of a copy."""
-    if param.grad is None:
-        param.grad = grad.to(param.dtype) if owned else grad.to(param.dtype, copy=True)
-    else:
-        param.grad += grad
+    grads[k].addcdiv_(emission_flows, hmm.emission.detach().float().clamp_min(tiny))
+    grads[k + 1].addcdiv_(initial_flows, hmm.initial.detach().float().clamp_min(tiny))
+    return log_likelihood

@@ -41,7 +41,8 @@ from torch import Tensor
 from monarchpc.circuits.hclt import HCLT
 from monarchpc.circuits.sum_blocks import HiddenMajor
 from monarchpc.kernels.hclt import Layout, level_ops
-from monarchpc.learning.forward_backward import DTYPES, accumulable, add_grad, capture_graph
+from monarchpc.learning.forward_backward import DTYPES
+from monarchpc.learning.graphs import CapturedEStep, into_grads
 
 _LAYOUTS: weakref.WeakKeyDictionary[HCLT, dict[torch.device, Layout]] = (
     weakref.WeakKeyDictionary())
@@ -114,14 +115,8 @@ def hclt_estep(model: HCLT, x: Tensor, precision: str = "fp32", grad: bool = Tru
     """
     if not grad:
         return estep(model, x, precision, None, kernels)
-    params = parameters(model)
-    grads = [p.grad if accumulable(p) else torch.zeros(p.shape, device=x.device)
-             for p in params]  # fp32, existing gradients accumulate in place
-    log_likelihood = estep(model, x, precision, grads, kernels)
-    for param, g in zip(params, grads, strict=True):
-        if g is not param.grad:
-            add_grad(param, g, owned=True)
-    return log_likelihood
+    return into_grads(lambda grads: estep(model, x, precision, grads, kernels),
+                      parameters(model), x.device)
 
 
 def estep(model: HCLT, x: Tensor, precision: str = "fp32", grads: list[Tensor] | None = None,
@@ -218,66 +213,3 @@ def fused_hclt_estep(model: HCLT, device: torch.device, precision: str = "fp32",
             lambda x, grads: estep(model, x, precision, grads, validate=False),
             parameters(model), lambda x: hclt_estep(model, x, precision), check)
     return lambda x: hclt_estep(model, x, precision)
-
-
-class CapturedEStep:
-    """An E-step ``run(x, grads) -> log p`` (adding d log p / d theta into fp32 buffers
-    ``grads`` shaped as ``params``) captured as a CUDA graph per input shape, then replayed.
-
-    The buffers persist and serve as the parameters' ``.grad``: a replay accumulates into
-    them while they are the gradients, and starts them from zero after the gradients were
-    consumed (``.grad`` set to None, as :func:`~monarchpc.learning.em.em_step` does); any
-    other ``.grad`` gets the replay's gradients added. ``plain(x)`` (the same E-step,
-    adding to ``.grad`` itself) serves shapes beyond ``max_shapes``; ``check(x)`` runs
-    before every replay (input validation cannot run inside a graph). Parameters must be
-    updated in place; each captured shape keeps its memory.
-    """
-
-    def __init__(self, run: Callable[[Tensor, list[Tensor]], Tensor], params: list[Tensor],
-                 plain: Callable[[Tensor], Tensor],
-                 check: Callable[[Tensor], None] | None = None, max_shapes: int = 2) -> None:
-        self.run, self.params, self.plain, self.check = run, params, plain, check
-        self.max_shapes = max_shapes
-        self.grads: list[Tensor] = []
-        self.graphs: dict[tuple, tuple[Tensor, torch.cuda.CUDAGraph, Tensor]] = {}
-
-    @torch.no_grad()
-    def __call__(self, x: Tensor) -> Tensor:
-        key = (*x.shape, x.dtype)
-        if key not in self.graphs and len(self.graphs) >= self.max_shapes:
-            return self.plain(x)  # an odd shape: no new graph
-        if self.check is not None:
-            self.check(x)
-        if not self.grads:
-            self.grads = [torch.zeros(p.shape, device=x.device) for p in self.params]
-        # buffers still holding this update's gradients (a new shape mid-accumulation)
-        holding = any(param.grad is g for param, g in zip(self.params, self.grads, strict=True))
-        others = []  # gradients that are not our buffers: add the replay's to them
-        for param, g in zip(self.params, self.grads, strict=True):
-            if param.grad is not g:
-                g.zero_()
-                if param.grad is None and param.dtype == g.dtype:
-                    param.grad = g
-                else:
-                    others.append((param, g))
-        if key not in self.graphs:
-            self.graphs[key] = self.capture(x, scratch=holding)
-        static_x, graph, log_likelihood = self.graphs[key]
-        static_x.copy_(x)
-        graph.replay()
-        for param, g in others:
-            add_grad(param, g)
-        return log_likelihood.clone()
-
-    def capture(self, x: Tensor, scratch: bool = False
-                ) -> tuple[Tensor, torch.cuda.CUDAGraph, Tensor]:
-        """Capture ``run`` on a copy of ``x``. The warm-up run adds into the (zero) buffers,
-        which are zeroed again after it; with ``scratch`` (buffers that hold gradients)
-        it adds into zeroed copies instead, a second set of gradients in memory."""
-        warm = [torch.zeros_like(g) for g in self.grads] if scratch else self.grads
-        captured = capture_graph(x, lambda s: self.run(s, warm),
-                                 lambda s: self.run(s, self.grads))
-        if not scratch:
-            for g in self.grads:
-                g.zero_()
-        return captured
