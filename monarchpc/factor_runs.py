@@ -21,7 +21,6 @@ results as one after another.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import fcntl
 import hashlib
@@ -35,7 +34,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -218,20 +217,20 @@ def train_parallel(configs: list[dict[str, Any]], cache_dir: Path) -> None:
     :func:`main`); a signal here is forwarded to the children as SIGINT (they stop at an
     update boundary with a checkpoint) and ends in :class:`FactorRunIncomplete`."""
     root = str(Path(__file__).resolve().parent.parent)  # the children import this package
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (
+        root, os.environ.get("PYTHONPATH"))))}
     children: dict[Path, tuple[subprocess.Popen[bytes], float]] = {}
     stopped: list[int] = []
 
     def forward(signum: int, frame: Any) -> None:
         stopped.append(signum)
         for child, _ in children.values():
-            with contextlib.suppress(ProcessLookupError):
+            with suppress(ProcessLookupError):
                 child.send_signal(signal.SIGINT)
 
     previous = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+        with suppress(ValueError):  # not the main thread: leave signals alone
             previous[sig] = signal.signal(sig, forward)
     failed: list[tuple[Path, int]] = []
     try:
@@ -242,11 +241,12 @@ def train_parallel(configs: list[dict[str, Any]], cache_dir: Path) -> None:
             run_dir.mkdir(parents=True, exist_ok=True)
             OmegaConf.save(config, run_dir / "factor_config.yaml")
             with open(run_dir / "factor.log", "ab") as out:  # own session: Ctrl-C is ours
-                children[run_dir] = (subprocess.Popen(
-                    [sys.executable, "-m", "monarchpc.factor_runs", "--config",
-                     str(run_dir / "factor_config.yaml")], stdout=out, stderr=subprocess.STDOUT,
-                    env=env, start_new_session=True), time.monotonic())
-            log.info(f"factor run {run_dir}: started in process {children[run_dir][0].pid}")
+                child = subprocess.Popen([sys.executable, "-m", "monarchpc.factor_runs",
+                                          "--config", str(run_dir / "factor_config.yaml")],
+                                         stdout=out, stderr=subprocess.STDOUT, env=env,
+                                         start_new_session=True)
+            children[run_dir] = child, time.monotonic()
+            log.info(f"factor run {run_dir}: started in process {child.pid}")
         waiting = dict(children)
         while waiting:
             time.sleep(0.05)
@@ -255,8 +255,7 @@ def train_parallel(configs: list[dict[str, Any]], cache_dir: Path) -> None:
                     del waiting[run_dir]
                     log.info(f"factor run {run_dir}: process ended (exit status "
                              f"{child.returncode}) after {time.monotonic() - start:.1f} s")
-                    if child.returncode:
-                        failed.append((run_dir, child.returncode))
+                    failed += [(run_dir, child.returncode)] if child.returncode else []
     finally:
         for child, _ in children.values():  # an exception here: no child outlives us
             if child.poll() is None:
