@@ -242,6 +242,7 @@ INIT: dict[str, tuple[Rule, str]] = {
     "space_token": (integer(0, none=True), "the text8 initialization's space token; null: off"),
     "renormalize": (boolean, "renormalize the product's emission rows"),
     "cache_dir": (text(), "folder of the cached factor runs"),
+    "parallel": (boolean, "train the unfinished factor runs side by side, a process each"),
     "factor_runs": (list_of(text(), "run directories", none=True),
                     "finished factor runs to multiply; null trains them"),
 }

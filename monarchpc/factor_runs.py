@@ -12,19 +12,29 @@ Each factor run lives in ``init.cache_dir/<name>`` where the name ends in a hash
 identity (resolved dataset config, model, optim, seed and trainer precision). A run whose
 ``run.json`` says finished is reused; an interrupted one is resumed; a changed identity
 (another size, epochs, data, seed...) is a new directory. A file lock per directory keeps
-parallel sweep jobs from training the same factor twice.
+parallel sweep jobs from training the same factor twice. ``init.parallel`` trains the
+unfinished factors side by side, one child process each (``python -m monarchpc.factor_runs
+--config <factor dir>/factor_config.yaml``, logging to ``factor.log`` there), with the same
+results as one after another.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import fcntl
 import hashlib
 import json
 import logging
 import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +45,7 @@ from monarchpc.circuits.factory import build_model
 from monarchpc.circuits.hmm import HMM
 from monarchpc.circuits.sum_blocks import BlockSpec, factorize
 from monarchpc.data import Splits
-from monarchpc.errors import ConfigError
+from monarchpc.errors import ConfigError, DataError, DivergedError
 
 log = logging.getLogger("monarchpc")
 
@@ -190,8 +200,109 @@ def factor_runs(cfg: DictConfig, train: Train, splits: Splits | None = None) -> 
                               f"{', '.join(unfinished)}")
         return dirs
     cache_dir = Path(cfg.init.cache_dir)
-    return [train_factor(factor_config(cfg, size, d), cache_dir, train, splits)
-            for d, size in enumerate(factor_sizes(cfg))]
+    configs = [factor_config(cfg, size, d) for d, size in enumerate(factor_sizes(cfg))]
+    # one process only: distributed.setup has put the ranks' WORLD_SIZE into the environment
+    if cfg.init.get("parallel") and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        train_parallel([c for c in configs if not is_finished(cache_dir / run_name(c))],
+                       cache_dir)
+    return [train_factor(c, cache_dir, train, splits) for c in configs]
+
+
+ERRORS = {e.__name__: e for e in (ConfigError, DataError, DivergedError, FactorRunIncomplete)}
+"""The errors a child reports as ``monarchpc: <name>: <message>`` and the parent re-raises."""
+
+
+def train_parallel(configs: list[dict[str, Any]], cache_dir: Path) -> None:
+    """Train the factor runs ``configs`` side by side, one child process each (see
+    :func:`main`); a signal here is forwarded to the children as SIGINT (they stop at an
+    update boundary with a checkpoint) and ends in :class:`FactorRunIncomplete`."""
+    root = str(Path(__file__).resolve().parent.parent)  # the children import this package
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (
+        root, os.environ.get("PYTHONPATH"))))}
+    children: dict[Path, tuple[subprocess.Popen[bytes], float]] = {}
+    stopped: list[int] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        stopped.append(signum)
+        for child, _ in children.values():
+            with suppress(ProcessLookupError):
+                child.send_signal(signal.SIGINT)
+
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with suppress(ValueError):  # not the main thread: leave signals alone
+            previous[sig] = signal.signal(sig, forward)
+    failed: list[tuple[Path, int]] = []
+    try:
+        for config in configs:
+            if stopped:
+                break
+            run_dir = cache_dir / run_name(config)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(config, run_dir / "factor_config.yaml")
+            with open(run_dir / "factor.log", "ab") as out:  # own session: Ctrl-C is ours
+                child = subprocess.Popen([sys.executable, "-m", "monarchpc.factor_runs",
+                                          "--config", str(run_dir / "factor_config.yaml")],
+                                         stdout=out, stderr=subprocess.STDOUT, env=env,
+                                         start_new_session=True)
+            children[run_dir] = child, time.monotonic()
+            log.info(f"factor run {run_dir}: started in process {child.pid}")
+        waiting = dict(children)
+        while waiting:
+            time.sleep(0.05)
+            for run_dir, (child, start) in list(waiting.items()):
+                if child.poll() is not None:
+                    del waiting[run_dir]
+                    log.info(f"factor run {run_dir}: process ended (exit status "
+                             f"{child.returncode}) after {time.monotonic() - start:.1f} s")
+                    failed += [(run_dir, child.returncode)] if child.returncode else []
+    finally:
+        for child, _ in children.values():  # an exception here: no child outlives us
+            if child.poll() is None:
+                child.send_signal(signal.SIGINT)
+                child.wait()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if stopped or failed:
+        raise child_error(failed, bool(stopped))
+
+
+def child_error(failed: list[tuple[Path, int]], stopped: bool) -> Exception:
+    """One error for the failed children, of the kind the first one reported (or
+    :class:`FactorRunIncomplete` after a stop), naming their logs."""
+    kinds, lines = [], []
+    for run_dir, code in failed:
+        if stopped and code == 130:  # stopped as asked
+            continue
+        path = run_dir / "factor.log"
+        tail = path.read_text(errors="replace").splitlines()[-15:]
+        log.error(f"factor run {run_dir}: exit status {code}; {path} ends:\n" + "\n".join(tail))
+        said = [m for m in map(re.compile(r"monarchpc: (\w+): (.*)").match, tail) if m]
+        kinds.append(ERRORS.get(said[-1][1], RuntimeError) if said else RuntimeError)
+        lines.append(f"factor run {run_dir} failed: "
+                     f"{said[-1][2] if said else f'exit status {code}'} (log: {path})")
+    if stopped:
+        return FactorRunIncomplete("factor runs stopped before finishing; run the same command "
+                                   "again to resume them")
+    return kinds[0]("; ".join(lines))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """One factor run in a child process of :func:`train_parallel`: ``--config`` is its
+    saved resolved config in ``<cache_dir>/<name>/``; trained by :func:`train_factor`."""
+    from monarchpc.train import run  # (train imports this module)
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--config", type=Path, required=True)
+    path = parser.parse_args(argv).config.resolve()
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(levelname)s] %(message)s")
+    config = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    config["trainer"]["progress"] = False  # a log file, no bar
+    try:
+        train_factor(config, path.parent.parent, run)
+    except tuple(ERRORS.values()) as err:
+        print(f"monarchpc: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        sys.exit(130 if isinstance(err, FactorRunIncomplete) else 2)
 
 
 def factor_costs(dirs: list[str] | list[Path]) -> dict[str, float]:
@@ -203,3 +314,9 @@ def factor_costs(dirs: list[str] | list[Path]) -> dict[str, float]:
         flops += float(final.get("train_flops", 0.0))
         seconds += float(final.get("wall_time", 0.0))
     return {"factor_train_flops": flops, "factor_wall_time": seconds}
+
+
+if __name__ == "__main__":  # the importable module's main, so errors are its classes
+    from monarchpc.factor_runs import main as importable_main
+
+    importable_main()

@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import signal
+import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +24,15 @@ from monarchpc.config_checks import check_config as validate
 from monarchpc.data import build_dataset
 from monarchpc.errors import ConfigError
 from monarchpc.evaluate import evaluate
-from monarchpc.factor_runs import factor_config, load_factor, run_name, train_factor
+from monarchpc.factor_runs import (
+    FactorRunIncomplete,
+    factor_config,
+    load_factor,
+    read_info,
+    run_name,
+    train_factor,
+    train_parallel,
+)
 from monarchpc.learning.engines import scorer
 from monarchpc.train import run
 from tests.helpers import compose_config
@@ -202,3 +215,64 @@ def test_init_multiply_with_three_factors_starts_from_their_product(tmp_path: Pa
     splits = build_dataset(compose_config(overrides).dataset)
     expected = evaluate(scorer(product), {"dev": splits.dev}, "bpc", 256)["dev_bpc"]
     assert records(run_dir)[0]["dev_bpc"] == pytest.approx(expected, abs=1e-6)
+
+
+# ---- init.parallel: factor runs as child processes ------------------------------------
+
+def factor_params(run_dir: Path) -> list[tuple[Path, dict[str, torch.Tensor]]]:
+    """(factor name, parameters) of the factor runs of the Monarch run in ``run_dir``."""
+    dirs = json.loads((run_dir / "run.json").read_text())["factor_runs"]
+    return [(Path(d).name, checkpoint.load(Path(d))["model"]) for d in dirs]
+
+
+def test_parallel_factor_runs_equal_sequential_ones_and_are_reused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    par, seq = tmp_path / "par" / "run", tmp_path / "seq" / "run"  # separate caches
+    run(compose_config([*TINY, "init=multiply", "init.parallel=true"], par))
+    run(compose_config([*TINY, "init=multiply"], seq))
+    got, want = factor_params(par), factor_params(seq)
+    names = [n for n, _ in got]
+    assert names == [n for n, _ in want] and all(
+        (par.parent / "factors" / n / "factor.log").is_file() for n in names)
+    for (_, a), (_, b) in zip(got, want, strict=True):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert records(par)[0] == {**records(seq)[0], "wall_time": records(par)[0]["wall_time"]}
+    final, expected = checkpoint.load(par)["model"], checkpoint.load(seq)["model"]
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
+
+    def no_launch(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished factor run was launched again")
+
+    monkeypatch.setattr(subprocess, "Popen", no_launch)  # all cached: nothing to launch
+    run(compose_config([*TINY, "init=multiply", "init.parallel=true"], par.parent / "again"))
+    assert [n for n, _ in factor_params(par.parent / "again")] == names
+
+
+def test_failed_parallel_factor_run_names_its_log(tmp_path: Path) -> None:
+    cfg = compose_config([*TINY, "init=multiply"], tmp_path / "run")
+    good, bad = factor_config(cfg, 4, 0), factor_config(cfg, 4, 1)
+    bad["optim"]["eta0"] = 7.0  # a value only the child's config check sees
+    log = tmp_path / "factors" / run_name(bad) / "factor.log"
+    with pytest.raises(ConfigError, match=f"optim.eta0.*log: {log}"):
+        train_parallel([good, bad], tmp_path / "factors")
+    assert "optim.eta0" in log.read_text()
+    assert json.loads((log.parent.parent / run_name(good) / "run.json").read_text())[
+        "status"] == "finished"  # the other one finished
+
+
+def test_signal_stops_parallel_factor_runs_with_a_checkpoint(tmp_path: Path) -> None:
+    config = factor_config(compose_config([*TINY, "init=multiply", "optim.epochs=5000"],
+                                          tmp_path / "run"), 4, 0)
+    config["trainer"]["eval_every"] = 2
+    run_dir = tmp_path / "factors" / run_name(config)
+
+    def terminate_once_training() -> None:  # past the first evaluation: in the EM loop
+        while not (read_info(run_dir) or {}).get("updates"):
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)  # to the parent: forwarded as SIGINT
+
+    threading.Thread(target=terminate_once_training, daemon=True).start()
+    with pytest.raises(FactorRunIncomplete, match="run the same command again"):
+        train_parallel([config], tmp_path / "factors")
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "interrupted" and 2 <= info["updates"] < 10000  # resumable
