@@ -13,14 +13,13 @@ identity (resolved dataset config, model, optim, seed and trainer precision). A 
 ``run.json`` says finished is reused; an interrupted one is resumed; a changed identity
 (another size, epochs, data, seed...) is a new directory. A file lock per directory keeps
 parallel sweep jobs from training the same factor twice. ``init.parallel`` trains the
-unfinished factors side by side, one child process each (``python -m monarchpc.factor_runs
+unfinished factors side by side, one child process each (``python -m monarchpc.train_factor
 --config <factor dir>/factor_config.yaml``, logging to ``factor.log`` there), with the same
 results as one after another.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import fcntl
 import hashlib
@@ -241,7 +240,7 @@ def train_parallel(configs: list[dict[str, Any]], cache_dir: Path) -> None:
             run_dir.mkdir(parents=True, exist_ok=True)
             OmegaConf.save(config, run_dir / "factor_config.yaml")
             with open(run_dir / "factor.log", "ab") as out:  # own session: Ctrl-C is ours
-                child = subprocess.Popen([sys.executable, "-m", "monarchpc.factor_runs",
+                child = subprocess.Popen([sys.executable, "-m", "monarchpc.train_factor",
                                           "--config", str(run_dir / "factor_config.yaml")],
                                          stdout=out, stderr=subprocess.STDOUT, env=env,
                                          start_new_session=True)
@@ -287,24 +286,6 @@ def child_error(failed: list[tuple[Path, int]], stopped: bool) -> Exception:
     return kinds[0]("; ".join(lines))
 
 
-def main(argv: list[str] | None = None) -> None:
-    """One factor run in a child process of :func:`train_parallel`: ``--config`` is its
-    saved resolved config in ``<cache_dir>/<name>/``; trained by :func:`train_factor`."""
-    from monarchpc.train import run  # (train imports this module)
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--config", type=Path, required=True)
-    path = parser.parse_args(argv).config.resolve()
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(levelname)s] %(message)s")
-    config = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    config["trainer"]["progress"] = False  # a log file, no bar
-    try:
-        train_factor(config, path.parent.parent, run)
-    except tuple(ERRORS.values()) as err:
-        print(f"monarchpc: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
-        sys.exit(130 if isinstance(err, FactorRunIncomplete) else 2)
-
-
 def factor_costs(dirs: list[str] | list[Path]) -> dict[str, float]:
     """Training cost of the factor runs: summed ``train_flops`` and ``wall_time`` (seconds)
     of their final records (what multiplication cost before the Monarch run started)."""
@@ -314,9 +295,3 @@ def factor_costs(dirs: list[str] | list[Path]) -> dict[str, float]:
         flops += float(final.get("train_flops", 0.0))
         seconds += float(final.get("wall_time", 0.0))
     return {"factor_train_flops": flops, "factor_wall_time": seconds}
-
-
-if __name__ == "__main__":  # the importable module's main, so errors are its classes
-    from monarchpc.factor_runs import main as importable_main
-
-    importable_main()
