@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
@@ -33,3 +34,19 @@ def with_user_data(cfg: DictConfig) -> DictConfig:
     for key in OmegaConf.missing_keys(cfg):
         OmegaConf.update(cfg, key, ["user.txt"] if key.endswith("paths") else "user.txt")
     return cfg
+
+
+class EagerGraph:
+    """Stands in for a CUDA graph on the CPU: a replay runs the recorded step again."""
+
+    def __init__(self, step: object) -> None:
+        self.replay = step
+
+
+def eager_capture_graph(x: torch.Tensor, warm_up, record) -> tuple:
+    """monarchpc.learning.graphs.capture_graph on the CPU (monkeypatch it in): the warm-up
+    runs now, the recorded step at each replay (a capture itself computes nothing)."""
+    static_x = x.clone()
+    warm_up(static_x)
+    log_likelihood = torch.empty(x.shape[0])
+    return static_x, EagerGraph(lambda: log_likelihood.copy_(record(static_x))), log_likelihood

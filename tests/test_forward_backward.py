@@ -18,6 +18,7 @@ from monarchpc.learning.em import accumulate_flows, em_step, flows
 from monarchpc.learning.forward_backward import estep, fused_estep, hmm_estep, parameters
 from monarchpc.learning.graphs import CapturedEStep
 from monarchpc.paths import REPO_ROOT
+from tests.helpers import eager_capture_graph
 
 BLOCKS = {
     "dense": lambda g: dense_block(12, g),
@@ -78,21 +79,6 @@ def test_kept_segments_and_triton_kernels_equal_autograd(kind: str, kernels: str
     ll = hmm_estep(fast, x, segment=4, precision="fp32", kernels=kernels,
                    keep_gb=keep_gb(fast, 4, 7, kept))
     assert_matches(fast, ref, ll, ll_ref)
-
-
-class EagerGraph:
-    """Stands in for a CUDA graph on the CPU: a replay runs the recorded step again."""
-
-    def __init__(self, step: object) -> None:
-        self.replay = step
-
-
-def eager_capture_graph(x: torch.Tensor, warm_up, record) -> tuple:
-    """capture_graph on the CPU: the warm-up runs now, the recorded step at each replay."""
-    static_x = x.clone()
-    warm_up(static_x)
-    log_likelihood = torch.empty(x.shape[0])
-    return static_x, EagerGraph(lambda: log_likelihood.copy_(record(static_x))), log_likelihood
 
 
 @pytest.mark.parametrize("kind", ["dense", "monarch3"])

@@ -28,6 +28,7 @@ from monarchpc.learning.hclt_estep import (
     tree_layout,
 )
 from monarchpc.paths import REPO_ROOT
+from tests.helpers import EagerGraph, eager_capture_graph
 
 # dense blocks, and Monarch-HCLT blocks of 2, 3 and 4 layers alternating between two axes
 BLOCKS = {"dense": BlockSpec.dense(6), "monarch2": BlockSpec.monarch([2, 3], [0, 1]),
@@ -108,13 +109,6 @@ def test_micro_batches_accumulate_em_steps_agree_and_scoring_adds_no_flows() -> 
     assert all(p.grad is not None for p in fast.parameters())
 
 
-class EagerGraph:
-    """Stands in for a CUDA graph on the CPU: a replay runs the captured step again."""
-
-    def __init__(self, step: object) -> None:
-        self.replay = step
-
-
 def eager_capture(self: CapturedEStep, x: torch.Tensor, scratch: bool = False) -> tuple:
     static_x, log_likelihood = x.clone(), torch.empty(x.shape[0])
     grads = self.grads  # the persistent buffers, as a captured graph would hold them
@@ -148,15 +142,6 @@ def test_captured_estep_accumulates_into_persistent_gradients(
     torch.testing.assert_close(run(odd).double(), accumulate_flows(ref, odd),
                                rtol=1e-5, atol=1e-5)
     assert flow_error(fast, ref) < 1e-4 and fast.root.grad is not run.grads[-1]
-
-
-def eager_capture_graph(x: torch.Tensor, warm_up, record) -> tuple:
-    """capture_graph on the CPU: the warm-up runs now, the recorded step at each replay
-    (a capture itself computes nothing)."""
-    static_x = x.clone()
-    warm_up(static_x)
-    log_likelihood = torch.empty(x.shape[0])
-    return static_x, EagerGraph(lambda: log_likelihood.copy_(record(static_x))), log_likelihood
 
 
 def test_capture_warm_up_leaves_no_trace_in_the_gradients(
