@@ -5,19 +5,20 @@
 
 A jobs file holds one run per line, ``name: override override ...`` (Hydra overrides of
 ``python -m monarchpc.train``; ``#`` starts a comment; ``--common`` adds overrides to
-every job). Jobs run in file order (or in ``--only``'s order), one per GPU at a time
-(``--per-gpu`` for more), each in ``<out>/<name>`` with its log beside it. A job whose run
-directory already holds a finished run is skipped. No job starts after ``--last-start``
-seconds; past ``--deadline`` seconds the running jobs get SIGINT (they stop at an update
-boundary with a checkpoint, so a later invocation resumes them).
+every job). Jobs start in file order (or in ``--only``'s order), each as soon as a GPU has
+room: one job per GPU (``--per-gpu`` for more; a ``--solo`` job always alone). Each runs
+in ``<out>/<name>`` with its log beside it; a job whose run directory already holds a
+finished run is skipped. No job starts after ``--last-start`` seconds; past ``--deadline``
+seconds the running jobs get SIGINT (they stop at an update boundary with a checkpoint,
+so a later invocation resumes them).
 
-Export: each run's ``run.json``, ``metrics.jsonl`` and ``config.yaml`` are copied to
-``<export>/<name>/`` with no absolute path of this machine left in them (paths under the
-repository become relative; data files are named by file name, size and sha256), and the
-measured wall time of the job's process (``gpu_seconds``: the whole process, evaluation
-and data loading included, on one GPU; kept in ``<out>/<name>.seconds`` so a later
-invocation exports it too) is added to run.json. ``pruning.json`` (scripts/eval_pruning.py)
-travels with the records.
+Export: each run's ``run.json``, ``metrics.jsonl`` and ``config.yaml`` (and
+``pruning.json`` of scripts/eval_pruning.py) are copied to ``<export>/<name>/`` with no
+absolute path of this machine left in them (paths under the repository become relative;
+data files are named by file name, size and sha256). run.json gains ``gpu_seconds``, the
+measured wall time of the job's process (evaluation and data loading included), and
+``jobs_per_gpu``, the most jobs its GPU ran at once meanwhile (above 1, the seconds are
+an upper bound); both are kept in ``<out>/<name>.seconds`` for a later invocation.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,49 +63,79 @@ def status(run_dir: Path) -> str | None:
     return json.loads(info.read_text()).get("status") if info.is_file() else None
 
 
+def train_command(name: str, overrides: list[str], run_dir: Path) -> list[str]:
+    """The training run of one job (resumed where its run directory holds a checkpoint)."""
+    resume = ["resume=true"] if (run_dir / "checkpoint.pt").is_file() else []
+    return [sys.executable, "-m", "monarchpc.train", *overrides, *resume,
+            f"run_dir={run_dir}", f"run_name={name}", "hydra.run.dir=" + str(run_dir)]
+
+
+@dataclass
+class Job:
+    """A started job: its process, GPU, start time, log, and the most jobs its GPU ran at
+    once while it ran (1: the GPU was its own)."""
+
+    proc: subprocess.Popen
+    gpu: int
+    t0: float
+    log: Any
+    shared: int = 1
+    stopped: bool = False
+
+
 def run_jobs(jobs: list[tuple[str, list[str]]], out: Path, gpus: int, per_gpu: int,
-             deadline: float, last_start: float = float("inf")) -> dict[str, float]:
-    """Run the jobs, at most ``per_gpu`` per GPU; returns name -> seconds of its process."""
+             deadline: float, last_start: float = float("inf"), solo: frozenset[str] = frozenset(),
+             command: Callable[[str, list[str], Path], list[str]] = train_command,
+             poll_s: float = 2.0) -> dict[str, tuple[float, int]]:
+    """Run the jobs, at most ``per_gpu`` per GPU (a ``solo`` job alone on its GPU), the
+    first in the queue that fits first; returns name -> (seconds of its process, most jobs
+    on its GPU at once), also written to ``<out>/<name>.seconds``."""
     start, queue, running = time.monotonic(), list(jobs), {}
-    seconds: dict[str, float] = {}
-    slots = [g for g in range(gpus) for _ in range(per_gpu)]
+    done: dict[str, tuple[float, int]] = {}
     out.mkdir(parents=True, exist_ok=True)
+
+    def fits(name: str, gpu: int) -> bool:
+        here = [n for n, j in running.items() if j.gpu == gpu]
+        return not here if name in solo else len(here) < per_gpu and not solo & set(here)
+
     while queue or running:
         late = time.monotonic() - start > deadline
-        for name, (proc, slot, t0, log) in list(running.items()):
-            if late and proc.poll() is None and not getattr(proc, "interrupted", False):
-                proc.send_signal(signal.SIGINT)
-                proc.interrupted = True  # type: ignore[attr-defined]
-            if proc.poll() is not None:
-                seconds[name] = time.monotonic() - t0
-                (out / f"{name}.seconds").write_text(f"{seconds[name]:.1f}\n")
-                log.close()
-                slots.append(slot)
+        for name, job in list(running.items()):
+            job.shared = max(job.shared, sum(j.gpu == job.gpu for j in running.values()))
+            if late and job.proc.poll() is None and not job.stopped:
+                job.proc.send_signal(signal.SIGINT)
+                job.stopped = True
+            if job.proc.poll() is not None:
+                done[name] = (time.monotonic() - job.t0, job.shared)
+                (out / f"{name}.seconds").write_text(json.dumps(
+                    {"seconds": round(done[name][0], 1), "jobs_per_gpu": job.shared}) + "\n")
+                job.log.close()
                 del running[name]
-                print(f"[{time.monotonic() - start:6.0f}s] {name}: exit {proc.returncode}, "
-                      f"{seconds[name]:.0f} s, {status(out / name)}", flush=True)
+                print(f"[{time.monotonic() - start:6.0f}s] {name}: exit {job.proc.returncode}, "
+                      f"{done[name][0]:.0f} s, {status(out / name)}", flush=True)
         closed = late or time.monotonic() - start > last_start
-        while queue and slots and not closed:
-            name, overrides = queue.pop(0)
+        for name, overrides in [] if closed else list(queue):
             run_dir = out / name
             if status(run_dir) == "finished":
                 print(f"{name}: finished already", flush=True)
+                queue.remove((name, overrides))
                 continue
-            slot = slots.pop(0)
-            resume = ["resume=true"] if (run_dir / "checkpoint.pt").is_file() else []
-            cmd = [sys.executable, "-m", "monarchpc.train", *overrides, *resume,
-                   f"run_dir={run_dir}", f"run_name={name}", "hydra.run.dir=" + str(run_dir)]
-            env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(slot), PYTHONUNBUFFERED="1")
+            gpu = next((g for g in range(gpus) if fits(name, g)), None)
+            if gpu is None:
+                continue
+            queue.remove((name, overrides))
+            env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(gpu), PYTHONUNBUFFERED="1")
             log = open(out / f"{name}.log", "a")  # noqa: SIM115  (closed when the job ends)
-            running[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                              env=env, cwd=REPO), slot, time.monotonic(), log)
-            print(f"[{time.monotonic() - start:6.0f}s] {name} on GPU {slot}", flush=True)
+            proc = subprocess.Popen(command(name, overrides, run_dir), stdout=log,
+                                    stderr=subprocess.STDOUT, env=env, cwd=REPO)
+            running[name] = Job(proc, gpu, time.monotonic(), log)
+            print(f"[{time.monotonic() - start:6.0f}s] {name} on GPU {gpu}", flush=True)
         if closed and not running:
             break
-        time.sleep(2)
+        time.sleep(poll_s)
     for name, _ in queue:
         print(f"{name}: not started (past --last-start or --deadline)", flush=True)
-    return seconds
+    return done
 
 
 def scrub(value: Any) -> Any:
@@ -125,7 +158,8 @@ def scrub(value: Any) -> Any:
 
 def export(run_dir: Path, dest: Path, gpu_seconds: float | None, jobs_per_gpu: int = 1) -> None:
     """Copy ``run_dir``'s records to ``dest`` without absolute paths (see module docstring);
-    ``jobs_per_gpu`` > 1 says the GPU was shared, so ``gpu_seconds`` is an upper bound."""
+    ``jobs_per_gpu`` > 1: other jobs shared its GPU at times, so ``gpu_seconds`` is an upper
+    bound."""
     dest.mkdir(parents=True, exist_ok=True)
     info = scrub(json.loads((run_dir / "run.json").read_text()))
     if gpu_seconds is not None:
@@ -141,10 +175,13 @@ def export(run_dir: Path, dest: Path, gpu_seconds: float | None, jobs_per_gpu: i
         (dest / "pruning.json").write_text(text + "\n")
 
 
-def recorded_seconds(out: Path, name: str) -> float | None:
-    """The process seconds an earlier invocation measured for job ``name``, if any."""
+def recorded_seconds(out: Path, name: str) -> tuple[float, int] | None:
+    """(process seconds, most jobs on its GPU at once) an earlier invocation measured."""
     path = out / f"{name}.seconds"
-    return float(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    info = json.loads(path.read_text())
+    return float(info["seconds"]), int(info["jobs_per_gpu"])
 
 
 def main() -> None:
@@ -154,7 +191,8 @@ def main() -> None:
     p.add_argument("--only", default="", help="comma-separated job names to run (default all)")
     p.add_argument("--out", type=Path, default=REPO / "outputs" / "campaign")
     p.add_argument("--gpus", type=int, default=None, help="default: every visible GPU")
-    p.add_argument("--per-gpu", type=int, default=1)
+    p.add_argument("--per-gpu", type=int, default=1, help="jobs at once on one GPU")
+    p.add_argument("--solo", default="", help="comma-separated job names that run alone on a GPU")
     p.add_argument("--deadline", type=float, default=float("inf"), help="seconds")
     p.add_argument("--last-start", type=float, default=float("inf"),
                    help="seconds after which no job starts")
@@ -173,10 +211,11 @@ def main() -> None:
         import torch
 
         gpus = max(1, torch.cuda.device_count())
-    seconds = run_jobs(jobs, args.out, gpus, args.per_gpu, args.deadline, args.last_start)
+    measured = run_jobs(jobs, args.out, gpus, args.per_gpu, args.deadline, args.last_start,
+                        frozenset(filter(None, args.solo.split(","))))
     for name, _ in jobs:
-        if name not in seconds and (sec := recorded_seconds(args.out, name)) is not None:
-            seconds[name] = sec
+        if name not in measured and (m := recorded_seconds(args.out, name)) is not None:
+            measured[name] = m
     rows = []
     for name, _ in jobs:
         run_dir = args.out / name
@@ -186,10 +225,11 @@ def main() -> None:
         info = json.loads((run_dir / "run.json").read_text())
         final = info.get("final") or {}
         metric = info.get("metric", "bpc")
+        seconds, shared = measured.get(name, (None, 1))
         rows.append((name, info.get("status"), final.get(f"dev_{metric}"),
-                     final.get(f"test_{metric}"), seconds.get(name)))
+                     final.get(f"test_{metric}"), seconds))
         if args.export is not None and info.get("status") in ("finished", "diverged"):
-            export(run_dir, args.export / name, seconds.get(name), args.per_gpu)
+            export(run_dir, args.export / name, seconds, shared)
     print("\n| run | status | dev | test | process s |\n| --- | --- | --- | --- | --- |")
     for name, st, dev, test, sec in rows:
         fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from tests.helpers import compose_config
 
 spec = importlib.util.spec_from_file_location("campaign", REPO_ROOT / "scripts" / "campaign.py")
 campaign = importlib.util.module_from_spec(spec)
+sys.modules["campaign"] = campaign  # (its dataclasses look their module up there)
 spec.loader.exec_module(campaign)
 
 
@@ -63,3 +65,21 @@ def test_export_leaves_no_absolute_path(tmp_path: Path) -> None:
                                       "sha256": file_sha256(data)}]
     assert info["factor_runs"] == ["outputs/factors/f1"] and info["gpu_seconds"] == 12.3
     assert (out / "metrics.jsonl").read_text() == '{"update": 0}\n'
+
+
+def test_scheduler_packs_jobs_keeps_solo_jobs_alone_and_records_sharing(tmp_path: Path) -> None:
+    """One GPU, two jobs at a time: the solo job runs alone, the others pair up; each
+    record says how many jobs its GPU ran at once; past --last-start nothing starts."""
+    def sleeper(seconds: float):
+        return lambda name, overrides, run_dir: [sys.executable, "-c",
+                                                 f"import time; time.sleep({seconds})"]
+
+    jobs = [("big", []), ("a", []), ("b", []), ("c", [])]
+    done = campaign.run_jobs(jobs, tmp_path, gpus=1, per_gpu=2, deadline=60,
+                             solo=frozenset({"big"}), command=sleeper(0.6), poll_s=0.05)
+    assert done["big"][1] == 1 and done["a"][1] == done["b"][1] == 2
+    assert all(0.5 < seconds < 30 for seconds, _ in done.values())
+    assert campaign.recorded_seconds(tmp_path, "a") == (round(done["a"][0], 1), 2)
+    late = campaign.run_jobs([("d", [])], tmp_path / "late", gpus=1, per_gpu=1, deadline=60,
+                             last_start=-1, command=sleeper(0.1), poll_s=0.05)
+    assert late == {} and campaign.recorded_seconds(tmp_path / "late", "d") is None
