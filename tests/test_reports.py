@@ -432,3 +432,22 @@ def test_provenance_names_every_run_and_why_it_was_left_out():
 def test_report_scripts_write_to_outputs_reports_by_default():
     args = source_parser("x").parse_args([])
     assert args.out == "outputs/reports" and args.runs == ["outputs"]
+
+
+def test_runs_table_lists_every_run_with_its_cost():
+    """One row per run, ordered by data set, structure, k and size, with its metrics, the
+    measured seconds (marked when the GPU was shared) and the factor runs' seconds."""
+    m2 = _rec("m2", block="monarch", h=256, dev=2.1, test=2.05, init="multiply")
+    m2.factors, m2.gpu_seconds = [16, 16], 95.4
+    m2.info = {"jobs_per_gpu": 3, "factor_wall_time": 41.6}
+    dense = _rec("dense", h=512, dev=2.3, test=2.25)
+    dense.gpu_seconds, dense.final["epoch"] = 60.0, 20.0
+    dense.history = [{"update": 5, "train_bpc": 2.4}, {"update": 10, "train_bpc": 2.2}, {}]
+    hclt = RunRecord(name="img", dataset="image_folder", metric="bpd", structure="hclt",
+                     block="monarch", hidden_size=1024, final={"dev_bpd": 4.9, "test_bpd": 4.8})
+    rows = tables.runs_table([m2, hclt, dense]).rows
+    assert [r[0] for r in rows] == ["img", "dense", "m2"]
+    assert rows[0][2] == "Monarch-HCLT" and rows[0][9] == "4.8000" and rows[0][10] == "—"
+    assert rows[1][2:] == ["HMM", "512", "random", "20.0", "finished", "2.2000", "2.3000",
+                           "2.2500", "60", "—"]
+    assert rows[2][2:4] == ["Monarch-2", "256 (16x16)"] and rows[2][10:] == ["95 (x3)", "42"]

@@ -372,15 +372,60 @@ def table_b2(records: Sequence[RunRecord], dataset: str = "text8") -> Table:
          UNFINISHED_NOTE], sources)
 
 
+# ------------------------------------------------------------------------- every run
+
+def model_name(run: RunRecord) -> str:
+    """"HMM", "Monarch-k", "HCLT" or "Monarch-HCLT"."""
+    if run.structure == "hclt":
+        return "Monarch-HCLT" if run.block == "monarch" else "HCLT"
+    return paper.kind_name(run.k)
+
+
+def last_train(run: RunRecord) -> float | None:
+    """The run's last training metric (the mean over the updates before its last evaluation)."""
+    values = [h[f"train_{run.metric}"] for h in run.history if f"train_{run.metric}" in h]
+    return values[-1] if values else None
+
+
+def runs_table(records: Sequence[RunRecord]) -> Table:
+    """Every run read, one row each: model, size, init, length, status, train, dev and test
+    metric, measured GPU-seconds (with how many jobs shared the GPU) and factor-run seconds."""
+    def order(r: RunRecord) -> tuple:
+        return r.dataset, r.structure, r.k or 0, r.hidden_size or 0, r.init, r.name
+
+    rows = [] if records else [[NO_RUN] + [DASH] * 11]
+    for r in sorted(records, key=order):
+        size = f"{r.hidden_size}" + (f" ({'x'.join(map(str, r.factors))})"
+                                     if r.factors and len(r.factors) > 1 else "")
+        shared = int(r.info.get("jobs_per_gpu") or 1)
+        gpu = DASH if r.gpu_seconds is None else f"{r.gpu_seconds:.0f}" + (
+            f" (x{shared})" if shared > 1 else "")
+        factor_s = r.info.get("factor_wall_time")
+        rows.append([r.name, r.dataset, model_name(r), size, r.init,
+                     fmt((r.final or {}).get("epoch"), 1), r.status, fmt(last_train(r), 4),
+                     fmt(r.value("dev"), 4), fmt(r.value("test"), 4), gpu,
+                     fmt(factor_s, 0) if factor_s else DASH])
+    return Table("table_runs", "Every run: final dev and test metric, measured cost",
+                 ["Run", "Data set", "Model", "Hidden size", "Init", "Epochs", "Status", "Train",
+                  "Dev", "Test", "GPU s", "Factor s"], rows,
+                 ["GPU s: wall time of the run's whole process on one GPU (scripts/campaign.py)"
+                  "; (xN): N jobs shared that GPU at most, so the time is an upper bound. "
+                  "Factor s: training time of the dense factor runs of init=multiply. "
+                  "Train: the mean over the updates before the last evaluation. Train, dev "
+                  "and test in the run's metric (BPC, BPD or perplexity). A listing, "
+                  "not a choice: provenance_tables.md says which runs feed the paper's tables."
+                  ], [])
+
+
 # ------------------------------------------------------------------------------- all
 
 def build_tables(records: Sequence[RunRecord], text8: str = "text8", lm1b: str = "lm1b",
                  imagenet: dict[int, str] | None = None,
                  table2_sizes: Sequence[int] | None = None) -> list[Table]:
-    """Every table, in the paper's order."""
+    """Every table, in the paper's order, then every run."""
     return [table1(records, text8), table2(records, text8, table2_sizes),
             table3(records, text8), table4(records, lm1b), table5(records, imagenet),
-            table_b2(records, text8)]
+            table_b2(records, text8), runs_table(records)]
 
 
 def write_tables(tables: Sequence[Table], out: str | Path) -> list[Path]:
