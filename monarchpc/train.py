@@ -130,18 +130,21 @@ def prepare(cfg: DictConfig, splits: Splits | None, overrides: list[str] | None,
     check_vocab(cfg, splits)
     fingerprint = data_fingerprint(splits)
     log.info(splits.describe())
-    if cfg.init.name == "multiply":  # pipeline step: the dense factor runs, trained first
+    ckpt = checkpoint.load(run_dir) if resuming else None
+    if cfg.init.name == "multiply" and ckpt is not None:  # the model is in the checkpoint:
+        cfg.init.factor_runs = ckpt["config"]["init"]["factor_runs"]  # its factors not needed
+    elif cfg.init.name == "multiply":  # pipeline step: the dense factor runs, trained first
         cfg.init.factor_runs = [str(d) for d in factor_runs.factor_runs(cfg, run, splits)]
     generator = torch.Generator().manual_seed(int(cfg.seed))
     model = build_model(cfg.model, splits.vocab_size, generator, splits.train_rows(0),
                         vocab_sizes=splits.vocab_sizes)
-    model = initialize(cfg, model, splits.vocab_size)
+    if ckpt is None:
+        model = initialize(cfg, model, splits.vocab_size)
 
     config = OmegaConf.to_container(cfg, resolve=True)
     o = cfg.optim
     state, em = TrainState(), EM(o.get("update", "probs"), float(o.pseudocount),
                                  float(o.get("floor", 0.0)))
-    ckpt = checkpoint.load(run_dir) if resuming else None
     if ckpt is not None:
         changed = [k for k in RUN_IDENTITY if ckpt["config"].get(k) != config.get(k)]
         if changed:
@@ -206,7 +209,11 @@ class Trainer:
         self.total_updates = self.updates_per_epoch * int(o.epochs)
         self.last: dict[str, Any] = self.tracker.last_record() if self.state.update else {}
         dirs = list(self.cfg.init.get("factor_runs") or [])  # finished: their cost is fixed
-        self.factors = {"factor_runs": dirs, **factor_runs.factor_costs(dirs)}
+        costs = factor_runs.factor_costs(dirs)
+        before = factor_runs.read_info(self.run_dir) or {}
+        if not all((Path(d) / "run.json").is_file() for d in dirs):  # resumed without them
+            costs = {k: before.get(k, v) for k, v in costs.items()}  # as recorded before
+        self.factors = {"factor_runs": dirs, **costs}
 
     def step_size(self) -> float:
         o = self.cfg.optim

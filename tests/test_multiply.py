@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -276,3 +277,22 @@ def test_signal_stops_parallel_factor_runs_with_a_checkpoint(tmp_path: Path) -> 
         train_parallel([config], tmp_path / "factors")
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "interrupted" and 2 <= info["updates"] < 10000  # resumable
+
+
+def test_resume_needs_no_factor_runs(tmp_path: Path) -> None:
+    """A multiply run resumes from its checkpoint even where its factor runs are gone (another
+    machine, a cleaned cache): nothing is retrained, the end equals an uninterrupted run's,
+    and run.json keeps the factors' cost."""
+    whole = tmp_path / "whole"
+    run(compose_config([*TINY, "init=multiply"], whole))
+    part = tmp_path / "part"
+    run(compose_config([*TINY, "init=multiply", "trainer.stop_after=1"], part))
+    cost = json.loads((part / "run.json").read_text())["factor_train_flops"]
+    shutil.rmtree(tmp_path / "factors")
+    run(compose_config([*TINY, "init=multiply", "resume=true"], part))
+    assert not (tmp_path / "factors").exists()
+    info = json.loads((part / "run.json").read_text())
+    assert info["status"] == "finished" and info["factor_train_flops"] == cost > 0
+    for a, b in zip(checkpoint.load(whole)["model"].values(),
+                    checkpoint.load(part)["model"].values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
