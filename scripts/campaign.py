@@ -10,7 +10,9 @@ room: one job per GPU (``--per-gpu`` for more; a ``--solo`` job always alone). E
 in ``<out>/<name>`` with its log beside it; a job whose run directory already holds a
 finished run is skipped. No job starts after ``--last-start`` seconds; past ``--deadline``
 seconds the running jobs get SIGINT (they stop at an update boundary with a checkpoint,
-so a later invocation resumes them).
+so a later invocation resumes them; ``--keep DIR`` copies such runs, small enough, out of
+a machine that will not last, and ``--resume-from DIR`` puts them back on the next one,
+their process seconds added up).
 
 Export: each run's ``run.json``, ``metrics.jsonl`` and ``config.yaml`` (and
 ``pruning.json`` of scripts/eval_pruning.py) are copied to ``<export>/<name>/`` with no
@@ -27,6 +29,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -73,12 +76,14 @@ def train_command(name: str, overrides: list[str], run_dir: Path) -> list[str]:
 @dataclass
 class Job:
     """A started job: its process, GPU, start time, log, and the most jobs its GPU ran at
-    once while it ran (1: the GPU was its own)."""
+    once while it ran (1: the GPU was its own); ``before``: seconds and sharing of the
+    invocations it resumes from."""
 
     proc: subprocess.Popen
     gpu: int
     t0: float
     log: Any
+    before: tuple[float, int] = (0.0, 1)
     shared: int = 1
     stopped: bool = False
 
@@ -106,7 +111,8 @@ def run_jobs(jobs: list[tuple[str, list[str]]], out: Path, gpus: int, per_gpu: i
                 job.proc.send_signal(signal.SIGINT)
                 job.stopped = True
             if job.proc.poll() is not None:
-                done[name] = (time.monotonic() - job.t0, job.shared)
+                done[name] = (job.before[0] + time.monotonic() - job.t0,
+                              max(job.before[1], job.shared))
                 (out / f"{name}.seconds").write_text(json.dumps(
                     {"seconds": round(done[name][0], 1), "jobs_per_gpu": job.shared}) + "\n")
                 job.log.close()
@@ -128,7 +134,9 @@ def run_jobs(jobs: list[tuple[str, list[str]]], out: Path, gpus: int, per_gpu: i
             log = open(out / f"{name}.log", "a")  # noqa: SIM115  (closed when the job ends)
             proc = subprocess.Popen(command(name, overrides, run_dir), stdout=log,
                                     stderr=subprocess.STDOUT, env=env, cwd=REPO)
-            running[name] = Job(proc, gpu, time.monotonic(), log)
+            resumed = (run_dir / "checkpoint.pt").is_file()
+            before = (recorded_seconds(out, name) if resumed else None) or (0.0, 1)
+            running[name] = Job(proc, gpu, time.monotonic(), log, before)
             print(f"[{time.monotonic() - start:6.0f}s] {name} on GPU {gpu}", flush=True)
         if closed and not running:
             break
@@ -184,6 +192,45 @@ def recorded_seconds(out: Path, name: str) -> tuple[float, int] | None:
     return float(info["seconds"]), int(info["jobs_per_gpu"])
 
 
+KEPT_FILES = ("checkpoint.pt", "run.json", "metrics.jsonl", "config.yaml", "train.log")
+
+
+def keep_interrupted(out: Path, names: list[str], dest: Path, max_mb: float) -> list[str]:
+    """Copy the runs among ``names`` that stopped with a checkpoint of at most ``max_mb``
+    (with their process seconds) to ``dest``, for a later invocation on another machine
+    (:func:`seed_from`) to resume; returns the names kept."""
+    kept = []
+    for name in names:
+        run_dir = out / name
+        ckpt = run_dir / "checkpoint.pt"
+        if status(run_dir) == "finished" or not ckpt.is_file() \
+                or ckpt.stat().st_size > max_mb * 2**20:
+            continue
+        (dest / name).mkdir(parents=True, exist_ok=True)
+        for f in KEPT_FILES:
+            if (run_dir / f).is_file():
+                shutil.copy2(run_dir / f, dest / name / f)
+        if (out / f"{name}.seconds").is_file():
+            shutil.copy2(out / f"{name}.seconds", dest / f"{name}.seconds")
+        kept.append(name)
+    return kept
+
+
+def seed_from(source: Path, out: Path, names: list[str]) -> list[str]:
+    """Put the runs :func:`keep_interrupted` kept in ``source`` into ``out`` (where ``out``
+    holds no checkpoint of theirs yet), so that they resume; returns the names seeded."""
+    seeded = []
+    for name in names:
+        if not (source / name / "checkpoint.pt").is_file() or \
+                (out / name / "checkpoint.pt").is_file():
+            continue
+        shutil.copytree(source / name, out / name, dirs_exist_ok=True)
+        if (source / f"{name}.seconds").is_file():
+            shutil.copy2(source / f"{name}.seconds", out / f"{name}.seconds")
+        seeded.append(name)
+    return seeded
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--jobs", type=Path, required=True)
@@ -197,6 +244,12 @@ def main() -> None:
     p.add_argument("--last-start", type=float, default=float("inf"),
                    help="seconds after which no job starts")
     p.add_argument("--export", type=Path, default=None, help="records destination")
+    p.add_argument("--keep", type=Path, default=None,
+                   help="copy runs stopped by the deadline (checkpoint, records, seconds) here")
+    p.add_argument("--keep-max-mb", type=float, default=40.0,
+                   help="largest checkpoint --keep copies")
+    p.add_argument("--resume-from", type=Path, default=None,
+                   help="a --keep folder of an earlier invocation: its runs resume here")
     args = p.parse_args()
     jobs = read_jobs(args.jobs, shlex.split(args.common))
     if args.only:
@@ -211,6 +264,10 @@ def main() -> None:
         import torch
 
         gpus = max(1, torch.cuda.device_count())
+    names = [n for n, _ in jobs]
+    if args.resume_from is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        print(f"resuming from {args.resume_from}: {seed_from(args.resume_from, args.out, names)}")
     measured = run_jobs(jobs, args.out, gpus, args.per_gpu, args.deadline, args.last_start,
                         frozenset(filter(None, args.solo.split(","))))
     for name, _ in jobs:
@@ -230,6 +287,9 @@ def main() -> None:
                      final.get(f"test_{metric}"), seconds))
         if args.export is not None and info.get("status") in ("finished", "diverged"):
             export(run_dir, args.export / name, seconds, shared)
+    if args.keep is not None:
+        kept = keep_interrupted(args.out, names, args.keep, args.keep_max_mb)
+        print(f"kept in {args.keep}: {kept}")
     print("\n| run | status | dev | test | process s |\n| --- | --- | --- | --- | --- |")
     for name, st, dev, test, sec in rows:
         fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731

@@ -83,3 +83,26 @@ def test_scheduler_packs_jobs_keeps_solo_jobs_alone_and_records_sharing(tmp_path
     late = campaign.run_jobs([("d", [])], tmp_path / "late", gpus=1, per_gpu=1, deadline=60,
                              last_start=-1, command=sleeper(0.1), poll_s=0.05)
     assert late == {} and campaign.recorded_seconds(tmp_path / "late", "d") is None
+
+
+def test_a_run_stopped_on_one_machine_resumes_on_the_next(tmp_path: Path) -> None:
+    """--keep copies a run stopped mid-way (checkpoint, records, process seconds) out of the
+    first machine's folder; --resume-from seeds the next one, where it resumes and finishes
+    with the seconds of both invocations added up."""
+    tiny = ["dataset=synthetic", "dataset.n_train=64", "dataset.n_dev=16", "dataset.n_test=16",
+            "dataset.seq_len=8", "model=hmm", "model.hidden_size=4", "optim.batch_size=16",
+            "optim.epochs=2", "trainer.device=cpu", "logger=none", "trainer.progress=false"]
+    first, kept, second = tmp_path / "first", tmp_path / "kept", tmp_path / "second"
+    done = campaign.run_jobs([("job", [*tiny, "trainer.stop_after=3"])], first, 1, 1, 600)
+    assert campaign.status(first / "job") == "interrupted"
+    assert campaign.keep_interrupted(first, ["job", "missing"], kept, max_mb=40) == ["job"]
+    assert campaign.keep_interrupted(first, ["job"], tmp_path / "none", max_mb=0) == []
+    assert campaign.seed_from(kept, second, ["job"]) == ["job"]
+    assert campaign.recorded_seconds(second, "job") == (round(done["job"][0], 1), 1)
+    (second / "job.seconds").write_text('{"seconds": 1000.0, "jobs_per_gpu": 2}')
+    again = campaign.run_jobs([("job", tiny)], second, 1, 1, 600)
+    assert campaign.status(second / "job") == "finished"
+    info = json.loads((second / "job" / "run.json").read_text())
+    assert info["updates"] == 8  # 4 per epoch, 2 epochs: 3 before, 5 after
+    assert 1000 < again["job"][0] < 1100 and again["job"][1] == 2  # both invocations' seconds
+    assert campaign.seed_from(kept, second, ["job"]) == []  # a checkpoint there already
