@@ -95,9 +95,15 @@ def run_jobs(jobs: list[tuple[str, list[str]]], out: Path, gpus: int, per_gpu: i
     """Run the jobs, at most ``per_gpu`` per GPU (a ``solo`` job alone on its GPU), the
     first in the queue that fits first; returns name -> (seconds of its process, most jobs
     on its GPU at once), also written to ``<out>/<name>.seconds``."""
-    start, queue, running = time.monotonic(), list(jobs), {}
+    start, running = time.monotonic(), {}
     done: dict[str, tuple[float, int]] = {}
     out.mkdir(parents=True, exist_ok=True)
+    queue = []
+    for name, overrides in jobs:
+        if status(out / name) == "finished":
+            print(f"{name}: finished already", flush=True)
+        else:
+            queue.append((name, overrides))
 
     def fits(name: str, gpu: int) -> bool:
         here = [n for n, j in running.items() if j.gpu == gpu]
@@ -114,28 +120,24 @@ def run_jobs(jobs: list[tuple[str, list[str]]], out: Path, gpus: int, per_gpu: i
                 done[name] = (job.before[0] + time.monotonic() - job.t0,
                               max(job.before[1], job.shared))
                 (out / f"{name}.seconds").write_text(json.dumps(
-                    {"seconds": round(done[name][0], 1), "jobs_per_gpu": job.shared}) + "\n")
+                    {"seconds": round(done[name][0], 1), "jobs_per_gpu": done[name][1]}) + "\n")
                 job.log.close()
                 del running[name]
                 print(f"[{time.monotonic() - start:6.0f}s] {name}: exit {job.proc.returncode}, "
                       f"{done[name][0]:.0f} s, {status(out / name)}", flush=True)
         closed = late or time.monotonic() - start > last_start
         for name, overrides in [] if closed else list(queue):
-            run_dir = out / name
-            if status(run_dir) == "finished":
-                print(f"{name}: finished already", flush=True)
-                queue.remove((name, overrides))
-                continue
             gpu = next((g for g in range(gpus) if fits(name, g)), None)
             if gpu is None:
                 continue
             queue.remove((name, overrides))
+            run_dir = out / name
+            resumed = (run_dir / "checkpoint.pt").is_file()
+            before = (recorded_seconds(out, name) if resumed else None) or (0.0, 1)
             env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(gpu), PYTHONUNBUFFERED="1")
             log = open(out / f"{name}.log", "a")  # noqa: SIM115  (closed when the job ends)
             proc = subprocess.Popen(command(name, overrides, run_dir), stdout=log,
                                     stderr=subprocess.STDOUT, env=env, cwd=REPO)
-            resumed = (run_dir / "checkpoint.pt").is_file()
-            before = (recorded_seconds(out, name) if resumed else None) or (0.0, 1)
             running[name] = Job(proc, gpu, time.monotonic(), log, before)
             print(f"[{time.monotonic() - start:6.0f}s] {name} on GPU {gpu}", flush=True)
         if closed and not running:

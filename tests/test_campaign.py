@@ -105,4 +105,5 @@ def test_a_run_stopped_on_one_machine_resumes_on_the_next(tmp_path: Path) -> Non
     info = json.loads((second / "job" / "run.json").read_text())
     assert info["updates"] == 8  # 4 per epoch, 2 epochs: 3 before, 5 after
     assert 1000 < again["job"][0] < 1100 and again["job"][1] == 2  # both invocations' seconds
+    assert campaign.recorded_seconds(second, "job") == (round(again["job"][0], 1), 2)
     assert campaign.seed_from(kept, second, ["job"]) == []  # a checkpoint there already
