@@ -210,9 +210,9 @@ class Trainer:
         self.last: dict[str, Any] = self.tracker.last_record() if self.state.update else {}
         dirs = list(self.cfg.init.get("factor_runs") or [])  # finished: their cost is fixed
         costs = factor_runs.factor_costs(dirs)
-        before = factor_runs.read_info(self.run_dir) or {}
-        if not all((Path(d) / "run.json").is_file() for d in dirs):  # resumed without them
-            costs = {k: before.get(k, v) for k, v in costs.items()}  # as recorded before
+        if not all((Path(d) / "run.json").is_file() for d in dirs):  # resumed without them:
+            before = factor_runs.read_info(self.run_dir) or {}  # their cost as recorded
+            costs = {k: before.get(k, v) for k, v in costs.items()}
         self.factors = {"factor_runs": dirs, **costs}
 
     def step_size(self) -> float:
