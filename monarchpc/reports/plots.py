@@ -26,7 +26,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from monarchpc.reports import paper
-from monarchpc.reports.records import RunRecord, _finite, matching, select
+from monarchpc.reports.records import RunRecord, finite, matching, select
 
 KINDS: list[int | None] = [None, 2, 3, 4]  # dense HMM, Monarch-2/3/4
 COLORS = {None: "tab:blue", 2: "tab:orange", 3: "tab:green", 4: "tab:red",
@@ -190,18 +190,12 @@ def gpu_seconds_runs(records: Sequence[RunRecord], dataset: str,
     return our_points(timed, dataset, "hmm", k)
 
 
-def jobs_per_gpu(run: RunRecord) -> int:
-    """How many jobs shared the run's GPU (run.json's ``jobs_per_gpu``, written by
-    scripts/campaign.py; absent: 1). Above 1, ``gpu_seconds`` is an upper bound."""
-    return int(run.info.get("jobs_per_gpu") or 1)
-
-
 def gpu_seconds_series(records: Sequence[RunRecord], dataset: str
                        ) -> dict[int | None, list[tuple[float, float, int, int]]]:
     """Kind -> [(GPU-seconds, test BPC, hidden size, jobs per GPU)] of the GPU-seconds
     figure, by size."""
     series = {k: [(float(r.gpu_seconds or 0), float(r.value("test") or 0), r.hidden_size,
-                   jobs_per_gpu(r)) for r in gpu_seconds_runs(records, dataset, k)]
+                   r.jobs_per_gpu) for r in gpu_seconds_runs(records, dataset, k)]
               for k in KINDS}
     return {k: pts for k, pts in series.items() if pts}
 
@@ -264,7 +258,7 @@ def dev_curve(run: RunRecord, x: str = "epoch") -> tuple[list[float], list[float
     """(``x``, dev metric) of ``run``'s evaluations after the start (the untrained model's
     value would flatten the scale), by ``x``; a repeated ``x`` keeps its last value."""
     points = {float(rec[x]): float(rec[f"dev_{run.metric}"]) for rec in run.history
-              if _finite(rec.get(x)) and rec[x] > 0 and _finite(rec.get(f"dev_{run.metric}"))}
+              if finite(rec.get(x)) and rec[x] > 0 and finite(rec.get(f"dev_{run.metric}"))}
     xs = sorted(points)
     return xs, [points[v] for v in xs]
 

@@ -75,14 +75,20 @@ class RunRecord:
             return "HCLT" if self.block == "dense" else "Monarch-HCLT"
         return "HMM" if self.block == "dense" else f"Monarch-{self.k}"
 
+    @property
+    def jobs_per_gpu(self) -> int:
+        """How many jobs shared the run's GPU at most (run.json's ``jobs_per_gpu``, written by
+        scripts/campaign.py; absent: 1). Above 1, ``gpu_seconds`` is an upper bound."""
+        return int(self.info.get("jobs_per_gpu") or 1)
+
     def value(self, split: str = "test") -> float | None:
         """The run's ``<split>_<metric>`` (e.g. test_bpc): from ``final``, else the last
         evaluation that has it (a run still going); None if it was never evaluated."""
         key = f"{split}_{self.metric}"
-        if self.final and _finite(self.final.get(key)):
+        if self.final and finite(self.final.get(key)):
             return float(self.final[key])
         for rec in reversed(self.history):
-            if _finite(rec.get(key)):
+            if finite(rec.get(key)):
                 return float(rec[key])
         return None
 
@@ -347,7 +353,7 @@ def _get(cfg: dict[str, Any], dotted: str) -> Any:
     return node
 
 
-def _finite(v: Any) -> bool:
+def finite(v: Any) -> bool:
     return isinstance(v, int | float) and math.isfinite(v)
 
 

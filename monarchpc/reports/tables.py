@@ -374,13 +374,6 @@ def table_b2(records: Sequence[RunRecord], dataset: str = "text8") -> Table:
 
 # ------------------------------------------------------------------------- every run
 
-def model_name(run: RunRecord) -> str:
-    """"HMM", "Monarch-k", "HCLT" or "Monarch-HCLT"."""
-    if run.structure == "hclt":
-        return "Monarch-HCLT" if run.block == "monarch" else "HCLT"
-    return paper.kind_name(run.k)
-
-
 def last_train(run: RunRecord) -> float | None:
     """The run's last training metric (the mean over the updates before its last evaluation)."""
     values = [h[f"train_{run.metric}"] for h in run.history if f"train_{run.metric}" in h]
@@ -397,11 +390,10 @@ def runs_table(records: Sequence[RunRecord]) -> Table:
     for r in sorted(records, key=order):
         size = f"{r.hidden_size}" + (f" ({'x'.join(map(str, r.factors))})"
                                      if r.factors and len(r.factors) > 1 else "")
-        shared = int(r.info.get("jobs_per_gpu") or 1)
         gpu = DASH if r.gpu_seconds is None else f"{r.gpu_seconds:.0f}" + (
-            f" (x{shared})" if shared > 1 else "")
+            f" (x{r.jobs_per_gpu})" if r.jobs_per_gpu > 1 else "")
         factor_s = r.info.get("factor_wall_time")
-        rows.append([r.name, r.dataset, model_name(r), size, r.init,
+        rows.append([r.name, r.dataset, r.kind, size, r.init,
                      fmt((r.final or {}).get("epoch"), 1), r.status, fmt(last_train(r), 4),
                      fmt(r.value("dev"), 4), fmt(r.value("test"), 4), gpu,
                      fmt(factor_s, 0) if factor_s else DASH])
