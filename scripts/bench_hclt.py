@@ -59,6 +59,14 @@ def patches(n: int, seed: int) -> torch.Tensor:
     return values.permute(0, 2, 3, 1).reshape(n, SIDE * SIDE * CHANNELS)
 
 
+def patches_and_tree(tiny: bool, device: torch.device) -> tuple[torch.Tensor, np.ndarray]:
+    """The benchmark's patches (CPU) and their Chow-Liu tree (parent array); ``tiny``: the
+    small CPU-sized set."""
+    data = patches(1024 if tiny else 8192, seed=0)
+    return data, chow_liu_tree(data.to(device), [VOCAB] * data.shape[1],
+                               num_bins=8 if tiny else 32)
+
+
 def build(parent: np.ndarray, block: str, h: int, device: torch.device,
           layers: int = 3) -> HCLT:
     """An HCLT with random weights made on ``device``, per-variable leaves."""
@@ -257,9 +265,7 @@ def main() -> None:
         if keep:
             rows.append(row)
 
-    data = patches(1024 if args.tiny else 8192, seed=0)
-    parent = chow_liu_tree(data.to(device), [VOCAB] * data.shape[1],
-                           num_bins=8 if args.tiny else 32)
+    data, parent = patches_and_tree(args.tiny, device)
     depth = len(HCLT(parent, SumBlocks(BlockSpec.dense(2), len(parent) - 1),
                      [2] * len(parent)).levels)
     emit({"tree": "chow-liu of synthetic patches", "num_vars": len(parent), "levels": depth,

@@ -33,7 +33,6 @@ import bench_hclt
 import torch
 from torch.autograd import DeviceType
 
-from monarchpc.circuits.chow_liu import chow_liu_tree
 from monarchpc.circuits.sum_blocks import factorize
 from monarchpc.kernels.hmm import element_ops
 from monarchpc.kernels.monarch import monarch_products
@@ -150,10 +149,7 @@ def hclt_case(args: argparse.Namespace, device: torch.device) -> tuple[Any, torc
     except (ValueError, IndexError):
         raise SystemExit(f"HCLT case {args.case!r}: give block-h-batch (e.g. dense-512-512) "
                          f"or an index of bench_hclt.GPU_CASES") from None
-    tiny = device.type == "cpu"  # as bench_hclt.py --tiny
-    data = bench_hclt.patches(1024 if tiny else 8192, seed=0)
-    parent = chow_liu_tree(data.to(device), [bench_hclt.VOCAB] * data.shape[1],
-                           num_bins=8 if tiny else 32)
+    data, parent = bench_hclt.patches_and_tree(device.type == "cpu", device)  # CPU: --tiny's
     model = bench_hclt.build(parent, block, h, device, args.monarch_layers)
     x = data[torch.randint(0, len(data), (batch,), generator=torch.Generator().manual_seed(1))]
     step = fused_hclt_estep(model, device, args.precision, args.graphs)
