@@ -103,6 +103,10 @@ def device(v: Any) -> str | None:
     return None if ok else "must be auto, cpu, cuda or cuda:N"
 
 
+def keep_gb(v: Any) -> str | None:
+    return None if v == "auto" else number(0.0)(v)
+
+
 def cuda_graphs(v: Any) -> str | None:
     return None if isinstance(v, bool) or v == "auto" else "must be auto, true or false"
 
@@ -124,7 +128,8 @@ TRAINER: dict[str, tuple[Rule, str]] = {
     "precision": (choice(*PRECISIONS), "the E-step's matrix-product precision"),
     "engine": (choice(*ENGINES), "the E-step implementation"),
     "segment": (integer(1), "time steps recomputed together by the fused E-step"),
-    "keep_gb": (number(0.0), "GPU memory (GB) for kept segments; 0 recomputes all"),
+    "keep_gb": (keep_gb, "GPU memory (GB) for kept segments; 0 recomputes all; auto: half "
+                         "of the free GPU memory"),
     "cuda_graphs": (cuda_graphs, "replay the fused E-step from CUDA graphs"),
     "products": (choice("auto", "triton", "torch"), "the fused E-step's Monarch products"),
     "eval_every": (integer(1), "updates between evaluations, each with a checkpoint"),

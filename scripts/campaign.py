@@ -88,6 +88,13 @@ class Job:
     stopped: bool = False
 
 
+def visible_device(gpu: int) -> str:
+    """The CUDA_VISIBLE_DEVICES of a job on GPU ``gpu`` (counted among the GPUs this process
+    sees: with CUDA_VISIBLE_DEVICES=2,3 set, GPU 1 is device 3)."""
+    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return visible[gpu].strip() if gpu < len(visible) else str(gpu)
+
+
 def run_jobs(jobs: list[tuple[str, list[str]]], out: Path, gpus: int, per_gpu: int,
              deadline: float, last_start: float = float("inf"), solo: frozenset[str] = frozenset(),
              command: Callable[[str, list[str], Path], list[str]] = train_command,
@@ -134,7 +141,8 @@ def run_jobs(jobs: list[tuple[str, list[str]]], out: Path, gpus: int, per_gpu: i
             run_dir = out / name
             resumed = (run_dir / "checkpoint.pt").is_file()
             before = (recorded_seconds(out, name) if resumed else None) or (0.0, 1)
-            env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(gpu), PYTHONUNBUFFERED="1")
+            env = dict(os.environ, CUDA_VISIBLE_DEVICES=visible_device(gpu),
+                       PYTHONUNBUFFERED="1")
             log = open(out / f"{name}.log", "a")  # noqa: SIM115  (closed when the job ends)
             proc = subprocess.Popen(command(name, overrides, run_dir), stdout=log,
                                     stderr=subprocess.STDOUT, env=env, cwd=REPO)

@@ -12,10 +12,17 @@ import torch
 
 from monarchpc.circuits import dense_block, monarch_block
 from monarchpc.circuits.hmm import HMM
+from monarchpc.kernels import hmm as hmm_kernels
 from monarchpc.kernels.hmm import as_rows, element_ops, triton_usable
 from monarchpc.learning import graphs as graphs_module
 from monarchpc.learning.em import accumulate_flows, em_step, flows
-from monarchpc.learning.forward_backward import estep, fused_estep, hmm_estep, parameters
+from monarchpc.learning.forward_backward import (
+    auto_keep_gb,
+    estep,
+    fused_estep,
+    hmm_estep,
+    parameters,
+)
 from monarchpc.learning.graphs import CapturedEStep
 from monarchpc.paths import REPO_ROOT
 from tests.helpers import eager_capture_graph
@@ -111,10 +118,15 @@ def assert_matches(fast: HMM, ref: HMM, ll: torch.Tensor, ll_ref: torch.Tensor) 
 
 
 @pytest.mark.skipif(not triton_usable(torch.device("cpu")), reason="triton not installed")
-def test_triton_kernels_equal_torch_on_strided_states() -> None:
-    """The two element-wise kernels read permuted states and write into buffer slots."""
+@pytest.mark.parametrize("config", range(9))
+@pytest.mark.parametrize(("b0", "b1", "n"), [(4, 6, 20), (20, 30, 40)])
+def test_triton_kernels_equal_torch_on_strided_states(config: int, b0: int, b1: int, n: int,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The two element-wise kernels, in every tile config the GPU may pick, read permuted
+    states and write into buffer slots (600 rows: several emit programs, a ragged end)."""
+    monkeypatch.setattr(hmm_kernels, "INTERPRETER_CONFIG", config)
     g = torch.Generator().manual_seed(5)
-    b0, b1, n, vocab = 4, 6, 20, 7
+    vocab = 7
     table = torch.rand(b0 * b1, vocab, generator=g)
     tokens = torch.randint(0, vocab, (n,), generator=g)
     s = torch.rand(n, generator=g) + 0.5
@@ -125,13 +137,13 @@ def test_triton_kernels_equal_torch_on_strided_states() -> None:
                       ("triton", element_ops("triton", m.device, vocab))]:
         buf = torch.zeros(b0, b1, 3, n)  # a segment buffer; the kernels write slot 1
         col_sums = ops.emit(m, table, tokens, s, buf[:, :, 1])
-        flow = torch.zeros(b0 * b1, vocab)
+        flow = torch.ones(b0 * b1, vocab)  # flows are added to
         ops.post(w, buf[:, :, 1], table, tokens, s, buf[:, :, 2], flow)
         outs[name] = (buf, col_sums, flow)
         assert buf[:, :, 0].abs().max() == 0  # nothing written outside the slots
     for got, want in zip(outs["triton"], outs["torch"], strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
-    assert float(outs["torch"][2].sum()) > 0
+    assert float(outs["torch"][2].sum()) > b0 * b1 * vocab
     with pytest.raises(ValueError, match="kernels must be"):
         element_ops("cuda", m.device, vocab)
 
@@ -216,3 +228,18 @@ def test_triton_kernels_without_triton_or_interpreter_fail_with_the_fix(
     with pytest.raises(RuntimeError, match="use kernels=torch"):
         element_ops("triton", torch.device("cpu"), 27)
     assert element_ops("auto", torch.device("cpu"), 27).name == "torch"
+
+
+def test_auto_kept_memory_gives_the_same_estep() -> None:
+    """keep_gb=auto (on a CPU: 8 GB, every segment of this case kept) changes no value."""
+    _, fast = twins("monarch2")
+    x = torch.randint(0, fast.vocab_size, (6, 9), generator=torch.Generator().manual_seed(2))
+    results = []
+    for keep in (0.0, "auto"):
+        fast.zero_grad()
+        ll = hmm_estep(fast, x, segment=2, keep_gb=keep)
+        results.append((ll, [p.grad.clone() for p in fast.parameters()]))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=0)
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert auto_keep_gb(torch.device("cpu"), 10**9) == 8.0

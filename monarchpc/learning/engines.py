@@ -103,7 +103,7 @@ def make_engine(model: nn.Module, trainer: Any, device: torch.device) -> Engine:
         estep = fused_hclt_estep(model, device, trainer.precision, trainer.cuda_graphs)
     else:
         estep = fused_estep(model, device, int(trainer.segment), trainer.precision,
-                            float(trainer.keep_gb), trainer.cuda_graphs,
+                            trainer.keep_gb, trainer.cuda_graphs,
                             trainer.get("products", "auto"))
     return Engine(name, estep, score)
 

@@ -48,7 +48,7 @@ DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16,
 
 @torch.no_grad()
 def hmm_estep(hmm: HMM, x: Tensor, segment: int = 16, precision: str = "fp32",
-              grad: bool = True, kernels: str = "auto", keep_gb: float = 0.0,
+              grad: bool = True, kernels: str = "auto", keep_gb: float | str = 0.0,
               products: str = "auto") -> Tensor:
     """Log-likelihood (N,) of rows ``x`` (N, T); adds dlogp/dtheta to every ``param.grad``.
 
@@ -57,7 +57,8 @@ def hmm_estep(hmm: HMM, x: Tensor, segment: int = 16, precision: str = "fp32",
     ``segment`` (c >= 1): the first pass keeps every c-th hidden vector and the
     second recomputes c steps at a time. ``keep_gb``: memory for segments whose layer
     inputs the first pass keeps (no recomputation); each takes (k c + 1) states of N
-    columns. ``precision``: fp32, tf32, bf16 or fp16 operands for the matrix products.
+    columns (``auto``: :func:`auto_keep_gb`). ``precision``: fp32, tf32, bf16 or fp16
+    operands for the matrix products.
     ``kernels``: the element-wise steps in ``triton``, ``torch`` or ``auto`` (Triton on a GPU).
     ``products``: the matrix products likewise (auto: Triton on a GPU for k >= 3, see
     :func:`~monarchpc.kernels.monarch.monarch_products`).
@@ -75,8 +76,25 @@ def parameters(hmm: HMM) -> list[Tensor]:
     return [*hmm.transition.layers, hmm.emission, hmm.initial]
 
 
+_AUTO_KEEP: dict[torch.device, float] = {}  # the last auto budget per GPU, for graph captures
+
+
+def auto_keep_gb(device: torch.device, working_bytes: int) -> float:
+    """``keep_gb=auto``: half of the GPU memory free now (the device's free memory and
+    torch's cached blocks), less the E-step's other working memory; 8 GB on a CPU. While a
+    CUDA graph is captured (no memory queries then) the budget of the warm-up run before it."""
+    if device.type != "cuda":
+        return 8.0
+    if torch.cuda.is_current_stream_capturing():
+        return _AUTO_KEEP.get(device, 0.0)
+    free, _ = torch.cuda.mem_get_info(device)
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    _AUTO_KEEP[device] = max(0.0, free / 2 - working_bytes) / 1e9
+    return _AUTO_KEEP[device]
+
+
 def fused_estep(hmm: HMM, device: torch.device, segment: int = 16,
-                precision: str = "fp32", keep_gb: float = 0.0, graphs: str | bool = "auto",
+                precision: str = "fp32", keep_gb: float | str = 0.0, graphs: str | bool = "auto",
                 products: str = "auto") -> Callable[[Tensor], Tensor]:
     """The training E-step x (N, T) -> log p (N,): :func:`hmm_estep` with these settings,
     replayed from CUDA graphs when ``graphs`` is true, or ``auto`` and h <= GRAPH_MAX_HIDDEN
@@ -96,7 +114,7 @@ def fused_estep(hmm: HMM, device: torch.device, segment: int = 16,
 
 
 def estep(hmm: HMM, x: Tensor, grads: list[Tensor] | None, segment: int = 16,
-          precision: str = "fp32", kernels: str = "auto", keep_gb: float = 0.0,
+          precision: str = "fp32", kernels: str = "auto", keep_gb: float | str = 0.0,
           products: str = "auto") -> Tensor:
     """:func:`hmm_estep` on explicit buffers: returns log p (N,) and adds d log p.sum() /
     d theta into ``grads`` (fp32 tensors shaped as :func:`parameters`; None: only the first
@@ -126,8 +144,12 @@ def estep(hmm: HMM, x: Tensor, grads: list[Tensor] | None, segment: int = 16,
 
     # transitions t -> t+1 for t in [start, stop); the first `kept` keep the first pass's X
     segments = [(s, min(s + c, length - 1)) for s in range(0, length - 1, c)]
-    seg_bytes = (k * c + 1) * h * n * dtype.itemsize
-    kept = min(len(segments), int(keep_gb * 1e9) // seg_bytes) if grads is not None else 0
+    state_bytes = h * n * dtype.itemsize
+    seg_bytes = (k * c + 1) * state_bytes
+    if keep_gb == "auto":  # checkpoints, a segment's work and product buffers, fp32 scratch
+        working = (len(segments) + 2 * (k * c + 1) + 4) * state_bytes + 3 * h * n * 4
+        keep_gb = auto_keep_gb(dev, working)
+    kept = min(len(segments), int(float(keep_gb) * 1e9) // seg_bytes) if grads is not None else 0
     buffers = [new_buffers() for _ in range(kept)]
 
     def step_down(t: int, y_next: Tensor, s_next: Tensor, xs: list[Tensor] | None,
