@@ -21,7 +21,7 @@ spec.loader.exec_module(campaign)
 
 
 CAMPAIGNS = {  # jobs file -> its common overrides (data paths as placeholders), job count
-    "text8_prefix.txt": (["dataset=chars", "dataset.paths=[text.xz]", "logger=none"], 30),
+    "text8_prefix.txt": (["dataset=chars", "dataset.paths=[text.xz]", "logger=none"], 31),
     "wikitext2.txt": (["dataset.path=wiki.valid.raw", "logger=none"], 4),
     "tiny_imagenet.txt": (["experiment=tiny_imagenet32_monarch_hclt", "dataset.train=val.tar",
                            "dataset.test=null", "logger=none"], 12),
@@ -107,3 +107,11 @@ def test_a_run_stopped_on_one_machine_resumes_on_the_next(tmp_path: Path) -> Non
     assert 1000 < again["job"][0] < 1100 and again["job"][1] == 2  # both invocations' seconds
     assert campaign.recorded_seconds(second, "job") == (round(again["job"][0], 1), 2)
     assert campaign.seed_from(kept, second, ["job"]) == []  # a checkpoint there already
+
+
+def test_jobs_run_on_the_gpus_the_campaign_was_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With CUDA_VISIBLE_DEVICES=2,3 the campaign's GPU 1 is device 3, not device 1."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, 3")
+    assert [campaign.visible_device(g) for g in (0, 1)] == ["2", "3"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert campaign.visible_device(1) == "1"
