@@ -21,7 +21,7 @@ spec.loader.exec_module(campaign)
 
 
 CAMPAIGNS = {  # jobs file -> its common overrides (data paths as placeholders), job count
-    "text8_prefix.txt": (["dataset=chars", "dataset.paths=[text.xz]", "logger=none"], 31),
+    "text8_prefix.txt": (["dataset=chars", "dataset.paths=[text.xz]", "logger=none"], 33),
     "wikitext2.txt": (["dataset.path=wiki.valid.raw", "logger=none"], 4),
     "tiny_imagenet.txt": (["experiment=tiny_imagenet32_monarch_hclt", "dataset.train=val.tar",
                            "dataset.test=null", "logger=none"], 12),
