@@ -102,57 +102,36 @@ if triton is not None:
         return tl.load(table_ptr + rows.to(tl.int64)[:, None] * vocab + tok[None, :], mask=mask,
                        other=0.0)
 
-    # Tile sizes (rows BH x columns BN), warps and pipeline stages are tuned per (h, N) on
-    # the first call (triton.autotune; the post kernel's flows are restored after each
-    # trial). The interpreter runs one (INTERPRETER_CONFIG).
-    EMIT_CONFIGS = [triton.Config({"BH": bh, "BN": bn}, num_warps=w, num_stages=st)
-                    for bh, bn, w, st in [(32, 128, 4, 2), (64, 64, 4, 3), (128, 32, 4, 3),
-                                          (64, 128, 8, 2), (128, 64, 8, 3), (256, 32, 8, 3),
-                                          (16, 128, 4, 3), (32, 64, 4, 4)]]
-    POST_CONFIGS = [triton.Config({"BH": bh, "BN": bn}, num_warps=w, num_stages=st)
-                    for bh, bn, w, st in [(32, 128, 4, 1), (64, 64, 4, 2), (64, 32, 4, 3),
-                                          (32, 64, 4, 2), (128, 32, 8, 3), (64, 128, 8, 1),
-                                          (16, 128, 4, 1), (128, 64, 8, 2), (32, 32, 4, 3)]]
-
-    @triton.autotune(configs=EMIT_CONFIGS, key=["h", "n"])
     @triton.jit
     def _emit_kernel(m_ptr, m_r1, m_s0, m_s1, y_ptr, y_r1, y_s0, y_s1, table_ptr, tok_ptr,
-                     s_ptr, part_ptr, h, n, vocab, rows_per_program,
-                     BH: tl.constexpr, BN: tl.constexpr):
-        # One program: rows_per_program rows (a multiple of BH) x BN columns; writes the
-        # column sums of its rows as one row of the partial sums (programs_0, N).
-        cols = tl.program_id(1) * BN + tl.arange(0, BN)
-        cmask = cols < n
+                     s_ptr, part_ptr, h, n, vocab,
+                     BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr):
+        rows = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+        cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        rmask, cmask = rows < h, cols < n
+        mask = rmask[:, None] & cmask[None, :]
         tok = tl.load(tok_ptr + cols, mask=cmask, other=0)
         s = tl.load(s_ptr + cols, mask=cmask, other=1.0)
-        total = tl.zeros((BN,), dtype=tl.float32)
-        first = tl.program_id(0) * rows_per_program
-        for start in range(0, rows_per_program, BH):
-            rows = first + start + tl.arange(0, BH)
-            mask = (rows < h)[:, None] & cmask[None, :]
-            m = tl.load(m_ptr + _offsets(rows, cols, m_r1, m_s0, m_s1), mask=mask, other=0.0)
-            e = _emission(table_ptr, rows, tok, vocab, mask)
-            y = e * m.to(tl.float32) / s[None, :]
-            tl.store(y_ptr + _offsets(rows, cols, y_r1, y_s0, y_s1),
-                     y.to(y_ptr.dtype.element_ty), mask=mask)
-            total += tl.sum(y, axis=0)
-        tl.store(part_ptr + tl.program_id(0) * n + cols, total, mask=cmask)
+        m = tl.load(m_ptr + _offsets(rows, cols, m_r1, m_s0, m_s1), mask=mask, other=0.0)
+        e = _emission(table_ptr, rows, tok, vocab, mask)
+        y = e * m.to(tl.float32) / s[None, :]
+        tl.store(y_ptr + _offsets(rows, cols, y_r1, y_s0, y_s1),
+                 y.to(y_ptr.dtype.element_ty), mask=mask)
+        tl.store(part_ptr + tl.program_id(0) * n + cols, tl.sum(y, axis=0), mask=cmask)
 
-    @triton.autotune(configs=POST_CONFIGS, key=["h", "N", "VP", "HAS_OUT"],
-                     restore_value=["flow_ptr"])
     @triton.jit
     def _post_kernel(w_ptr, w_r1, w_s0, w_s1, y_ptr, y_r1, y_s0, y_s1,
                      a_ptr, a_r1, a_s0, a_s1, table_ptr, tok_ptr, s_ptr, flow_ptr, h, vocab,
                      N: tl.constexpr, HAS_OUT: tl.constexpr, VP: tl.constexpr,
-                     INTERPRET: tl.constexpr, BH: tl.constexpr, BN: tl.constexpr):
-        # One program owns BH rows of the flows and walks over all N columns, so the
+                     BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, INTERPRET: tl.constexpr):
+        # One program owns BLOCK_H rows of the flows and walks over all N columns, so the
         # flows are updated once per step without atomics.
-        rows = tl.program_id(0) * BH + tl.arange(0, BH)
+        rows = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
         rmask = rows < h
         words = tl.arange(0, VP)
-        flows = tl.zeros((BH, VP), dtype=tl.float32)
-        for start in range(0, N, BN):
-            cols = start + tl.arange(0, BN)
+        flows = tl.zeros((BLOCK_H, VP), dtype=tl.float32)
+        for start in range(0, N, BLOCK_N):
+            cols = start + tl.arange(0, BLOCK_N)
             cmask = cols < N
             mask = rmask[:, None] & cmask[None, :]
             tok = tl.load(tok_ptr + cols, mask=cmask, other=0)
@@ -160,8 +139,8 @@ if triton is not None:
                         other=0.0).to(tl.float32)
             y = tl.load(y_ptr + _offsets(rows, cols, y_r1, y_s0, y_s1), mask=mask,
                         other=0.0).to(tl.float32)
-            # emission flows: gamma (BH, BN) @ one-hot(tokens) (BN, VP) on tensor cores,
-            # gamma split into two bf16 terms (relative error < 2^-16)
+            # emission flows: gamma (BLOCK_H, BLOCK_N) @ one-hot(tokens) (BLOCK_N, VP) on
+            # tensor cores, gamma split into two bf16 terms (relative error < 2^-16)
             gamma = w * y
             hi = gamma.to(tl.bfloat16)
             lo = (gamma - hi.to(tl.float32)).to(tl.bfloat16)
@@ -182,32 +161,25 @@ if triton is not None:
         tl.store(fptr, tl.load(fptr, mask=fmask, other=0.0) + flows, mask=fmask)
 
 
-INTERPRETER_CONFIG = 0  # the config the interpreter runs (it has no timer); tests walk all
-
-
-def _launch(kernel, grid, *args, **meta) -> None:
-    """Run an autotuned kernel; under the interpreter its config ``INTERPRETER_CONFIG``."""
-    if interpreting():
-        config = kernel.configs[INTERPRETER_CONFIG % len(kernel.configs)]
-        kernel.fn[grid](*args, **meta, **config.kwargs)
-    else:
-        kernel[grid](*args, **meta)
-
-
 def _view_args(state: Tensor) -> tuple[Tensor, int, int, int]:
     v = as_rows(state)
     return v, v.shape[1], v.stride(0), v.stride(1)
 
 
+def _blocks(n: int) -> tuple[int, int]:
+    block_n = min(128, max(16, triton.next_power_of_2(n)))
+    return 64 if block_n <= 64 else 32, block_n
+
+
 def emit_triton(m: Tensor, table: Tensor, tokens: Tensor, s: Tensor, out: Tensor) -> Tensor:
-    """:func:`emit_torch` as one Triton kernel plus a sum over at most 256 partial sums."""
+    """:func:`emit_torch` as one Triton kernel plus a sum over (h / 64, N) partial sums."""
     h, n = table.shape[0], m.shape[-1]
-    rows = max(256, triton.next_power_of_2(triton.cdiv(h, 256)))  # multiple of every BH
-    programs = triton.cdiv(h, rows)
-    partial = torch.empty(programs, n, dtype=torch.float32, device=m.device)
+    block_h, block_n = _blocks(n)
+    grid = (triton.cdiv(h, block_h), triton.cdiv(n, block_n))
+    partial = torch.empty(grid[0], n, dtype=torch.float32, device=m.device)
     mv, yv = _view_args(m), _view_args(out)
-    _launch(_emit_kernel, lambda meta: (programs, triton.cdiv(n, meta["BN"])),
-            *mv, *yv, table, tokens, s, partial, h, n, table.shape[1], rows)
+    _emit_kernel[grid](*mv, *yv, table, tokens, s, partial, h, n, table.shape[1],
+                       BLOCK_H=block_h, BLOCK_N=block_n)
     return partial.sum(0)
 
 
@@ -216,11 +188,13 @@ def post_triton(w: Tensor, y: Tensor, table: Tensor, tokens: Tensor, s: Tensor,
     """:func:`post_torch` as one Triton kernel (vocabulary <= MAX_TRITON_VOCAB)."""
     h, vocab = table.shape
     n = w.shape[-1]
+    block_h, block_n = _blocks(n)
     wv, yv = _view_args(w), _view_args(y)
     av = _view_args(out) if out is not None else (w, 1, 0, 0)
-    _launch(_post_kernel, lambda meta: (triton.cdiv(h, meta["BH"]),),
-            *wv, *yv, *av, table, tokens, s, flows, h, vocab, N=n, HAS_OUT=out is not None,
-            VP=max(16, triton.next_power_of_2(vocab)), INTERPRET=interpreting())
+    _post_kernel[(triton.cdiv(h, block_h),)](
+        *wv, *yv, *av, table, tokens, s, flows, h, vocab, N=n, HAS_OUT=out is not None,
+        VP=max(16, triton.next_power_of_2(vocab)), BLOCK_H=block_h, BLOCK_N=block_n,
+        INTERPRET=interpreting())
 
 
 @dataclass(frozen=True)
