@@ -184,7 +184,7 @@ RESULT_RUNS := $(filter-out %/em_ablation,$(patsubst %/,%,$(wildcard $(RESULTS)/
   $(wildcard $(RESULTS)/runs/em_ablation/em-base-*)
 results: install ## rebuild docs/results (tables, figures) from docs/results/runs
 	$(PY) scripts/make_tables.py --out $(RESULTS) --runs $(RESULT_RUNS) \
-	  --text8-dataset chars --lm1b-dataset lines-wikitext-2_valid \
+	  --text8-dataset chars --lm1b-dataset lines-wikitext-2_valid --table2-sizes 1024,4096,16384,65536 \
 	  --imagenet32-dataset image_folder --imagenet64-dataset image_folder
 	$(PY) scripts/make_plots.py --out $(RESULTS) --runs $(RESULT_RUNS) \
 	  --text8-dataset chars --imagenet64-dataset image_folder --imagenet32-dataset image_folder
