@@ -202,6 +202,20 @@ def test_product_benchmark_checks_and_times_variants_on_the_cpu() -> None:
     assert len(rows[1]["forward_layer_ms"]) == 2 and "| case | variant |" in result.stdout
 
 
+@pytest.mark.skipif(not triton_usable(torch.device("cpu")), reason="triton not installed")
+def test_element_kernel_benchmark_checks_and_times_on_the_cpu() -> None:
+    result = subprocess.run(
+        [sys.executable, "scripts/bench_element_kernels.py", "--tiny"],
+        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(ln) for ln in result.stdout.splitlines() if ln.startswith("{")]
+    assert [r["kernel"] for r in rows] == ["copy", "emit", "post", "post flows only",
+                                           "emit torch", "post torch"]
+    assert all(r["ok"] and r["us"] > 0 and r["tb_per_s"] > 0 for r in rows)
+    assert rows[0]["of_copy"] == 1.0 and "| case | kernel |" in result.stdout
+
+
 def test_bad_engine_settings_fail_with_the_fix() -> None:
     _, fast = twins("dense")
     x = torch.zeros(2, 3, dtype=torch.long)

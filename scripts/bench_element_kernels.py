@@ -1,0 +1,125 @@
+"""Time the element-wise kernels of the fused HMM E-step against the memory they move.
+
+    python scripts/bench_element_kernels.py --out outputs/element_kernels.jsonl   # a GPU
+    python scripts/bench_element_kernels.py --tiny       # CPU smoke run (Triton interpreter)
+
+For each case (N = 128 columns, bf16 states laid out as the E-step lays them out: product
+outputs contiguous, y and a in slots of segment buffers; vocabulary 27) the Triton
+kernels of :mod:`monarchpc.kernels.hmm` are checked against their PyTorch twins, then
+timed: ``emit`` (right to left), ``post`` (posterior flows and the scaled vector entering
+the transposed product), ``post`` without its output (the flows alone), and a strided copy
+of one state into a slot as the bandwidth reference. Times are medians of CUDA-graph
+replays (as in the E-step's graphs). ``tb_per_s`` counts each state read or written
+once, the emission table read once and the flows read and written once;
+``of_copy`` is that rate over the copy's. JSON lines (also to --out), then a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from bench_monarch_kernels import rel_err, timer  # a sibling script (scripts/ is on the path)
+
+CASES = [("2^18 (64^3)", [64, 64, 64]), ("2^16 (16^4)", [16, 16, 16, 16]),
+         ("2^15 (32^3)", [32, 32, 32]), ("dense 4096", [4096])]
+TINY_CASES = [("2^9 (8^3)", [8, 8, 8])]
+SEGMENT, VOCAB = 16, 27
+
+
+def bench_case(name: str, factors: list[int], n: int, device: torch.device
+               ) -> list[dict[str, Any]]:
+    """One JSON row per kernel of this case (see the module docstring)."""
+    from monarchpc.kernels.hmm import element_ops  # after TRITON_INTERPRET is decided
+
+    g = torch.Generator(device).manual_seed(0)
+    h, dtype = math.prod(factors), torch.bfloat16
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=g, device=device)
+
+    table = rand(h, VOCAB)
+    table /= table.sum(1, keepdim=True)
+    tokens = torch.randint(0, VOCAB, (n,), generator=g, device=device)
+    s = rand(n) + 0.5
+    m = rand(*factors, n).to(dtype)  # a product's output
+    w = rand(*factors, n).to(dtype)
+    y_buf = torch.zeros(*factors, SEGMENT + 1, n, dtype=dtype, device=device)
+    a_buf = torch.zeros(*factors, SEGMENT, n, dtype=dtype, device=device)
+    y, a = y_buf[..., 1, :], a_buf[..., 0, :]
+    flows = torch.zeros(h, VOCAB, device=device)
+
+    ops = {kind: element_ops(kind, device, VOCAB) for kind in ("torch", "triton")}
+    outs = {}
+    for kind, op in ops.items():
+        f = torch.zeros_like(flows)
+        sums = op.emit(m, table, tokens, s, y)
+        op.post(w, y, table, tokens, s, a, f)
+        outs[kind] = [y.clone(), a.clone(), sums, f]
+    err = rel_err(outs["triton"], outs["torch"])  # bf16 states: a rounding step is 2^-8
+
+    state = h * n * dtype.itemsize
+    table_bytes, flow_bytes = h * VOCAB * 4, 2 * h * VOCAB * 4
+    ms = timer(device)
+    runs: list[tuple[str, Callable[[], Any], int]] = [
+        ("copy", lambda: y.copy_(m), 2 * state),
+        ("emit", lambda: ops["triton"].emit(m, table, tokens, s, y), 2 * state + table_bytes),
+        ("post", lambda: ops["triton"].post(w, y, table, tokens, s, a, flows),
+         3 * state + table_bytes + flow_bytes),
+        ("post flows only", lambda: ops["triton"].post(w, y, table, tokens, s, None, flows),
+         2 * state + flow_bytes),
+        ("emit torch", lambda: ops["torch"].emit(m, table, tokens, s, y), 2 * state + table_bytes),
+        ("post torch", lambda: ops["torch"].post(w, y, table, tokens, s, a, flows),
+         3 * state + table_bytes + flow_bytes)]
+    rows = []
+    for kernel, fn, nbytes in runs:
+        t = ms(fn)
+        rows.append({"case": name, "factors": factors, "hidden_size": h, "columns": n,
+                     "kernel": kernel, "device": torch.cuda.get_device_name(device)
+                     if device.type == "cuda" else "cpu", "max_rel_err": err, "ok": err < 2e-2,
+                     "ms": t, "us": t * 1e3, "tb_per_s": nbytes / (t * 1e-3) / 1e12})
+    copy_rate = rows[0]["tb_per_s"]
+    for r in rows:
+        r["of_copy"] = r["tb_per_s"] / copy_rate
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    out = ["| case | kernel | µs a call | TB/s | of the copy's | max rel. error |",
+           "| --- | --- | --- | --- | --- | --- |"]
+    out += [f"| {r['case']} | {r['kernel']} | {r['us']:,.1f} | {r['tb_per_s']:.2f} | "
+            f"{r['of_copy']:.2f} | {r['max_rel_err']:.1e} |" for r in rows]
+    return "\n".join(out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--tiny", action="store_true", help="small CPU-sized case")
+    p.add_argument("--columns", type=int, default=None, help="N (default 128; tiny 16)")
+    p.add_argument("--out", default="", help="JSON lines file to append to")
+    args = p.parse_args()
+    if args.tiny:  # before Triton is first imported
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+    if device.type != "cuda" and not args.tiny:
+        sys.exit("bench_element_kernels: no GPU found; use --tiny for the CPU smoke run")
+    n = args.columns or (16 if args.tiny else 128)
+    rows = []
+    for name, factors in TINY_CASES if args.tiny else CASES:
+        for row in bench_case(name, factors, n, device):
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+            if args.out:
+                with open(args.out, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
