@@ -1,4 +1,4 @@
-"""Test helpers: compose the project's Hydra config as the CLI would."""
+"""Test helpers: compose the project's Hydra config as the CLI would; exact circuits."""
 
 from __future__ import annotations
 
@@ -50,3 +50,12 @@ def eager_capture_graph(x: torch.Tensor, warm_up, record) -> tuple:
     warm_up(static_x)
     log_likelihood = torch.empty(x.shape[0])
     return static_x, EagerGraph(lambda: log_likelihood.copy_(record(static_x))), log_likelihood
+
+
+def renormalized(model: torch.nn.Module) -> torch.nn.Module:
+    """A float64 copy whose parameters sum to one exactly along their last dimension."""
+    model = model.double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p /= p.sum(-1, keepdim=True)
+    return model

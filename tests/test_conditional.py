@@ -19,6 +19,7 @@ from monarchpc.circuits.factory import build_model
 from monarchpc.circuits.hclt import HCLT
 from monarchpc.circuits.sum_blocks import BlockSpec, SumBlocks
 from monarchpc.conditional import MISSING, hclt_sample, hmm_marginals, hmm_sample, transpose_apply
+from tests.helpers import renormalized
 
 HMM_CONFIGS = [{"structure": "hmm", "block": "dense", "hidden_size": 3},
                {"structure": "hmm", "block": "monarch", "hidden_size": 4, "k": 2}]
@@ -55,15 +56,6 @@ def chi2(samples: torch.Tensor, probs: dict[tuple[int, ...], float]) -> tuple[fl
 
 
 # --------------------------------------------------------------------------------- HMM
-
-def renormalized(model: torch.nn.Module) -> torch.nn.Module:
-    """A float64 copy whose parameters sum to one exactly along their last dimension."""
-    model = model.double()
-    with torch.no_grad():
-        for p in model.parameters():
-            p /= p.sum(-1, keepdim=True)
-    return model
-
 
 def tiny_hmm(cfg: dict, seed: int = 0) -> torch.nn.Module:
     return renormalized(build_model({**cfg, "perturbation": 16.0}, V,

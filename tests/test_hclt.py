@@ -19,15 +19,7 @@ from monarchpc.circuits.hclt import HCLT, MISSING
 from monarchpc.circuits.sum_blocks import BlockSpec, SumBlocks, monarch_block
 from monarchpc.errors import ConfigError
 from monarchpc.learning.em import accumulate_flows, em_step
-
-
-def renormalize(model: torch.nn.Module) -> torch.nn.Module:
-    """Float64 copy of a circuit with every parameter renormalized along its last dim."""
-    model = model.double()
-    with torch.no_grad():
-        for p in model.parameters():
-            p /= p.sum(-1, keepdim=True)
-    return model
+from tests.helpers import renormalized
 
 
 def all_assignments(vocab_sizes: list[int]) -> torch.Tensor:
@@ -39,7 +31,7 @@ def hclt(parent, block: str, h: int, vocab_sizes, channels=None, layers=3, seed=
     spec = BlockSpec.from_config({"structure": "hclt", "block": block, "hidden_size": h,
                                   "monarch_layers": layers})
     blocks = SumBlocks(spec, len(parent) - 1, g, perturbation=2.0)
-    return renormalize(HCLT(parent, blocks, vocab_sizes, channels, g))
+    return renormalized(HCLT(parent, blocks, vocab_sizes, channels, g))
 
 
 # ----------------------------------------------------------------------------- Chow-Liu
