@@ -271,12 +271,17 @@ def readme_table(rows: list[dict[str, Any]], tag: str) -> str:
     return "\n".join(out)
 
 
+def keep_gb_arg(value: str) -> float | str:
+    """A ``--keep-gb`` value: GB, or ``auto`` (as ``trainer.keep_gb``)."""
+    return value if value == "auto" else float(value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tiny", action="store_true", help="small CPU-sized cases")
     parser.add_argument("--precision", default="bf16", choices=sorted(DTYPES))
     parser.add_argument("--segment", type=int, default=16)
-    parser.add_argument("--keep-gb", type=lambda v: v if v == "auto" else float(v), default=8.0,
+    parser.add_argument("--keep-gb", type=keep_gb_arg, default=8.0,
                         help="memory for segments kept from the first pass (no recomputation); "
                              "auto: half the free GPU memory (the trainer's default)")
     parser.add_argument("--graphs", default="auto", type=lambda v: {"true": True,

@@ -299,7 +299,7 @@ def main() -> None:
             export(run_dir, args.export / name, seconds, shared)
     if args.keep is not None:
         kept = keep_interrupted(args.out, names, args.keep, args.keep_max_mb)
-        print(f"kept in {args.keep}: {kept}")
+        print(f"kept for --resume-from: {kept}")  # (no path of this machine in the log)
     print("\n| run | status | dev | test | process s |\n| --- | --- | --- | --- | --- |")
     for name, st, dev, test, sec in rows:
         fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731

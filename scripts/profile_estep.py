@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--length", type=int, default=256, help="HMM sequence length")
     parser.add_argument("--vocab", type=int, default=27, help="HMM vocabulary")
     parser.add_argument("--segment", type=int, default=16, help="HMM segment")
-    parser.add_argument("--keep-gb", type=float, default=8.0, help="HMM kept segments (GB)")
+    parser.add_argument("--keep-gb", type=bench.keep_gb_arg, default=8.0,
+                        help="HMM kept segments (GB, or auto)")
     parser.add_argument("--products", default="auto", help="HMM products: auto|torch|triton")
     parser.add_argument("--monarch-layers", type=int, default=3, help="HCLT Monarch layers")
     parser.add_argument("--graphs", default=False, type=lambda v: {"true": True,
