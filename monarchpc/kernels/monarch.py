@@ -79,7 +79,9 @@ def layer_product(w: Tensor, x: Tensor, out: Tensor | None = None,
     """
     e, pre, post, b, _ = w.shape
     n = x.shape[-1]
-    w3 = (w.transpose(-1, -2) if transpose else w).reshape(e * pre * post, b, b).to(x.dtype)
+    w3 = w.reshape(e * pre * post, b, b).to(x.dtype)
+    if transpose:  # a transposed view: cuBLAS reads it as it is (no copy of the weights)
+        w3 = w3.transpose(1, 2)
     target = _block_view(out) if out is not None else None
     if target is not None:
         torch.bmm(w3, _blocks(x), out=target)

@@ -157,16 +157,17 @@ def estep(model: HCLT, x: Tensor, precision: str = "fp32", grads: list[Tensor] |
         for l in reversed(range(k)):
             y = level.apply(l, y, out=(inputs[l - 1] if l > 0 else m)[start:stop])
     tiny = torch.finfo(torch.float32).tiny
+    layer_grads, leaf_grads, root_grad = (grads[:k], grads[k:-1], grads[-1]) if grads is not None \
+        else ([], [], None)
     root = model.root.detach().float()
-    u_root = u[0].float()
-    dot = (root @ u_root).clamp_min(tiny)  # (N,)
+    dot = (root @ u[0].float()).clamp_min(tiny)  # (N,)
     log_likelihood = dot.log() + s[1:].clamp_min(tiny).log().sum(0)
     if grads is None:
         return log_likelihood
+    root_grad.add_((u[0].float() / dot).sum(1))
 
     # Top-down: w of a level's nodes in one buffer; a_c replaces m_c (posterior kernel),
     # a_{l+1} replaces X_l once layer l's gradient is taken; leaf flows replace the tables.
-    layer_grads, leaf_grads, root_grad = grads[:k], grads[k:-1], grads[-1]
     w = torch.empty(max(e - s_ for s_, e in levels), h, n, dtype=dtype, device=dev)
     w[0] = (root[:, None] / dot).to(dtype)
     flows = tables.zero_()
@@ -180,14 +181,15 @@ def estep(model: HCLT, x: Tensor, precision: str = "fp32", grads: list[Tensor] |
             x_l = (inputs[l] if l < k - 1 else u)[start:stop]
             level.accumulate_grad(l, layer_grads[l][start - 1:stop - 1], a, x_l)
             a = level.apply(l, a, transpose=True, out=x_l if l < k - 1 else w[: stop - start])
+    # free the states (and the views of them) before the leaf gradients' temporaries
     del u, m, inputs, w
+    y = a = x_l = None
 
     # Leaves and root: d log p / d theta = flows / theta.
     sizes = [p.numel() for p in model.leaves]
     for param, f, g in zip(model.leaves, flows.split(sizes), leaf_grads, strict=True):
         f = f.view(param.shape[0], param.shape[2], param.shape[1]).transpose(1, 2)
         g.addcdiv_(f, param.detach().float().clamp_min(tiny))
-    root_grad.add_((u_root / dot).sum(1))
     return log_likelihood
 
 
