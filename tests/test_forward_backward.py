@@ -143,10 +143,9 @@ def test_triton_kernels_equal_torch_on_strided_states() -> None:
 
 
 @pytest.mark.skipif(not triton_usable(torch.device("cpu")), reason="triton not installed")
-@pytest.mark.parametrize("row_tiles", [1, 3])
-def test_triton_kernels_cover_ragged_tiles(row_tiles: int) -> None:
+def test_triton_kernels_cover_ragged_tiles() -> None:
     """Row and column counts that fill no tile evenly (h = 104: 3.25 emit tiles of 32 rows,
-    1.6 post tiles of 64; N = 40 columns), several row tiles per emit program."""
+    1.6 post tiles of 64; N = 40 columns: 0.6 of a 64-column tile, 1.25 of 32)."""
     from monarchpc.kernels.hmm import emit_torch, emit_triton, post_torch, post_triton
 
     g = torch.Generator().manual_seed(6)
@@ -156,7 +155,7 @@ def test_triton_kernels_cover_ragged_tiles(row_tiles: int) -> None:
     s = torch.rand(n, generator=g) + 0.5
     m, w = torch.rand(h, n, generator=g), torch.rand(h, n, generator=g)
     y = {name: torch.zeros(h, n) for name in ("torch", "triton")}
-    torch.testing.assert_close(emit_triton(m, table, tokens, s, y["triton"], row_tiles),
+    torch.testing.assert_close(emit_triton(m, table, tokens, s, y["triton"]),
                                emit_torch(m, table, tokens, s, y["torch"]), rtol=1e-5, atol=0)
     torch.testing.assert_close(y["triton"], y["torch"], rtol=1e-6, atol=0)
     outs = {}

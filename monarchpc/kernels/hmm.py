@@ -105,28 +105,24 @@ if triton is not None:
     @triton.jit
     def _emit_kernel(m_ptr, m_r1, m_s0, m_s1, y_ptr, y_r1, y_s0, y_s1, table_ptr, tok_ptr,
                      s_ptr, part_ptr, h, n, vocab,
-                     BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, ROW_TILES: tl.constexpr):
-        # ROW_TILES tiles of BLOCK_H rows per program: their column sums are reduced once
+                     BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr):
+        rows = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
         cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-        cmask = cols < n
+        rmask, cmask = rows < h, cols < n
+        mask = rmask[:, None] & cmask[None, :]
         tok = tl.load(tok_ptr + cols, mask=cmask, other=0)
-        inv = 1.0 / tl.load(s_ptr + cols, mask=cmask, other=1.0)
-        total = tl.zeros((BLOCK_H, BLOCK_N), dtype=tl.float32)
-        for r in range(ROW_TILES):
-            rows = (tl.program_id(0) * ROW_TILES + r) * BLOCK_H + tl.arange(0, BLOCK_H)
-            mask = (rows < h)[:, None] & cmask[None, :]
-            m = tl.load(m_ptr + _offsets(rows, cols, m_r1, m_s0, m_s1), mask=mask, other=0.0)
-            e = _emission(table_ptr, rows, tok, vocab, mask)
-            y = e * m.to(tl.float32) * inv[None, :]
-            tl.store(y_ptr + _offsets(rows, cols, y_r1, y_s0, y_s1),
-                     y.to(y_ptr.dtype.element_ty), mask=mask)
-            total += y
-        tl.store(part_ptr + tl.program_id(0) * n + cols, tl.sum(total, axis=0), mask=cmask)
+        s = tl.load(s_ptr + cols, mask=cmask, other=1.0)
+        m = tl.load(m_ptr + _offsets(rows, cols, m_r1, m_s0, m_s1), mask=mask, other=0.0)
+        e = _emission(table_ptr, rows, tok, vocab, mask)
+        y = e * m.to(tl.float32) / s[None, :]
+        tl.store(y_ptr + _offsets(rows, cols, y_r1, y_s0, y_s1),
+                 y.to(y_ptr.dtype.element_ty), mask=mask)
+        tl.store(part_ptr + tl.program_id(0) * n + cols, tl.sum(y, axis=0), mask=cmask)
 
     @triton.jit
     def _post_kernel(w_ptr, w_r1, w_s0, w_s1, y_ptr, y_r1, y_s0, y_s1,
                      a_ptr, a_r1, a_s0, a_s1, table_ptr, tok_ptr, s_ptr, flow_ptr, h, vocab,
-                     N: tl.constexpr, HAS_OUT: tl.constexpr, VP: tl.constexpr,
+                     N: tl.constexpr, OUT_COLS: tl.constexpr, VP: tl.constexpr,
                      BLOCK_H: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_F: tl.constexpr,
                      INTERPRET: tl.constexpr):
         # One program owns BLOCK_H rows of the flows and walks over all N columns twice:
@@ -135,18 +131,17 @@ if triton is not None:
         # are updated once per step without atomics.
         rows = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
         rmask = rows < h
-        if HAS_OUT:
-            for start in range(0, N, BLOCK_A):
-                cols = start + tl.arange(0, BLOCK_A)
-                cmask = cols < N
-                mask = rmask[:, None] & cmask[None, :]
-                tok = tl.load(tok_ptr + cols, mask=cmask, other=0)
-                inv = 1.0 / tl.load(s_ptr + cols, mask=cmask, other=1.0)
-                w = tl.load(w_ptr + _offsets(rows, cols, w_r1, w_s0, w_s1), mask=mask,
-                            other=0.0).to(tl.float32)
-                e = _emission(table_ptr, rows, tok, vocab, mask)
-                tl.store(a_ptr + _offsets(rows, cols, a_r1, a_s0, a_s1),
-                         (w * e * inv[None, :]).to(a_ptr.dtype.element_ty), mask=mask)
+        for start in range(0, OUT_COLS, BLOCK_A):  # OUT_COLS: N, or 0 without ``out``
+            cols = start + tl.arange(0, BLOCK_A)
+            cmask = cols < N
+            mask = rmask[:, None] & cmask[None, :]
+            tok = tl.load(tok_ptr + cols, mask=cmask, other=0)
+            w = tl.load(w_ptr + _offsets(rows, cols, w_r1, w_s0, w_s1), mask=mask,
+                        other=0.0).to(tl.float32)
+            s = tl.load(s_ptr + cols, mask=cmask, other=1.0)
+            e = _emission(table_ptr, rows, tok, vocab, mask)
+            tl.store(a_ptr + _offsets(rows, cols, a_r1, a_s0, a_s1),
+                     (w * e / s[None, :]).to(a_ptr.dtype.element_ty), mask=mask)
         words = tl.arange(0, VP)
         flows = tl.zeros((BLOCK_H, VP), dtype=tl.float32)
         for start in range(0, N, BLOCK_F):
@@ -185,22 +180,15 @@ def _blocks(n: int) -> tuple[int, int]:
     return 64 if block_n <= 64 else 32, block_n
 
 
-def emit_triton(m: Tensor, table: Tensor, tokens: Tensor, s: Tensor, out: Tensor,
-                row_tiles: int | None = None) -> Tensor:
-    """:func:`emit_torch` as one Triton kernel plus a sum over its partial column sums.
-
-    Each program takes ``row_tiles`` tiles of 32 rows (default: as many as keep 1024
-    programs or more)."""
+def emit_triton(m: Tensor, table: Tensor, tokens: Tensor, s: Tensor, out: Tensor) -> Tensor:
+    """:func:`emit_torch` as one Triton kernel plus a sum over (h / 64, N) partial sums."""
     h, n = table.shape[0], m.shape[-1]
     block_h, block_n = _blocks(n)
-    row_blocks = triton.cdiv(h, block_h)
-    if row_tiles is None:
-        row_tiles = max(1, min(8, row_blocks // 1024))
-    grid = (triton.cdiv(row_blocks, row_tiles), triton.cdiv(n, block_n))
+    grid = (triton.cdiv(h, block_h), triton.cdiv(n, block_n))
     partial = torch.empty(grid[0], n, dtype=torch.float32, device=m.device)
     mv, yv = _view_args(m), _view_args(out)
     _emit_kernel[grid](*mv, *yv, table, tokens, s, partial, h, n, table.shape[1],
-                       BLOCK_H=block_h, BLOCK_N=block_n, ROW_TILES=row_tiles)
+                       BLOCK_H=block_h, BLOCK_N=block_n)
     return partial.sum(0)
 
 
@@ -208,15 +196,15 @@ def post_triton(w: Tensor, y: Tensor, table: Tensor, tokens: Tensor, s: Tensor,
                 out: Tensor | None, flows: Tensor) -> None:
     """:func:`post_torch` as one Triton kernel (vocabulary <= MAX_TRITON_VOCAB). Tiles of
     64 rows, 64 columns for ``out`` and 32 for the flows: the fastest of those measured
-    on an H200 (bf16, N = 128, h = 2^15 to 2^18: 131 against 222 microseconds at 2^18 for
-    64 rows x 128 columns in one pass)."""
+    on an H200 (bf16, N = 128, h = 2^15 to 2^18: 130 against 222 microseconds at 2^18 for
+    one pass over tiles of 32 rows x 128 columns)."""
     h, vocab = table.shape
     n = w.shape[-1]
     wv, yv = _view_args(w), _view_args(y)
     av = _view_args(out) if out is not None else (w, 1, 0, 0)
     width = max(16, triton.next_power_of_2(n))
     _post_kernel[(triton.cdiv(h, 64),)](
-        *wv, *yv, *av, table, tokens, s, flows, h, vocab, N=n, HAS_OUT=out is not None,
+        *wv, *yv, *av, table, tokens, s, flows, h, vocab, N=n, OUT_COLS=0 if out is None else n,
         VP=max(16, triton.next_power_of_2(vocab)), BLOCK_H=64, BLOCK_A=min(64, width),
         BLOCK_F=min(32, width), INTERPRET=interpreting())
 
