@@ -208,15 +208,15 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         ratio = f"{ours / peer:.2f}" if ours and peer and r["peer"] != "pyjuice" else "-"
         out.append(f"| {r['block']} | {r['hidden_size']} | {r['batch']} | {r['peer']} | "
                    f"{r['engine']} | {r['precision']} | {cells} | {ratio} |")
-    out += ["", "| h | batch | precision | Monarch / dense samples/s | half the madds ratio |",
-            "| --- | --- | --- | --- | --- |"]
+    out += ["", "| h | batch | engine | precision | Monarch / dense samples/s | "
+            "half the madds ratio |", "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         if r["block"] != "monarch" or "samples_per_s" not in r or r["engine"] == "autograd":
             continue
         dense = [d for d in rows if key(d, block="monarch") == key(r) and d["block"] == "dense"
                  and "samples_per_s" in d]
         if dense:
-            out.append(f"| {r['hidden_size']} | {r['batch']} | {r['precision']} | "
+            out.append(f"| {r['hidden_size']} | {r['batch']} | {r['engine']} | {r['precision']} | "
                        f"{r['samples_per_s'] / dense[0]['samples_per_s']:.1f} | "
                        f"{dense[0]['madds_per_sample'] / r['madds_per_sample'] / 2:.1f} |")
     return "\n".join(out)

@@ -193,19 +193,23 @@ def emit_triton(m: Tensor, table: Tensor, tokens: Tensor, s: Tensor, out: Tensor
 
 
 def post_triton(w: Tensor, y: Tensor, table: Tensor, tokens: Tensor, s: Tensor,
-                out: Tensor | None, flows: Tensor) -> None:
-    """:func:`post_torch` as one Triton kernel (vocabulary <= MAX_TRITON_VOCAB). Tiles of
-    64 rows, 64 columns for ``out`` and 32 for the flows: the fastest of those measured
-    on an H200 (bf16, N = 128, h = 2^15 to 2^18: 130 against 222 microseconds at 2^18 for
-    one pass over tiles of 32 rows x 128 columns)."""
+                out: Tensor | None, flows: Tensor, block_h: int | None = None) -> None:
+    """:func:`post_torch` as one Triton kernel (vocabulary <= MAX_TRITON_VOCAB).
+
+    Programs of ``block_h`` rows (default: 64, fewer below h = 2^14 so that about 256
+    programs share the GPU), 64 columns at a time for ``out`` and 32 for the flows: the
+    fastest of the tiles measured on an H200 (bf16, N = 128, h = 2^15 to 2^18: 130 against
+    222 microseconds at 2^18 for one pass over tiles of 32 rows x 128 columns)."""
     h, vocab = table.shape
     n = w.shape[-1]
+    if block_h is None:
+        block_h = max(16, min(64, triton.next_power_of_2(h) // 256))
     wv, yv = _view_args(w), _view_args(y)
     av = _view_args(out) if out is not None else (w, 1, 0, 0)
     width = max(16, triton.next_power_of_2(n))
-    _post_kernel[(triton.cdiv(h, 64),)](
+    _post_kernel[(triton.cdiv(h, block_h),)](
         *wv, *yv, *av, table, tokens, s, flows, h, vocab, N=n, OUT_COLS=0 if out is None else n,
-        VP=max(16, triton.next_power_of_2(vocab)), BLOCK_H=64, BLOCK_A=min(64, width),
+        VP=max(16, triton.next_power_of_2(vocab)), BLOCK_H=block_h, BLOCK_A=min(64, width),
         BLOCK_F=min(32, width), INTERPRET=interpreting())
 
 
