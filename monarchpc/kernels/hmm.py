@@ -125,10 +125,10 @@ if triton is not None:
                      N: tl.constexpr, OUT_COLS: tl.constexpr, VP: tl.constexpr,
                      BLOCK_H: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_F: tl.constexpr,
                      INTERPRET: tl.constexpr):
-        # One program owns BLOCK_H rows of the flows and walks over all N columns twice:
-        # ``out`` in wide column tiles, then the flows in narrow ones (their one-hot
-        # product is cheapest there; the second reads of w hit the cache), so the flows
-        # are updated once per step without atomics.
+        # One program owns BLOCK_H rows of the flows and walks over all N columns twice
+        # (reading w twice): ``out`` in wide column tiles, then the flows in narrow ones,
+        # where their one-hot product is cheapest; the flows are updated once per step
+        # without atomics.
         rows = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
         rmask = rows < h
         for start in range(0, OUT_COLS, BLOCK_A):  # OUT_COLS: N, or 0 without ``out``
