@@ -143,9 +143,11 @@ def test_triton_kernels_equal_torch_on_strided_states() -> None:
 
 
 @pytest.mark.skipif(not triton_usable(torch.device("cpu")), reason="triton not installed")
-def test_triton_kernels_cover_ragged_tiles() -> None:
+@pytest.mark.parametrize("post_rows", [None, 64])
+def test_triton_kernels_cover_ragged_tiles(post_rows: int | None) -> None:
     """Row and column counts that fill no tile evenly (h = 104: 3.25 emit tiles of 32 rows,
-    1.6 post tiles of 64; N = 40 columns: 0.6 of a 64-column tile, 1.25 of 32)."""
+    6.5 post tiles of 16 (the default at this h) or 1.6 of 64; N = 40 columns: 0.6 of a
+    64-column tile, 1.25 of 32)."""
     from monarchpc.kernels.hmm import emit_torch, emit_triton, post_torch, post_triton
 
     g = torch.Generator().manual_seed(6)
@@ -159,7 +161,8 @@ def test_triton_kernels_cover_ragged_tiles() -> None:
                                emit_torch(m, table, tokens, s, y["torch"]), rtol=1e-5, atol=0)
     torch.testing.assert_close(y["triton"], y["torch"], rtol=1e-6, atol=0)
     outs = {}
-    for name, post in [("torch", post_torch), ("triton", post_triton)]:
+    for name, post in [("torch", post_torch),
+                       ("triton", lambda *args: post_triton(*args, block_h=post_rows))]:
         a, flows = torch.zeros(h, n), torch.zeros(h, vocab)
         post(w, y["torch"], table, tokens, s, a, flows)
         outs[name] = (a, flows)

@@ -157,14 +157,13 @@ def estep(model: HCLT, x: Tensor, precision: str = "fp32", grads: list[Tensor] |
         for l in reversed(range(k)):
             y = level.apply(l, y, out=(inputs[l - 1] if l > 0 else m)[start:stop])
     tiny = torch.finfo(torch.float32).tiny
-    layer_grads, leaf_grads, root_grad = (grads[:k], grads[k:-1], grads[-1]) if grads is not None \
-        else ([], [], None)
     root = model.root.detach().float()
     dot = (root @ u[0].float()).clamp_min(tiny)  # (N,)
     log_likelihood = dot.log() + s[1:].clamp_min(tiny).log().sum(0)
     if grads is None:
         return log_likelihood
-    root_grad.add_((u[0].float() / dot).sum(1))
+    layer_grads, leaf_grads, root_grad = grads[:k], grads[k:-1], grads[-1]
+    root_grad.add_((u[0].float() / dot).sum(1))  # d log p / d root (u[0] is freed below)
 
     # Top-down: w of a level's nodes in one buffer; a_c replaces m_c (posterior kernel),
     # a_{l+1} replaces X_l once layer l's gradient is taken; leaf flows replace the tables.
