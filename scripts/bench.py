@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import math
 import sys
 import time
 from typing import Any
 
 import torch
+from bench_records import JsonLines  # a sibling script (scripts/ is on the path)
 
 from monarchpc.circuits import dense_block, monarch_block
 from monarchpc.circuits.hmm import HMM
@@ -317,14 +317,7 @@ def main() -> None:
     if args.out is None and device.type == "cuda":
         args.out = str(REPO_ROOT / "docs" / "results" / "device" /
                        f"bench_{gpu_tag(device)}_{args.precision}.jsonl")
-    sink = open(args.out, "w") if args.out else None  # noqa: SIM115
-
-    def emit(row: dict[str, Any]) -> None:
-        line = json.dumps(row)
-        print(line, flush=True)
-        if sink:
-            sink.write(line + "\n")
-            sink.flush()
+    emit = JsonLines(args.out)
 
     if not args.no_check:
         for name, factors in (CHECK_CASES[:1] if args.tiny else CHECK_CASES):
@@ -341,8 +334,7 @@ def main() -> None:
     print(markdown(rows))
     print(readme_table([r for r in rows if r["products_setting"] == args.products[0]],
                        gpu_tag(device)))
-    if sink:
-        sink.close()
+    emit.close()
     sys.exit(0)
 
 

@@ -17,7 +17,6 @@ once, the emission table read once and the flows read and written once;
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -25,7 +24,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from bench_monarch_kernels import rel_err, timer  # a sibling script (scripts/ is on the path)
+from bench_monarch_kernels import rel_err, timer  # sibling scripts (scripts/ is on the path)
+from bench_records import JsonLines
 
 CASES = [("2^18 (64^3)", [64, 64, 64]), ("2^16 (16^4)", [16, 16, 16, 16]),
          ("2^15 (32^3)", [32, 32, 32]), ("dense 4096", [4096])]
@@ -111,13 +111,12 @@ def main() -> None:
         sys.exit("bench_element_kernels: no GPU found; use --tiny for the CPU smoke run")
     n = args.columns or (16 if args.tiny else 128)
     rows = []
+    record = JsonLines(args.out, mode="a")
     for name, factors in TINY_CASES if args.tiny else CASES:
         for row in bench_case(name, factors, n, device):
-            print(json.dumps(row), flush=True)
+            record(row)
             rows.append(row)
-            if args.out:
-                with open(args.out, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+    record.close()
     print(markdown(rows))
 
 

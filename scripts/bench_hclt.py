@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import re
 import time
 from typing import Any
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from bench import device_name, peak_gb, reset_memory, timed
+from bench_records import JsonLines
 
 from monarchpc.circuits.chow_liu import chow_liu_tree
 from monarchpc.circuits.hclt import HCLT, MISSING
@@ -253,15 +253,11 @@ def main() -> None:
         model_name = re.search(r"\b[A-Z]+\d{2,}\b", name)  # "NVIDIA H200" -> h200
         slug = (model_name.group(0) if model_name else name.split()[-1]).lower()
         args.out = str(REPO_ROOT / "docs" / "results" / "device" / f"bench_hclt_{slug}.jsonl")
-    sink = open(args.out, "w") if args.out else None  # noqa: SIM115
+    record = JsonLines(args.out)
     rows: list[dict[str, Any]] = []
 
     def emit(row: dict[str, Any], keep: bool = True) -> None:
-        line = json.dumps(row)
-        print(line, flush=True)
-        if sink:
-            sink.write(line + "\n")
-            sink.flush()
+        record(row)
         if keep:
             rows.append(row)
 
@@ -341,8 +337,7 @@ def main() -> None:
         gc.collect()
     print(f"total {time.perf_counter() - begin:.0f} s\n", flush=True)
     print(markdown(rows))
-    if sink:
-        sink.close()
+    record.close()
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -27,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from bench_records import JsonLines  # a sibling script (scripts/ is on the path)
 
 CASES = [("monarch3 2^18", [64, 64, 64]), ("monarch3 2^15", [32, 32, 32]),
          ("monarch4 2^16", [16, 16, 16, 16]), ("monarch2 2^18", [512, 512]),
@@ -246,14 +246,7 @@ def main() -> None:
         cases = [cases[int(i)] for i in args.cases.split(",")]
     deadline = time.time() + args.budget_s
     ms = timer(device)
-    sink = open(args.out, "w") if args.out else None  # noqa: SIM115
-
-    def emit(row: dict[str, Any]) -> None:
-        line = json.dumps(row)
-        print(line, flush=True)
-        if sink:
-            sink.write(line + "\n")
-            sink.flush()
+    emit = JsonLines(args.out)
 
     if device.type == "cuda":
         emit({"copy_tb_per_s": copy_tb_per_s(device, ms)})
@@ -269,8 +262,7 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.empty_cache()
     print(markdown(rows))
-    if sink:
-        sink.close()
+    emit.close()
 
 
 if __name__ == "__main__":
