@@ -175,15 +175,17 @@ def _view_args(state: Tensor) -> tuple[Tensor, int, int, int]:
     return v, v.shape[1], v.stride(0), v.stride(1)
 
 
-def _blocks(n: int) -> tuple[int, int]:
+def _emit_tiles(n: int) -> tuple[int, int]:
+    """(rows, columns) of an ``emit`` program for N columns."""
     block_n = min(128, max(16, triton.next_power_of_2(n)))
     return 64 if block_n <= 64 else 32, block_n
 
 
 def emit_triton(m: Tensor, table: Tensor, tokens: Tensor, s: Tensor, out: Tensor) -> Tensor:
-    """:func:`emit_torch` as one Triton kernel plus a sum over (h / 64, N) partial sums."""
+    """:func:`emit_torch` as one Triton kernel plus a sum over its (h / 32, N) partial sums
+    (h / 64 for N <= 64)."""
     h, n = table.shape[0], m.shape[-1]
-    block_h, block_n = _blocks(n)
+    block_h, block_n = _emit_tiles(n)
     grid = (triton.cdiv(h, block_h), triton.cdiv(n, block_n))
     partial = torch.empty(grid[0], n, dtype=torch.float32, device=m.device)
     mv, yv = _view_args(m), _view_args(out)
