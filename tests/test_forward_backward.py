@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -83,6 +84,21 @@ def test_kept_segments_and_triton_kernels_equal_autograd(kind: str, kernels: str
     x[1, 3] = 4
     ll_ref = accumulate_flows(ref, x)
     ll = hmm_estep(fast, x, segment=4, precision="fp32", kernels=kernels,
+                   keep_gb=keep_gb(fast, 4, 7, kept))
+    assert_matches(fast, ref, ll, ll_ref)
+
+
+@NEEDS_TRITON
+@pytest.mark.parametrize("kind", ["dense", "monarch3", "monarch4-unequal"])
+@pytest.mark.parametrize("kept", [0, 4])
+def test_emission_fused_into_the_last_product_equals_autograd(kind: str, kept: int) -> None:
+    """Triton products and element kernels: the last layer's product and the emission step
+    run as one kernel (emit_product) in both passes."""
+    ref, fast = twins(kind)
+    x = torch.randint(0, 5, (7, 15), generator=torch.Generator().manual_seed(7))
+    x[1, 3] = 4
+    ll_ref = accumulate_flows(ref, x)
+    ll = hmm_estep(fast, x, segment=4, precision="fp32", kernels="triton", products="triton",
                    keep_gb=keep_gb(fast, 4, 7, kept))
     assert_matches(fast, ref, ll, ll_ref)
 
@@ -169,6 +185,44 @@ def test_triton_kernels_cover_ragged_tiles(post_rows: int | None) -> None:
     for got, want in zip(outs["triton"], outs["torch"], strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
     assert bool((outs["torch"][1] > 0).any(1).all())  # every row got flows
+
+
+@NEEDS_TRITON
+@pytest.mark.parametrize("factors,n", [([5, 3, 2], 40), ([16, 4], 130)])
+def test_emit_product_equals_product_then_emit(factors: list[int], n: int) -> None:
+    """The fused kernel (last layer's product, then emit) against the PyTorch product and
+    emit, reading and writing slots of segment buffers: unequal factors, blocks and
+    columns that fill no tile evenly; the emission gather is exact in fp32."""
+    from monarchpc.kernels.hmm import emit_product_triton, emit_torch
+    from monarchpc.kernels.monarch import layer_product
+
+    g = torch.Generator().manual_seed(8)
+    h, vocab, b = math.prod(factors), 9, factors[0]
+    table = torch.rand(h, vocab, generator=g)
+    tokens = torch.randint(0, vocab, (n,), generator=g)
+    s = torch.rand(n, generator=g) + 0.5
+    w = torch.rand(1, 1, h // b, b, b, generator=g)
+    x = torch.rand(*factors, 2, n, generator=g)[..., 1, :]  # a slot of a segment buffer
+    want_y = torch.zeros(*factors, n)
+    m = layer_product(w, x.reshape(1, 1, b, h // b, n)).reshape(*factors, n)
+    want_sums = emit_torch(m, table, tokens, s, want_y)
+    buf = torch.zeros(*factors, 3, n)  # the kernel writes slot 1
+    got_sums = emit_product_triton(w, x.reshape(1, 1, b, h // b, n), table, tokens, s,
+                                   buf[..., 1, :].view(1, 1, b, h // b, n))
+    torch.testing.assert_close(buf[..., 1, :], want_y, rtol=1e-5, atol=0)
+    torch.testing.assert_close(got_sums, want_sums, rtol=1e-5, atol=0)
+    assert buf[..., 0, :].abs().max() == 0 and buf[..., 2, :].abs().max() == 0
+
+
+@NEEDS_TRITON
+@pytest.mark.parametrize("rows", [1, 3, 70, 300])
+def test_column_sums_equal_torch(rows: int) -> None:
+    """Two-level sums (5 rows a program: 1 to 3 rounds) over columns filling no tile evenly."""
+    from monarchpc.kernels.hmm import column_sums
+
+    partial = torch.rand(rows, 45, generator=torch.Generator().manual_seed(rows))
+    torch.testing.assert_close(column_sums(partial, rows_per_program=5), partial.sum(0),
+                               rtol=1e-6, atol=0)
 
 
 def test_fused_estep_accumulates_over_micro_batches_and_evaluates() -> None:

@@ -179,6 +179,25 @@ if triton is not None:
         return tl.dot(a, b, acc, input_precision=PRECISION)
 
     @triton.jit
+    def _block_product(w_ptr, x_ptr, r, e, p, q, qmask, i, cols, b, n, swi, swj,
+                       sxe, sxp, sxb, sxq, BQ: tl.constexpr, BI: tl.constexpr,
+                       BJ: tl.constexpr, BN: tl.constexpr, PRECISION: tl.constexpr,
+                       INTERPRET: tl.constexpr):
+        """(BQ, BI, BN) fp32: rows ``i`` of W (or W^T: strides swi, swj) @ x, columns ``cols``,
+        for the blocks (r, e, p, q) of :func:`_block_ids`."""
+        w_rows = w_ptr + (r.to(tl.int64) * b * b)[:, None, None] + i[None, :, None] * swi
+        x_mask = qmask[:, None, None] & (cols < n)[None, None, :]
+        acc = tl.zeros((BQ, BI, BN), dtype=tl.float32)
+        for j0 in range(0, b, BJ):
+            j = j0 + tl.arange(0, BJ)
+            w = tl.load(w_rows + j[None, None, :] * swj, other=0.0,
+                        mask=qmask[:, None, None] & (i < b)[None, :, None] & (j < b)[None, None, :])
+            x = tl.load(_block_tile(x_ptr, e, p, q, j, cols, sxe, sxp, sxb, sxq),
+                        mask=x_mask & (j < b)[None, :, None], other=0.0)
+            acc = _dot(w, x, acc, PRECISION, INTERPRET)
+        return acc
+
+    @triton.jit
     def _layer_kernel(w_ptr, x_ptr, y_ptr, pre, post, blocks, b, n, swi, swj,
                       sxe, sxp, sxb, sxq, sye, syp, syb, syq,
                       BQ: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr, BN: tl.constexpr,
@@ -186,18 +205,11 @@ if triton is not None:
         r, e, p, q, qmask = _block_ids(tl.program_id(0), pre, post, blocks, BQ)
         i = tl.program_id(1) * BI + tl.arange(0, BI)
         cols = tl.program_id(2) * BN + tl.arange(0, BN)
-        w_rows = w_ptr + (r.to(tl.int64) * b * b)[:, None, None] + i[None, :, None] * swi
-        xy_mask = qmask[:, None, None] & (cols < n)[None, None, :]
-        acc = tl.zeros((BQ, BI, BN), dtype=tl.float32)
-        for j0 in range(0, b, BJ):
-            j = j0 + tl.arange(0, BJ)
-            w = tl.load(w_rows + j[None, None, :] * swj, other=0.0,
-                        mask=qmask[:, None, None] & (i < b)[None, :, None] & (j < b)[None, None, :])
-            x = tl.load(_block_tile(x_ptr, e, p, q, j, cols, sxe, sxp, sxb, sxq),
-                        mask=xy_mask & (j < b)[None, :, None], other=0.0)
-            acc = _dot(w, x, acc, PRECISION, INTERPRET)
+        acc = _block_product(w_ptr, x_ptr, r, e, p, q, qmask, i, cols, b, n, swi, swj,
+                             sxe, sxp, sxb, sxq, BQ, BI, BJ, BN, PRECISION, INTERPRET)
+        y_mask = qmask[:, None, None] & (i < b)[None, :, None] & (cols < n)[None, None, :]
         tl.store(_block_tile(y_ptr, e, p, q, i, cols, sye, syp, syb, syq),
-                 acc.to(y_ptr.dtype.element_ty), mask=xy_mask & (i < b)[None, :, None])
+                 acc.to(y_ptr.dtype.element_ty), mask=y_mask)
 
     @triton.jit
     def _grad_kernel(g_ptr, a_ptr, x_ptr, pre, post, blocks, b, ncols,

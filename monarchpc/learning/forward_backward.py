@@ -20,7 +20,8 @@ The first pass keeps every c-th y_t; the second recomputes a segment's X_d(t) fr
 except for the leading segments that fit in ``keep_gb``, whose X_d(t) the first pass
 wrote into their buffers already. Products write straight into their slots of a segment
 buffer (b_0, ..., b_{k-1}, c, N), and the element-wise work of a step is one kernel
-(:mod:`monarchpc.kernels.hmm`: Triton on a GPU, PyTorch otherwise).
+(:mod:`monarchpc.kernels.hmm`: Triton on a GPU, PyTorch otherwise); with Triton layer
+products the emission step runs in the last layer's product kernel.
 
 Hidden states are kept hidden-major, (b_0, ..., b_{k-1}, N), so every Monarch layer is one
 batched matrix product over strided views (circuits/sum_blocks.py ``HiddenMajor``, with
@@ -130,6 +131,7 @@ def estep(hmm: HMM, x: Tensor, grads: list[Tensor] | None, segment: int = 16,
     table = hmm.emission.detach().float().contiguous()  # (h, V)
     initial = hmm.initial.detach().float()
     ops = element_ops(kernels, dev, table.shape[1])
+    fuse_emit = ops.emit_product is not None and layers.ops.name == "triton"
     xt = x.t().contiguous()  # (T, N)
     c = max(1, min(int(segment), length))
 
@@ -157,9 +159,12 @@ def estep(hmm: HMM, x: Tensor, grads: list[Tensor] | None, segment: int = 16,
         """y_t (into ``y_out``) from y_{t+1}; returns s_t. With ``xs``, every layer's input
         goes into its slot t - start (y_{t+1} is there already)."""
         m = y_next
-        for d in reversed(range(k)):
+        for d in reversed(range(1 if fuse_emit else 0, k)):
             slot = xs[d - 1][..., t - start, :] if xs is not None and d > 0 else None
             m = layers.apply(d, m, out=slot)
+        if fuse_emit:  # the last layer's product and the emission step in one kernel
+            x0 = layers.view(m, 0)
+            return ops.emit_product(layers.w[0], x0, table, xt[t], s_next, y_out.view(x0.shape))
         return ops.emit(m, table, xt[t], s_next, y_out)
 
     # Pass 1: right to left; y_u of a kept segment lands in its slots, and y_stop of every
