@@ -8,7 +8,9 @@ outputs contiguous, y and a in slots of segment buffers; vocabulary 27) the Trit
 kernels of :mod:`monarchpc.kernels.hmm` are checked against their PyTorch twins, then
 timed: ``emit`` (right to left), ``post`` (posterior flows and the scaled vector entering
 the transposed product), ``post`` without its output (the flows alone), and a strided copy
-of one state into a slot as the bandwidth reference. Times are medians of CUDA-graph
+of one state into a slot as the bandwidth reference. Monarch cases also time the last
+layer's Triton product alone, that product followed by ``emit``, and ``emit_product``
+(the two fused, as the E-step runs them with Triton products). Times are medians of CUDA-graph
 replays (as in the E-step's graphs). ``tb_per_s`` counts each state read or written
 once, the emission table read once and the flows read and written once;
 ``of_copy`` is that rate over the copy's. JSON lines (also to --out), then a Markdown table.
@@ -37,6 +39,7 @@ def bench_case(name: str, factors: list[int], n: int, device: torch.device
                ) -> list[dict[str, Any]]:
     """One JSON row per kernel of this case (see the module docstring)."""
     from monarchpc.kernels.hmm import element_ops  # after TRITON_INTERPRET is decided
+    from monarchpc.kernels.monarch import layer_product, layer_product_triton
 
     g = torch.Generator(device).manual_seed(0)
     h, dtype = math.prod(factors), torch.bfloat16
@@ -64,8 +67,21 @@ def bench_case(name: str, factors: list[int], n: int, device: torch.device
         outs[kind] = [y.clone(), a.clone(), sums, f]
     err = rel_err(outs["triton"], outs["torch"])  # bf16 states: a rounding step is 2^-8
 
+    # the last layer (mixing axis 0) of a Monarch product, as (1, 1, b_0, h / b_0, N) views
+    b = factors[0]
+    w0 = rand(1, 1, h // b, b, b).to(dtype)
+    x0, m0, y0 = (t.view(1, 1, b, h // b, n) for t in (w, m, y))
+    fused = ops["triton"].emit_product
+    if len(factors) > 1:  # the fused kernel against the PyTorch product, then emit
+        fused_sums = fused(w0, x0, table, tokens, s, y0)
+        fused_y = y.clone()
+        want_sums = ops["torch"].emit(layer_product(w0, x0).reshape(m.shape), table, tokens,
+                                      s, y)
+        err = max(err, rel_err([fused_y, fused_sums], [y, want_sums]))
+
     state = h * n * dtype.itemsize
     table_bytes, flow_bytes = h * VOCAB * 4, 2 * h * VOCAB * 4
+    weight_bytes = w0.numel() * dtype.itemsize
     ms = timer(device)
     runs: list[tuple[str, Callable[[], Any], int]] = [
         ("copy", lambda: y.copy_(m), 2 * state),
@@ -77,6 +93,14 @@ def bench_case(name: str, factors: list[int], n: int, device: torch.device
         ("emit torch", lambda: ops["torch"].emit(m, table, tokens, s, y), 2 * state + table_bytes),
         ("post torch", lambda: ops["torch"].post(w, y, table, tokens, s, a, flows),
          3 * state + table_bytes + flow_bytes)]
+    if len(factors) > 1:
+        def product_then_emit() -> torch.Tensor:
+            layer_product_triton(w0, x0, m0)
+            return ops["triton"].emit(m, table, tokens, s, y)
+        runs += [("product", lambda: layer_product_triton(w0, x0, m0), 2 * state + weight_bytes),
+                 ("product, emit", product_then_emit, 4 * state + weight_bytes + table_bytes),
+                 ("emit_product", lambda: fused(w0, x0, table, tokens, s, y0),
+                  2 * state + weight_bytes + table_bytes)]
     rows = []
     for kernel, fn, nbytes in runs:
         t = ms(fn)

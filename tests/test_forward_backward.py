@@ -294,7 +294,8 @@ def test_element_kernel_benchmark_checks_and_times_on_the_cpu() -> None:
     assert result.returncode == 0, result.stderr
     rows = [json.loads(ln) for ln in result.stdout.splitlines() if ln.startswith("{")]
     assert [r["kernel"] for r in rows] == ["copy", "emit", "post", "post flows only",
-                                           "emit torch", "post torch"]
+                                           "emit torch", "post torch", "product",
+                                           "product, emit", "emit_product"]
     assert all(r["ok"] and r["us"] > 0 and r["tb_per_s"] > 0 for r in rows)
     assert rows[0]["of_copy"] == 1.0 and "| case | kernel |" in result.stdout
 
