@@ -212,6 +212,9 @@ def test_emit_product_equals_product_then_emit(factors: list[int], n: int) -> No
     torch.testing.assert_close(buf[..., 1, :], want_y, rtol=1e-5, atol=0)
     torch.testing.assert_close(got_sums, want_sums, rtol=1e-5, atol=0)
     assert buf[..., 0, :].abs().max() == 0 and buf[..., 2, :].abs().max() == 0
+    with pytest.raises(ValueError, match="one block"):  # stacked blocks (an HCLT level)
+        emit_product_triton(w.expand(2, -1, -1, -1, -1), x.reshape(1, 1, b, h // b, n),
+                            table, tokens, s, buf[..., 1, :].view(1, 1, b, h // b, n))
 
 
 @NEEDS_TRITON

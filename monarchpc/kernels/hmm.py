@@ -175,7 +175,6 @@ if triton is not None:
         fptr = flow_ptr + rows.to(tl.int64)[:, None] * vocab + words[None, :]
         tl.store(fptr, tl.load(fptr, mask=fmask, other=0.0) + flows, mask=fmask)
 
-
     @triton.jit
     def _emission_dot(table_ptr, rows, rmask, tok, cmask, vocab, VP: tl.constexpr,
                       TERMS: tl.constexpr, INTERPRET: tl.constexpr):
@@ -209,9 +208,8 @@ if triton is not None:
     def _emit_product_kernel(w_ptr, x_ptr, y_ptr, table_ptr, tok_ptr, s_ptr, part_ptr,
                              pre, post, blocks, b, n, vocab, sxp, sxb, sxq, syp, syb, syq,
                              VP: tl.constexpr, TERMS: tl.constexpr, BQ: tl.constexpr,
-                             BI: tl.constexpr,
-                             BJ: tl.constexpr, BN: tl.constexpr, PRECISION: tl.constexpr,
-                             INTERPRET: tl.constexpr):
+                             BI: tl.constexpr, BJ: tl.constexpr, BN: tl.constexpr,
+                             PRECISION: tl.constexpr, INTERPRET: tl.constexpr):
         # the layer product's tile (one block, E = 1), then emit on it: hidden index
         # (p * b + i) * post + q
         r, e, p, q, qmask = monarch._block_ids(tl.program_id(0), pre, post, blocks, BQ)
@@ -290,14 +288,17 @@ def emit_product_triton(w: Tensor, x: Tensor, table: Tensor, tokens: Tensor, s: 
     """``emit`` fused with the product of the last Monarch layer (the one mixing axis 0):
     out = B[:, tokens] * (W @ x) / s per block (see :mod:`monarchpc.kernels.monarch`);
     returns out's column sums (N,) fp32. The emission gather is exact for fp32 states and
-    within 2^-16 (relative) for 16-bit ones. Measured on an H200 (bf16, N = 128, slots of
-    a segment buffer): 107 microseconds at 2^18 (64^3) against 140 for the product then
-    ``emit``, 31 against 44 at 16^4, 19 against 28 at 32^3.
+    within 2^-16 (relative) for 16-bit ones. Measured on an H200 (bf16, N = 128, output in
+    a segment slot; ``scripts/bench_element_kernels.py``): 100 microseconds at 2^18 (64^3)
+    against 128 for the product then ``emit``, 27 against 38 at 16^4, 21 against 23 at 32^3.
 
-    w: (1, pre, post, b, b); x, out: (1, pre, b, post, N) views of states (any strides, unit
-    column stride); table: B (h, V) fp32 with V <= MAX_TRITON_VOCAB; tokens (N,); s (N,).
+    w: (1, pre, post, b, b) (one block: an HMM's transition); x, out: (1, pre, b, post, N)
+    views of states (any strides, unit column stride); table: B (h, V) fp32 with
+    V <= MAX_TRITON_VOCAB; tokens (N,); s (N,).
     """
-    _, pre, post, b, _ = w.shape
+    e, pre, post, b, _ = w.shape
+    if e != 1:
+        raise ValueError(f"emit_product takes one block (an HMM's transition), got {e}")
     n = x.shape[-1]
     blocks = pre * post
     t = monarch.default_tiles(b, blocks, n)
