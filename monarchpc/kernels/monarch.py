@@ -166,6 +166,15 @@ if triton is not None:
         return r, ep // pre, ep % pre, r % post, r < blocks
 
     @triton.jit
+    def _program_tile(pre, post, blocks, BQ: tl.constexpr, BI: tl.constexpr,
+                      BC: tl.constexpr):
+        """This program's BQ blocks (r, e, p, q, mask: :func:`_block_ids`, grid axis 0), its
+        BI block rows (axis 1) and its BC columns or block columns (axis 2)."""
+        r, e, p, q, qmask = _block_ids(tl.program_id(0), pre, post, blocks, BQ)
+        return (r, e, p, q, qmask, tl.program_id(1) * BI + tl.arange(0, BI),
+                tl.program_id(2) * BC + tl.arange(0, BC))
+
+    @triton.jit
     def _dot(a, b, acc, PRECISION: tl.constexpr, INTERPRET: tl.constexpr):
         """acc + a @ b (3D, batched) with fp32 accumulation; one block as a 2D product (the
         common path, warp-group MMA on Hopper)."""
@@ -202,9 +211,7 @@ if triton is not None:
                       sxe, sxp, sxb, sxq, sye, syp, syb, syq,
                       BQ: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr, BN: tl.constexpr,
                       PRECISION: tl.constexpr, INTERPRET: tl.constexpr):
-        r, e, p, q, qmask = _block_ids(tl.program_id(0), pre, post, blocks, BQ)
-        i = tl.program_id(1) * BI + tl.arange(0, BI)
-        cols = tl.program_id(2) * BN + tl.arange(0, BN)
+        r, e, p, q, qmask, i, cols = _program_tile(pre, post, blocks, BQ, BI, BN)
         acc = _block_product(w_ptr, x_ptr, r, e, p, q, qmask, i, cols, b, n, swi, swj,
                              sxe, sxp, sxb, sxq, BQ, BI, BJ, BN, PRECISION, INTERPRET)
         y_mask = qmask[:, None, None] & (i < b)[None, :, None] & (cols < n)[None, None, :]
@@ -216,9 +223,7 @@ if triton is not None:
                      sae, sap, sab, saq, sxe, sxp, sxb, sxq,
                      BQ: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
                      PRECISION: tl.constexpr, INTERPRET: tl.constexpr):
-        r, e, p, q, qmask = _block_ids(tl.program_id(0), pre, post, blocks, BQ)
-        i = tl.program_id(1) * BI + tl.arange(0, BI)
-        j = tl.program_id(2) * BJ + tl.arange(0, BJ)
+        r, e, p, q, qmask, i, j = _program_tile(pre, post, blocks, BQ, BI, BJ)
         acc = tl.zeros((BQ, BI, BJ), dtype=tl.float32)
         for k0 in range(0, ncols, BK):
             cols = k0 + tl.arange(0, BK)
