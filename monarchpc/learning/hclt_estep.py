@@ -158,12 +158,14 @@ def estep(model: HCLT, x: Tensor, precision: str = "fp32", grads: list[Tensor] |
             y = level.apply(l, y, out=(inputs[l - 1] if l > 0 else m)[start:stop])
     tiny = torch.finfo(torch.float32).tiny
     root = model.root.detach().float()
-    dot = (root @ u[0].float()).clamp_min(tiny)  # (N,)
+    u_root = u[0].float()  # (h, N): u[0] itself in fp32, so it goes before u is freed
+    dot = (root @ u_root).clamp_min(tiny)  # (N,)
     log_likelihood = dot.log() + s[1:].clamp_min(tiny).log().sum(0)
     if grads is None:
         return log_likelihood
     layer_grads, leaf_grads, root_grad = grads[:k], grads[k:-1], grads[-1]
-    root_grad.add_((u[0].float() / dot).sum(1))  # d log p / d root (u[0] is freed below)
+    root_grad.add_((u_root / dot).sum(1))  # d log p / d root
+    del u_root
 
     # Top-down: w of a level's nodes in one buffer; a_c replaces m_c (posterior kernel),
     # a_{l+1} replaces X_l once layer l's gradient is taken; leaf flows replace the tables.
