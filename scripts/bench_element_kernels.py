@@ -67,21 +67,8 @@ def bench_case(name: str, factors: list[int], n: int, device: torch.device
         outs[kind] = [y.clone(), a.clone(), sums, f]
     err = rel_err(outs["triton"], outs["torch"])  # bf16 states: a rounding step is 2^-8
 
-    # the last layer (mixing axis 0) of a Monarch product, as (1, 1, b_0, h / b_0, N) views
-    b = factors[0]
-    w0 = rand(1, 1, h // b, b, b).to(dtype)
-    x0, m0, y0 = (t.view(1, 1, b, h // b, n) for t in (w, m, y))
-    fused = ops["triton"].emit_product
-    if len(factors) > 1:  # the fused kernel against the PyTorch product, then emit
-        fused_sums = fused(w0, x0, table, tokens, s, y0)
-        fused_y = y.clone()
-        want_sums = ops["torch"].emit(layer_product(w0, x0).reshape(m.shape), table, tokens,
-                                      s, y)
-        err = max(err, rel_err([fused_y, fused_sums], [y, want_sums]))
-
     state = h * n * dtype.itemsize
     table_bytes, flow_bytes = h * VOCAB * 4, 2 * h * VOCAB * 4
-    weight_bytes = w0.numel() * dtype.itemsize
     ms = timer(device)
     runs: list[tuple[str, Callable[[], Any], int]] = [
         ("copy", lambda: y.copy_(m), 2 * state),
@@ -93,7 +80,18 @@ def bench_case(name: str, factors: list[int], n: int, device: torch.device
         ("emit torch", lambda: ops["torch"].emit(m, table, tokens, s, y), 2 * state + table_bytes),
         ("post torch", lambda: ops["torch"].post(w, y, table, tokens, s, a, flows),
          3 * state + table_bytes + flow_bytes)]
-    if len(factors) > 1:
+    if len(factors) > 1:  # the last layer (mixing axis 0) of a Monarch product
+        b = factors[0]  # states as (1, 1, b_0, h / b_0, N) views
+        w0 = rand(1, 1, h // b, b, b).to(dtype)
+        x0, m0, y0 = (t.view(1, 1, b, h // b, n) for t in (w, m, y))
+        fused = ops["triton"].emit_product  # checked against the PyTorch product, then emit
+        fused_sums = fused(w0, x0, table, tokens, s, y0)
+        fused_y = y.clone()
+        want_sums = ops["torch"].emit(layer_product(w0, x0).reshape(m.shape), table, tokens,
+                                      s, y)
+        err = max(err, rel_err([fused_y, fused_sums], [y, want_sums]))
+        weight_bytes = w0.numel() * dtype.itemsize
+
         def product_then_emit() -> torch.Tensor:
             layer_product_triton(w0, x0, m0)
             return ops["triton"].emit(m, table, tokens, s, y)
