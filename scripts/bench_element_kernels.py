@@ -7,10 +7,13 @@ For each case (N = 128 columns, bf16 states laid out as the E-step lays them out
 outputs contiguous, y and a in slots of segment buffers; vocabulary 27) the Triton
 kernels of :mod:`monarchpc.kernels.hmm` are checked against their PyTorch twins, then
 timed: ``emit`` (right to left), ``post`` (posterior flows and the scaled vector entering
-the transposed product), ``post`` without its output (the flows alone), and a strided copy
+the transposed product), ``post`` without its output (the flows alone) and without its
+flows (as the E-step runs it when ``grad_flows`` takes them), and a strided copy
 of one state into a slot as the bandwidth reference. Monarch cases also time the last
 layer's Triton product alone, that product followed by ``emit``, and ``emit_product``
-(the two fused, as the E-step runs them with Triton products). Times are medians of CUDA-graph
+(the two fused, as the E-step runs them with Triton products), and over a segment of 16
+steps the weight gradient of the layer that first meets y_{t+1} alone and with the
+emission flows (``grad_flows``), per step. Times are medians of CUDA-graph
 replays (as in the E-step's graphs). ``tb_per_s`` counts each state read or written
 once, the emission table read once and the flows read and written once;
 ``of_copy`` is that rate over the copy's. JSON lines (also to --out), then a Markdown table.
@@ -38,8 +41,9 @@ SEGMENT, VOCAB = 16, 27
 def bench_case(name: str, factors: list[int], n: int, device: torch.device
                ) -> list[dict[str, Any]]:
     """One JSON row per kernel of this case (see the module docstring)."""
-    from monarchpc.kernels.hmm import element_ops  # after TRITON_INTERPRET is decided
-    from monarchpc.kernels.monarch import layer_product, layer_product_triton
+    # imported after TRITON_INTERPRET is decided
+    from monarchpc.kernels.hmm import element_ops, grad_flows_torch
+    from monarchpc.kernels.monarch import grad_product_triton, layer_product, layer_product_triton
 
     g = torch.Generator(device).manual_seed(0)
     h, dtype = math.prod(factors), torch.bfloat16
@@ -77,6 +81,8 @@ def bench_case(name: str, factors: list[int], n: int, device: torch.device
          3 * state + table_bytes + flow_bytes),
         ("post flows only", lambda: ops["triton"].post(w, y, table, tokens, s, None, flows),
          2 * state + flow_bytes),
+        ("post out only", lambda: ops["triton"].post(w, y, table, tokens, s, a, None),
+         2 * state + table_bytes),
         ("emit torch", lambda: ops["torch"].emit(m, table, tokens, s, y), 2 * state + table_bytes),
         ("post torch", lambda: ops["torch"].post(w, y, table, tokens, s, a, flows),
          3 * state + table_bytes + flow_bytes)]
@@ -99,9 +105,28 @@ def bench_case(name: str, factors: list[int], n: int, device: torch.device
                  ("product, emit", product_then_emit, 4 * state + weight_bytes + table_bytes),
                  ("emit_product", lambda: fused(w0, x0, table, tokens, s, y0),
                   2 * state + weight_bytes + table_bytes)]
+
+        # a segment: a_{k-1}(t) and y_{t+1} (slots 1..16) of the last axis's layer
+        bl = factors[-1]
+        wl = rand(1, h // bl, 1, bl, bl).to(dtype)
+        a_seg = a_buf.flatten(-2).view(1, h // bl, bl, 1, -1)
+        x_seg = y_buf[..., 1:, :].flatten(-2).view(1, h // bl, bl, 1, -1)
+        seg_tokens = torch.randint(0, VOCAB, (SEGMENT * n,), generator=g, device=device)
+        grad = torch.zeros(wl.shape, device=device)
+        want = [torch.zeros_like(grad), torch.zeros_like(flows)]
+        grad_flows_torch(wl.float(), want[0], a_seg.float(), x_seg.float(), seg_tokens, want[1])
+        got = [torch.zeros_like(grad), torch.zeros_like(flows)]
+        ops["triton"].grad_flows(wl, got[0], a_seg, x_seg, seg_tokens, got[1])
+        err = max(err, rel_err(got, want))
+        grad_bytes = (2 * state * SEGMENT + 2 * grad.numel() * 4) / SEGMENT  # a step's share
+        runs += [("grad (per step)", lambda: grad_product_triton(grad, a_seg, x_seg),
+                  grad_bytes),
+                 ("grad_flows (per step)",
+                  lambda: ops["triton"].grad_flows(wl, grad, a_seg, x_seg, seg_tokens, flows),
+                  grad_bytes + flow_bytes / SEGMENT)]
     rows = []
     for kernel, fn, nbytes in runs:
-        t = ms(fn)
+        t = ms(fn) / (SEGMENT if kernel.endswith("(per step)") else 1)
         rows.append({"case": name, "factors": factors, "hidden_size": h, "columns": n,
                      "kernel": kernel, "device": torch.cuda.get_device_name(device)
                      if device.type == "cuda" else "cpu", "max_rel_err": err, "ok": err < 2e-2,

@@ -43,10 +43,10 @@ from monarchpc.paths import REPO_ROOT
 # A kernel (GPU) or op (CPU) goes to the first family whose pattern matches its own name, else
 # the name of the op that launched it, else that op's parents (innermost first); else "other".
 FAMILIES = [
-    ("weight gradients", r"_grad_kernel|aten::baddbmm"),
+    ("weight gradients", r"_grad_kernel|_grad_flows_kernel|aten::baddbmm"),
     ("monarch layer products", r"_layer_kernel|aten::(bmm|mm|mv|matmul|addmm)\b"),
     ("element-wise (emit/post/normalize)",
-     r"_emit_kernel|_post_kernel|_product_kernel|_posterior_kernel"),
+     r"_emit_kernel|_post_kernel|_product_kernel|_posterior_kernel|_column_sum_kernel"),
     ("copies", r"aten::(copy_|contiguous|cat|clone|_to_copy)\b|Memcpy|CatArrayBatchedCopy"),
 ]
 OTHER = "other"

@@ -185,6 +185,45 @@ def test_triton_kernels_cover_ragged_tiles(post_rows: int | None) -> None:
     for got, want in zip(outs["triton"], outs["torch"], strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
     assert bool((outs["torch"][1] > 0).any(1).all())  # every row got flows
+    a = torch.zeros(h, n)  # without flows (the default 16 rows): the same output
+    post_triton(w, y["torch"], table, tokens, s, a, None, block_h=post_rows)
+    torch.testing.assert_close(a, outs["torch"][0], rtol=1e-4, atol=1e-6)
+
+
+@NEEDS_TRITON
+@pytest.mark.parametrize("factors,k", [([4, 16], 96), ([4, 16], 128), ([3, 6], 40),
+                                       ([2, 64], 50)])
+def test_grad_flows_equals_grad_then_flows(factors: list[int], k: int) -> None:
+    """The weight gradient of the layer mixing the last axis with the emission flows, on
+    segment views (K columns of slots 1.. of a buffer), against its PyTorch twin and
+    against the definition: blocks of 16 (four a program), of 6 (a ragged block) and
+    of 64, columns filling no 64-wide step evenly (or all of them: no masks)."""
+    from monarchpc.kernels.hmm import grad_flows_torch, grad_flows_triton
+    from monarchpc.kernels.monarch import grad_product, layer_product
+
+    g = torch.Generator().manual_seed(9)
+    (pre, b), vocab = factors, 11
+    h = pre * b
+    w = torch.rand(1, pre, 1, b, b, generator=g)
+    a = torch.rand(pre, b, k, generator=g).view(1, pre, b, 1, k)
+    buf = torch.rand(pre, b, k + 3, generator=g)
+    x = buf[..., 1:k + 1].view(1, pre, b, 1, k)  # strided columns of a segment buffer
+    tokens = torch.randint(0, vocab, (k,), generator=g)
+    got = [torch.rand(1, pre, 1, b, b, generator=g), torch.rand(h, vocab, generator=g)]
+    twin = [t.clone() for t in got]
+    want = [grad_product(got[0].clone(), a, x), got[1].clone()]
+    gamma = (layer_product(w, a, transpose=True) * x).reshape(h, k)
+    for v in range(vocab):
+        want[1][:, v] += gamma[:, tokens == v].sum(1)
+    grad_flows_triton(w, got[0], a, x, tokens, got[1])
+    grad_flows_torch(w, twin[0], a, x, tokens, twin[1])
+    for t in (got, twin):
+        torch.testing.assert_close(t[0], want[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(t[1], want[1], rtol=1e-4, atol=1e-5)  # two bf16 terms
+    with pytest.raises(ValueError, match="blocks up to 64"):
+        grad_flows_triton(torch.rand(1, 1, 1, 65, 65), torch.zeros(1, 1, 1, 65, 65),
+                          torch.rand(1, 1, 65, 1, 4), torch.rand(1, 1, 65, 1, 4),
+                          torch.zeros(4, dtype=torch.long), torch.zeros(65, vocab))
 
 
 @NEEDS_TRITON
@@ -297,8 +336,9 @@ def test_element_kernel_benchmark_checks_and_times_on_the_cpu() -> None:
     assert result.returncode == 0, result.stderr
     rows = [json.loads(ln) for ln in result.stdout.splitlines() if ln.startswith("{")]
     assert [r["kernel"] for r in rows] == ["copy", "emit", "post", "post flows only",
-                                           "emit torch", "post torch", "product",
-                                           "product, emit", "emit_product"]
+                                           "post out only", "emit torch", "post torch",
+                                           "product", "product, emit", "emit_product",
+                                           "grad (per step)", "grad_flows (per step)"]
     assert all(r["ok"] and r["us"] > 0 and r["tb_per_s"] > 0 for r in rows)
     assert rows[0]["of_copy"] == 1.0 and "| case | kernel |" in result.stdout
 

@@ -9,7 +9,9 @@ Two operations run once per time step, between the matrix products of
   product (:mod:`monarchpc.kernels.monarch`), so that ``m`` never goes to memory;
 * ``post``  (left to right): the posterior ``gamma = w * y`` added to the emission flows
   (``flows[:, tokens[n]] += gamma[:, n]``) and the scaled forward vector ``out = w * e / s``
-  entering the transition.
+  entering the transition; ``grad_flows`` takes the flows over a whole segment instead,
+  inside the weight gradient of the layer that first meets y (which reads the vectors
+  that w and y come from), so that ``post`` only writes ``out``.
 
 Hidden states are tensors (b_0, ..., b_{k-1}, N) with unit column stride and any other
 strides (slots of a segment buffer, permuted outputs of a batched product); ``as_rows``
@@ -81,13 +83,15 @@ def emit_torch(m: Tensor, table: Tensor, tokens: Tensor, s: Tensor, out: Tensor)
 
 
 def post_torch(w: Tensor, y: Tensor, table: Tensor, tokens: Tensor, s: Tensor,
-               out: Tensor | None, flows: Tensor) -> None:
-    """flows[:, tokens] += w * y (fp32); out = w * B[:, tokens] / s when ``out`` is given.
+               out: Tensor | None, flows: Tensor | None) -> None:
+    """flows[:, tokens] += w * y (fp32) when ``flows`` is given; out = w * B[:, tokens] / s
+    when ``out`` is given.
 
     w, y, out: states (b_0, ..., b_{k-1}, N); table, flows: (h, V) fp32.
     """
     wf = w.float()
-    flows.index_add_(1, tokens, (wf * y.float()).reshape(flows.shape[0], -1))
+    if flows is not None:
+        flows.index_add_(1, tokens, (wf * y.float()).reshape(flows.shape[0], -1))
     if out is not None:
         out.copy_(wf * table[:, tokens].view(w.shape) / s)
 
@@ -163,13 +167,13 @@ if triton is not None:
     @triton.jit
     def _post_kernel(w_ptr, w_r1, w_s0, w_s1, y_ptr, y_r1, y_s0, y_s1,
                      a_ptr, a_r1, a_s0, a_s1, table_ptr, tok_ptr, s_ptr, flow_ptr, h, vocab,
-                     N: tl.constexpr, OUT_COLS: tl.constexpr, VP: tl.constexpr,
-                     BLOCK_H: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_F: tl.constexpr,
-                     INTERPRET: tl.constexpr):
+                     N: tl.constexpr, OUT_COLS: tl.constexpr, FLOWS: tl.constexpr,
+                     VP: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_A: tl.constexpr,
+                     BLOCK_F: tl.constexpr, INTERPRET: tl.constexpr):
         # One program owns BLOCK_H rows of the flows and walks over all N columns twice
         # (reading w twice): ``out`` in wide column tiles, then the flows in narrow ones,
         # where their one-hot product is cheapest; the flows are updated once per step
-        # without atomics.
+        # without atomics. OUT_COLS = 0 skips ``out``, FLOWS = False the flows.
         rows = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
         rmask = rows < h
         for start in range(0, OUT_COLS, BLOCK_A):  # OUT_COLS: N, or 0 without ``out``
@@ -181,7 +185,7 @@ if triton is not None:
                      (w * e / s[None, :]).to(a_ptr.dtype.element_ty), mask=mask)
         words = tl.arange(0, VP)
         flows = tl.zeros((BLOCK_H, VP), dtype=tl.float32)
-        for start in range(0, N, BLOCK_F):
+        for start in range(0, N if FLOWS else 0, BLOCK_F):
             cols, cmask, mask, tok, w = _tile(w_ptr, w_r1, w_s0, w_s1, rows, rmask, start, N,
                                               tok_ptr, BLOCK_F)
             y = tl.load(y_ptr + _offsets(rows, cols, y_r1, y_s0, y_s1), mask=mask,
@@ -190,9 +194,10 @@ if triton is not None:
             # in two bf16 terms
             onehot = tl.where((tok[:, None] == words[None, :]) & cmask[:, None], 1.0, 0.0)
             flows = _split_dot(w * y, onehot, flows, 2, INTERPRET)
-        fmask = rmask[:, None] & (words < vocab)[None, :]
-        fptr = flow_ptr + rows.to(tl.int64)[:, None] * vocab + words[None, :]
-        tl.store(fptr, tl.load(fptr, mask=fmask, other=0.0) + flows, mask=fmask)
+        if FLOWS:
+            fmask = rmask[:, None] & (words < vocab)[None, :]
+            fptr = flow_ptr + rows.to(tl.int64)[:, None] * vocab + words[None, :]
+            tl.store(fptr, tl.load(fptr, mask=fmask, other=0.0) + flows, mask=fmask)
 
     @triton.jit
     def _emission_dot(table_ptr, rows, rmask, tok, cmask, vocab, VP: tl.constexpr,
@@ -231,6 +236,67 @@ if triton is not None:
                  y.to(y_ptr.dtype.element_ty), mask=hmask[:, :, None] & cmask[None, None, :])
         row = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
         tl.store(part_ptr + row * n + cols, tl.sum(tl.sum(y, axis=1), axis=0), mask=cmask)
+
+    @triton.jit
+    def _segment_rows(ptr, r, i, rmask, cols, ncols, sp, sb, sq, post,
+                      TRANSPOSED: tl.constexpr, EVEN: tl.constexpr):
+        """Rows i of blocks r (one each) of a (1, pre, b, post, K) view with strides
+        (., sp, sb, sq, 1), columns ``cols``: a (rows, columns) tile, or (columns, rows).
+        EVEN: every row and column lies inside (no masks)."""
+        rows = (r // post).to(tl.int64) * sp + (r % post).to(tl.int64) * sq + i.to(tl.int64) * sb
+        if TRANSPOSED:  # loaded so, not permuted in registers
+            offsets = rows[None, :] + cols[:, None]
+            mask = rmask[None, :] & (cols < ncols)[:, None]
+        else:
+            offsets = rows[:, None] + cols[None, :]
+            mask = rmask[:, None] & (cols < ncols)[None, :]
+        if EVEN:
+            return tl.load(ptr + offsets)
+        return tl.load(ptr + offsets, mask=mask, other=0.0)
+
+    @triton.jit
+    def _grad_flows_kernel(g_ptr, w_ptr, a_ptr, x_ptr, tok_ptr, flow_ptr, post, blocks, b,
+                           ncols, vocab, sap, sab, saq, sxp, sxb, sxq, VP: tl.constexpr,
+                           BB: tl.constexpr, R: tl.constexpr, BK: tl.constexpr,
+                           EVEN: tl.constexpr, PRECISION: tl.constexpr,
+                           INTERPRET: tl.constexpr):
+        # R / BB whole blocks a program, their rows stacked: tile row rho is row i = rho % BB
+        # of block r = pid * R / BB + rho // BB. Products of two such tiles hold the blocks'
+        # products on their diagonal (b x b) sub-blocks; the rest is discarded (grad) or
+        # multiplied by zeros (W^T is loaded block-diagonal).
+        rho = tl.arange(0, R)
+        r = tl.program_id(0) * (R // BB) + rho // BB
+        i = rho % BB
+        valid = (r < blocks) & (i < b)
+        same = (rho // BB)[:, None] == (rho // BB)[None, :]  # (rows, rows): one block
+        pair = same & valid[:, None] & valid[None, :]
+        r64 = r.to(tl.int64)
+        # W^T, block-diagonal: wt[sigma, rho] = W[r, i(rho), i(sigma)]
+        wt = tl.load(w_ptr + (r64 * b * b)[None, :] + i[None, :] * b + i[:, None], mask=pair,
+                     other=0.0)
+        words = tl.arange(0, VP)
+        acc = tl.zeros((R, R), dtype=tl.float32)
+        flows = tl.zeros((R, VP), dtype=tl.float32)
+        for k0 in range(0, ncols, BK):
+            cols = k0 + tl.arange(0, BK)
+            a = _segment_rows(a_ptr, r, i, valid, cols, ncols, sap, sab, saq, post, False,
+                              EVEN)
+            x = _segment_rows(x_ptr, r, i, valid, cols, ncols, sxp, sxb, sxq, post, False,
+                              EVEN)
+            xt = _segment_rows(x_ptr, r, i, valid, cols, ncols, sxp, sxb, sxq, post, True,
+                               EVEN)
+            acc = monarch._dot(a, xt, acc, PRECISION, INTERPRET)
+            w = monarch._dot(wt, a, tl.zeros((R, BK), dtype=tl.float32), PRECISION, INTERPRET)
+            tok = tl.load(tok_ptr + cols, mask=cols < ncols, other=0)
+            onehot = tl.where((tok[:, None] == words[None, :]) & (cols < ncols)[:, None], 1.0,
+                              0.0)
+            flows = _split_dot(w * x.to(tl.float32), onehot, flows, 2, INTERPRET)
+        g = g_ptr + (r64 * b * b + i * b)[:, None] + i[None, :]
+        tl.store(g, tl.load(g, mask=pair, other=0.0) + acc, mask=pair)
+        hidden = ((r // post) * b + i) * post + r % post
+        fmask = valid[:, None] & (words < vocab)[None, :]
+        fptr = flow_ptr + hidden.to(tl.int64)[:, None] * vocab + words[None, :]
+        tl.store(fptr, tl.load(fptr, mask=fmask, other=0.0) + flows, mask=fmask)
 
     @triton.jit
     def _column_sum_kernel(src_ptr, dst_ptr, rows, n, ROWS: tl.constexpr, BR: tl.constexpr,
@@ -319,24 +385,74 @@ def emit_product_triton(w: Tensor, x: Tensor, table: Tensor, tokens: Tensor, s: 
 
 
 def post_triton(w: Tensor, y: Tensor, table: Tensor, tokens: Tensor, s: Tensor,
-                out: Tensor | None, flows: Tensor, block_h: int | None = None) -> None:
+                out: Tensor | None, flows: Tensor | None, block_h: int | None = None) -> None:
     """:func:`post_torch` as one Triton kernel (vocabulary <= MAX_TRITON_VOCAB).
 
     Programs of ``block_h`` rows (default: 64, fewer below h = 2^14 so that about 256
-    programs share the GPU), 64 columns at a time for ``out`` and 32 for the flows: the
-    fastest of the tiles measured on an H200 (bf16, N = 128, h = 2^15 to 2^18: 130 against
-    222 microseconds at 2^18 for one pass over tiles of 32 rows x 128 columns)."""
+    programs share the GPU; 16 without ``flows``), 64 columns at a time for ``out`` and 32
+    for the flows: the fastest of the tiles measured on an H200 (bf16, N = 128, h = 2^15
+    to 2^18: 130 against 222 microseconds at 2^18 for one pass over tiles of 32 rows x 128
+    columns; without the flows, 56 against 70 for 64 rows)."""
     h, vocab = table.shape
     n = w.shape[-1]
     if block_h is None:
-        block_h = max(16, min(64, triton.next_power_of_2(h) // 256))
+        block_h = 16 if flows is None else max(16, min(64, triton.next_power_of_2(h) // 256))
     wv, yv = _view_args(w), _view_args(y)
     av = _view_args(out) if out is not None else (w, 1, 0, 0)
     width = max(16, triton.next_power_of_2(n))
     _post_kernel[(triton.cdiv(h, block_h),)](
-        *wv, *yv, *av, table, tokens, s, flows, h, vocab, N=n, OUT_COLS=0 if out is None else n,
+        *wv, *yv, *av, table, tokens, s, table if flows is None else flows, h, vocab, N=n,
+        OUT_COLS=0 if out is None else n, FLOWS=flows is not None,
         VP=max(16, triton.next_power_of_2(vocab)), BLOCK_H=block_h, BLOCK_A=min(64, width),
         BLOCK_F=min(32, width), INTERPRET=interpreting())
+
+
+MAX_GRAD_FLOWS_BLOCK = 64  # grad_flows holds whole blocks (their W^T) in one program
+
+
+def grad_flows_torch(w: Tensor, grad: Tensor, a: Tensor, x: Tensor, tokens: Tensor,
+                     flows: Tensor) -> None:
+    """The weight gradient of the layer that first meets y_{t+1}, and the emission flows
+    of those steps: grad += a x^T per block (summed over K columns) and
+    ``flows[:, tokens] += (W^T a) * x`` (fp32), where W^T a is the transposed product's
+    output w_t and x holds y_{t+1}: their product is the posterior of z_{t+1}.
+
+    w: (1, pre, post, b, b) the layer's weights (compute dtype); grad: the same shape,
+    fp32; a, x: (1, pre, b, post, K) views of K columns (a segment's steps); tokens (K,)
+    the tokens of x's columns; flows: (h, V) fp32.
+    """
+    monarch.grad_product(grad, a, x)
+    gamma = monarch.layer_product(w, a, transpose=True).float() * x.float()
+    flows.index_add_(1, tokens, gamma.reshape(flows.shape[0], -1))
+
+
+def grad_flows_triton(w: Tensor, grad: Tensor, a: Tensor, x: Tensor, tokens: Tensor,
+                      flows: Tensor, bk: int = 128, warps: int = 4, stages: int = 2) -> None:
+    """:func:`grad_flows_torch` as one Triton kernel (b <= MAX_GRAD_FLOWS_BLOCK, vocabulary
+    <= MAX_TRITON_VOCAB). A program stacks the rows of whole blocks into one tile of up to
+    64 rows, so W^T a and the flows of its rows need no other program (no atomics); the
+    posterior is split into two bf16 terms for the one-hot product (relative error
+    < 2^-16). ``bk`` columns a step: on an H200 (bf16, 64^3, a segment of 16 x 128
+    columns) 128 columns, 4 warps and 2 stages took 48 microseconds a step (64 columns:
+    67; 8 warps: twice as long) against 33 for the weight gradient alone and 63 for
+    ``post``'s flows."""
+    e, pre, post, b, _ = w.shape
+    if e != 1 or b > MAX_GRAD_FLOWS_BLOCK:
+        raise ValueError(f"grad_flows takes one block of blocks up to {MAX_GRAD_FLOWS_BLOCK}, "
+                         f"got {e} of {b}")
+    if grad.dtype != torch.float32 or not grad.is_contiguous():
+        raise ValueError("grad must be a contiguous fp32 tensor (1, pre, post, b, b)")
+    ncols, blocks, vocab = a.shape[-1], pre * post, flows.shape[1]
+    bb = triton.next_power_of_2(b)
+    rows = max(16, min(64, bb * triton.next_power_of_2(blocks)))
+    bk = min(bk, max(16, triton.next_power_of_2(ncols)))
+    _grad_flows_kernel[(triton.cdiv(blocks, rows // bb),)](
+        grad, w.to(a.dtype).contiguous(), a, x, tokens, flows, post, blocks, b, ncols, vocab,
+        *monarch._strides(a, "a")[1:], *monarch._strides(x, "x")[1:],
+        VP=max(16, triton.next_power_of_2(vocab)), BB=bb, R=rows, BK=bk,
+        EVEN=ncols % bk == 0 and b == bb and blocks % (rows // bb) == 0,
+        PRECISION=monarch._precision(a.dtype), INTERPRET=interpreting(), num_warps=warps,
+        num_stages=stages)
 
 
 @dataclass(frozen=True)
@@ -347,6 +463,7 @@ class ElementOps:
     emit: Callable[..., Tensor]
     post: Callable[..., None]
     emit_product: Callable[..., Tensor] | None = None  # for Triton layer products
+    grad_flows: Callable[..., None] | None = None  # likewise
 
 
 def element_ops(kind: str, device: torch.device, vocab: int) -> ElementOps:
@@ -354,5 +471,6 @@ def element_ops(kind: str, device: torch.device, vocab: int) -> ElementOps:
     if choose(kind, device) == "triton":
         if vocab > MAX_TRITON_VOCAB:  # the emission one-hot would not fit in registers
             return ElementOps("triton", emit_triton, post_torch)
-        return ElementOps("triton", emit_triton, post_triton, emit_product_triton)
+        return ElementOps("triton", emit_triton, post_triton, emit_product_triton,
+                          grad_flows_triton)
     return ElementOps("torch", emit_torch, post_torch)

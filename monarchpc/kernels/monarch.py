@@ -176,10 +176,12 @@ if triton is not None:
 
     @triton.jit
     def _dot(a, b, acc, PRECISION: tl.constexpr, INTERPRET: tl.constexpr):
-        """acc + a @ b (3D, batched) with fp32 accumulation; one block as a 2D product (the
-        common path, warp-group MMA on Hopper)."""
+        """acc + a @ b (2D, or 3D batched) with fp32 accumulation; one block as a 2D product
+        (the common path, warp-group MMA on Hopper)."""
         if INTERPRET:  # the interpreter's dot mishandles 16-bit floats: the same in fp32
             a, b = a.to(tl.float32), b.to(tl.float32)
+        if len(a.shape) == 2:
+            return tl.dot(a, b, acc, input_precision=PRECISION)
         if a.shape[0] == 1:
             a2 = tl.reshape(a, (a.shape[1], a.shape[2]))
             b2 = tl.reshape(b, (b.shape[1], b.shape[2]))

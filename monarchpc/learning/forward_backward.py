@@ -20,8 +20,10 @@ The first pass keeps every c-th y_t; the second recomputes a segment's X_d(t) fr
 except for the leading segments that fit in ``keep_gb``, whose X_d(t) the first pass
 wrote into their buffers already. Products write straight into their slots of a segment
 buffer (b_0, ..., b_{k-1}, c, N), and the element-wise work of a step is one kernel
-(:mod:`monarchpc.kernels.hmm`: Triton on a GPU, PyTorch otherwise); with Triton layer
-products the emission step runs in the last layer's product kernel.
+(:mod:`monarchpc.kernels.hmm`: Triton on a GPU, PyTorch otherwise). With Triton layer
+products the emission step runs in the last layer's product kernel, and the emission
+flows of steps t >= 1 (gamma_t = w_{t-1} * y_t, where w_{t-1} = L_{k-1}^T a_{k-1}(t-1))
+in the weight-gradient kernel of layer k-1, which reads a_{k-1} and y_{t+1} already.
 
 Hidden states are kept hidden-major, (b_0, ..., b_{k-1}, N), so every Monarch layer is one
 batched matrix product over strided views (circuits/sum_blocks.py ``HiddenMajor``, with
@@ -39,7 +41,7 @@ from torch import Tensor
 
 from monarchpc.circuits.hmm import HMM
 from monarchpc.circuits.sum_blocks import HiddenMajor
-from monarchpc.kernels.hmm import element_ops
+from monarchpc.kernels.hmm import MAX_GRAD_FLOWS_BLOCK, element_ops
 from monarchpc.learning.graphs import CapturedEStep, into_grads
 
 GRAPH_MAX_HIDDEN = 2**18  # CUDA graphs by default up to this hidden size (launch-bound sizes)
@@ -132,6 +134,9 @@ def estep(hmm: HMM, x: Tensor, grads: list[Tensor] | None, segment: int = 16,
     initial = hmm.initial.detach().float()
     ops = element_ops(kernels, dev, table.shape[1])
     fuse_emit = ops.emit_product is not None and layers.ops.name == "triton"
+    # the emission flows of steps t >= 1 in layer k-1's weight-gradient kernel (whole blocks)
+    fuse_flows = (fuse_emit and ops.grad_flows is not None
+                  and factors[-1] <= MAX_GRAD_FLOWS_BLOCK)
     xt = x.t().contiguous()  # (T, N)
     c = max(1, min(int(segment), length))
 
@@ -213,7 +218,7 @@ def estep(hmm: HMM, x: Tensor, grads: list[Tensor] | None, segment: int = 16,
         for t in range(start, stop):
             a = a_buf[0][..., t - start, :]
             ops.post(w, xs[k - 1][..., t - start, :], table, xt[t], scales[t + 1], a,
-                     emission_flows)
+                     emission_flows if t == 0 or not fuse_flows else None)
             for d in range(k):
                 a = layers.apply(d, a, transpose=True,
                                  out=a_buf[d + 1][..., t - start, :] if d + 1 < k else None)
@@ -221,9 +226,16 @@ def estep(hmm: HMM, x: Tensor, grads: list[Tensor] | None, segment: int = 16,
         width = stop - start
         for d in range(k):
             first = 1 if d == k - 1 else 0
-            layers.accumulate_grad(d, grads[d], a_buf[d][..., :width, :].flatten(-2),
-                                   xs[d][..., first:first + width, :].flatten(-2))
-    ops.post(w, y_last, table, xt[-1], scales[-1], None, emission_flows)
+            a_seg = a_buf[d][..., :width, :].flatten(-2)
+            x_seg = xs[d][..., first:first + width, :].flatten(-2)
+            if fuse_flows and d == k - 1:  # with the flows of steps start + 1 .. stop
+                tokens = xt[start + 1:stop + 1].reshape(-1)
+                ops.grad_flows(layers.w[d], grads[d], layers.view(a_seg, d),
+                               layers.view(x_seg, d), tokens, emission_flows)
+            else:
+                layers.accumulate_grad(d, grads[d], a_seg, x_seg)
+    if not fuse_flows:
+        ops.post(w, y_last, table, xt[-1], scales[-1], None, emission_flows)
 
     # Gradients: transition layers directly (above); emission and initial from their flows.
     tiny = torch.finfo(torch.float32).tiny
