@@ -168,6 +168,36 @@ if triton is not None:
             tl.store(m_ptr + c * h * n + offsets, a.to(m_ptr.dtype.element_ty), mask=mask)
 
 
+    @triton.jit
+    def _leaf_grad_kernel(f_ptr, p_ptr, g_ptr, h, vocab, BLOCK_H: tl.constexpr,
+                          BLOCK_V: tl.constexpr):
+        # one table: grad (h, V) += flows^T / max(param, tiny), flows stored (V, h); each
+        # operand is read along its contiguous axis and the tile transposed on chip
+        t = tl.program_id(0).to(tl.int64) * h * vocab
+        rows = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+        words = tl.program_id(2) * BLOCK_V + tl.arange(0, BLOCK_V)
+        mask = (rows < h)[:, None] & (words < vocab)[None, :]
+        f = tl.load(f_ptr + t + words[:, None] * h + rows[None, :], mask=tl.trans(mask),
+                    other=0.0)
+        hv = t + rows[:, None] * vocab + words[None, :]
+        p = tl.load(p_ptr + hv, mask=mask, other=1.0)
+        g = tl.load(g_ptr + hv, mask=mask, other=0.0)
+        tl.store(g_ptr + hv, g + tl.trans(f) / tl.maximum(p, 1.1754943508222875e-38), mask=mask)
+
+
+    @triton.jit
+    def _leaf_table_kernel(p_ptr, t_ptr, h, vocab, BLOCK_H: tl.constexpr,
+                           BLOCK_V: tl.constexpr):
+        # one table: out (V, h) = param (h, V) transposed, in fp32, both along their rows
+        t = tl.program_id(0).to(tl.int64) * h * vocab
+        rows = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+        words = tl.program_id(2) * BLOCK_V + tl.arange(0, BLOCK_V)
+        mask = (rows < h)[:, None] & (words < vocab)[None, :]
+        p = tl.load(p_ptr + t + rows[:, None] * vocab + words[None, :], mask=mask, other=0.0)
+        tl.store(t_ptr + t + words[:, None] * h + rows[None, :],
+                 tl.trans(p).to(tl.float32), mask=tl.trans(mask))
+
+
 def _grid(nodes: int, h: int, n: int) -> tuple[tuple[int, int, int], int, int]:
     """Launch grid (nodes, row blocks, column blocks) and tile sizes (about 4096 values)."""
     block_n = min(128, max(16, triton.next_power_of_2(n)))
@@ -203,18 +233,57 @@ def posterior_triton(layout: Layout, start: int, stop: int, x: Tensor, flows: Te
                             BLOCK_H=block_h, BLOCK_N=block_n)
 
 
+def leaf_table_torch(param: Tensor, out: Tensor) -> None:
+    """out (n, V, h) fp32 = one leaf parameter (n, h, V), value-major (a copy)."""
+    out.copy_(param.detach().transpose(1, 2))
+
+
+def leaf_table_triton(param: Tensor, out: Tensor) -> None:
+    """:func:`leaf_table_torch` as one Triton kernel of 64 x 32 tiles transposed on chip
+    (a contiguous parameter; others go to the twin)."""
+    if not param.is_contiguous() or not out.is_contiguous():
+        leaf_table_torch(param, out)
+        return
+    n, h, vocab = param.shape
+    grid = (n, triton.cdiv(h, 64), triton.cdiv(vocab, 32))
+    _leaf_table_kernel[grid](param.detach(), out, h, vocab, BLOCK_H=64, BLOCK_V=32)
+
+
+def leaf_grad_torch(flows: Tensor, param: Tensor, grad: Tensor) -> None:
+    """grad += flows / param for one leaf parameter (n, h, V) (param clamped to the
+    smallest normal float); flows: the same tables value-major, (n, V, h), fp32."""
+    tiny = torch.finfo(torch.float32).tiny
+    grad.addcdiv_(flows.transpose(1, 2), param.detach().float().clamp_min(tiny))
+
+
+def leaf_grad_triton(flows: Tensor, param: Tensor, grad: Tensor) -> None:
+    """:func:`leaf_grad_torch` as one Triton kernel: 64 x 32 tiles, each operand read along
+    its contiguous axis (the PyTorch twin reads the flows across theirs and makes a clamped
+    copy of the parameter). Operands other than contiguous fp32 go to the twin."""
+    n, h, vocab = param.shape
+    if any(t.dtype != torch.float32 or not t.is_contiguous() for t in (flows, param, grad)):
+        leaf_grad_torch(flows, param, grad)
+        return
+    grid = (n, triton.cdiv(h, 64), triton.cdiv(vocab, 32))
+    _leaf_grad_kernel[grid](flows, param.detach(), grad, h, vocab, BLOCK_H=64, BLOCK_V=32)
+
+
 @dataclass(frozen=True)
 class LevelOps:
-    """The per-level element-wise operations of one HCLT E-step (see the module docstring)."""
+    """The per-level element-wise operations of one HCLT E-step (see the module docstring),
+    the leaves' value-major tables and their gradients from their flows."""
 
     name: str
     product: Callable[..., None]
     posterior: Callable[..., None]
+    leaf_table: Callable[..., None]
+    leaf_grad: Callable[..., None]
 
 
 def level_ops(kind: str, device: torch.device) -> LevelOps:
     """``kind``: ``triton``, ``torch`` or ``auto`` (Triton on a GPU, PyTorch on a CPU)."""
     if choose(kind, device) == "triton":
-        return LevelOps("triton", product_triton, posterior_triton)
-    return LevelOps("torch", product_torch, posterior_torch)
+        return LevelOps("triton", product_triton, posterior_triton, leaf_table_triton,
+                        leaf_grad_triton)
+    return LevelOps("torch", product_torch, posterior_torch, leaf_table_torch, leaf_grad_torch)
 

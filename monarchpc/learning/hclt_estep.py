@@ -79,9 +79,15 @@ def tree_layout(model: HCLT, device: torch.device) -> Layout:
     return cached[device]
 
 
-def leaf_tables(model: HCLT) -> Tensor:
-    """All leaf tables as one flat fp32 tensor, each (V, h) value-major (a copy)."""
-    return torch.cat([w.detach().transpose(1, 2).reshape(-1) for w in model.leaves]).float()
+def leaf_tables(model: HCLT, kernels: str = "torch") -> Tensor:
+    """All leaf tables as one flat fp32 tensor, each (V, h) value-major (a copy, each
+    parameter transposed straight into its part; ``kernels`` as in :func:`hclt_estep`)."""
+    sizes = [w.numel() for w in model.leaves]
+    flat = torch.empty(sum(sizes), dtype=torch.float32, device=model.root.device)
+    transpose = level_ops(kernels, flat.device).leaf_table
+    for w, part in zip(model.leaves, flat.split(sizes), strict=True):
+        transpose(w, part.view(w.shape[0], w.shape[2], w.shape[1]))
+    return flat
 
 
 def internal_values(model: HCLT, x: Tensor, layout: Layout, validate: bool = True) -> Tensor:
@@ -134,7 +140,7 @@ def estep(model: HCLT, x: Tensor, precision: str = "fp32", grads: list[Tensor] |
     values = internal_values(model, x, layout, validate)
     blocks, levels = model.blocks, layout.levels
     d, h, n, k = model.num_vars, model.hidden_size, x.shape[0], len(blocks.layers)
-    tables = leaf_tables(model)
+    tables = leaf_tables(model, kernels)
 
     def state() -> Tensor:
         return torch.empty(d, h, n, dtype=dtype, device=dev)
@@ -186,11 +192,10 @@ def estep(model: HCLT, x: Tensor, precision: str = "fp32", grads: list[Tensor] |
     del u, m, inputs, w
     y = a = x_l = None
 
-    # Leaves and root: d log p / d theta = flows / theta.
+    # Leaves: d log p / d theta = flows / theta.
     sizes = [p.numel() for p in model.leaves]
     for param, f, g in zip(model.leaves, flows.split(sizes), leaf_grads, strict=True):
-        f = f.view(param.shape[0], param.shape[2], param.shape[1]).transpose(1, 2)
-        g.addcdiv_(f, param.detach().float().clamp_min(tiny))
+        ops.leaf_grad(f.view(param.shape[0], param.shape[2], param.shape[1]), param, g)
     return log_likelihood
 
 
