@@ -136,7 +136,7 @@ def estep(hmm: HMM, x: Tensor, grads: list[Tensor] | None, segment: int = 16,
     fuse_emit = ops.emit_product is not None and layers.ops.name == "triton"
     # the emission flows of steps t >= 1 in layer k-1's weight-gradient kernel (whole blocks)
     fuse_flows = (fuse_emit and ops.grad_flows is not None
-                  and factors[-1] <= MAX_GRAD_FLOWS_BLOCK)
+                  and layers.w[k - 1].shape[-1] <= MAX_GRAD_FLOWS_BLOCK)
     xt = x.t().contiguous()  # (T, N)
     c = max(1, min(int(segment), length))
 
