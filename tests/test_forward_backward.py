@@ -198,7 +198,7 @@ def test_grad_flows_equals_grad_then_flows(factors: list[int], k: int) -> None:
     segment views (K columns of slots 1.. of a buffer), against its PyTorch twin and
     against the definition: blocks of 16 (four a program), of 6 (a ragged block) and
     of 64, columns filling no 64-wide step evenly (or all of them: no masks)."""
-    from monarchpc.kernels.hmm import grad_flows_torch, grad_flows_triton
+    from monarchpc.kernels.hmm import grad_flows_runs, grad_flows_torch, grad_flows_triton
     from monarchpc.kernels.monarch import grad_product, layer_product
 
     g = torch.Generator().manual_seed(9)
@@ -220,6 +220,11 @@ def test_grad_flows_equals_grad_then_flows(factors: list[int], k: int) -> None:
     for t in (got, twin):
         torch.testing.assert_close(t[0], want[0], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(t[1], want[1], rtol=1e-4, atol=1e-5)  # two bf16 terms
+    assert grad_flows_runs(48, torch.float32, torch.device("cpu"))  # the interpreter
+    gpu = torch.device("cuda")  # named, nothing allocated
+    assert grad_flows_runs(64, torch.bfloat16, gpu)
+    assert not grad_flows_runs(64, torch.float32, gpu)  # faulted there
+    assert not grad_flows_runs(48, torch.bfloat16, gpu)  # not run there
     with pytest.raises(ValueError, match="blocks up to 64"):
         grad_flows_triton(torch.rand(1, 1, 1, 65, 65), torch.zeros(1, 1, 1, 65, 65),
                           torch.rand(1, 1, 65, 1, 4), torch.rand(1, 1, 65, 1, 4),

@@ -30,7 +30,8 @@ LAYOUTS = [([48], 1, 5, None, FP32), ([3, 4], 1, 5, None, FP32), ([3, 4], 3, 5, 
            ([2, 80], 3, 5, None, FP32), ([3, 4, 5], 1, 5, None, BF16),
            ([3, 4, 5], 3, 5, None, FP32), ([3, 4, 5], 1, 5, None, FP16),
            ([2, 3, 2, 4], 1, 5, None, FP32), ([2, 3, 2, 4], 3, 5, None, BF16),
-           ([2, 40], 1, 20, Tiles(bq=8, bi=16, bj=16, bn=16), FP32)]
+           ([2, 40], 1, 20, Tiles(bq=8, bi=16, bj=16, bn=16), FP32),
+           ([2, 40], 3, 20, None, FP32)]  # stacked 4-byte blocks of 40: two inner steps
 
 
 def slots(e: int, factors: list[int], width: int, n: int, dtype: torch.dtype,

@@ -408,6 +408,17 @@ def post_triton(w: Tensor, y: Tensor, table: Tensor, tokens: Tensor, s: Tensor,
 
 
 MAX_GRAD_FLOWS_BLOCK = 64  # grad_flows holds whole blocks (their W^T) in one program
+GPU_GRAD_FLOWS_BLOCKS = (16, 32, 64)  # run and measured on an H200 (bf16), see below
+
+
+def grad_flows_runs(block: int, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether :func:`grad_flows_triton` takes blocks of ``block`` in states of ``dtype``
+    here: any block up to MAX_GRAD_FLOWS_BLOCK under the Triton interpreter; on a GPU 16-bit
+    states in the blocks it was run with (fp32 states made it fault on an H200 with Triton
+    3.6, at 32^3)."""
+    if device.type != "cuda":
+        return block <= MAX_GRAD_FLOWS_BLOCK
+    return dtype.itemsize == 2 and block in GPU_GRAD_FLOWS_BLOCKS
 
 
 def grad_flows_torch(w: Tensor, grad: Tensor, a: Tensor, x: Tensor, tokens: Tensor,
@@ -440,6 +451,9 @@ def grad_flows_triton(w: Tensor, grad: Tensor, a: Tensor, x: Tensor, tokens: Ten
     if e != 1 or b > MAX_GRAD_FLOWS_BLOCK:
         raise ValueError(f"grad_flows takes one block of blocks up to {MAX_GRAD_FLOWS_BLOCK}, "
                          f"got {e} of {b}")
+    if not grad_flows_runs(b, a.dtype, a.device):
+        raise ValueError(f"grad_flows does not take blocks of {b} in {a.dtype} states on "
+                         f"this device (see grad_flows_runs); use grad_flows_torch")
     if grad.dtype != torch.float32 or not grad.is_contiguous():
         raise ValueError("grad must be a contiguous fp32 tensor (1, pre, post, b, b)")
     ncols, blocks, vocab = a.shape[-1], pre * post, flows.shape[1]

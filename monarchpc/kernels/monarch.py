@@ -36,6 +36,7 @@ where the twins copy; cuBLAS otherwise, already at its ceiling for large blocks)
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -144,16 +145,17 @@ def default_tiles(b: int, blocks: int, n: int) -> Tiles:
     return Tiles(bq=bq, bi=bb, bj=bb, bn=min(128, max(16, _pow2(n))))
 
 
-def layer_tiles(b: int, blocks: int, n: int, itemsize: int) -> Tiles:
+def layer_tiles(b: int, blocks: int, n: int, itemsize: int, stacked: bool) -> Tiles:
     """:func:`default_tiles` for a layer product of ``itemsize``-byte operands: 4-byte ones
-    (fp32, TF32 products) in blocks of 33 to 64 take up to 64 columns and two inner steps
-    of 32 over 2 pipeline stages; blocks of 17 to 32 up to 64 columns. On an H200
-    (Monarch-HCLT levels: 8 stacked blocks, N = 512, TF32) that took 56 against 97
-    microseconds a product of 64 x 64 blocks (64 against 102 transposed) and 10.5 against
-    11.1 of 32 x 32 ones; bf16 kept its tiles
-    (docs/results/device/layer_tiles_hclt_h200.jsonl). Other sizes keep the defaults."""
+    (fp32, TF32 products) in ``stacked`` blocks (the edges of an HCLT level) of 33 to 64
+    take up to 64 columns and two inner steps of 32 over 2 pipeline stages; blocks of 17
+    to 32 up to 64 columns. On an H200 (Monarch-HCLT levels: 8 stacked blocks, N = 512,
+    TF32) that took 56 against 97 microseconds a product of 64 x 64 blocks (64 against 102
+    transposed) and 10.5 against 11.1 of 32 x 32 ones; bf16 kept its tiles
+    (docs/results/device/layer_tiles_hclt_h200.jsonl). Other sizes, and an HMM's single
+    block (not measured), keep the defaults."""
     t = default_tiles(b, blocks, n)
-    if itemsize < 4 or not 16 < b <= 64:
+    if itemsize < 4 or not stacked or not 16 < b <= 64:
         return t
     bj = 32 if t.bj == 64 else t.bj
     return Tiles(t.bq, t.bi, bj, min(64, t.bn), t.warps, 2 if bj < t.bj else t.stages)
@@ -271,11 +273,13 @@ def _strides(t: Tensor, name: str) -> tuple[int, int, int, int]:
 
 
 def layer_product_triton(w: Tensor, x: Tensor, out: Tensor | None = None,
-                         transpose: bool = False, tiles: Tiles | None = None) -> Tensor:
+                         transpose: bool = False, tiles: Tiles | None = None,
+                         stacked: bool | None = None) -> Tensor:
     """:func:`layer_product` as one Triton kernel (strided reads and writes, no copies).
 
     w: (E, pre, post, b, b) contiguous; x, out: (E, pre, b, post, N), unit column stride.
-    Returns ``out``, or a new contiguous tensor of x's dtype.
+    ``stacked``: the blocks are edges of an HCLT level (default: E > 1), for
+    :func:`layer_tiles`. Returns ``out``, or a new contiguous tensor of x's dtype.
     """
     e, pre, post, b, _ = w.shape
     n = x.shape[-1]
@@ -283,7 +287,7 @@ def layer_product_triton(w: Tensor, x: Tensor, out: Tensor | None = None,
         out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     w = w.to(x.dtype).contiguous()
     blocks = e * pre * post
-    t = tiles or layer_tiles(b, blocks, n, x.element_size())
+    t = tiles or layer_tiles(b, blocks, n, x.element_size(), e > 1 if stacked is None else stacked)
     grid = (triton.cdiv(blocks, t.bq), triton.cdiv(b, t.bi), triton.cdiv(n, t.bn))
     swi, swj = (1, b) if transpose else (b, 1)
     _layer_kernel[grid](w, x, out, pre, post, blocks, b, n, swi, swj, *_strides(x, "x"),
@@ -331,5 +335,7 @@ def monarch_products(kind: str, device: torch.device, factors: Sequence[int],
     an H200, docs/results/device/monarch_kernels_h200.jsonl)."""
     copies = len(factors) >= 3 or (stacked and len(factors) >= 2)
     if choose(kind, device, "products", auto_triton=copies) == "triton":
-        return MonarchProducts("triton", layer_product_triton, grad_product_triton)
+        layer = functools.partial(layer_product_triton, stacked=True) if stacked else \
+            layer_product_triton
+        return MonarchProducts("triton", layer, grad_product_triton)
     return MonarchProducts("torch", layer_product, grad_product)

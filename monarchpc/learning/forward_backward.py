@@ -41,7 +41,7 @@ from torch import Tensor
 
 from monarchpc.circuits.hmm import HMM
 from monarchpc.circuits.sum_blocks import HiddenMajor
-from monarchpc.kernels.hmm import MAX_GRAD_FLOWS_BLOCK, element_ops
+from monarchpc.kernels.hmm import element_ops, grad_flows_runs
 from monarchpc.learning.graphs import CapturedEStep, into_grads
 
 GRAPH_MAX_HIDDEN = 2**18  # CUDA graphs by default up to this hidden size (launch-bound sizes)
@@ -134,9 +134,9 @@ def estep(hmm: HMM, x: Tensor, grads: list[Tensor] | None, segment: int = 16,
     initial = hmm.initial.detach().float()
     ops = element_ops(kernels, dev, table.shape[1])
     fuse_emit = ops.emit_product is not None and layers.ops.name == "triton"
-    # the emission flows of steps t >= 1 in layer k-1's weight-gradient kernel (whole blocks)
+    # the emission flows of steps t >= 1 in layer k-1's weight-gradient kernel
     fuse_flows = (fuse_emit and ops.grad_flows is not None
-                  and layers.w[k - 1].shape[-1] <= MAX_GRAD_FLOWS_BLOCK)
+                  and grad_flows_runs(layers.w[k - 1].shape[-1], dtype, dev))
     xt = x.t().contiguous()  # (T, N)
     c = max(1, min(int(segment), length))
 
