@@ -66,8 +66,8 @@ def test_layer_products_equal_einsum_into_buffer_slots(
             x = split(slots(e, factors, 3, n, dtype, None, g)[..., 1, :], factors, d)
             wt = w.double().transpose(-1, -2) if transpose else w.double()
             want = torch.einsum("epqij,epjqn->epiqn", wt, x.double())
-            for product in (layer_product, lambda *a, **k: layer_product_triton(*a, **k,
-                                                                               tiles=tiles)):
+            for product in (layer_product, lambda *a, **k: layer_product_triton(
+                    *a, **k, tiles=tiles, stacked=e > 1)):  # as monarch_products binds it
                 buf = slots(e, factors, 3, n, dtype, float("nan"), g)
                 out = split(buf[..., 1, :], factors, d)
                 assert product(w, x, out, transpose) is out
@@ -102,6 +102,8 @@ def test_dispatcher_picks_and_forces_products(monkeypatch: pytest.MonkeyPatch) -
     assert monarch_products("auto", gpu, [512, 512]).name == "torch"
     assert monarch_products("auto", cpu, [4, 4, 4]).name == "torch"
     assert monarch_products("triton", cpu, [4, 4]).layer is layer_product_triton
+    stacked = monarch_products("triton", cpu, [4, 4], stacked=True).layer  # an HCLT level
+    assert stacked.func is layer_product_triton and stacked.keywords == {"stacked": True}
     assert monarch_products("torch", gpu, [4, 4, 4]).grad is grad_product
     with pytest.raises(ValueError, match="products must be auto, triton or torch"):
         monarch_products("cuda", cpu, [4, 4])

@@ -169,14 +169,20 @@ if triton is not None:
 
 
     @triton.jit
+    def _leaf_tile(h, vocab, BLOCK_H: tl.constexpr, BLOCK_V: tl.constexpr):
+        """This program's table offset (grid axis 0), BLOCK_H rows (axis 1) and BLOCK_V
+        values (axis 2) of an (h, V) leaf table, and the (rows, values) mask."""
+        t = tl.program_id(0).to(tl.int64) * h * vocab
+        rows = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+        words = tl.program_id(2) * BLOCK_V + tl.arange(0, BLOCK_V)
+        return t, rows, words, (rows < h)[:, None] & (words < vocab)[None, :]
+
+    @triton.jit
     def _leaf_grad_kernel(f_ptr, p_ptr, g_ptr, h, vocab, BLOCK_H: tl.constexpr,
                           BLOCK_V: tl.constexpr):
         # one table: grad (h, V) += flows^T / max(param, tiny), flows stored (V, h); each
         # operand is read along its contiguous axis and the tile transposed on chip
-        t = tl.program_id(0).to(tl.int64) * h * vocab
-        rows = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-        words = tl.program_id(2) * BLOCK_V + tl.arange(0, BLOCK_V)
-        mask = (rows < h)[:, None] & (words < vocab)[None, :]
+        t, rows, words, mask = _leaf_tile(h, vocab, BLOCK_H, BLOCK_V)
         f = tl.load(f_ptr + t + words[:, None] * h + rows[None, :], mask=tl.trans(mask),
                     other=0.0)
         hv = t + rows[:, None] * vocab + words[None, :]
@@ -189,10 +195,7 @@ if triton is not None:
     def _leaf_table_kernel(p_ptr, t_ptr, h, vocab, BLOCK_H: tl.constexpr,
                            BLOCK_V: tl.constexpr):
         # one table: out (V, h) = param (h, V) transposed, in fp32, both along their rows
-        t = tl.program_id(0).to(tl.int64) * h * vocab
-        rows = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-        words = tl.program_id(2) * BLOCK_V + tl.arange(0, BLOCK_V)
-        mask = (rows < h)[:, None] & (words < vocab)[None, :]
+        t, rows, words, mask = _leaf_tile(h, vocab, BLOCK_H, BLOCK_V)
         p = tl.load(p_ptr + t + rows[:, None] * vocab + words[None, :], mask=mask, other=0.0)
         tl.store(t_ptr + t + words[:, None] * h + rows[None, :],
                  tl.trans(p).to(tl.float32), mask=tl.trans(mask))
@@ -233,6 +236,13 @@ def posterior_triton(layout: Layout, start: int, stop: int, x: Tensor, flows: Te
                             BLOCK_H=block_h, BLOCK_N=block_n)
 
 
+def _leaf_grid(param: Tensor) -> tuple[int, int, int]:
+    """Programs of the leaf kernels for a parameter (n, h, V): (tables, 64-row blocks,
+    32-value blocks)."""
+    n, h, vocab = param.shape
+    return n, triton.cdiv(h, 64), triton.cdiv(vocab, 32)
+
+
 def leaf_table_torch(param: Tensor, out: Tensor) -> None:
     """out (n, V, h) fp32 = one leaf parameter (n, h, V), value-major (a copy)."""
     out.copy_(param.detach().transpose(1, 2))
@@ -244,9 +254,8 @@ def leaf_table_triton(param: Tensor, out: Tensor) -> None:
     if not param.is_contiguous() or not out.is_contiguous():
         leaf_table_torch(param, out)
         return
-    n, h, vocab = param.shape
-    grid = (n, triton.cdiv(h, 64), triton.cdiv(vocab, 32))
-    _leaf_table_kernel[grid](param.detach(), out, h, vocab, BLOCK_H=64, BLOCK_V=32)
+    _leaf_table_kernel[_leaf_grid(param)](param.detach(), out, *param.shape[1:], BLOCK_H=64,
+                                          BLOCK_V=32)
 
 
 def leaf_grad_torch(flows: Tensor, param: Tensor, grad: Tensor) -> None:
@@ -260,12 +269,11 @@ def leaf_grad_triton(flows: Tensor, param: Tensor, grad: Tensor) -> None:
     """:func:`leaf_grad_torch` as one Triton kernel: 64 x 32 tiles, each operand read along
     its contiguous axis (the PyTorch twin reads the flows across theirs and makes a clamped
     copy of the parameter). Operands other than contiguous fp32 go to the twin."""
-    n, h, vocab = param.shape
     if any(t.dtype != torch.float32 or not t.is_contiguous() for t in (flows, param, grad)):
         leaf_grad_torch(flows, param, grad)
         return
-    grid = (n, triton.cdiv(h, 64), triton.cdiv(vocab, 32))
-    _leaf_grad_kernel[grid](flows, param.detach(), grad, h, vocab, BLOCK_H=64, BLOCK_V=32)
+    _leaf_grad_kernel[_leaf_grid(param)](flows, param.detach(), grad, *param.shape[1:],
+                                         BLOCK_H=64, BLOCK_V=32)
 
 
 @dataclass(frozen=True)

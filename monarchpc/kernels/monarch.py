@@ -274,12 +274,12 @@ def _strides(t: Tensor, name: str) -> tuple[int, int, int, int]:
 
 def layer_product_triton(w: Tensor, x: Tensor, out: Tensor | None = None,
                          transpose: bool = False, tiles: Tiles | None = None,
-                         stacked: bool | None = None) -> Tensor:
+                         stacked: bool = False) -> Tensor:
     """:func:`layer_product` as one Triton kernel (strided reads and writes, no copies).
 
     w: (E, pre, post, b, b) contiguous; x, out: (E, pre, b, post, N), unit column stride.
-    ``stacked``: the blocks are edges of an HCLT level (default: E > 1), for
-    :func:`layer_tiles`. Returns ``out``, or a new contiguous tensor of x's dtype.
+    ``stacked``: the blocks are edges of an HCLT level (:func:`monarch_products` binds it),
+    for :func:`layer_tiles`. Returns ``out``, or a new contiguous tensor of x's dtype.
     """
     e, pre, post, b, _ = w.shape
     n = x.shape[-1]
@@ -287,7 +287,7 @@ def layer_product_triton(w: Tensor, x: Tensor, out: Tensor | None = None,
         out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     w = w.to(x.dtype).contiguous()
     blocks = e * pre * post
-    t = tiles or layer_tiles(b, blocks, n, x.element_size(), e > 1 if stacked is None else stacked)
+    t = tiles or layer_tiles(b, blocks, n, x.element_size(), stacked)
     grid = (triton.cdiv(blocks, t.bq), triton.cdiv(b, t.bi), triton.cdiv(n, t.bn))
     swi, swj = (1, b) if transpose else (b, 1)
     _layer_kernel[grid](w, x, out, pre, post, blocks, b, n, swi, swj, *_strides(x, "x"),

@@ -40,7 +40,7 @@ from torch import Tensor
 
 from monarchpc.circuits.hclt import HCLT
 from monarchpc.circuits.sum_blocks import HiddenMajor
-from monarchpc.kernels.hclt import Layout, level_ops
+from monarchpc.kernels.hclt import Layout, leaf_table_torch, level_ops
 from monarchpc.learning.forward_backward import DTYPES
 from monarchpc.learning.graphs import CapturedEStep, into_grads
 
@@ -79,12 +79,13 @@ def tree_layout(model: HCLT, device: torch.device) -> Layout:
     return cached[device]
 
 
-def leaf_tables(model: HCLT, kernels: str = "torch") -> Tensor:
+def leaf_tables(model: HCLT, transpose: Callable[[Tensor, Tensor], None] = leaf_table_torch
+                ) -> Tensor:
     """All leaf tables as one flat fp32 tensor, each (V, h) value-major (a copy, each
-    parameter transposed straight into its part; ``kernels`` as in :func:`hclt_estep`)."""
+    parameter transposed straight into its part by ``transpose``: a ``leaf_table`` of
+    :class:`~monarchpc.kernels.hclt.LevelOps`)."""
     sizes = [w.numel() for w in model.leaves]
     flat = torch.empty(sum(sizes), dtype=torch.float32, device=model.root.device)
-    transpose = level_ops(kernels, flat.device).leaf_table
     for w, part in zip(model.leaves, flat.split(sizes), strict=True):
         transpose(w, part.view(w.shape[0], w.shape[2], w.shape[1]))
     return flat
@@ -140,7 +141,7 @@ def estep(model: HCLT, x: Tensor, precision: str = "fp32", grads: list[Tensor] |
     values = internal_values(model, x, layout, validate)
     blocks, levels = model.blocks, layout.levels
     d, h, n, k = model.num_vars, model.hidden_size, x.shape[0], len(blocks.layers)
-    tables = leaf_tables(model, kernels)
+    tables = leaf_tables(model, ops.leaf_table)
 
     def state() -> Tensor:
         return torch.empty(d, h, n, dtype=dtype, device=dev)
