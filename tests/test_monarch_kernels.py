@@ -3,6 +3,7 @@ einsum, on strided states (segment-buffer slots) and poisoned outputs."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -11,6 +12,8 @@ import torch
 from monarchpc.kernels.hmm import triton_usable
 from monarchpc.kernels.monarch import (
     Tiles,
+    backward_product,
+    backward_product_triton,
     grad_product,
     grad_product_triton,
     layer_product,
@@ -120,3 +123,55 @@ def test_triton_products_reject_bad_layouts() -> None:
         layer_product_triton(w, x.transpose(-1, -2).contiguous().transpose(-1, -2))
     with pytest.raises(ValueError, match="contiguous fp32"):
         grad_product_triton(torch.zeros(1, 2, 3, 4, 4, dtype=torch.float64), x, x)
+
+
+@pytest.mark.parametrize("factors,e,n,tiles,dtype", [*LAYOUTS, ([4, 8], 2, 70, None, FP32),
+                                                      ([4, 8], 2, 70, None, BF16)])
+def test_backward_products_equal_gradient_then_transposed_product(
+        factors: list[int], e: int, n: int, tiles: Tiles | None, dtype: torch.dtype) -> None:
+    """grad += a x^T and W^T a, into a slot of a buffer or over x itself: the twin, the
+    fused kernel (70 columns: three steps of 32) and the two kernels."""
+    g = torch.Generator().manual_seed(len(factors) * 10 + e + 2)
+    for d in range(len(factors)):
+        pre, b, post = math.prod(factors[:d]), factors[d], math.prod(factors[d + 1:])
+        w = torch.rand(e, pre, post, b, b, generator=g).to(dtype)
+        a, x = (split(slots(e, factors, 3, n, dtype, None, g)[..., 1, :], factors, d)
+                for _ in range(2))
+        start = torch.randn(e, pre, post, b, b, generator=g)
+        want_grad = start.double() + torch.einsum("epiqk,epjqk->epqij", a.double(),
+                                                  x.double())
+        want = torch.einsum("epqji,epjqn->epiqn", w.double(), a.double())
+        products = [backward_product, functools.partial(backward_product_triton, fuse=False)]
+        if b <= 64:
+            products.append(functools.partial(backward_product_triton, fuse=True))
+        for product in products:
+            for in_place in (False, True):
+                grad, xs = start.clone(), x.clone()
+                buf = slots(e, factors, 3, n, dtype, float("nan"), g)
+                out = xs if in_place else split(buf[..., 1, :], factors, d)
+                assert product(w, grad, a, xs, out) is out
+                torch.testing.assert_close(grad.double(), want_grad, rtol=1e-5, atol=1e-4)
+                torch.testing.assert_close(out.double(), want, **tolerance(dtype))
+                if not in_place:
+                    assert buf[..., 0, :].isnan().all() and buf[..., 2, :].isnan().all()
+
+
+def test_backward_step_fuses_blocks_of_33_to_64(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without ``fuse``, blocks of 33-64 take the fused kernel, others the two kernels."""
+    from monarchpc.kernels import monarch
+
+    calls: list[str] = []
+    monkeypatch.setattr(monarch, "grad_product_triton", lambda *a: calls.append("grad"))
+    monkeypatch.setattr(monarch, "layer_product_triton", lambda *a, **k: calls.append("layer"))
+    for b in (16, 32, 33, 64, 80):
+        calls.clear()
+        w, grad = torch.rand(1, 1, 1, b, b), torch.zeros(1, 1, 1, b, b)
+        a, x = torch.rand(1, 1, b, 1, 8), torch.rand(1, 1, b, 1, 8)
+        backward_product_triton(w, grad, a, x, x)
+        assert calls == ([] if 32 < b <= 64 else ["grad", "layer"]), b
+        if calls == []:
+            assert grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="blocks up to 64"):
+        backward_product_triton(torch.rand(1, 1, 1, 80, 80), torch.zeros(1, 1, 1, 80, 80),
+                                torch.rand(1, 1, 80, 1, 8), torch.rand(1, 1, 80, 1, 8),
+                                torch.rand(1, 1, 80, 1, 8), fuse=True)

@@ -338,3 +338,10 @@ class HiddenMajor:
         a, x: states with K columns (a whole segment) in the compute dtype.
         """
         self.ops.grad(grad, self.view(a, l), self.view(x, l))
+
+    def backward(self, l: int, grad: Tensor, a: Tensor, x: Tensor, out: Tensor) -> Tensor:
+        """Layer l's backward step over the same columns: :meth:`accumulate_grad` with a and
+        x, then ``out`` = L_l^T @ a (one kernel where the products allow; ``out`` may be
+        ``x``). a, x, out: states (not copies: ``out`` must view as the layer's output)."""
+        self.ops.backward(self.w[l], grad, self.view(a, l), self.view(x, l), self.view(out, l))
+        return out

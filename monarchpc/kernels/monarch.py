@@ -12,14 +12,19 @@ The weight gradient of a layer sums, over K columns (a whole segment of steps),
 
     grad[e, p, q] += a[e, p, :, q, :] @ x[e, p, :, q, :]^T
 
+and a layer's backward step over the same columns (the HCLT's) is that gradient followed
+by the transposed product of ``a`` (:func:`backward_product`), fused into one pass over
+a and x for blocks of 33 to 64.
+
 Values are in linear space. Two implementations compute the same values:
 
 * the PyTorch twins :func:`layer_product` and :func:`grad_product`: batched matrix
   products (cuBLAS) over strided views; a state whose (pre, post) strides do not flatten
   into one batch dimension (the middle layers of k >= 3) costs a copy in and out;
-* the Triton kernels :func:`layer_product_triton` and :func:`grad_product_triton`: one
-  program per tile of blocks reads its inputs and writes its outputs through their
-  strides (no copies), multiplying on tensor cores with fp32 accumulation.
+* the Triton kernels :func:`layer_product_triton`, :func:`grad_product_triton` and
+  :func:`backward_product_triton`: one program per tile of blocks reads its inputs and
+  writes its outputs through their strides (no copies), multiplying on tensor cores with
+  fp32 accumulation.
 
 Why per layer and not all k layers in one kernel: a layer moves 2 states + its weights
 (Monarch-3 64^3, 2^18, N = 128, bf16: 64 + 32 + 64 MB), so its time is memory traffic, and
@@ -117,6 +122,17 @@ def grad_product(grad: Tensor, a: Tensor, x: Tensor) -> Tensor:
     e, pre, post, b, _ = grad.shape
     _add_products(grad.view(e * pre * post, b, b), _blocks(a), _blocks(x).transpose(1, 2))
     return grad
+
+
+def backward_product(w: Tensor, grad: Tensor, a: Tensor, x: Tensor, out: Tensor) -> Tensor:
+    """A layer's backward step: grad += a @ x^T per block (summed over the N columns), then
+    out = W^T @ a per block. ``out`` may be ``x`` itself (the input is overwritten).
+
+    w: (E, pre, post, b, b); grad: the same shape, fp32; a, x, out: (E, pre, b, post, N).
+    Returns ``out``.
+    """
+    grad_product(grad, a, x)
+    return layer_product(w, a, out, transpose=True)
 
 
 # ---- Triton kernels ----------------------------------------------------------------------
@@ -257,6 +273,36 @@ if triton is not None:
         gmask = qmask[:, None, None] & (i < b)[None, :, None] & (j < b)[None, None, :]
         tl.store(g, tl.load(g, mask=gmask, other=0.0) + acc, mask=gmask)
 
+    @triton.jit
+    def _backward_kernel(w_ptr, g_ptr, a_ptr, x_ptr, y_ptr, pre, post, blocks, b, n,
+                         sae, sap, sab, saq, sxe, sxp, sxb, sxq, sye, syp, syb, syq,
+                         BQ: tl.constexpr, BB: tl.constexpr, BK: tl.constexpr,
+                         PRECISION: tl.constexpr, INTERPRET: tl.constexpr):
+        # BQ whole blocks over all columns: each column tile of a and x is read once for both
+        # the gradient and the transposed product, stored after that tile of x was read (so
+        # y may be x)
+        r, e, p, q, qmask = _block_ids(tl.program_id(0), pre, post, blocks, BQ)
+        i = tl.arange(0, BB)
+        imask = qmask[:, None, None] & (i < b)[None, :, None]
+        wmask = imask & (i < b)[None, None, :]
+        wt = tl.load(w_ptr + (r.to(tl.int64) * b * b)[:, None, None] + i[None, :, None]
+                     + i[None, None, :] * b, mask=wmask, other=0.0)  # W^T
+        acc = tl.zeros((BQ, BB, BB), dtype=tl.float32)
+        for k0 in range(0, n, BK):
+            cols = k0 + tl.arange(0, BK)
+            cmask = imask & (cols < n)[None, None, :]
+            a = tl.load(_block_tile(a_ptr, e, p, q, i, cols, sae, sap, sab, saq), mask=cmask,
+                        other=0.0)
+            x = tl.load(_block_tile(x_ptr, e, p, q, i, cols, sxe, sxp, sxb, sxq), mask=cmask,
+                        other=0.0)
+            acc = _dot(a, tl.permute(x, (0, 2, 1)), acc, PRECISION, INTERPRET)
+            y = _dot(wt, a, tl.zeros((BQ, BB, BK), dtype=tl.float32), PRECISION, INTERPRET)
+            tl.store(_block_tile(y_ptr, e, p, q, i, cols, sye, syp, syb, syq),
+                     y.to(y_ptr.dtype.element_ty), mask=cmask)
+        g = g_ptr + (r.to(tl.int64) * b * b)[:, None, None] + i[None, :, None] * b \
+            + i[None, None, :]
+        tl.store(g, tl.load(g, mask=wmask, other=0.0) + acc, mask=wmask)
+
 
 def _precision(dtype: torch.dtype) -> str:
     """tl.dot's input precision: exact fp32 products for fp32 operands where torch disallows
@@ -314,6 +360,36 @@ def grad_product_triton(grad: Tensor, a: Tensor, x: Tensor, tiles: Tiles | None 
     return grad
 
 
+def backward_product_triton(w: Tensor, grad: Tensor, a: Tensor, x: Tensor, out: Tensor,
+                            fuse: bool | None = None) -> Tensor:
+    """:func:`backward_product` on Triton: with ``fuse``, one kernel in which each tile of a
+    and x is read once for both products (blocks up to 64; 32 columns a step for 4-byte
+    operands, 64 for 16-bit ones); without, the weight-gradient then the layer kernel. None
+    fuses blocks of 33 to 64 (one whole block a program). On an H200 (Monarch-HCLT
+    h = 4096, 64 x 64 blocks) that made E-steps 13% faster in TF32 and 7-8% in bf16; blocks
+    of 32, two a program in batched products, gained nothing in TF32 at h = 1024 and lost
+    15% with 64-column steps (docs/results/device/backward_step_ab_h200.jsonl,
+    posterior_flows_ab_h200.jsonl). Returns ``out``."""
+    e, pre, post, b, _ = w.shape
+    if fuse is None:
+        fuse = 32 < b <= 64
+    if not fuse:
+        grad_product_triton(grad, a, x)
+        return layer_product_triton(w, a, out, transpose=True, stacked=e > 1)
+    if b > 64:
+        raise ValueError(f"the fused backward step takes blocks up to 64, got {b}")
+    if grad.dtype != torch.float32 or not grad.is_contiguous():
+        raise ValueError("grad must be a contiguous fp32 tensor (E, pre, post, b, b)")
+    n, blocks = a.shape[-1], e * pre * post
+    t = default_tiles(b, blocks, n)
+    _backward_kernel[(triton.cdiv(blocks, t.bq),)](
+        w.to(a.dtype).contiguous(), grad, a, x, out, pre, post, blocks, b, n,
+        *_strides(a, "a"), *_strides(x, "x"), *_strides(out, "out"), BQ=t.bq, BB=t.bi,
+        BK=min(32 if a.element_size() == 4 else 64, t.bn), PRECISION=_precision(a.dtype),
+        INTERPRET=interpreting(), num_warps=4, num_stages=3)
+    return out
+
+
 # ---- Dispatcher --------------------------------------------------------------------------
 
 
@@ -324,6 +400,7 @@ class MonarchProducts:
     name: str
     layer: Callable[..., Tensor]
     grad: Callable[..., Tensor]
+    backward: Callable[..., Tensor]
 
 
 def monarch_products(kind: str, device: torch.device, factors: Sequence[int],
@@ -337,5 +414,5 @@ def monarch_products(kind: str, device: torch.device, factors: Sequence[int],
     if choose(kind, device, "products", auto_triton=copies) == "triton":
         layer = functools.partial(layer_product_triton, stacked=True) if stacked else \
             layer_product_triton
-        return MonarchProducts("triton", layer, grad_product_triton)
-    return MonarchProducts("torch", layer_product, grad_product)
+        return MonarchProducts("triton", layer, grad_product_triton, backward_product_triton)
+    return MonarchProducts("torch", layer_product, grad_product, backward_product)

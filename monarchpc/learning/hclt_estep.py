@@ -187,8 +187,8 @@ def estep(model: HCLT, x: Tensor, precision: str = "fp32", grads: list[Tensor] |
         a, level = m[start:stop], edges(start, stop)
         for l in range(k):
             x_l = (inputs[l] if l < k - 1 else u)[start:stop]
-            level.accumulate_grad(l, layer_grads[l][start - 1:stop - 1], a, x_l)
-            a = level.apply(l, a, transpose=True, out=x_l if l < k - 1 else w[: stop - start])
+            a = level.backward(l, layer_grads[l][start - 1:stop - 1], a, x_l,
+                               out=x_l if l < k - 1 else w[: stop - start])
     # free the states (and the views of them) before the leaf gradients' temporaries
     del u, m, inputs, w
     y = a = x_l = None
