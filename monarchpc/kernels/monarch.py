@@ -14,7 +14,7 @@ The weight gradient of a layer sums, over K columns (a whole segment of steps),
 
 and a layer's backward step over the same columns (the HCLT's) is that gradient followed
 by the transposed product of ``a`` (:func:`backward_product`), fused into one pass over
-a and x for blocks of 33 to 64.
+a and x where that was measured faster.
 
 Values are in linear space. Two implementations compute the same values:
 
@@ -274,34 +274,46 @@ if triton is not None:
         tl.store(g, tl.load(g, mask=gmask, other=0.0) + acc, mask=gmask)
 
     @triton.jit
+    def _stacked_rows(ptr, e, p, q, i, valid, cols, n, se, sp, sb, sq):
+        """A (rows, columns) tile: row i of block (e, p, q) per row, of a (E, pre, b, post, N)
+        tensor with strides (se, sp, sb, sq, 1)."""
+        rows = e.to(tl.int64) * se + p.to(tl.int64) * sp + q.to(tl.int64) * sq \
+            + i.to(tl.int64) * sb
+        return ptr + rows[:, None] + cols[None, :], valid[:, None] & (cols < n)[None, :]
+
+    @triton.jit
     def _backward_kernel(w_ptr, g_ptr, a_ptr, x_ptr, y_ptr, pre, post, blocks, b, n,
                          sae, sap, sab, saq, sxe, sxp, sxb, sxq, sye, syp, syb, syq,
-                         BQ: tl.constexpr, BB: tl.constexpr, BK: tl.constexpr,
+                         BB: tl.constexpr, R: tl.constexpr, BK: tl.constexpr,
                          PRECISION: tl.constexpr, INTERPRET: tl.constexpr):
-        # BQ whole blocks over all columns: each column tile of a and x is read once for both
-        # the gradient and the transposed product, stored after that tile of x was read (so
-        # y may be x)
-        r, e, p, q, qmask = _block_ids(tl.program_id(0), pre, post, blocks, BQ)
-        i = tl.arange(0, BB)
-        imask = qmask[:, None, None] & (i < b)[None, :, None]
-        wmask = imask & (i < b)[None, None, :]
-        wt = tl.load(w_ptr + (r.to(tl.int64) * b * b)[:, None, None] + i[None, :, None]
-                     + i[None, None, :] * b, mask=wmask, other=0.0)  # W^T
-        acc = tl.zeros((BQ, BB, BB), dtype=tl.float32)
+        # R / BB whole blocks a program over all columns, their rows stacked: tile row rho is
+        # row i = rho % BB of block r = pid * R / BB + rho // BB, so both products are 2D:
+        # the gradients are the diagonal (b x b) sub-blocks of a @ x^T, and W^T is loaded
+        # block-diagonal. Each column tile of a and x is read once for both products; y is
+        # stored after that tile of x was read (so y may be x).
+        rho = tl.arange(0, R)
+        r, e, p, q, in_range = _block_ids(tl.program_id(0) * (R // BB) + rho // BB, pre,
+                                          post, blocks, 1)
+        i = rho % BB
+        valid = in_range & (i < b)
+        pair = ((rho // BB)[:, None] == (rho // BB)[None, :]) & valid[:, None] & valid[None, :]
+        r64 = r.to(tl.int64)
+        # wt[sigma, rho] = W[r, i(rho), i(sigma)]: (W^T @ a) for row sigma of each block
+        wt = tl.load(w_ptr + (r64 * b * b)[None, :] + i[None, :] * b + i[:, None], mask=pair,
+                     other=0.0)
+        acc = tl.zeros((R, R), dtype=tl.float32)
         for k0 in range(0, n, BK):
             cols = k0 + tl.arange(0, BK)
-            cmask = imask & (cols < n)[None, None, :]
-            a = tl.load(_block_tile(a_ptr, e, p, q, i, cols, sae, sap, sab, saq), mask=cmask,
-                        other=0.0)
-            x = tl.load(_block_tile(x_ptr, e, p, q, i, cols, sxe, sxp, sxb, sxq), mask=cmask,
-                        other=0.0)
-            acc = _dot(a, tl.permute(x, (0, 2, 1)), acc, PRECISION, INTERPRET)
-            y = _dot(wt, a, tl.zeros((BQ, BB, BK), dtype=tl.float32), PRECISION, INTERPRET)
-            tl.store(_block_tile(y_ptr, e, p, q, i, cols, sye, syp, syb, syq),
-                     y.to(y_ptr.dtype.element_ty), mask=cmask)
-        g = g_ptr + (r.to(tl.int64) * b * b)[:, None, None] + i[None, :, None] * b \
-            + i[None, None, :]
-        tl.store(g, tl.load(g, mask=wmask, other=0.0) + acc, mask=wmask)
+            a_at, mask = _stacked_rows(a_ptr, e, p, q, i, valid, cols, n, sae, sap, sab, saq)
+            x_at, _ = _stacked_rows(x_ptr, e, p, q, i, valid, cols, n, sxe, sxp, sxb, sxq)
+            y_at, _ = _stacked_rows(y_ptr, e, p, q, i, valid, cols, n, sye, syp, syb, syq)
+            a = tl.load(a_at, mask=mask, other=0.0)
+            x = tl.load(x_at, mask=mask, other=0.0)
+            acc = _dot(a, tl.trans(x), acc, PRECISION, INTERPRET)
+            y = _dot(wt, a, tl.zeros((R, BK), dtype=tl.float32), PRECISION, INTERPRET)
+            tl.store(y_at, y.to(y_ptr.dtype.element_ty), mask=mask)
+        g = g_ptr + (r64 * b * b + i * b)[:, None] + i[None, :]
+        tl.store(g, tl.load(g, mask=pair, other=0.0) + acc, mask=pair)
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -363,16 +375,16 @@ def grad_product_triton(grad: Tensor, a: Tensor, x: Tensor, tiles: Tiles | None 
 def backward_product_triton(w: Tensor, grad: Tensor, a: Tensor, x: Tensor, out: Tensor,
                             fuse: bool | None = None) -> Tensor:
     """:func:`backward_product` on Triton: with ``fuse``, one kernel in which each tile of a
-    and x is read once for both products (blocks up to 64; 32 columns a step for 4-byte
-    operands, 64 for 16-bit ones); without, the weight-gradient then the layer kernel. None
-    fuses blocks of 33 to 64 (one whole block a program). On an H200 (Monarch-HCLT
-    h = 4096, 64 x 64 blocks) that made E-steps 13% faster in TF32 and 7-8% in bf16; blocks
-    of 32, two a program in batched products, gained nothing in TF32 at h = 1024 and lost
-    15% with 64-column steps (docs/results/device/backward_step_ab_h200.jsonl,
-    posterior_flows_ab_h200.jsonl). Returns ``out``."""
+    and x is read once for both products (blocks up to 64, stacked into 64-row tiles; 32
+    columns a step for 4-byte operands, 64 for 16-bit ones); without, the weight-gradient
+    then the layer kernel. None fuses blocks of 33 to 64, and of 17 to 32 in 16-bit
+    operands: on an H200, Monarch-HCLT E-steps (TF32 / bf16) ran 16% / 9% faster at
+    h = 4096 (64 x 64 blocks) and -12% / +10% at h = 1024 (32 x 32, two blocks a tile:
+    half of each product is discarded), batch 512
+    (docs/results/device/backward_step_ab_h200.jsonl). Returns ``out``."""
     e, pre, post, b, _ = w.shape
     if fuse is None:
-        fuse = 32 < b <= 64
+        fuse = 32 < b <= 64 or (16 < b <= 32 and a.element_size() == 2)
     if not fuse:
         grad_product_triton(grad, a, x)
         return layer_product_triton(w, a, out, transpose=True, stacked=e > 1)
@@ -380,13 +392,12 @@ def backward_product_triton(w: Tensor, grad: Tensor, a: Tensor, x: Tensor, out: 
         raise ValueError(f"the fused backward step takes blocks up to 64, got {b}")
     if grad.dtype != torch.float32 or not grad.is_contiguous():
         raise ValueError("grad must be a contiguous fp32 tensor (E, pre, post, b, b)")
-    n, blocks = a.shape[-1], e * pre * post
-    t = default_tiles(b, blocks, n)
-    _backward_kernel[(triton.cdiv(blocks, t.bq),)](
+    n, blocks, bb = a.shape[-1], e * pre * post, max(16, _pow2(b))
+    bk = min(32 if a.element_size() == 4 else 64, max(16, _pow2(n)))
+    _backward_kernel[(triton.cdiv(blocks, 64 // bb),)](
         w.to(a.dtype).contiguous(), grad, a, x, out, pre, post, blocks, b, n,
-        *_strides(a, "a"), *_strides(x, "x"), *_strides(out, "out"), BQ=t.bq, BB=t.bi,
-        BK=min(32 if a.element_size() == 4 else 64, t.bn), PRECISION=_precision(a.dtype),
-        INTERPRET=interpreting(), num_warps=4, num_stages=3)
+        *_strides(a, "a"), *_strides(x, "x"), *_strides(out, "out"), BB=bb, R=64, BK=bk,
+        PRECISION=_precision(a.dtype), INTERPRET=interpreting(), num_warps=4, num_stages=3)
     return out
 
 
