@@ -43,6 +43,7 @@ from monarchpc.paths import REPO_ROOT
 # A kernel (GPU) or op (CPU) goes to the first family whose pattern matches its own name, else
 # the name of the op that launched it, else that op's parents (innermost first); else "other".
 FAMILIES = [
+    ("backward steps (gradient + transposed product)", r"_backward_kernel"),
     ("weight gradients", r"_grad_kernel|_grad_flows_kernel|aten::baddbmm"),
     ("monarch layer products", r"_layer_kernel|aten::(bmm|mm|mv|matmul|addmm)\b"),
     ("element-wise (emit/post/normalize)",

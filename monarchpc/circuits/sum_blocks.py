@@ -27,6 +27,7 @@ for the fused E-steps (:class:`HiddenMajor`).
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -309,6 +310,12 @@ class HiddenMajor:
         self.params = list(blocks.layers)  # the parameters the gradients belong to
         self.ops = monarch_products(products, self.w[0].device, self.factors,
                                     stacked=blocks.num_blocks > 1)
+
+    def part(self, start: int, stop: int) -> HiddenMajor:
+        """Blocks start..stop-1 of these, their weights as views (cast once, not per part)."""
+        part = copy.copy(self)
+        part.w = [w[start:stop] for w in self.w]
+        return part
 
     def view(self, state: Tensor, l: int) -> Tensor:
         """``state`` as (n, pre, b, post, N) for layer l (a view whenever strides allow)."""

@@ -146,10 +146,11 @@ def estep(model: HCLT, x: Tensor, precision: str = "fp32", grads: list[Tensor] |
     def state() -> Tensor:
         return torch.empty(d, h, n, dtype=dtype, device=dev)
 
+    every_edge = HiddenMajor(blocks, dtype)  # the weights cast to the compute dtype once
+
     def edges(start: int, stop: int) -> HiddenMajor:
-        """The blocks of the edges into nodes start..stop-1 (the edge into v is block v - 1)
-        in the compute dtype, one level at a time."""
-        return HiddenMajor(blocks, dtype, start - 1, stop - 1)
+        """The blocks of the edges into nodes start..stop-1 (the edge into v is block v - 1)."""
+        return every_edge.part(start - 1, stop - 1)
 
     # Bottom-up: u, s of every node; X[l] holds layer l's inputs (l < k - 1; layer k - 1
     # reads u) and m the messages (layer 0's outputs).
