@@ -375,16 +375,15 @@ def grad_product_triton(grad: Tensor, a: Tensor, x: Tensor, tiles: Tiles | None 
 def backward_product_triton(w: Tensor, grad: Tensor, a: Tensor, x: Tensor, out: Tensor,
                             fuse: bool | None = None) -> Tensor:
     """:func:`backward_product` on Triton: with ``fuse``, one kernel in which each tile of a
-    and x is read once for both products (blocks up to 64, stacked into 64-row tiles; 32
-    columns a step for 4-byte operands, 64 for 16-bit ones); without, the weight-gradient
-    then the layer kernel. None fuses blocks of 33 to 64, and of 17 to 32 in 16-bit
-    operands: on an H200, Monarch-HCLT E-steps (TF32 / bf16) ran 16% / 9% faster at
-    h = 4096 (64 x 64 blocks) and -12% / +10% at h = 1024 (32 x 32, two blocks a tile:
-    half of each product is discarded), batch 512
+    and x is read once for both products (blocks up to 64, stacked into tiles of 32 rows
+    for blocks up to 32, else 64; 64 columns a step, 32 for 4-byte operands in 64-row
+    tiles); without, the weight-gradient then the layer kernel. None fuses blocks of 17 to
+    64: on an H200, Monarch-HCLT E-steps ran 16% (TF32) / 9% (bf16) faster at h = 4096
+    (64 x 64 blocks) and 6% / 15% at h = 1024 (32 x 32), batch 512
     (docs/results/device/backward_step_ab_h200.jsonl). Returns ``out``."""
     e, pre, post, b, _ = w.shape
     if fuse is None:
-        fuse = 32 < b <= 64 or (16 < b <= 32 and a.element_size() == 2)
+        fuse = 16 < b <= 64
     if not fuse:
         grad_product_triton(grad, a, x)
         return layer_product_triton(w, a, out, transpose=True, stacked=e > 1)
@@ -393,10 +392,11 @@ def backward_product_triton(w: Tensor, grad: Tensor, a: Tensor, x: Tensor, out: 
     if grad.dtype != torch.float32 or not grad.is_contiguous():
         raise ValueError("grad must be a contiguous fp32 tensor (E, pre, post, b, b)")
     n, blocks, bb = a.shape[-1], e * pre * post, max(16, _pow2(b))
-    bk = min(32 if a.element_size() == 4 else 64, max(16, _pow2(n)))
-    _backward_kernel[(triton.cdiv(blocks, 64 // bb),)](
+    rows = 32 if bb <= 32 else 64
+    bk = min(32 if rows == 64 and a.element_size() == 4 else 64, max(16, _pow2(n)))
+    _backward_kernel[(triton.cdiv(blocks, rows // bb),)](
         w.to(a.dtype).contiguous(), grad, a, x, out, pre, post, blocks, b, n,
-        *_strides(a, "a"), *_strides(x, "x"), *_strides(out, "out"), BB=bb, R=64, BK=bk,
+        *_strides(a, "a"), *_strides(x, "x"), *_strides(out, "out"), BB=bb, R=rows, BK=bk,
         PRECISION=_precision(a.dtype), INTERPRET=interpreting(), num_warps=4, num_stages=3)
     return out
 
