@@ -1,5 +1,6 @@
-"""Monarch layer and weight-gradient products: Triton kernels and PyTorch twins against
-einsum, on strided states (segment-buffer slots) and poisoned outputs."""
+"""Monarch layer products, weight-gradient products and backward steps: Triton kernels and
+PyTorch twins against einsum, on strided states (segment-buffer slots) and poisoned
+outputs."""
 
 from __future__ import annotations
 
