@@ -35,7 +35,7 @@ LAYOUTS = [([48], 1, 5, None, FP32), ([3, 4], 1, 5, None, FP32), ([3, 4], 3, 5, 
            ([3, 4, 5], 3, 5, None, FP32), ([3, 4, 5], 1, 5, None, FP16),
            ([2, 3, 2, 4], 1, 5, None, FP32), ([2, 3, 2, 4], 3, 5, None, BF16),
            ([2, 40], 1, 20, Tiles(bq=8, bi=16, bj=16, bn=16), FP32),
-           ([2, 40], 3, 20, None, FP32)]  # stacked 4-byte blocks of 40: two inner steps
+           ([2, 40], 3, 20, None, FP32)]  # stacked blocks of 40: the stacked-row kernel
 
 
 def slots(e: int, factors: list[int], width: int, n: int, dtype: torch.dtype,
@@ -176,3 +176,27 @@ def test_backward_step_fuses_where_measured_faster(monkeypatch: pytest.MonkeyPat
         backward_product_triton(torch.rand(1, 1, 1, 80, 80), torch.zeros(1, 1, 1, 80, 80),
                                 torch.rand(1, 1, 80, 1, 8), torch.rand(1, 1, 80, 1, 8),
                                 torch.rand(1, 1, 80, 1, 8), fuse=True)
+
+
+@pytest.mark.parametrize("factors,e,n,tiles,dtype", [*LAYOUTS, ([4, 8], 2, 70, None, FP32)])
+def test_stacked_row_layer_products_equal_einsum(
+        factors: list[int], e: int, n: int, tiles: Tiles | None, dtype: torch.dtype) -> None:
+    """The stacked-row layer kernel (whole blocks up to 64 a program, all columns) into a
+    slot of a buffer, W and W^T."""
+    from monarchpc.kernels.monarch import layer_rows_triton
+
+    g = torch.Generator().manual_seed(len(factors) * 10 + e + 3)
+    for d in range(len(factors)):
+        pre, b, post = math.prod(factors[:d]), factors[d], math.prod(factors[d + 1:])
+        if b > 64:
+            continue
+        for transpose in (False, True):
+            w = torch.rand(e, pre, post, b, b, generator=g).to(dtype)
+            x = split(slots(e, factors, 3, n, dtype, None, g)[..., 1, :], factors, d)
+            wt = w.double().transpose(-1, -2) if transpose else w.double()
+            want = torch.einsum("epqij,epjqn->epiqn", wt, x.double())
+            buf = slots(e, factors, 3, n, dtype, float("nan"), g)
+            out = split(buf[..., 1, :], factors, d)
+            assert layer_rows_triton(w, x, out, transpose) is out
+            torch.testing.assert_close(out.double(), want, **tolerance(dtype))
+            assert buf[..., 0, :].isnan().all() and buf[..., 2, :].isnan().all()

@@ -161,22 +161,6 @@ def default_tiles(b: int, blocks: int, n: int) -> Tiles:
     return Tiles(bq=bq, bi=bb, bj=bb, bn=min(128, max(16, _pow2(n))))
 
 
-def layer_tiles(b: int, blocks: int, n: int, itemsize: int, stacked: bool) -> Tiles:
-    """:func:`default_tiles` for a layer product of ``itemsize``-byte operands: 4-byte ones
-    (fp32, TF32 products) in ``stacked`` blocks (the edges of an HCLT level) of 33 to 64
-    take up to 64 columns and two inner steps of 32 over 2 pipeline stages; blocks of 17
-    to 32 up to 64 columns. On an H200 (Monarch-HCLT levels: 8 stacked blocks, N = 512,
-    TF32) that took 56 against 97 microseconds a product of 64 x 64 blocks (64 against 102
-    transposed) and 10.5 against 11.1 of 32 x 32 ones; bf16 kept its tiles
-    (docs/results/device/layer_tiles_hclt_h200.jsonl). Other sizes, and an HMM's single
-    block (not measured), keep the defaults."""
-    t = default_tiles(b, blocks, n)
-    if itemsize < 4 or not stacked or not 16 < b <= 64:
-        return t
-    bj = 32 if t.bj == 64 else t.bj
-    return Tiles(t.bq, t.bi, bj, min(64, t.bn), t.warps, 2 if bj < t.bj else t.stages)
-
-
 def _pow2(v: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(v, 1))))
 
@@ -282,15 +266,16 @@ if triton is not None:
         return ptr + rows[:, None] + cols[None, :], valid[:, None] & (cols < n)[None, :]
 
     @triton.jit
-    def _backward_kernel(w_ptr, g_ptr, a_ptr, x_ptr, y_ptr, pre, post, blocks, b, n,
-                         sae, sap, sab, saq, sxe, sxp, sxb, sxq, sye, syp, syb, syq,
-                         BB: tl.constexpr, R: tl.constexpr, BK: tl.constexpr,
-                         PRECISION: tl.constexpr, INTERPRET: tl.constexpr):
-        # R / BB whole blocks a program over all columns, their rows stacked: tile row rho is
-        # row i = rho % BB of block r = pid * R / BB + rho // BB, so both products are 2D:
-        # the gradients are the diagonal (b x b) sub-blocks of a @ x^T, and W^T is loaded
-        # block-diagonal. Each column tile of a and x is read once for both products; y is
-        # stored after that tile of x was read (so y may be x).
+    def _rows_pass(w_ptr, g_ptr, a_ptr, x_ptr, y_ptr, pre, post, blocks, b, n,
+                   sae, sap, sab, saq, sxe, sxp, sxb, sxq, sye, syp, syb, syq,
+                   BB: tl.constexpr, R: tl.constexpr, BK: tl.constexpr,
+                   TRANSPOSE: tl.constexpr, GRAD: tl.constexpr, PRECISION: tl.constexpr,
+                   INTERPRET: tl.constexpr):
+        """One program's pass over all columns for R / BB whole blocks, their rows stacked:
+        tile row rho is row i = rho % BB of block r = pid * R / BB + rho // BB, so every
+        product is 2D: y = W @ a (W^T with TRANSPOSE) with W loaded block-diagonal, and with
+        GRAD grad += the diagonal (b x b) sub-blocks of a @ x^T. Each column tile of a (and
+        x) is read once; y is stored after that tile of x was read (so y may be x)."""
         rho = tl.arange(0, R)
         r, e, p, q, in_range = _block_ids(tl.program_id(0) * (R // BB) + rho // BB, pre,
                                           post, blocks, 1)
@@ -298,22 +283,48 @@ if triton is not None:
         valid = in_range & (i < b)
         pair = ((rho // BB)[:, None] == (rho // BB)[None, :]) & valid[:, None] & valid[None, :]
         r64 = r.to(tl.int64)
-        # wt[sigma, rho] = W[r, i(rho), i(sigma)]: (W^T @ a) for row sigma of each block
-        wt = tl.load(w_ptr + (r64 * b * b)[None, :] + i[None, :] * b + i[:, None], mask=pair,
-                     other=0.0)
+        if TRANSPOSE:  # wt[sigma, rho] = W[r, i(rho), i(sigma)]
+            wt = tl.load(w_ptr + (r64 * b * b)[None, :] + i[None, :] * b + i[:, None],
+                         mask=pair, other=0.0)
+        else:  # W[r, i(sigma), i(rho)]
+            wt = tl.load(w_ptr + (r64 * b * b)[None, :] + i[:, None] * b + i[None, :],
+                         mask=pair, other=0.0)
         acc = tl.zeros((R, R), dtype=tl.float32)
         for k0 in range(0, n, BK):
             cols = k0 + tl.arange(0, BK)
             a_at, mask = _stacked_rows(a_ptr, e, p, q, i, valid, cols, n, sae, sap, sab, saq)
-            x_at, _ = _stacked_rows(x_ptr, e, p, q, i, valid, cols, n, sxe, sxp, sxb, sxq)
             y_at, _ = _stacked_rows(y_ptr, e, p, q, i, valid, cols, n, sye, syp, syb, syq)
             a = tl.load(a_at, mask=mask, other=0.0)
-            x = tl.load(x_at, mask=mask, other=0.0)
-            acc = _dot(a, tl.trans(x), acc, PRECISION, INTERPRET)
+            if GRAD:
+                x_at, _ = _stacked_rows(x_ptr, e, p, q, i, valid, cols, n, sxe, sxp, sxb, sxq)
+                acc = _dot(a, tl.trans(tl.load(x_at, mask=mask, other=0.0)), acc, PRECISION,
+                           INTERPRET)
             y = _dot(wt, a, tl.zeros((R, BK), dtype=tl.float32), PRECISION, INTERPRET)
             tl.store(y_at, y.to(y_ptr.dtype.element_ty), mask=mask)
-        g = g_ptr + (r64 * b * b + i * b)[:, None] + i[None, :]
-        tl.store(g, tl.load(g, mask=pair, other=0.0) + acc, mask=pair)
+        if GRAD:
+            g = g_ptr + (r64 * b * b + i * b)[:, None] + i[None, :]
+            tl.store(g, tl.load(g, mask=pair, other=0.0) + acc, mask=pair)
+
+    @triton.jit
+    def _backward_kernel(w_ptr, g_ptr, a_ptr, x_ptr, y_ptr, pre, post, blocks, b, n,
+                         sae, sap, sab, saq, sxe, sxp, sxb, sxq, sye, syp, syb, syq,
+                         BB: tl.constexpr, R: tl.constexpr, BK: tl.constexpr,
+                         PRECISION: tl.constexpr, INTERPRET: tl.constexpr):
+        # a layer's backward step: grad += a x^T, y = W^T a
+        _rows_pass(w_ptr, g_ptr, a_ptr, x_ptr, y_ptr, pre, post, blocks, b, n,
+                   sae, sap, sab, saq, sxe, sxp, sxb, sxq, sye, syp, syb, syq,
+                   BB, R, BK, True, True, PRECISION, INTERPRET)
+
+    @triton.jit
+    def _layer_rows_kernel(w_ptr, a_ptr, y_ptr, pre, post, blocks, b, n,
+                           sae, sap, sab, saq, sye, syp, syb, syq,
+                           BB: tl.constexpr, R: tl.constexpr, BK: tl.constexpr,
+                           TRANSPOSE: tl.constexpr, PRECISION: tl.constexpr,
+                           INTERPRET: tl.constexpr):
+        # a layer product y = W a (W^T a) over all columns, whole blocks a program
+        _rows_pass(w_ptr, w_ptr, a_ptr, a_ptr, y_ptr, pre, post, blocks, b, n,
+                   sae, sap, sab, saq, sae, sap, sab, saq, sye, syp, syb, syq,
+                   BB, R, BK, TRANSPOSE, False, PRECISION, INTERPRET)
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -336,16 +347,22 @@ def layer_product_triton(w: Tensor, x: Tensor, out: Tensor | None = None,
     """:func:`layer_product` as one Triton kernel (strided reads and writes, no copies).
 
     w: (E, pre, post, b, b) contiguous; x, out: (E, pre, b, post, N), unit column stride.
-    ``stacked``: the blocks are edges of an HCLT level (:func:`monarch_products` binds it),
-    for :func:`layer_tiles`. Returns ``out``, or a new contiguous tensor of x's dtype.
+    ``stacked``: the blocks are edges of an HCLT level (:func:`monarch_products` binds it):
+    blocks of 17 to 64 go to :func:`layer_rows_triton` (unless ``tiles`` are given). On an
+    H200, Monarch-HCLT E-steps with it ran 3% (TF32) / 6.5% (bf16) faster at h = 1024 and
+    within 1.3% either way at h = 4096 than with this kernel's tiles tuned for those levels
+    (docs/results/device/layer_rows_ab_h200.jsonl). Returns ``out``, or a new contiguous
+    tensor of x's dtype.
     """
     e, pre, post, b, _ = w.shape
     n = x.shape[-1]
     if out is None:
         out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if stacked and tiles is None and 16 < b <= 64:
+        return layer_rows_triton(w, x, out, transpose)
     w = w.to(x.dtype).contiguous()
     blocks = e * pre * post
-    t = tiles or layer_tiles(b, blocks, n, x.element_size(), stacked)
+    t = tiles or default_tiles(b, blocks, n)
     grid = (triton.cdiv(blocks, t.bq), triton.cdiv(b, t.bi), triton.cdiv(n, t.bn))
     swi, swj = (1, b) if transpose else (b, 1)
     _layer_kernel[grid](w, x, out, pre, post, blocks, b, n, swi, swj, *_strides(x, "x"),
@@ -391,13 +408,36 @@ def backward_product_triton(w: Tensor, grad: Tensor, a: Tensor, x: Tensor, out: 
         raise ValueError(f"the fused backward step takes blocks up to 64, got {b}")
     if grad.dtype != torch.float32 or not grad.is_contiguous():
         raise ValueError("grad must be a contiguous fp32 tensor (E, pre, post, b, b)")
-    n, blocks, bb = a.shape[-1], e * pre * post, max(16, _pow2(b))
-    rows = 32 if bb <= 32 else 64
-    bk = min(32 if rows == 64 and a.element_size() == 4 else 64, max(16, _pow2(n)))
+    bb, rows, bk = _rows_tiles(b, a.shape[-1], a.element_size())
+    blocks = e * pre * post
     _backward_kernel[(triton.cdiv(blocks, rows // bb),)](
-        w.to(a.dtype).contiguous(), grad, a, x, out, pre, post, blocks, b, n,
+        w.to(a.dtype).contiguous(), grad, a, x, out, pre, post, blocks, b, a.shape[-1],
         *_strides(a, "a"), *_strides(x, "x"), *_strides(out, "out"), BB=bb, R=rows, BK=bk,
         PRECISION=_precision(a.dtype), INTERPRET=interpreting(), num_warps=4, num_stages=3)
+    return out
+
+
+def _rows_tiles(b: int, n: int, itemsize: int) -> tuple[int, int, int]:
+    """(padded block, rows, columns a step) of the stacked-row kernels for blocks of b <= 64:
+    tiles of 32 rows for blocks up to 32, else 64; 64 columns a step, 32 for 4-byte operands
+    in 64-row tiles."""
+    bb = max(16, _pow2(b))
+    rows = 32 if bb <= 32 else 64
+    return bb, rows, min(32 if rows == 64 and itemsize == 4 else 64, max(16, _pow2(n)))
+
+
+def layer_rows_triton(w: Tensor, x: Tensor, out: Tensor, transpose: bool = False) -> Tensor:
+    """:func:`layer_product` by whole blocks of up to 64 (stacked into tiles of 32 or 64
+    rows), each program over all columns with its weights loaded once. Returns ``out``."""
+    e, pre, post, b, _ = w.shape
+    if b > 64:
+        raise ValueError(f"the stacked-row layer product takes blocks up to 64, got {b}")
+    bb, rows, bk = _rows_tiles(b, x.shape[-1], x.element_size())
+    blocks = e * pre * post
+    _layer_rows_kernel[(triton.cdiv(blocks, rows // bb),)](
+        w.to(x.dtype).contiguous(), x, out, pre, post, blocks, b, x.shape[-1],
+        *_strides(x, "x"), *_strides(out, "out"), BB=bb, R=rows, BK=bk, TRANSPOSE=transpose,
+        PRECISION=_precision(x.dtype), INTERPRET=interpreting(), num_warps=4, num_stages=3)
     return out
 
 
