@@ -302,11 +302,10 @@ class HiddenMajor:
     strides; auto picks per GPU and k).
     """
 
-    def __init__(self, blocks: SumBlocks, dtype: torch.dtype, start: int = 0,
-                 stop: int | None = None, products: str = "auto") -> None:
+    def __init__(self, blocks: SumBlocks, dtype: torch.dtype, products: str = "auto") -> None:
         self.spec = blocks.spec
         self.factors = list(blocks.spec.factors)
-        self.w = [w.detach()[start:stop].to(dtype).contiguous() for w in blocks.layers]
+        self.w = [w.detach().to(dtype).contiguous() for w in blocks.layers]
         self.params = list(blocks.layers)  # the parameters the gradients belong to
         self.ops = monarch_products(products, self.w[0].device, self.factors,
                                     stacked=blocks.num_blocks > 1)

@@ -260,20 +260,12 @@ if triton is not None:
                            BB: tl.constexpr, R: tl.constexpr, BK: tl.constexpr,
                            EVEN: tl.constexpr, PRECISION: tl.constexpr,
                            INTERPRET: tl.constexpr):
-        # R / BB whole blocks a program, their rows stacked: tile row rho is row i = rho % BB
-        # of block r = pid * R / BB + rho // BB. Products of two such tiles hold the blocks'
-        # products on their diagonal (b x b) sub-blocks; the rest is discarded (grad) or
-        # multiplied by zeros (W^T is loaded block-diagonal).
-        rho = tl.arange(0, R)
-        r = tl.program_id(0) * (R // BB) + rho // BB
-        i = rho % BB
-        valid = (r < blocks) & (i < b)
-        same = (rho // BB)[:, None] == (rho // BB)[None, :]  # (rows, rows): one block
-        pair = same & valid[:, None] & valid[None, :]
-        r64 = r.to(tl.int64)
-        # W^T, block-diagonal: wt[sigma, rho] = W[r, i(rho), i(sigma)]
-        wt = tl.load(w_ptr + (r64 * b * b)[None, :] + i[None, :] * b + i[:, None], mask=pair,
-                     other=0.0)
+        # R / BB whole blocks a program, their rows stacked (monarch._stacked_blocks):
+        # products of two such tiles hold the blocks' products on their diagonal (b x b)
+        # sub-blocks; the rest is discarded (grad) or multiplied by zeros (W^T is loaded
+        # block-diagonal).
+        r, i, valid, pair = monarch._stacked_blocks(blocks, b, BB, R)
+        wt = monarch._block_diagonal(w_ptr, r, i, pair, b, True)
         words = tl.arange(0, VP)
         acc = tl.zeros((R, R), dtype=tl.float32)
         flows = tl.zeros((R, VP), dtype=tl.float32)
@@ -291,8 +283,7 @@ if triton is not None:
             onehot = tl.where((tok[:, None] == words[None, :]) & (cols < ncols)[:, None], 1.0,
                               0.0)
             flows = _split_dot(w * x.to(tl.float32), onehot, flows, 2, INTERPRET)
-        g = g_ptr + (r64 * b * b + i * b)[:, None] + i[None, :]
-        tl.store(g, tl.load(g, mask=pair, other=0.0) + acc, mask=pair)
+        monarch._add_diagonal_blocks(g_ptr, acc, r, i, pair, b)
         hidden = ((r // post) * b + i) * post + r % post
         fmask = valid[:, None] & (words < vocab)[None, :]
         fptr = flow_ptr + hidden.to(tl.int64)[:, None] * vocab + words[None, :]

@@ -176,11 +176,17 @@ if triton is not None:
             + cols[None, None, :]
 
     @triton.jit
+    def _block_index(r, pre, post):
+        """Block r = (e * pre + p) * post + q -> (e, p, q)."""
+        ep = r // post
+        return ep // pre, ep % pre, r % post
+
+    @triton.jit
     def _block_ids(pid, pre, post, blocks, BQ: tl.constexpr):
         """Program ``pid`` -> its BQ blocks r = (e * pre + p) * post + q: (r, e, p, q, mask)."""
         r = pid * BQ + tl.arange(0, BQ)
-        ep = r // post
-        return r, ep // pre, ep % pre, r % post, r < blocks
+        e, p, q = _block_index(r, pre, post)
+        return r, e, p, q, r < blocks
 
     @triton.jit
     def _program_tile(pre, post, blocks, BQ: tl.constexpr, BI: tl.constexpr,
@@ -258,6 +264,36 @@ if triton is not None:
         tl.store(g, tl.load(g, mask=gmask, other=0.0) + acc, mask=gmask)
 
     @triton.jit
+    def _stacked_blocks(blocks, b, BB: tl.constexpr, R: tl.constexpr):
+        """This program's R / BB whole blocks (grid axis 0), their rows stacked into one tile:
+        tile row rho is row i = rho % BB of block r = pid * R / BB + rho // BB. Returns
+        (r, i, valid rows, pair): pair (R, R) marks the tile's (row, row) entries of one
+        block, both valid; (R, R) products of such tiles hold the blocks' own products on
+        those diagonal (b x b) sub-blocks."""
+        rho = tl.arange(0, R)
+        r = tl.program_id(0) * (R // BB) + rho // BB
+        i = rho % BB
+        valid = (r < blocks) & (i < b)
+        pair = ((rho // BB)[:, None] == (rho // BB)[None, :]) & valid[:, None] & valid[None, :]
+        return r, i, valid, pair
+
+    @triton.jit
+    def _block_diagonal(w_ptr, r, i, pair, b, TRANSPOSE: tl.constexpr):
+        """The blocks' weights (E * pre * post, b, b) as one block-diagonal (R, R) tile of
+        stacked rows: W[r, i(sigma), i(rho)] at (sigma, rho), or W^T with TRANSPOSE."""
+        base = w_ptr + (r.to(tl.int64) * b * b)[None, :]
+        if TRANSPOSE:
+            return tl.load(base + i[None, :] * b + i[:, None], mask=pair, other=0.0)
+        return tl.load(base + i[:, None] * b + i[None, :], mask=pair, other=0.0)
+
+    @triton.jit
+    def _add_diagonal_blocks(g_ptr, acc, r, i, pair, b):
+        """grad (E * pre * post, b, b) fp32 += the diagonal (b x b) sub-blocks of ``acc``
+        (R, R), a product of two stacked-row tiles."""
+        g = g_ptr + (r.to(tl.int64) * b * b + i * b)[:, None] + i[None, :]
+        tl.store(g, tl.load(g, mask=pair, other=0.0) + acc, mask=pair)
+
+    @triton.jit
     def _stacked_rows(ptr, e, p, q, i, valid, cols, n, se, sp, sb, sq):
         """A (rows, columns) tile: row i of block (e, p, q) per row, of a (E, pre, b, post, N)
         tensor with strides (se, sp, sb, sq, 1)."""
@@ -271,24 +307,14 @@ if triton is not None:
                    BB: tl.constexpr, R: tl.constexpr, BK: tl.constexpr,
                    TRANSPOSE: tl.constexpr, GRAD: tl.constexpr, PRECISION: tl.constexpr,
                    INTERPRET: tl.constexpr):
-        """One program's pass over all columns for R / BB whole blocks, their rows stacked:
-        tile row rho is row i = rho % BB of block r = pid * R / BB + rho // BB, so every
-        product is 2D: y = W @ a (W^T with TRANSPOSE) with W loaded block-diagonal, and with
-        GRAD grad += the diagonal (b x b) sub-blocks of a @ x^T. Each column tile of a (and
-        x) is read once; y is stored after that tile of x was read (so y may be x)."""
-        rho = tl.arange(0, R)
-        r, e, p, q, in_range = _block_ids(tl.program_id(0) * (R // BB) + rho // BB, pre,
-                                          post, blocks, 1)
-        i = rho % BB
-        valid = in_range & (i < b)
-        pair = ((rho // BB)[:, None] == (rho // BB)[None, :]) & valid[:, None] & valid[None, :]
-        r64 = r.to(tl.int64)
-        if TRANSPOSE:  # wt[sigma, rho] = W[r, i(rho), i(sigma)]
-            wt = tl.load(w_ptr + (r64 * b * b)[None, :] + i[None, :] * b + i[:, None],
-                         mask=pair, other=0.0)
-        else:  # W[r, i(sigma), i(rho)]
-            wt = tl.load(w_ptr + (r64 * b * b)[None, :] + i[:, None] * b + i[None, :],
-                         mask=pair, other=0.0)
+        """One program's pass over all columns for R / BB whole blocks, their rows stacked
+        (:func:`_stacked_blocks`), so every product is 2D: y = W @ a (W^T with TRANSPOSE)
+        with W loaded block-diagonal, and with GRAD grad += the diagonal (b x b) sub-blocks
+        of a @ x^T. Each column tile of a (and x) is read once; y is stored after that tile
+        of x was read (so y may be x)."""
+        r, i, valid, pair = _stacked_blocks(blocks, b, BB, R)
+        e, p, q = _block_index(r, pre, post)
+        wt = _block_diagonal(w_ptr, r, i, pair, b, TRANSPOSE)
         acc = tl.zeros((R, R), dtype=tl.float32)
         for k0 in range(0, n, BK):
             cols = k0 + tl.arange(0, BK)
@@ -302,8 +328,7 @@ if triton is not None:
             y = _dot(wt, a, tl.zeros((R, BK), dtype=tl.float32), PRECISION, INTERPRET)
             tl.store(y_at, y.to(y_ptr.dtype.element_ty), mask=mask)
         if GRAD:
-            g = g_ptr + (r64 * b * b + i * b)[:, None] + i[None, :]
-            tl.store(g, tl.load(g, mask=pair, other=0.0) + acc, mask=pair)
+            _add_diagonal_blocks(g_ptr, acc, r, i, pair, b)
 
     @triton.jit
     def _backward_kernel(w_ptr, g_ptr, a_ptr, x_ptr, y_ptr, pre, post, blocks, b, n,
@@ -403,7 +428,7 @@ def backward_product_triton(w: Tensor, grad: Tensor, a: Tensor, x: Tensor, out: 
         fuse = 16 < b <= 64
     if not fuse:
         grad_product_triton(grad, a, x)
-        return layer_product_triton(w, a, out, transpose=True, stacked=e > 1)
+        return layer_product_triton(w, a, out, transpose=True)
     if b > 64:
         raise ValueError(f"the fused backward step takes blocks up to 64, got {b}")
     if grad.dtype != torch.float32 or not grad.is_contiguous():
