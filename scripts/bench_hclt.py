@@ -16,14 +16,18 @@ HCLT on the same tree (forward + backward with parameter flows, TF32; dense bloc
 One JSON line per row to stdout and ``--out`` (default
 docs/results/device/bench_hclt_<device>.jsonl, rewritten), then Markdown tables. A
 variant that fails becomes a row with ``error``; variants past ``--budget-s`` are skipped.
+``--floor`` also times Monarch cases with their sum blocks skipped (engine
+``fused-no-blocks``): dense's time over that bounds what any faster Monarch layer could gain.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import re
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -34,7 +38,7 @@ from bench_records import JsonLines
 
 from monarchpc.circuits.chow_liu import chow_liu_tree
 from monarchpc.circuits.hclt import HCLT, MISSING
-from monarchpc.circuits.sum_blocks import BlockSpec, SumBlocks
+from monarchpc.circuits.sum_blocks import BlockSpec, HiddenMajor, SumBlocks
 from monarchpc.learning.em import accumulate_flows, flows
 from monarchpc.learning.forward_backward import DTYPES
 from monarchpc.learning.graphs import CapturedEStep
@@ -144,10 +148,29 @@ def measure(step: Any, batch: int, device: torch.device, reps: int) -> dict[str,
     return {"estep_s": t, "samples_per_s": batch / t, "peak_memory_gb": peak_gb(device)}
 
 
+@contextlib.contextmanager
+def blocks_skipped() -> Iterator[None]:
+    """Every sum-block layer product and backward step returns at once (its output left as
+    it was): the E-step keeps only the work that does not depend on the blocks (leaves,
+    products, posteriors), which dense and Monarch blocks share. For timing only."""
+    apply, backward = HiddenMajor.apply, HiddenMajor.backward
+    HiddenMajor.apply = lambda self, l, state, transpose=False, out=None: (  # type: ignore
+        state if out is None else out)
+    HiddenMajor.backward = lambda self, l, grad, a, x, out: out  # type: ignore
+    try:
+        yield
+    finally:
+        HiddenMajor.apply, HiddenMajor.backward = apply, backward
+
+
 def bench_ours(model: HCLT, x: torch.Tensor, engine: str, precision: str, reps: int,
                device: torch.device) -> dict[str, Any]:
     """One E-step of monarchpc's ``engine`` on rows ``x``: fused (CUDA graphs on a GPU),
-    fused-nograph or autograd."""
+    fused-nograph, fused-no-blocks (fused with the sum blocks skipped, :func:`blocks_skipped`;
+    its log-likelihoods are meaningless) or autograd."""
+    if engine == "fused-no-blocks":
+        with blocks_skipped():
+            return bench_ours(model, x, "fused", precision, reps, device)
     torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"
     clear(model)
     extra: dict[str, Any] = {}
@@ -214,8 +237,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         if r["block"] != "monarch" or "samples_per_s" not in r or r["engine"] == "autograd":
             continue
-        dense = [d for d in rows if key(d, block="monarch") == key(r) and d["block"] == "dense"
-                 and "samples_per_s" in d]
+        engine = "fused" if r["engine"] == "fused-no-blocks" else r["engine"]
+        dense = [d for d in rows if key(d, block="monarch", engine=engine) == key(r, engine=engine)
+                 and d["block"] == "dense" and "samples_per_s" in d]
         if dense:
             out.append(f"| {r['hidden_size']} | {r['batch']} | {r['engine']} | {r['precision']} | "
                        f"{r['samples_per_s'] / dense[0]['samples_per_s']:.1f} | "
@@ -235,6 +259,9 @@ def main() -> None:
                         help="largest h timed with the autograd engine")
     parser.add_argument("--no-pyjuice", action="store_true")
     parser.add_argument("--no-graphs", action="store_true", help="fused engine without CUDA graphs")
+    parser.add_argument("--floor", action="store_true",
+                        help="also time Monarch cases with their sum blocks skipped: the most "
+                             "Monarch-HCLT can gain over dense is dense's time over that")
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--budget-s", type=float, default=270.0,
                         help="skip the variants that would start after this many seconds")
@@ -307,6 +334,8 @@ def main() -> None:
             variants = [("fused-nograph" if args.no_graphs else "fused", p) for p in precisions]
             if device.type == "cuda" and not args.no_graphs and batch == batches[0]:
                 variants.append(("fused-nograph", precisions[0]))  # what the graphs gain
+            if args.floor and block == "monarch":
+                variants += [("fused-no-blocks", p) for p in precisions]
             if h <= args.autograd_max:
                 variants.append(("autograd", "tf32" if device.type == "cuda" else "fp32"))
             for engine, precision in variants:

@@ -278,12 +278,15 @@ def test_bad_inputs_and_settings_fail_with_the_fix() -> None:
 
 def test_hclt_benchmark_runs_on_the_cpu_and_prints_json() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}  # this checkout's monarchpc
-    result = subprocess.run([sys.executable, "scripts/bench_hclt.py", "--tiny", "--out", ""],
+    result = subprocess.run([sys.executable, "scripts/bench_hclt.py", "--tiny", "--floor",
+                             "--out", ""],
                             capture_output=True, text=True, timeout=300, cwd=REPO_ROOT, env=env)
     assert result.returncode == 0, result.stderr
     lines = [json.loads(ln) for ln in result.stdout.splitlines() if ln.startswith("{")]
     checks = [r for r in lines if "check" in r]
     cases = [r for r in lines if "samples_per_s" in r]
+    floor = [r for r in cases if r["engine"] == "fused-no-blocks"]
+    assert [r["block"] for r in floor] == ["monarch"]  # Monarch cases only, once per precision
     assert checks and all(c["fp32_ll_rel_err"] < 1e-5 and c["fp32_flow_rel_err"] < 1e-4
                           for c in checks)
     assert {(r["block"], r["peer"]) for r in cases} == {("dense", "monarchpc"),
@@ -292,3 +295,18 @@ def test_hclt_benchmark_runs_on_the_cpu_and_prints_json() -> None:
         assert r["structure"] == "hclt" and r["samples_per_s"] > 0 and r["device"] == "cpu"
         assert {"hidden_size", "batch", "peak_memory_gb", "precision", "madds_per_sample"} <= set(r)
     assert "| block |" in result.stdout
+
+
+def test_precision_flows_script_bounds_bf16_errors_on_the_cpu() -> None:
+    # on the CPU, tf32 runs exact fp32 products (no tensor cores): its errors are zero; bf16
+    # operands move log p and the flows by a little, never by nothing or by much
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run([sys.executable, "scripts/precision_flows.py", "--cases", "16x16",
+                             "--device", "cpu"],
+                            capture_output=True, text=True, timeout=300, cwd=REPO_ROOT, env=env)
+    assert result.returncode == 0, result.stderr
+    rows = {r["precision"]: r for r in map(json.loads, result.stdout.splitlines())}
+    errors = [k for k in rows["bf16"] if k.endswith(("_l1_rel", "_max_abs_nats"))]
+    assert len(errors) == 6 and all(rows["tf32"][k] == 0.0 for k in errors)
+    assert all(0.0 < rows["bf16"][k] < 0.1 for k in errors)
+    assert abs(rows["bf16"]["ll_bias_nats"]) < 0.05

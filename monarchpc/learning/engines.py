@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from monarchpc.errors import ConfigError
 from monarchpc.learning.em import accumulate_flows
-from monarchpc.learning.forward_backward import DTYPES, fused_estep, hmm_estep
+from monarchpc.learning.forward_backward import DTYPES, fused_estep, hmm_estep, matmul_precision
 from monarchpc.learning.hclt_estep import fused_hclt_estep, hclt_estep
 
 PRECISIONS = tuple(DTYPES)  # fp32, tf32, bf16, fp16: the fused E-steps' operand types
@@ -111,18 +111,20 @@ def make_engine(model: nn.Module, trainer: Any, device: torch.device) -> Engine:
 def scorer(model: nn.Module, precision: str = "fp32", fused: bool = True
            ) -> Callable[[Tensor], Tensor]:
     """An exact scorer x (N, T) -> log p (N,) that builds no autograd graph: the fused first
-    pass where the structure has one (and ``fused``), else ``model.log_likelihood``."""
+    pass where the structure has one (and ``fused``), else ``model.log_likelihood``; its
+    products in ``precision`` whatever torch's TF32 switch says outside."""
     if fused and model.structure == "hmm":
         return lambda x: hmm_estep(model, x, segment=x.shape[1], precision=precision,
                                    grad=False)
     if fused and model.structure == "hclt":
         return lambda x: hclt_estep(model, x, precision=precision, grad=False)
-    return no_grad(model.log_likelihood)
+    return no_grad(model.log_likelihood, precision)
 
 
-def no_grad(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-    """``fn`` run without an autograd graph."""
+def no_grad(fn: Callable[[Tensor], Tensor], precision: str = "fp32"
+            ) -> Callable[[Tensor], Tensor]:
+    """``fn`` run without an autograd graph, its products in ``precision`` (fp32 or tf32)."""
     def run(x: Tensor) -> Tensor:
-        with torch.no_grad():
+        with torch.no_grad(), matmul_precision(precision):
             return fn(x)
     return run

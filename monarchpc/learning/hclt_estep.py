@@ -22,11 +22,12 @@ The scales cancel in every backward formula, so the top-down pass needs none of 
 States are hidden-major (D, h, N) in the model's breadth-first order, so each level is a
 contiguous range of nodes and of sum blocks: one product kernel, one batched product per
 block layer (:class:`~monarchpc.circuits.sum_blocks.HiddenMajor`) and one posterior kernel
-per level (:mod:`monarchpc.kernels.hclt`). Matrix operands may be bf16 or fp16 (fp32 accumulation)
-or TF32 (``torch.backends.cuda.matmul.allow_tf32``, set by the caller as for HMMs);
-scales, posteriors and gradients stay fp32. States are stored in the operand type: bf16
-has fp32's range, fp16 does not (u and m lie in [0, 1], but a = F / m and w grow as a
-column's scale shrinks), so prefer bf16 for peaked models.
+per level (:mod:`monarchpc.kernels.hclt`). Matrix operands may be bf16 or fp16 (fp32
+accumulation) or TF32; fp32 is exact whatever ``torch.backends.cuda.matmul.allow_tf32`` says
+outside (the E-step sets it while it runs, see ``in_precision``). Scales, posteriors and
+gradients stay fp32. States are stored in the operand type: bf16 has fp32's range, fp16 does
+not (u and m lie in [0, 1], but a = F / m and w grow as a column's scale shrinks), so prefer
+bf16 for peaked models.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from torch import Tensor
 from monarchpc.circuits.hclt import HCLT
 from monarchpc.circuits.sum_blocks import HiddenMajor
 from monarchpc.kernels.hclt import Layout, leaf_table_torch, level_ops
-from monarchpc.learning.forward_backward import DTYPES
+from monarchpc.learning.forward_backward import DTYPES, in_precision
 from monarchpc.learning.graphs import CapturedEStep, into_grads
 
 _LAYOUTS: weakref.WeakKeyDictionary[HCLT, dict[torch.device, Layout]] = (
@@ -126,6 +127,7 @@ def hclt_estep(model: HCLT, x: Tensor, precision: str = "fp32", grad: bool = Tru
                       parameters(model), x.device)
 
 
+@in_precision
 def estep(model: HCLT, x: Tensor, precision: str = "fp32", grads: list[Tensor] | None = None,
           kernels: str = "auto", validate: bool = True) -> Tensor:
     """:func:`hclt_estep` on explicit buffers: returns log p (N,) and adds d log p.sum() /
