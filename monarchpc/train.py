@@ -319,7 +319,10 @@ class Trainer:
         """The run.json content now."""
         return run_record(self.cfg, self.spec, self.model, self.splits, self.device, status,
                           self.last or None, self.state.update, self.state.tokens,
-                          self.state.wandb_id, {**self.factors, "world_size": self.ddp.world})
+                          self.state.wandb_id,
+                          {**self.factors, "world_size": self.ddp.world,
+                           "engine": self.engine.name, "precision": self.cfg.trainer.precision,
+                           "eval_precision": self.engine.score_precision})
 
     def save(self, status: str) -> None:
         """Checkpoint and run.json (rank 0), at an update boundary."""

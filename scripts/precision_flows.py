@@ -1,12 +1,12 @@
 """How far the bf16 and TF32 HCLT E-steps land from fp32: log-likelihood and flows.
 
-    python scripts/precision_flows.py                        # h = 1024 and 4096 on a GPU
-    python scripts/precision_flows.py --cases 1024x1000 --precisions bf16
+    python scripts/precision_flows.py                        # Monarch h = 1024, 4096 on a GPU
+    python scripts/precision_flows.py --cases dense-512-512,monarch-1024-1000 --precisions bf16
 
-Builds bench_hclt.py's Monarch-HCLT (192 variables, the Chow-Liu tree of synthetic patches),
+Builds bench_hclt.py's HCLT (192 variables, the Chow-Liu tree of synthetic patches),
 runs one E-step in fp32 (exact products) and one per low precision on the same rows, and
 prints one JSON line per (case, precision): the mean and largest error of log p (nats a
-row), and per parameter group (the three Monarch layers, the leaves, the root) the flows'
+row), and per parameter group (the block layers, the leaves, the root) the flows'
 signed bias sum(F - F32) / sum |F32|, their L1 error sum |F - F32| / sum |F32| and the
 largest error relative to the largest flow. A bias shared by all groups rescales the flows
 and leaves EM unchanged; the log-likelihood's bias shifts every BPD scored that way.
@@ -54,8 +54,8 @@ def compare(ll: torch.Tensor, flows: dict[str, torch.Tensor], ll32: torch.Tensor
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--cases", default="1024x1000,1024x512,4096x512",
-                        help="comma-separated HIDDENxBATCH of Monarch-HCLTs")
+    parser.add_argument("--cases", default="monarch-1024-1000,monarch-1024-512,monarch-4096-512",
+                        help="comma-separated BLOCK-HIDDEN-BATCH (block: dense or monarch)")
     parser.add_argument("--precisions", default="bf16,tf32")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     args = parser.parse_args()
@@ -63,13 +63,14 @@ def main() -> None:
     device = torch.device(auto if args.device == "auto" else args.device)
     data, parent = patches_and_tree(device.type == "cpu", device)
     for case in args.cases.split(","):
-        h, n = (int(v) for v in case.split("x"))
-        model = build(parent, "monarch", h, device)
+        block, h, n = case.split("-")
+        h, n = int(h), int(n)
+        model = build(parent, block, h, device)
         x = data[:n].to(device)
         ll32, flows32 = estep(model, x, "fp32")
         for precision in args.precisions.split(","):
             ll, flows = estep(model, x, precision)
-            row = {"structure": "hclt", "block": "monarch", "hidden_size": h, "batch": n,
+            row = {"structure": "hclt", "block": block, "hidden_size": h, "batch": n,
                    "precision": precision, "device": torch.cuda.get_device_name(device)
                    if device.type == "cuda" else "cpu", **compare(ll, flows, ll32, flows32)}
             print(json.dumps(row), flush=True)

@@ -301,7 +301,8 @@ def test_precision_flows_script_bounds_bf16_errors_on_the_cpu() -> None:
     # on the CPU, tf32 runs exact fp32 products (no tensor cores): its errors are zero; bf16
     # operands move log p and the flows by a little, never by nothing or by much
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    result = subprocess.run([sys.executable, "scripts/precision_flows.py", "--cases", "16x16",
+    result = subprocess.run([sys.executable, "scripts/precision_flows.py", "--cases",
+                             "monarch-16-16",
                              "--device", "cpu"],
                             capture_output=True, text=True, timeout=300, cwd=REPO_ROOT, env=env)
     assert result.returncode == 0, result.stderr

@@ -32,3 +32,6 @@ def test_image_demo_run_lowers_dev_bpd(tmp_path: Path) -> None:
     assert info["structure"] == "hclt" and info["factors"] == [4, 4]
     assert info["madds_per_token"] == round(((d - 1) * h * (4 + 4 + 4) + h) / d)
     assert info["data"]["transform"] == "lossless" and info["dataset"] == "image_demo"
+    # what trained it and in which precision its scores were taken (HCLTs: always fp32)
+    assert (info["engine"], info["precision"], info["eval_precision"]) == (
+        "autograd", "fp32", "fp32")

@@ -191,6 +191,29 @@ def test_table5_and_figure7_place_image_runs(tmp_path):
             ] == ["f64-256"]
 
 
+def test_table5_marks_hclt_scores_taken_in_tf32_by_the_old_fault():
+    # an HCLT trained in bf16 before run.json recorded eval_precision was scored in TF32;
+    # one that records it (or trained in fp32, or an HMM) is not marked
+    def rec(name, h, info, precision="bf16", structure="hclt"):
+        return RunRecord(name=name, dataset="imagenet32", metric="bpd", structure=structure,
+                         block="monarch", hidden_size=h, madds_per_token=h,
+                         final={"test_bpd": 4.6}, info={"data": {"transform": "lossless"},
+                                                       **info},
+                         config={"trainer": {"precision": precision}})
+
+    old = rec("old", 1024, {})
+    assert old.tf32_scored
+    assert not rec("new", 1024, {"eval_precision": "fp32", "precision": "bf16"}).tf32_scored
+    assert not rec("fp32", 1024, {}, precision="fp32").tf32_scored
+    assert not rec("hmm", 1024, {}, structure="hmm").tf32_scored
+    t = tables.table5([old])
+    assert {r[0]: r for r in t.rows}["Monarch"][4] == "4.600" + tables.TF32_MARK
+    assert tables.TF32_NOTE in t.notes and "\\textdagger{}" in t.latex()
+    fixed = tables.table5([rec("new", 1024, {"eval_precision": "fp32"})])
+    assert {r[0]: r for r in fixed.rows}["Monarch"][4] == "4.600"
+    assert tables.TF32_NOTE not in fixed.notes
+
+
 def test_table2_init_ablation(runs):
     records = load_runs([root_of(runs)])
     t = tables.table2(records, DS)

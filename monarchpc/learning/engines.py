@@ -55,6 +55,8 @@ class Engine:
     name: str
     estep: Callable[[Tensor], Tensor]
     score: Callable[[Tensor], Tensor]
+    score_precision: str = "fp32"
+    """The products' precision of ``score`` (run.json's ``eval_precision``)."""
 
 
 def select_device(name: str) -> torch.device:
@@ -95,17 +97,17 @@ def engine_name(structure: str, trainer: Any, device_type: str) -> str:
 def make_engine(model: nn.Module, trainer: Any, device: torch.device) -> Engine:
     """The engine of ``model`` (its ``structure``: hmm or hclt) on ``device`` for ``trainer``."""
     name = engine_name(model.structure, trainer, device.type)
-    score = scorer(model, SCORE_PRECISION[model.structure](trainer.precision),
-                   fused=name == "fused")
+    score_precision = SCORE_PRECISION[model.structure](trainer.precision)
+    score = scorer(model, score_precision, fused=name == "fused")
     if name == "autograd":
-        return Engine(name, lambda x: accumulate_flows(model, x), score)
+        return Engine(name, lambda x: accumulate_flows(model, x), score, score_precision)
     if model.structure == "hclt":
         estep = fused_hclt_estep(model, device, trainer.precision, trainer.cuda_graphs)
     else:
         estep = fused_estep(model, device, int(trainer.segment), trainer.precision,
                             trainer.keep_gb, trainer.cuda_graphs,
                             trainer.get("products", "auto"))
-    return Engine(name, estep, score)
+    return Engine(name, estep, score, score_precision)
 
 
 def scorer(model: nn.Module, precision: str = "fp32", fused: bool = True

@@ -117,6 +117,15 @@ class RunRecord:
                or self.setting("dataset.resolution"))
         return None if raw is None else int(raw)
 
+    @property
+    def tf32_scored(self) -> bool:
+        """Whether its BPD was scored in TF32 by a fault fixed on 2026-12-01: an HCLT trained
+        below fp32 whose run.json predates ``eval_precision`` (the trainer's TF32 switch
+        overrode the fp32 evaluation; about +0.003 BPD at h = 1024 and 4096)."""
+        trained = self.info.get("precision") or self.setting("trainer.precision")
+        return (self.structure == "hclt" and trained not in (None, "fp32")
+                and "eval_precision" not in self.info)
+
     def setting(self, *names: str) -> Any:
         """The first config value found among dotted ``names`` (None if none is set)."""
         for n in names:

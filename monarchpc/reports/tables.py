@@ -39,9 +39,11 @@ class Table:
     """(row, run) for every run whose numbers appear in the table."""
 
     def __post_init__(self) -> None:
-        if not any(c.endswith("*") or ", running" in c or ", interrupted" in c
-                   for row in self.rows for c in row):
+        cells = [c.removesuffix(TF32_MARK) for row in self.rows for c in row]
+        if not any(c.endswith("*") or ", running" in c or ", interrupted" in c for c in cells):
             self.notes = [n for n in self.notes if n != UNFINISHED_NOTE]
+        if any(c.endswith(TF32_MARK) for row in self.rows for c in row):
+            self.notes = [*self.notes, TF32_NOTE]
 
     def markdown(self) -> str:
         lines = [f"### {self.title}", "",
@@ -69,7 +71,7 @@ class Table:
 
 _LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "#": r"\#", "_": r"\_",
           "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-          "—": "---", "≤": r"$\le$", "→": r"$\to$"}
+          "—": "---", "≤": r"$\le$", "→": r"$\to$", "†": r"\textdagger{}"}
 
 
 def latex_escape(text: str) -> str:
@@ -108,7 +110,8 @@ def ours(run: RunRecord | None, split: str = "test") -> str:
     v = run.value(split)
     if v is None:
         return DASH
-    return fmt(v, metric_digits(run.metric)) + ("" if run.finished else "*")
+    return (fmt(v, metric_digits(run.metric)) + ("" if run.finished else "*")
+            + (TF32_MARK if run.tf32_scored else ""))
 
 
 def time_cell(run: RunRecord | None) -> str:
@@ -128,6 +131,10 @@ def run_cell(run: RunRecord | None) -> str:
 
 
 UNFINISHED_NOTE = "* the run has not finished: its latest evaluation is shown."
+TF32_MARK = "†"
+TF32_NOTE = (f"{TF32_MARK} scored in TF32 by a fault fixed on 2026-12-01 (HCLTs trained in bf16 "
+             "were evaluated with TF32 products): about 0.003 BPD high "
+             "(docs/results/device/flow_error_hclt_h200.jsonl).")
 
 
 def _kind_key(k: int | None) -> dict[str, object]:
