@@ -200,3 +200,46 @@ def test_stacked_row_layer_products_equal_einsum(
             assert layer_rows_triton(w, x, out, transpose) is out
             torch.testing.assert_close(out.double(), want, **tolerance(dtype))
             assert buf[..., 0, :].isnan().all() and buf[..., 2, :].isnan().all()
+
+
+def round_tf32(t: torch.Tensor) -> torch.Tensor:
+    """fp32 ``t`` (non-negative) rounded to the nearest TF32 value, ties away from zero."""
+    return ((t.float().view(torch.int32) + 0x1000) & ~0x1FFF).view(torch.float32)
+
+
+@pytest.mark.parametrize("kernel", ["layer", "rows", "grad", "backward"])
+def test_tf32_products_round_their_operands_to_nearest(kernel: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """With TF32 on, every Triton product takes its fp32 operands rounded to the nearest
+    TF32 value (as cuBLAS does), not truncated (as the tensor cores would: every product
+    about 2^-11 low, which moved a Monarch-HCLT's log p by -0.40 nats a patch)."""
+    from monarchpc.kernels.monarch import layer_rows_triton
+
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    g = torch.Generator().manual_seed(5)
+    e, pre, b, post, n = 2, 3, 20, 2, 24
+    w = torch.rand(e, pre, post, b, b, generator=g) + 0.5  # positive, like probabilities
+    a, x = torch.rand(2, e, pre, b, post, n, generator=g) + 0.5
+    grad = torch.zeros(e, pre, post, b, b)
+    out = torch.empty_like(x)
+    if kernel == "layer":
+        got = layer_product_triton(w, x, out)
+    elif kernel == "rows":
+        got = layer_rows_triton(w, x, out)
+    elif kernel == "grad":
+        got = grad_product_triton(grad, a, x)
+    else:
+        backward_product_triton(w, grad, a, x, out, fuse=True)
+        got = grad
+    if kernel in ("layer", "rows"):
+        def exact(w_, x_):
+            return torch.einsum("epqij,epjqn->epiqn", w_.double(), x_.double())
+        want, rounded = exact(w, x), exact(round_tf32(w), round_tf32(x))
+    else:
+        def exact(a_, x_):
+            return torch.einsum("epiqk,epjqk->epqij", a_.double(), x_.double())
+        want, rounded = exact(a, x), exact(round_tf32(a), round_tf32(x))
+    torch.testing.assert_close(got.double(), rounded, rtol=2e-6, atol=0)
+    relative = got.double() / want - 1
+    assert relative.abs().max() > 1e-5  # TF32 precision, not fp32's
+    assert relative.abs().max() < 2 ** -10 and abs(float(relative.mean())) < 1e-4  # unbiased

@@ -191,25 +191,29 @@ def test_table5_and_figure7_place_image_runs(tmp_path):
             ] == ["f64-256"]
 
 
-def test_table5_marks_hclt_scores_taken_in_tf32_by_the_old_fault():
-    # an HCLT trained in bf16 before run.json recorded eval_precision was scored in TF32;
-    # one that records it (or trained in fp32, or an HMM) is not marked
-    def rec(name, h, info, precision="bf16", structure="hclt"):
+def test_tables_mark_scores_from_truncating_tf32_products():
+    # runs scored with the Triton TF32 products that truncated their operands: trained below
+    # fp32 on a GPU, Triton layers (Monarch-HCLT, Monarch HMM k >= 3), run.json from before
+    # eval_precision; cuBLAS paths (dense, Monarch-2), fp32 runs and CPU runs are not marked
+    def rec(name, info=None, precision="bf16", structure="hclt", block="monarch", k=2,
+            device="NVIDIA H200", products="auto"):
         return RunRecord(name=name, dataset="imagenet32", metric="bpd", structure=structure,
-                         block="monarch", hidden_size=h, madds_per_token=h,
-                         final={"test_bpd": 4.6}, info={"data": {"transform": "lossless"},
-                                                       **info},
-                         config={"trainer": {"precision": precision}})
+                         block=block, hidden_size=1024, k=k, madds_per_token=1024,
+                         device=device, final={"test_bpd": 4.6},
+                         info={"data": {"transform": "lossless"}, **(info or {})},
+                         config={"trainer": {"precision": precision, "products": products}})
 
-    old = rec("old", 1024, {})
-    assert old.tf32_scored
-    assert not rec("new", 1024, {"eval_precision": "fp32", "precision": "bf16"}).tf32_scored
-    assert not rec("fp32", 1024, {}, precision="fp32").tf32_scored
-    assert not rec("hmm", 1024, {}, structure="hmm").tf32_scored
+    old = rec("old")
+    assert old.truncated_tf32 and rec("m3", structure="hmm", k=3).truncated_tf32
+    for fine in [rec("new", {"eval_precision": "fp32", "precision": "bf16"}),
+                 rec("fp32", precision="fp32"), rec("dense", block="dense", k=None),
+                 rec("m2", structure="hmm", k=2), rec("cpu", device="cpu"),
+                 rec("cublas", structure="hmm", k=3, products="torch")]:
+        assert not fine.truncated_tf32, fine.name
     t = tables.table5([old])
     assert {r[0]: r for r in t.rows}["Monarch"][4] == "4.600" + tables.TF32_MARK
     assert tables.TF32_NOTE in t.notes and "\\textdagger{}" in t.latex()
-    fixed = tables.table5([rec("new", 1024, {"eval_precision": "fp32"})])
+    fixed = tables.table5([rec("new", {"eval_precision": "fp32"})])
     assert {r[0]: r for r in fixed.rows}["Monarch"][4] == "4.600"
     assert tables.TF32_NOTE not in fixed.notes
 

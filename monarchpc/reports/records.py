@@ -118,13 +118,21 @@ class RunRecord:
         return None if raw is None else int(raw)
 
     @property
-    def tf32_scored(self) -> bool:
-        """Whether its BPD was scored in TF32 by a fault fixed on 2026-12-01: an HCLT trained
-        below fp32 whose run.json predates ``eval_precision`` (the trainer's TF32 switch
-        overrode the fp32 evaluation; about +0.003 BPD at h = 1024 and 4096)."""
+    def truncated_tf32(self) -> bool:
+        """Whether its scores came from TF32 Triton products that truncated their operands
+        (fixed on 2026-12-01): trained below fp32 on a GPU, Triton layer products (a Monarch
+        HMM of k >= 3 or a Monarch-HCLT, products auto or triton), run.json without
+        ``eval_precision`` (older). Such HMMs were scored in TF32 by design, HCLTs by a fault
+        (the trainer's TF32 switch overrode their fp32 evaluation); either way about 0.003
+        too high (``docs/results/device/tf32_rounding_h200.jsonl``). cuBLAS rounds: dense
+        and Monarch-2 HMMs and dense HCLTs were not off."""
         trained = self.info.get("precision") or self.setting("trainer.precision")
-        return (self.structure == "hclt" and trained not in (None, "fp32")
-                and "eval_precision" not in self.info)
+        products = self.setting("trainer.products") or "auto"
+        gpu = self.device not in (None, "cpu")
+        triton = products == "triton" or (products == "auto" and gpu)
+        layers = self.structure == "hclt" or (self.k or 0) >= 3
+        return (self.block == "monarch" and layers and triton and gpu
+                and trained not in (None, "fp32") and "eval_precision" not in self.info)
 
     def setting(self, *names: str) -> Any:
         """The first config value found among dotted ``names`` (None if none is set)."""

@@ -111,7 +111,7 @@ def ours(run: RunRecord | None, split: str = "test") -> str:
     if v is None:
         return DASH
     return (fmt(v, metric_digits(run.metric)) + ("" if run.finished else "*")
-            + (TF32_MARK if run.tf32_scored else ""))
+            + (TF32_MARK if run.truncated_tf32 else ""))
 
 
 def time_cell(run: RunRecord | None) -> str:
@@ -132,9 +132,10 @@ def run_cell(run: RunRecord | None) -> str:
 
 UNFINISHED_NOTE = "* the run has not finished: its latest evaluation is shown."
 TF32_MARK = "†"
-TF32_NOTE = (f"{TF32_MARK} scored in TF32 by a fault fixed on 2026-12-01 (HCLTs trained in bf16 "
-             "were evaluated with TF32 products): about 0.003 BPD high "
-             "(docs/results/device/flow_error_hclt_h200.jsonl).")
+TF32_NOTE = (f"{TF32_MARK} scored with TF32 Triton products that truncated their operands "
+             "(fixed on 2026-12-01): about 0.003 too high (Monarch-3 HMMs +0.003 BPC, "
+             "Monarch-4 +0.004, Monarch-HCLTs +0.003 BPD; "
+             "docs/results/device/tf32_rounding_h200.jsonl).")
 
 
 def _kind_key(k: int | None) -> dict[str, object]:
