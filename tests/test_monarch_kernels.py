@@ -143,8 +143,9 @@ def test_backward_products_equal_gradient_then_transposed_product(
                                                   x.double())
         want = torch.einsum("epqji,epjqn->epiqn", w.double(), a.double())
         products = [backward_product, functools.partial(backward_product_triton, fuse=False)]
-        if b <= 64:
-            products.append(functools.partial(backward_product_triton, fuse=True))
+        if b <= 64:  # fused: over all columns in one range, in ranges of one step, default
+            products += [functools.partial(backward_product_triton, fuse=True, split=ranges)
+                         for ranges in (1, 99, None)]
         for product in products:
             for in_place in (False, True):
                 grad, xs = start.clone(), x.clone()
@@ -195,11 +196,12 @@ def test_stacked_row_layer_products_equal_einsum(
             x = split(slots(e, factors, 3, n, dtype, None, g)[..., 1, :], factors, d)
             wt = w.double().transpose(-1, -2) if transpose else w.double()
             want = torch.einsum("epqij,epjqn->epiqn", wt, x.double())
-            buf = slots(e, factors, 3, n, dtype, float("nan"), g)
-            out = split(buf[..., 1, :], factors, d)
-            assert layer_rows_triton(w, x, out, transpose) is out
-            torch.testing.assert_close(out.double(), want, **tolerance(dtype))
-            assert buf[..., 0, :].isnan().all() and buf[..., 2, :].isnan().all()
+            for ranges in (1, 2, None):  # one column range, two, the default's
+                buf = slots(e, factors, 3, n, dtype, float("nan"), g)
+                out = split(buf[..., 1, :], factors, d)
+                assert layer_rows_triton(w, x, out, transpose, ranges) is out
+                torch.testing.assert_close(out.double(), want, **tolerance(dtype))
+                assert buf[..., 0, :].isnan().all() and buf[..., 2, :].isnan().all()
 
 
 def round_tf32(t: torch.Tensor) -> torch.Tensor:

@@ -283,7 +283,7 @@ if triton is not None:
             onehot = tl.where((tok[:, None] == words[None, :]) & (cols < ncols)[:, None], 1.0,
                               0.0)
             flows = _split_dot(w * x.to(tl.float32), onehot, flows, 2, INTERPRET)
-        monarch._add_diagonal_blocks(g_ptr, acc, r, i, pair, b)
+        monarch._add_diagonal_blocks(g_ptr, acc, r, i, pair, b, False)
         hidden = ((r // post) * b + i) * post + r % post
         fmask = valid[:, None] & (words < vocab)[None, :]
         fptr = flow_ptr + hidden.to(tl.int64)[:, None] * vocab + words[None, :]

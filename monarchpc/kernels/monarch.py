@@ -297,11 +297,15 @@ if triton is not None:
         return tl.load(base + i[:, None] * b + i[None, :], mask=pair, other=0.0)
 
     @triton.jit
-    def _add_diagonal_blocks(g_ptr, acc, r, i, pair, b):
+    def _add_diagonal_blocks(g_ptr, acc, r, i, pair, b, ATOMIC: tl.constexpr):
         """grad (E * pre * post, b, b) fp32 += the diagonal (b x b) sub-blocks of ``acc``
-        (R, R), a product of two stacked-row tiles."""
+        (R, R), a product of two stacked-row tiles; ``ATOMIC`` where other programs add
+        into the same blocks (column ranges of one pass)."""
         g = g_ptr + (r.to(tl.int64) * b * b + i * b)[:, None] + i[None, :]
-        tl.store(g, tl.load(g, mask=pair, other=0.0) + acc, mask=pair)
+        if ATOMIC:
+            tl.atomic_add(g, acc, mask=pair, sem="relaxed")
+        else:
+            tl.store(g, tl.load(g, mask=pair, other=0.0) + acc, mask=pair)
 
     @triton.jit
     def _stacked_rows(ptr, e, p, q, i, valid, cols, n, se, sp, sb, sq):
@@ -312,21 +316,23 @@ if triton is not None:
         return ptr + rows[:, None] + cols[None, :], valid[:, None] & (cols < n)[None, :]
 
     @triton.jit
-    def _rows_pass(w_ptr, g_ptr, a_ptr, x_ptr, y_ptr, pre, post, blocks, b, n,
+    def _rows_pass(w_ptr, g_ptr, a_ptr, x_ptr, y_ptr, pre, post, blocks, b, n, chunk,
                    sae, sap, sab, saq, sxe, sxp, sxb, sxq, sye, syp, syb, syq,
                    BB: tl.constexpr, R: tl.constexpr, BK: tl.constexpr,
-                   TRANSPOSE: tl.constexpr, GRAD: tl.constexpr, PRECISION: tl.constexpr,
-                   INTERPRET: tl.constexpr):
-        """One program's pass over all columns for R / BB whole blocks, their rows stacked
-        (:func:`_stacked_blocks`), so every product is 2D: y = W @ a (W^T with TRANSPOSE)
-        with W loaded block-diagonal, and with GRAD grad += the diagonal (b x b) sub-blocks
-        of a @ x^T. Each column tile of a (and x) is read once; y is stored after that tile
-        of x was read (so y may be x)."""
+                   TRANSPOSE: tl.constexpr, GRAD: tl.constexpr, ATOMIC: tl.constexpr,
+                   PRECISION: tl.constexpr, INTERPRET: tl.constexpr):
+        """One program's pass over ``chunk`` columns (range grid axis 1; a multiple of BK)
+        for R / BB whole blocks, their rows stacked (:func:`_stacked_blocks`), so every
+        product is 2D: y = W @ a (W^T with TRANSPOSE) with W loaded block-diagonal, and with
+        GRAD grad += the diagonal (b x b) sub-blocks of a @ x^T (``ATOMIC`` when several
+        ranges add into one block). Each column tile of a (and x) is read once; y is stored
+        after that tile of x was read (so y may be x)."""
         r, i, valid, pair = _stacked_blocks(blocks, b, BB, R)
         e, p, q = _block_index(r, pre, post)
         wt = _block_diagonal(w_ptr, r, i, pair, b, TRANSPOSE)
         acc = tl.zeros((R, R), dtype=tl.float32)
-        for k0 in range(0, n, BK):
+        begin = tl.program_id(1) * chunk
+        for k0 in range(begin, tl.minimum(begin + chunk, n), BK):
             cols = k0 + tl.arange(0, BK)
             a_at, mask = _stacked_rows(a_ptr, e, p, q, i, valid, cols, n, sae, sap, sab, saq)
             y_at, _ = _stacked_rows(y_ptr, e, p, q, i, valid, cols, n, sye, syp, syb, syq)
@@ -338,28 +344,29 @@ if triton is not None:
             y = _dot(wt, a, tl.zeros((R, BK), dtype=tl.float32), PRECISION, INTERPRET)
             tl.store(y_at, y.to(y_ptr.dtype.element_ty), mask=mask)
         if GRAD:
-            _add_diagonal_blocks(g_ptr, acc, r, i, pair, b)
+            _add_diagonal_blocks(g_ptr, acc, r, i, pair, b, ATOMIC)
 
     @triton.jit
-    def _backward_kernel(w_ptr, g_ptr, a_ptr, x_ptr, y_ptr, pre, post, blocks, b, n,
+    def _backward_kernel(w_ptr, g_ptr, a_ptr, x_ptr, y_ptr, pre, post, blocks, b, n, chunk,
                          sae, sap, sab, saq, sxe, sxp, sxb, sxq, sye, syp, syb, syq,
                          BB: tl.constexpr, R: tl.constexpr, BK: tl.constexpr,
-                         PRECISION: tl.constexpr, INTERPRET: tl.constexpr):
+                         ATOMIC: tl.constexpr, PRECISION: tl.constexpr,
+                         INTERPRET: tl.constexpr):
         # a layer's backward step: grad += a x^T, y = W^T a
-        _rows_pass(w_ptr, g_ptr, a_ptr, x_ptr, y_ptr, pre, post, blocks, b, n,
+        _rows_pass(w_ptr, g_ptr, a_ptr, x_ptr, y_ptr, pre, post, blocks, b, n, chunk,
                    sae, sap, sab, saq, sxe, sxp, sxb, sxq, sye, syp, syb, syq,
-                   BB, R, BK, True, True, PRECISION, INTERPRET)
+                   BB, R, BK, True, True, ATOMIC, PRECISION, INTERPRET)
 
     @triton.jit
-    def _layer_rows_kernel(w_ptr, a_ptr, y_ptr, pre, post, blocks, b, n,
+    def _layer_rows_kernel(w_ptr, a_ptr, y_ptr, pre, post, blocks, b, n, chunk,
                            sae, sap, sab, saq, sye, syp, syb, syq,
                            BB: tl.constexpr, R: tl.constexpr, BK: tl.constexpr,
                            TRANSPOSE: tl.constexpr, PRECISION: tl.constexpr,
                            INTERPRET: tl.constexpr):
-        # a layer product y = W a (W^T a) over all columns, whole blocks a program
-        _rows_pass(w_ptr, w_ptr, a_ptr, a_ptr, y_ptr, pre, post, blocks, b, n,
+        # a layer product y = W a (W^T a) over a range of columns, whole blocks a program
+        _rows_pass(w_ptr, w_ptr, a_ptr, a_ptr, y_ptr, pre, post, blocks, b, n, chunk,
                    sae, sap, sab, saq, sae, sap, sab, saq, sye, syp, syb, syq,
-                   BB, R, BK, TRANSPOSE, False, PRECISION, INTERPRET)
+                   BB, R, BK, TRANSPOSE, False, False, PRECISION, INTERPRET)
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -425,14 +432,16 @@ def grad_product_triton(grad: Tensor, a: Tensor, x: Tensor, tiles: Tiles | None 
 
 
 def backward_product_triton(w: Tensor, grad: Tensor, a: Tensor, x: Tensor, out: Tensor,
-                            fuse: bool | None = None) -> Tensor:
+                            fuse: bool | None = None, split: int | None = None) -> Tensor:
     """:func:`backward_product` on Triton: with ``fuse``, one kernel in which each tile of a
     and x is read once for both products (blocks up to 64, stacked into tiles of 32 rows
     for blocks up to 32, else 64; 64 columns a step, 32 for 4-byte operands in 64-row
     tiles); without, the weight-gradient then the layer kernel. None fuses blocks of 17 to
     64: on an H200, Monarch-HCLT E-steps ran 16% (TF32) / 9% (bf16) faster at h = 4096
     (64 x 64 blocks) and 6% / 15% at h = 1024 (32 x 32), batch 512
-    (docs/results/device/backward_step_ab_h200.jsonl). Returns ``out``."""
+    (docs/results/device/backward_step_ab_h200.jsonl). The fused pass splits the columns
+    into ``split`` ranges (default: :func:`_column_ranges`), whose programs add their
+    gradients atomically. Returns ``out``."""
     e, pre, post, b, _ = w.shape
     if fuse is None:
         fuse = 16 < b <= 64
@@ -443,13 +452,20 @@ def backward_product_triton(w: Tensor, grad: Tensor, a: Tensor, x: Tensor, out: 
         raise ValueError(f"the fused backward step takes blocks up to 64, got {b}")
     if grad.dtype != torch.float32 or not grad.is_contiguous():
         raise ValueError("grad must be a contiguous fp32 tensor (E, pre, post, b, b)")
-    bb, rows, bk = _rows_tiles(b, a.shape[-1], a.element_size())
+    n = a.shape[-1]
+    bb, rows, bk = _rows_tiles(b, n, a.element_size())
     blocks = e * pre * post
-    _backward_kernel[(triton.cdiv(blocks, rows // bb),)](
-        w.to(a.dtype).contiguous(), grad, a, x, out, pre, post, blocks, b, a.shape[-1],
+    programs = triton.cdiv(blocks, rows // bb)
+    chunk, ranges = _column_ranges(programs, n, bk, split)
+    _backward_kernel[(programs, ranges)](
+        w.to(a.dtype).contiguous(), grad, a, x, out, pre, post, blocks, b, n, chunk,
         *_strides(a, "a"), *_strides(x, "x"), *_strides(out, "out"), BB=bb, R=rows, BK=bk,
-        PRECISION=_precision(a.dtype), INTERPRET=interpreting(), num_warps=4, num_stages=3)
+        ATOMIC=ranges > 1, PRECISION=_precision(a.dtype), INTERPRET=interpreting(),
+        num_warps=4, num_stages=3)
     return out
+
+
+ROWS_PROGRAMS = 528  # stacked-row passes aim at about 4 programs per SM of an H200 (132)
 
 
 def _rows_tiles(b: int, n: int, itemsize: int) -> tuple[int, int, int]:
@@ -461,16 +477,34 @@ def _rows_tiles(b: int, n: int, itemsize: int) -> tuple[int, int, int]:
     return bb, rows, min(32 if rows == 64 and itemsize == 4 else 64, max(16, _pow2(n)))
 
 
-def layer_rows_triton(w: Tensor, x: Tensor, out: Tensor, transpose: bool = False) -> Tensor:
+def _column_ranges(programs: int, n: int, bk: int, split: int | None) -> tuple[int, int]:
+    """(columns a range, ranges) of a stacked-row pass over n columns in steps of bk, for
+    ``programs`` row programs: ``split`` ranges, or by default as many as bring the pass to
+    about ROWS_PROGRAMS programs (few blocks, as in the small levels of an HCLT, leave most
+    of a GPU idle while each program walks all columns), never below one step a range."""
+    steps = triton.cdiv(n, bk)
+    if split is None:
+        split = triton.cdiv(ROWS_PROGRAMS, programs)
+    ranges = max(1, min(split, steps))
+    chunk = triton.cdiv(steps, ranges) * bk
+    return chunk, triton.cdiv(n, chunk)
+
+
+def layer_rows_triton(w: Tensor, x: Tensor, out: Tensor, transpose: bool = False,
+                      split: int | None = None) -> Tensor:
     """:func:`layer_product` by whole blocks of up to 64 (stacked into tiles of 32 or 64
-    rows), each program over all columns with its weights loaded once. Returns ``out``."""
+    rows), each program over a range of columns (``split`` ranges, default:
+    :func:`_column_ranges`) with its weights loaded once. Returns ``out``."""
     e, pre, post, b, _ = w.shape
     if b > 64:
         raise ValueError(f"the stacked-row layer product takes blocks up to 64, got {b}")
-    bb, rows, bk = _rows_tiles(b, x.shape[-1], x.element_size())
+    n = x.shape[-1]
+    bb, rows, bk = _rows_tiles(b, n, x.element_size())
     blocks = e * pre * post
-    _layer_rows_kernel[(triton.cdiv(blocks, rows // bb),)](
-        w.to(x.dtype).contiguous(), x, out, pre, post, blocks, b, x.shape[-1],
+    programs = triton.cdiv(blocks, rows // bb)
+    chunk, ranges = _column_ranges(programs, n, bk, split)
+    _layer_rows_kernel[(programs, ranges)](
+        w.to(x.dtype).contiguous(), x, out, pre, post, blocks, b, n, chunk,
         *_strides(x, "x"), *_strides(out, "out"), BB=bb, R=rows, BK=bk, TRANSPOSE=transpose,
         PRECISION=_precision(x.dtype), INTERPRET=interpreting(), num_warps=4, num_stages=3)
     return out
