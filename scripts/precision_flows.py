@@ -21,6 +21,7 @@ import sys
 import torch
 from bench_hclt import build, patches_and_tree  # a sibling script (scripts/ is on the path)
 
+from monarchpc.learning.em import flows
 from monarchpc.learning.hclt_estep import hclt_estep
 
 
@@ -28,7 +29,7 @@ def flows_by_group(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """theta * d log p / d theta of every parameter group, flattened (after an E-step)."""
     groups = {f"layer{l}": [w] for l, w in enumerate(model.blocks.layers)}
     groups |= {"leaves": list(model.leaves), "root": [model.root]}
-    return {name: torch.cat([(p.detach() * p.grad).flatten() for p in params])
+    return {name: torch.cat([flows(p).flatten() for p in params])
             for name, params in groups.items()}
 
 
@@ -40,12 +41,12 @@ def estep(model: torch.nn.Module, x: torch.Tensor, precision: str
     return ll, flows_by_group(model)
 
 
-def compare(ll: torch.Tensor, flows: dict[str, torch.Tensor], ll32: torch.Tensor,
-            flows32: dict[str, torch.Tensor]) -> dict[str, float]:
+def compare(ll: torch.Tensor, groups: dict[str, torch.Tensor], ll32: torch.Tensor,
+            groups32: dict[str, torch.Tensor]) -> dict[str, float]:
     row = {"ll_bias_nats": float((ll - ll32).mean()),
            "ll_max_abs_nats": float((ll - ll32).abs().max())}
-    for name, f in flows.items():
-        ref = flows32[name]
+    for name, f in groups.items():
+        ref = groups32[name]
         row[f"{name}_bias"] = float((f - ref).sum() / ref.abs().sum())
         row[f"{name}_l1_rel"] = float((f - ref).abs().sum() / ref.abs().sum())
         row[f"{name}_max_rel"] = float((f - ref).abs().max() / ref.abs().max())
@@ -67,12 +68,12 @@ def main() -> None:
         h, n = int(h), int(n)
         model = build(parent, block, h, device)
         x = data[:n].to(device)
-        ll32, flows32 = estep(model, x, "fp32")
+        ll32, groups32 = estep(model, x, "fp32")
         for precision in args.precisions.split(","):
-            ll, flows = estep(model, x, precision)
+            ll, groups = estep(model, x, precision)
             row = {"structure": "hclt", "block": block, "hidden_size": h, "batch": n,
                    "precision": precision, "device": torch.cuda.get_device_name(device)
-                   if device.type == "cuda" else "cpu", **compare(ll, flows, ll32, flows32)}
+                   if device.type == "cuda" else "cpu", **compare(ll, groups, ll32, groups32)}
             print(json.dumps(row), flush=True)
         del model
     sys.exit(0)

@@ -45,7 +45,8 @@ from monarchpc.paths import REPO_ROOT
 FAMILIES = [
     ("backward steps (gradient + transposed product)", r"_backward_kernel"),
     ("weight gradients", r"_grad_kernel|_grad_flows_kernel|aten::baddbmm"),
-    ("monarch layer products", r"_layer_kernel|aten::(bmm|mm|mv|matmul|addmm)\b"),
+    ("monarch layer products",
+     r"_layer_kernel|_layer_rows_kernel|aten::(bmm|mm|mv|matmul|addmm)\b"),
     ("element-wise (emit/post/normalize)",
      r"_emit_kernel|_post_kernel|_product_kernel|_posterior_kernel|_column_sum_kernel"),
     ("copies", r"aten::(copy_|contiguous|cat|clone|_to_copy)\b|Memcpy|CatArrayBatchedCopy"),

@@ -352,7 +352,8 @@ if triton is not None:
                          BB: tl.constexpr, R: tl.constexpr, BK: tl.constexpr,
                          ATOMIC: tl.constexpr, PRECISION: tl.constexpr,
                          INTERPRET: tl.constexpr):
-        # a layer's backward step: grad += a x^T, y = W^T a
+        # a layer's backward step: grad += a x^T, y = W^T a (two entry points to _rows_pass,
+        # so that profiles tell backward steps from forward layers by kernel name)
         _rows_pass(w_ptr, g_ptr, a_ptr, x_ptr, y_ptr, pre, post, blocks, b, n, chunk,
                    sae, sap, sab, saq, sxe, sxp, sxb, sxq, sye, syp, syb, syq,
                    BB, R, BK, True, True, ATOMIC, PRECISION, INTERPRET)
@@ -440,7 +441,7 @@ def backward_product_triton(w: Tensor, grad: Tensor, a: Tensor, x: Tensor, out: 
     64: on an H200, Monarch-HCLT E-steps ran 16% (TF32) / 9% (bf16) faster at h = 4096
     (64 x 64 blocks) and 6% / 15% at h = 1024 (32 x 32), batch 512
     (docs/results/device/backward_step_ab_h200.jsonl). The fused pass splits the columns
-    into ``split`` ranges (default: :func:`_column_ranges`), whose programs add their
+    into ``split`` ranges (default: :func:`_rows_settings`), whose programs add their
     gradients atomically. Returns ``out``."""
     e, pre, post, b, _ = w.shape
     if fuse is None:
@@ -452,61 +453,54 @@ def backward_product_triton(w: Tensor, grad: Tensor, a: Tensor, x: Tensor, out: 
         raise ValueError(f"the fused backward step takes blocks up to 64, got {b}")
     if grad.dtype != torch.float32 or not grad.is_contiguous():
         raise ValueError("grad must be a contiguous fp32 tensor (E, pre, post, b, b)")
-    n = a.shape[-1]
-    bb, rows, bk = _rows_tiles(b, n, a.element_size())
-    blocks = e * pre * post
-    programs = triton.cdiv(blocks, rows // bb)
-    chunk, ranges = _column_ranges(programs, n, bk, split)
-    _backward_kernel[(programs, ranges)](
-        w.to(a.dtype).contiguous(), grad, a, x, out, pre, post, blocks, b, n, chunk,
-        *_strides(a, "a"), *_strides(x, "x"), *_strides(out, "out"), BB=bb, R=rows, BK=bk,
-        ATOMIC=ranges > 1, PRECISION=_precision(a.dtype), INTERPRET=interpreting(),
-        num_warps=4, num_stages=3)
+    grid, chunk, tiles = _rows_settings(w, a, split)
+    _backward_kernel[grid](
+        w.to(a.dtype).contiguous(), grad, a, x, out, pre, post, e * pre * post, b,
+        a.shape[-1], chunk, *_strides(a, "a"), *_strides(x, "x"), *_strides(out, "out"),
+        ATOMIC=grid[1] > 1, PRECISION=_precision(a.dtype), INTERPRET=interpreting(),
+        num_warps=4, num_stages=3, **tiles)
     return out
 
 
 ROWS_PROGRAMS = 528  # stacked-row passes aim at about 4 programs per SM of an H200 (132)
 
 
-def _rows_tiles(b: int, n: int, itemsize: int) -> tuple[int, int, int]:
-    """(padded block, rows, columns a step) of the stacked-row kernels for blocks of b <= 64:
-    tiles of 32 rows for blocks up to 32, else 64; 64 columns a step, 32 for 4-byte operands
-    in 64-row tiles."""
+def _rows_settings(w: Tensor, a: Tensor, split: int | None
+                   ) -> tuple[tuple[int, int], int, dict[str, int]]:
+    """How a stacked-row pass over the blocks of w (E, pre, post, b, b), b <= 64, walks the
+    N columns of a: its grid (row programs, column ranges), the columns of a range, and its
+    tiles: BB (b padded), R (rows a program: 32 for blocks up to 32, else 64) and BK
+    (columns a step: 64, 32 for 4-byte operands in 64-row tiles). The columns split into
+    ``split`` ranges, by default as many as bring the pass to about ROWS_PROGRAMS programs
+    (few blocks, as in the small levels of an HCLT, leave most of a GPU idle while each
+    program walks all columns), never below one step a range."""
+    e, pre, post, b, _ = w.shape
+    n = a.shape[-1]
     bb = max(16, _pow2(b))
     rows = 32 if bb <= 32 else 64
-    return bb, rows, min(32 if rows == 64 and itemsize == 4 else 64, max(16, _pow2(n)))
-
-
-def _column_ranges(programs: int, n: int, bk: int, split: int | None) -> tuple[int, int]:
-    """(columns a range, ranges) of a stacked-row pass over n columns in steps of bk, for
-    ``programs`` row programs: ``split`` ranges, or by default as many as bring the pass to
-    about ROWS_PROGRAMS programs (few blocks, as in the small levels of an HCLT, leave most
-    of a GPU idle while each program walks all columns), never below one step a range."""
+    bk = min(32 if rows == 64 and a.element_size() == 4 else 64, max(16, _pow2(n)))
+    programs = triton.cdiv(e * pre * post, rows // bb)
     steps = triton.cdiv(n, bk)
     if split is None:
         split = triton.cdiv(ROWS_PROGRAMS, programs)
-    ranges = max(1, min(split, steps))
-    chunk = triton.cdiv(steps, ranges) * bk
-    return chunk, triton.cdiv(n, chunk)
+    chunk = triton.cdiv(steps, max(1, min(split, steps))) * bk
+    return (programs, triton.cdiv(n, chunk)), chunk, {"BB": bb, "R": rows, "BK": bk}
 
 
 def layer_rows_triton(w: Tensor, x: Tensor, out: Tensor, transpose: bool = False,
                       split: int | None = None) -> Tensor:
     """:func:`layer_product` by whole blocks of up to 64 (stacked into tiles of 32 or 64
     rows), each program over a range of columns (``split`` ranges, default:
-    :func:`_column_ranges`) with its weights loaded once. Returns ``out``."""
+    :func:`_rows_settings`) with its weights loaded once. Returns ``out``."""
     e, pre, post, b, _ = w.shape
     if b > 64:
         raise ValueError(f"the stacked-row layer product takes blocks up to 64, got {b}")
-    n = x.shape[-1]
-    bb, rows, bk = _rows_tiles(b, n, x.element_size())
-    blocks = e * pre * post
-    programs = triton.cdiv(blocks, rows // bb)
-    chunk, ranges = _column_ranges(programs, n, bk, split)
-    _layer_rows_kernel[(programs, ranges)](
-        w.to(x.dtype).contiguous(), x, out, pre, post, blocks, b, n, chunk,
-        *_strides(x, "x"), *_strides(out, "out"), BB=bb, R=rows, BK=bk, TRANSPOSE=transpose,
-        PRECISION=_precision(x.dtype), INTERPRET=interpreting(), num_warps=4, num_stages=3)
+    grid, chunk, tiles = _rows_settings(w, x, split)
+    _layer_rows_kernel[grid](
+        w.to(x.dtype).contiguous(), x, out, pre, post, e * pre * post, b, x.shape[-1], chunk,
+        *_strides(x, "x"), *_strides(out, "out"), TRANSPOSE=transpose,
+        PRECISION=_precision(x.dtype), INTERPRET=interpreting(), num_warps=4, num_stages=3,
+        **tiles)
     return out
 
 
