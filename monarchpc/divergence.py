@@ -1,10 +1,12 @@
-"""The divergence guard: EM stops at the first non-finite log-likelihood, flow or parameter.
+"""The divergence guard: EM stops before a bad update reaches the parameters.
 
 EM in linear space cannot recover from a NaN: one NaN flow makes its whole row of
 parameters NaN at the next update, and every later likelihood NaN. The loop calls
-:func:`check` once per EM update, after the E-step and before :func:`em_step` takes the
-flows; it raises :class:`~monarchpc.errors.DivergedError` naming the setting to change,
-so the loop can stop with status "diverged" and keep its last (good) checkpoint.
+:func:`check` once per EM update, after the E-step (a non-finite log-likelihood or flow),
+then takes the update through :func:`em_step`, which writes nothing unless every new
+parameter is finite, non-negative and has no all-zero row. Both raise
+:class:`~monarchpc.errors.DivergedError` naming the setting to change, so the loop can stop
+with status "diverged" and keep its last (good) parameters and checkpoint.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from monarchpc.errors import DivergedError
+from monarchpc.learning.em import EM, InvalidUpdate
 
 
 def non_finite(tensors: Mapping[str, Tensor]) -> str | None:
@@ -68,3 +71,14 @@ def check(model: nn.Module, log_likelihood: float, update: int, fix: str) -> Non
     if what is not None:
         raise DivergedError(f"EM diverged at update {update}: {what}. Fix: {fix}; the last "
                             f"good checkpoint is kept (start a new run_name with the change)")
+
+
+def em_step(em: EM, model: nn.Module, eta: float, update: int, fix: str) -> None:
+    """``em.step(model, eta)``; an update that would write invalid parameters (negative,
+    non-finite, a row of zeros) raises :class:`DivergedError` instead, the model unchanged."""
+    try:
+        em.step(model, eta)
+    except InvalidUpdate as err:
+        raise DivergedError(f"EM diverged at update {update}: {err}. Fix: {fix}; the "
+                            f"parameters before it are kept (start a new run_name with the "
+                            f"change)") from None

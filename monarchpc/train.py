@@ -277,9 +277,11 @@ class Trainer:
                 return False
         nll, units, agreed = self.ddp.reduce_update(self.model, nll, units, stop.pending)
         stop.requested = stop.requested or agreed  # all ranks end this same update
-        self.guard(lambda: divergence.check(self.model, -nll, s.update + 1, divergence.hint(
-            self.cfg.optim, self.cfg.trainer)))  # the same flows on all ranks: all agree
-        self.em.step(self.model, self.step_size())
+        fix = divergence.hint(self.cfg.optim, self.cfg.trainer)
+        # the same flows on all ranks: all agree on a divergence, and all keep good parameters
+        self.guard(lambda: divergence.check(self.model, -nll, s.update + 1, fix))
+        self.guard(lambda: divergence.em_step(self.em, self.model, self.step_size(),
+                                              s.update + 1, fix))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         s.update, s.micro, s.tokens = s.update + 1, group.stop, s.tokens + units

@@ -23,7 +23,7 @@ from monarchpc import checkpoint, divergence
 from monarchpc.circuits.factory import build_model
 from monarchpc.data import build_dataset
 from monarchpc.errors import CheckpointError, DivergedError
-from monarchpc.learning.em import accumulate_flows, em_step
+from monarchpc.learning.em import EM, InvalidUpdate, accumulate_flows, invalid
 from monarchpc.paths import REPO_ROOT
 
 
@@ -236,16 +236,78 @@ def test_kill_9_at_random_points_leaves_a_whole_checkpoint(tmp_path: Path) -> No
 
 def test_the_guard_stops_real_em_divergence_before_the_update() -> None:
     """Pseudocount 0 with step size 1 drives emissions to exact zeros, then a row's
-    likelihood to 0: the guard fires before em_step, with the parameters still finite."""
+    likelihood to 0: the guard fires, and every update before it left valid parameters
+    (finite, non-negative, rows summing to 1). Without the clamp of the flows, rounding in
+    the scaled recursion made some slightly negative on AVX-512 CPUs, and normalization
+    turned them into growing negative "probabilities" the old guard did not see."""
     rows = build_dataset({"name": "demo", "seq_len": 64}).train.long()
     model = tiny_hmm(hidden=64, vocab=27)
+    em = EM("probs", pseudocount=0.0)
     fix = divergence.hint({"pseudocount": 0.0}, {"precision": "fp32"})
     with pytest.raises(DivergedError, match=r"EM diverged at update \d+: .*optim.pseudocount > 0"):
         for update in range(1, 101):
             ll = accumulate_flows(model, rows[(update - 1) * 16:update * 16])
             divergence.check(model, float(ll.sum()), update, fix)
-            em_step(model, 1.0, 0.0)
+            divergence.em_step(em, model, 1.0, update, fix)
+            for name, param in model.named_parameters():
+                assert invalid(param.detach()) is None, (update, name)
+                assert torch.allclose(param.sum(-1), torch.ones(()), atol=1e-5)
     assert divergence.non_finite(dict(model.named_parameters())) is None
+
+
+def test_em_clamps_negative_flows_to_zero() -> None:
+    """A flow theta * grad below zero (rounding) is an expected count of 0: the update is
+    the one of a zero flow, never a negative probability."""
+    model, zero = tiny_hmm(hidden=4, vocab=3), tiny_hmm(hidden=4, vocab=3)
+    zero.load_state_dict(model.state_dict())
+    for p, q in zip(model.parameters(), zero.parameters(), strict=True):
+        p.grad = torch.rand_like(p)
+        q.grad = p.grad.clone()
+        p.grad[..., 0] = -1e-12  # a rounding-sized negative gradient
+        q.grad[..., 0] = 0.0
+    EM("probs", pseudocount=0.0).step(model, 1.0)
+    EM("probs", pseudocount=0.0).step(zero, 1.0)
+    for p, q in zip(model.parameters(), zero.parameters(), strict=True):
+        assert torch.equal(p, q)
+        assert float(p.detach().min()) >= 0
+
+
+@pytest.mark.parametrize("update", ["probs", "counts"])
+@pytest.mark.parametrize("fault", ["nan_flow", "negative_param", "zero_row"])
+def test_an_invalid_update_writes_nothing(update: str, fault: str) -> None:
+    """An update that would write NaN, a negative value or a row of zeros into any
+    parameter raises before any parameter (or the counts rule's totals) changes."""
+    model = tiny_hmm(hidden=4, vocab=3)
+    em = EM(update, pseudocount=0.0)
+    for p in model.parameters():
+        p.grad = torch.rand_like(p)
+    em.step(model, 0.5)  # one good update: the counts rule now holds totals
+    for p in model.parameters():
+        p.grad = torch.rand_like(p)
+    emission = model.emission
+    with torch.no_grad():
+        if fault == "nan_flow":
+            emission.grad[1, 2] = float("nan")
+        elif fault == "negative_param":
+            emission[1] = torch.tensor([0.7, 0.6, -0.3])  # a corrupt row, sums to 1
+        else:
+            emission[1] = 0.0
+            emission.grad[1] = 0.0
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    totals = {k: v.clone() for k, v in em.totals.items()}
+    with pytest.raises(InvalidUpdate, match="emission"):
+        em.step(model, 0.5)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert all(torch.equal(v, totals[k]) for k, v in em.totals.items())
+    assert all(p.grad is None for p in model.parameters())
+    with pytest.raises(DivergedError, match="update 9: the update would make emission"):
+        for p in model.parameters():
+            p.grad = torch.rand_like(p)
+        if fault == "nan_flow":
+            emission.grad[1, 2] = float("nan")
+        elif fault == "zero_row":
+            emission.grad[1] = 0.0
+        divergence.em_step(em, model, 0.5, 9, "fix")
 
 
 def test_guard_names_what_is_not_finite() -> None:

@@ -37,14 +37,21 @@ def flows(param: Tensor) -> Tensor:
     """Flows (expected counts, linear space) accumulated for ``param``: theta * dlogL/dtheta."""
     if param.grad is None:
         return torch.zeros_like(param)
-    return param.detach() * param.grad
+    return (param.detach() * param.grad).clamp_min(0.0)
+
+
+class InvalidUpdate(ValueError):
+    """An EM update that would write a negative, non-finite or all-zero row of parameters."""
 
 
 class EM:
     """The EM update of ``optim``: rule, pseudocount and floor; holds the counts rule's state.
 
     ``step`` consumes the flows accumulated in ``param.grad`` of every parameter and clears
-    them. ``state_dict`` / ``load_state_dict`` carry the running totals for exact resume.
+    them. It writes nothing unless every new parameter is valid (finite, non-negative, every
+    row with a positive sum): otherwise it raises :class:`InvalidUpdate` with the model and
+    the counts unchanged. ``state_dict`` / ``load_state_dict`` carry the running totals for
+    exact resume.
     """
 
     def __init__(self, update: str = "probs", pseudocount: float = 0.1,
@@ -59,33 +66,54 @@ class EM:
 
     @torch.no_grad()
     def step(self, model: nn.Module, eta: float) -> None:
-        """One EM update of every parameter of ``model`` with step size ``eta``."""
+        """One EM update of every parameter of ``model`` with step size ``eta``.
+
+        Three phases: every new parameter is computed into its gradient's storage (no
+        temporaries the size of a parameter), all are checked, then all are written.
+        """
         if not 0.0 <= eta <= 1.0:
             raise ValueError(f"EM step size must lie in [0, 1], got {eta}")
+        proposals = []
         for name, param in model.named_parameters():
-            # in place, in the gradient's storage: no temporaries the size of the parameter
-            f = param.grad.mul_(param) if param.grad is not None else torch.zeros_like(param)
-            f.add_(self.pseudocount / param.shape[-1])
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+            # flows are expected counts: >= 0 by definition. The autograd path computes them
+            # through the scaled recursion's normalizers, whose cancellation can leave -1e-29
+            # ... -1e-10 where the exact value is 0; clamped here, they cannot turn into
+            # negative probabilities.
+            f = param.grad.mul_(param).clamp_min_(0.0).add_(self.pseudocount / param.shape[-1])
+            total = None
             if self.update == "counts":
-                self._counts(name, param, f, eta)
+                total = self._counts(name, param, f, eta)
             else:
                 _probs(param, f, eta)
             if self.floor > 0:
-                param.clamp_(min=self.floor)
-                param.div_(param.sum(-1, keepdim=True))
+                f.clamp_(min=self.floor)
+                f.div_(f.sum(-1, keepdim=True))
+            proposals.append((name, param, f, total))
+        for name, _, new, _ in proposals:
+            if problem := invalid(new):
+                for _, p, _, _ in proposals:
+                    p.grad = None
+                raise InvalidUpdate(f"the update would make {name} {problem}")
+        for name, param, new, total in proposals:
+            param.copy_(new)
             param.grad = None
+            if total is not None:
+                self.totals[name] = total
 
-    def _counts(self, name: str, param: Tensor, f: Tensor, eta: float) -> None:
-        """S = (1 - eta) * theta * total + eta * f; theta = S / sum(S); total = sum(S)."""
+    def _counts(self, name: str, param: Tensor, f: Tensor, eta: float) -> Tensor:
+        """f <- normalize(S), S = (1 - eta) * theta * total + eta * f; returns sum(S), the
+        new total (rows without flow or history keep their parameters and total)."""
         total = self.totals.get(name)
         if total is None:
-            total = self.totals[name] = param.new_zeros((*param.shape[:-1], 1))
+            total = param.new_zeros((*param.shape[:-1], 1))
         f.mul_(eta).addcmul_(param, total, value=1.0 - eta)
         new_total = f.sum(-1, keepdim=True)
-        moved = new_total > 0  # rows without flow or history (all zero) keep their parameters
+        moved = new_total > 0
         f.div_(new_total.clamp_min(torch.finfo(f.dtype).tiny))
-        param.copy_(f.addcmul_((~moved).to(f.dtype), param))
-        total.copy_(torch.where(moved, new_total, total))
+        f.addcmul_((~moved).to(f.dtype), param)
+        return torch.where(moved, new_total, total)
 
     def state_dict(self) -> dict[str, Tensor]:
         """The counts rule's totals by parameter name (empty for the probs rule)."""
@@ -96,13 +124,26 @@ class EM:
         self.totals = {name: t.to(device) for name, t in state.items()}
 
 
+def invalid(theta: Tensor) -> str | None:
+    """What makes ``theta`` (linear space, rows along the last dimension) unfit as
+    parameters: non-finite values, negative values or a row summing to 0; else None."""
+    if not bool(torch.isfinite(theta.sum(dtype=torch.float32))):
+        return "hold NaN or inf"
+    if theta.numel() and float(theta.amin()) < 0:
+        return f"negative (minimum {float(theta.amin()):.3g})"
+    if theta.numel() and not bool((theta.sum(-1) > 0).all()):
+        return "hold a row of zeros"
+    return None
+
+
 def _probs(param: Tensor, f: Tensor, eta: float) -> None:
-    """theta <- normalize((1 - eta) theta + eta normalize(f)), f in place."""
+    """f <- normalize((1 - eta) theta + eta normalize(f)), in place; rows without flow keep
+    theta."""
     total = f.sum(-1, keepdim=True)
     f.div_(total.clamp_min(torch.finfo(f.dtype).tiny))
     f.addcmul_((total <= 0).to(f.dtype), param)  # rows without flow: target = param
     f.mul_(eta).add_(param, alpha=1.0 - eta)
-    param.copy_(f.div_(f.sum(-1, keepdim=True)))
+    f.div_(f.sum(-1, keepdim=True))
 
 
 def em_step(model: nn.Module, eta: float, pseudocount: float, floor: float = 0.0) -> None:
