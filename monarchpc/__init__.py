@@ -2,7 +2,7 @@
 
 Data flow: ``data`` -> ``circuits`` -> ``learning`` -> ``train`` (the loop) -> ``reports``.
 A trained run is used through ``monarchpc.load_run(run_dir) -> (model, config)``
-(:mod:`monarchpc.api`), exact conditional queries (:mod:`monarchpc.conditional`) and the
+(:mod:`monarchpc.use.load`), exact conditional queries (:mod:`monarchpc.use.queries`) and the
 ``python -m monarchpc.sample`` / ``python -m monarchpc.score`` commands.
 """
 
@@ -37,7 +37,7 @@ _register_resolvers()
 def __getattr__(name: str) -> Any:
     # load_run is imported on first use, so that `import monarchpc` stays light (no torch)
     if name == "load_run":
-        from monarchpc.api import load_run
+        from monarchpc.use.load import load_run
 
         return load_run
     raise AttributeError(f"module 'monarchpc' has no attribute {name!r}")

@@ -4,6 +4,8 @@
 * :class:`DataError`: missing, corrupt or mismatched data (or a run directory's files).
 * :class:`CheckpointError`: a checkpoint that cannot be written, or must not be loaded.
 * :class:`DivergedError`: EM produced a non-finite log-likelihood or parameter.
+* :class:`RunDirError`: a run directory, or a file it needs, is missing.
+* :class:`UsageError`: a command-line argument or query of a command that cannot work.
 """
 
 from __future__ import annotations
@@ -23,3 +25,11 @@ class CheckpointError(DataError):
 
 class DivergedError(RuntimeError):
     """A non-finite log-likelihood or parameter; the message names the setting to change."""
+
+
+class RunDirError(FileNotFoundError):
+    """A run directory, or a file it needs, is missing; the message names the fix."""
+
+
+class UsageError(ValueError):
+    """A command-line argument or query that cannot work; the message names the fix."""

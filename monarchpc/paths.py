@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from monarchpc.settings import Settings, text
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -14,3 +16,13 @@ def resolve(path: str | Path) -> Path:
     if p.is_absolute() or p.exists():
         return p.resolve()
     return (REPO_ROOT / p).resolve()
+
+
+
+PATHS: Settings = {
+    "root": (text(), "the repository root (relative paths resolve against it)"),
+    "data_dir": (text(), "downloads and data caches"),
+    "output_dir": (text(), "run directories"),
+    "shared_data": (text(), "developers: real corpora kept beside the project"),
+}
+"""The ``paths`` group (configs/paths/default.yaml)."""

@@ -1,5 +1,5 @@
 """One factor run of ``init.parallel=true``, in a child process of
-:func:`monarchpc.factor_runs.train_parallel`:
+:func:`monarchpc.init.factor_runs.train_parallel`:
 
     python -m monarchpc.train_factor --config <cache_dir>/<name>/factor_config.yaml
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from monarchpc.factor_runs import ERRORS, FactorRunIncomplete, train_factor
+from monarchpc.init.factor_runs import ERRORS, FactorRunIncomplete, train_factor
 from monarchpc.train import run
 
 

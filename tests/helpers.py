@@ -44,7 +44,7 @@ class EagerGraph:
 
 
 def eager_capture_graph(x: torch.Tensor, warm_up, record) -> tuple:
-    """monarchpc.learning.graphs.capture_graph on the CPU (monkeypatch it in): the warm-up
+    """monarchpc.learning.cuda_graphs.capture_graph on the CPU (monkeypatch it in): the warm-up
     runs now, the recorded step at each replay (a capture itself computes nothing)."""
     static_x = x.clone()
     warm_up(static_x)

@@ -30,7 +30,7 @@ CAMPAIGNS = {  # jobs file -> its common overrides (data paths as placeholders),
 
 @pytest.mark.parametrize("name", sorted(CAMPAIGNS))
 def test_every_job_of_a_campaign_passes_the_config_checks(name: str) -> None:
-    from monarchpc.config_checks import check_config
+    from monarchpc.config import check_config
 
     common, count = CAMPAIGNS[name]
     jobs = campaign.read_jobs(REPO_ROOT / "docs/results/campaigns" / name, common)

@@ -15,10 +15,10 @@ import string
 import pytest
 import torch
 
-from monarchpc.circuits.factory import build_model
+from monarchpc.circuits.blocks import BlockSpec, SumBlocks
+from monarchpc.structures import build_model
 from monarchpc.circuits.hclt import HCLT
-from monarchpc.circuits.sum_blocks import BlockSpec, SumBlocks
-from monarchpc.conditional import MISSING, hclt_sample, hmm_marginals, hmm_sample, transpose_apply
+from monarchpc.use.queries import MISSING, hclt_sample, hmm_marginals, hmm_sample, transpose_apply
 from tests.helpers import renormalized
 
 HMM_CONFIGS = [{"structure": "hmm", "block": "dense", "hidden_size": 3},

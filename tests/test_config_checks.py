@@ -8,7 +8,7 @@ import copy
 import pytest
 from omegaconf import OmegaConf
 
-from monarchpc.config_checks import (
+from monarchpc.config import (
     DATASET,
     LOGGER,
     MODEL,

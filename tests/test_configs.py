@@ -10,8 +10,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from monarchpc.circuits.sum_blocks import BlockSpec
-from monarchpc.config_checks import check_config as validate
+from monarchpc.circuits.blocks import BlockSpec
+from monarchpc.config import check_config as validate
 from monarchpc.errors import ConfigError
 from monarchpc.paths import REPO_ROOT
 from monarchpc.train import run

@@ -17,10 +17,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from monarchpc import checkpoint
-from monarchpc.distributed import Dist, cluster_env, first_host
-from monarchpc.interrupt import StopRequest
 from monarchpc.paths import REPO_ROOT
+from monarchpc.run import checkpoint
+from monarchpc.run.distributed import Dist, cluster_env, first_host
+from monarchpc.run.interrupt import StopRequest
 from monarchpc.train import run
 from tests.helpers import compose_config
 

@@ -188,7 +188,7 @@ def test_step_size_schedules() -> None:
 def test_text8_space_states(factors: list[int]) -> None:
     """init.space_token: only states whose last Monarch index is last may emit the space,
     no designated state moves to another, and the parameters stay normalized."""
-    from monarchpc.initialize import space_states
+    from monarchpc.init.initialize import space_states
 
     g = torch.Generator().manual_seed(0)
     block = dense_block(12, g) if len(factors) == 1 else monarch_block(factors, g)

@@ -15,15 +15,15 @@ from monarchpc.circuits import dense_block, monarch_block
 from monarchpc.circuits.hmm import HMM
 from monarchpc.kernels.hmm import as_rows, element_ops, triton_usable
 from monarchpc.learning import graphs as graphs_module
+from monarchpc.learning.cuda_graphs import CapturedEStep
 from monarchpc.learning.em import accumulate_flows, em_step, flows
-from monarchpc.learning.forward_backward import (
+from monarchpc.learning.hmm_estep import (
     auto_keep_gb,
     estep,
     fused_estep,
     hmm_estep,
     parameters,
 )
-from monarchpc.learning.graphs import CapturedEStep
 from monarchpc.paths import REPO_ROOT
 from tests.helpers import eager_capture_graph
 

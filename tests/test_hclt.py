@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from monarchpc.circuits.blocks import BlockSpec, SumBlocks, monarch_block
 from monarchpc.circuits.chow_liu import (
     bin_values,
     chow_liu_tree,
@@ -14,9 +15,8 @@ from monarchpc.circuits.chow_liu import (
     mutual_information,
     tree_center,
 )
-from monarchpc.circuits.factory import build_model
+from monarchpc.structures import build_model
 from monarchpc.circuits.hclt import HCLT, MISSING
-from monarchpc.circuits.sum_blocks import BlockSpec, SumBlocks, monarch_block
 from monarchpc.errors import ConfigError
 from monarchpc.learning.em import accumulate_flows, em_step
 from tests.helpers import renormalized

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
+from monarchpc.circuits.blocks import BlockSpec, SumBlocks
 from monarchpc.circuits.hclt import HCLT, MISSING
-from monarchpc.circuits.sum_blocks import BlockSpec, SumBlocks
 from monarchpc.kernels.hclt import level_ops
 from monarchpc.kernels.hmm import triton_usable
 from monarchpc.learning import graphs as graphs_module
+from monarchpc.learning.cuda_graphs import CapturedEStep
 from monarchpc.learning.em import accumulate_flows, em_step, flows
-from monarchpc.learning.graphs import CapturedEStep
 from monarchpc.learning.hclt_estep import (
     estep,
     fused_hclt_estep,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from monarchpc.circuits.factory import build_model
+from monarchpc.structures import build_model
 from monarchpc.circuits.hmm import MISSING
 from monarchpc.learning.em import flows
 

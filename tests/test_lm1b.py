@@ -13,8 +13,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from monarchpc.circuits.blocks import dense_block
 from monarchpc.circuits.hmm import HMM
-from monarchpc.circuits.sum_blocks import dense_block
 from monarchpc.data import EVAL_KEYS, LOADERS, DataError, build_dataset, lines, lm1b
 from monarchpc.data import token_rows as tok
 from tests.helpers import SHARED_DATA, compose_config

@@ -17,15 +17,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from monarchpc import checkpoint
 from monarchpc.circuits import dense_block, monarch_block
 from monarchpc.circuits.hmm import HMM
-from monarchpc.circuits.multiply import kron, kronecker_block, multiply_hmms, multiply_into
-from monarchpc.config_checks import check_config as validate
+from monarchpc.config import check_config as validate
 from monarchpc.data import build_dataset
 from monarchpc.errors import ConfigError
-from monarchpc.evaluate import evaluate
-from monarchpc.factor_runs import (
+from monarchpc.init.factor_runs import (
     FactorRunIncomplete,
     factor_config,
     load_factor,
@@ -34,7 +31,10 @@ from monarchpc.factor_runs import (
     train_factor,
     train_parallel,
 )
+from monarchpc.init.multiply import kron, kronecker_block, multiply_hmms, multiply_into
 from monarchpc.learning.engines import scorer
+from monarchpc.run import checkpoint
+from monarchpc.run.evaluate import evaluate
 from monarchpc.train import run
 from tests.helpers import compose_config
 

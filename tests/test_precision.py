@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from monarchpc.circuits import monarch_block
+from monarchpc.circuits.blocks import BlockSpec, HiddenMajor, SumBlocks
 from monarchpc.circuits.hclt import HCLT
 from monarchpc.circuits.hmm import HMM
-from monarchpc.circuits.sum_blocks import BlockSpec, HiddenMajor, SumBlocks
 from monarchpc.kernels.monarch import _precision
 from monarchpc.learning.engines import scorer
-from monarchpc.learning.forward_backward import hmm_estep, matmul_precision
 from monarchpc.learning.hclt_estep import hclt_estep
+from monarchpc.learning.hmm_estep import hmm_estep, matmul_precision
 
 
 def hclt() -> HCLT:

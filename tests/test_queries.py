@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from monarchpc.circuits.factory import build_model
+from monarchpc.structures import build_model
 from monarchpc.circuits.hmm import MISSING
-from monarchpc.circuits.queries import (
+from monarchpc.reports import tables
+from monarchpc.reports.measure import evaluate_pruning, load_model, measure_sampling
+from monarchpc.reports.measure import (
     keep_top,
     pruned_log_likelihood,
     sampling_seconds_per_sequence,
 )
-from monarchpc.reports import tables
-from monarchpc.reports.measure import evaluate_pruning, load_model, measure_sampling
 from monarchpc.reports.records import load_run, load_runs
 from tests.report_runs import REPO_ROOT, text8_rows
 

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from monarchpc.circuits.sum_blocks import factorize, monarch_block
+from monarchpc.circuits.blocks import factorize, monarch_block
 from monarchpc.reports import paper, plots, provenance, tables
 from monarchpc.reports.records import (
     RunRecord,

@@ -16,14 +16,14 @@ import pytest
 import yaml
 from omegaconf import DictConfig
 
-from monarchpc import checkpoint
 from monarchpc.errors import ConfigError
 from monarchpc.paths import REPO_ROOT
-from monarchpc.rundir import LOCK, RunLock, check_resume, write_hydra_files
+from monarchpc.run import checkpoint
+from monarchpc.run.rundir import LOCK, RunLock, check_resume, write_hydra_files
 
 HOLDER = """
 import sys, time
-from monarchpc.rundir import RunLock
+from monarchpc.run.rundir import RunLock
 lock = RunLock(sys.argv[1]).acquire()
 print("locked", flush=True)
 time.sleep(120)

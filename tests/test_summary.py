@@ -15,7 +15,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from monarchpc.paths import REPO_ROOT
-from monarchpc.summary import ERROR_FILE, SweepSummary, write_summary
+from monarchpc.run.summary import ERROR_FILE, SweepSummary, write_summary
 
 
 def test_multirun_writes_and_prints_its_summary(tmp_path: Path) -> None:

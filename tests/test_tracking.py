@@ -14,7 +14,7 @@ import pytest
 
 from monarchpc.errors import DataError
 from monarchpc.paths import REPO_ROOT
-from monarchpc.tracking import METRICS, Tracker
+from monarchpc.run.tracking import METRICS, Tracker
 
 
 def updates(run_dir: Path) -> list[int]:
@@ -111,7 +111,7 @@ def test_one_line_per_evaluation_across_any_interruptions(tmp_path: Path) -> Non
 WANDB = """
 import logging, sys
 from pathlib import Path
-from monarchpc.tracking import Tracker
+from monarchpc.run.tracking import Tracker
 logging.basicConfig(level=logging.INFO, format="%(message)s")
 t = Tracker(Path(sys.argv[1]), {"name": "wandb", "mode": "offline"}, {"seed": 0})
 t.log({"update": 0, "dev_bpc": 4.5, "train_flops": 0})

@@ -25,8 +25,12 @@ import torch
 from PIL import Image
 
 import monarchpc
-from monarchpc import score
-from monarchpc.api import (
+from monarchpc.data import build_dataset
+from monarchpc.data.transforms import ycocg_r
+from monarchpc.paths import REPO_ROOT
+from monarchpc.train import run
+from monarchpc.use import score
+from monarchpc.use.load import (
     CharCodec,
     image_format,
     image_to_rows,
@@ -37,11 +41,7 @@ from monarchpc.api import (
     run_info,
     to_rgb,
 )
-from monarchpc.conditional import hmm_marginals
-from monarchpc.data import build_dataset
-from monarchpc.data.transforms import ycocg_r
-from monarchpc.paths import REPO_ROOT
-from monarchpc.train import run
+from monarchpc.use.queries import hmm_marginals
 from tests.helpers import compose_config
 
 QUICK = ["optim.epochs=1", "trainer.eval_every=1000", "trainer.eval_at_start=false",

@@ -1,7 +1,7 @@
-"""Circuits: the sum-block core (dense or Monarch blocks) and the structures built from it
-(HMM, HCLT), circuit multiplication and queries."""
+"""Circuits, the model only: the sum-block core (dense or Monarch blocks, blocks.py) and the
+structures built from it (HMM, HCLT over a Chow-Liu tree). Nothing here imports kernels."""
 
-from monarchpc.circuits.sum_blocks import (
+from monarchpc.circuits.blocks import (
     BlockSpec,
     SumBlocks,
     dense_block,

@@ -15,7 +15,7 @@ vectors of size h:
 where leaf_v (h, V_v) is the categorical leaf of variable v (row i: p(x_v | z_v = i)) and
 M_c (h, h) the sum block of the edge parent(c) -> c (row i: p(z_c | z_parent = i)). The
 sum blocks are dense or Monarch, D - 1 blocks of the sum-block core
-(:mod:`monarchpc.circuits.sum_blocks`); the products of messages are the product nodes.
+(:mod:`monarchpc.circuits.blocks`); the products of messages are the product nodes.
 Scaled linear space as in :mod:`monarchpc.circuits.hmm`:
 the log of every normalizer is accumulated, so nothing underflows. The product node u_v
 is formed in log space (log leaf + the children's log messages, added into the parents
@@ -44,8 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from monarchpc.circuits.blocks import BlockSpec, SumBlocks, random_stochastic
 from monarchpc.circuits.chow_liu import chow_liu_tree
-from monarchpc.circuits.sum_blocks import BlockSpec, SumBlocks, random_stochastic
 from monarchpc.errors import ConfigError
 
 MISSING = -1

@@ -5,7 +5,7 @@ paper's reference (sum blocks are matrix products, product blocks element-wise p
 
     y_T = B[:, x_T],   y_t = B[:, x_t] * (A @ y_{t+1}),   p(x) = g . y_1
 
-A is one block of the sum-block core (:mod:`monarchpc.circuits.sum_blocks`: dense or
+A is one block of the sum-block core (:mod:`monarchpc.circuits.blocks`: dense or
 Monarch). Values are kept in scaled linear space: each y_t is divided by its sum and the
 log of that sum is added to the result, so long sequences never underflow. This autograd
 recursion is the reference that the fused E-step (learning/forward_backward.py) and the
@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from monarchpc.circuits.sum_blocks import SumBlocks, random_stochastic
+from monarchpc.circuits.blocks import SumBlocks, random_stochastic
 
 MISSING = -1
 """A token value that is marginalized out (its emission is 1 for every state)."""

@@ -18,6 +18,7 @@ import lzma
 import re
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ import torch
 from monarchpc.data import DataError, Splits, rows
 from monarchpc.data.cache import cached_array, source_record
 from monarchpc.paths import resolve
+from monarchpc.settings import Settings, boolean, integer, list_of, number, text
 
 VOCAB = " abcdefghijklmnopqrstuvwxyz"
 OPENERS = {".xz": lzma.open, ".gz": gzip.open, ".bz2": bz2.open}
@@ -155,3 +157,20 @@ def load(paths: str | list[str], fractions: list[float] = (0.9, 0.05, 0.05),
     info = {"name": "chars", "files": [str(p) for p in files], "chars": int(codes.size),
             "sources": sources}
     return char_splits(codes, fraction_sizes(codes.size, fractions), seq_len, info)
+
+
+def fractions_rule(v: Any) -> str | None:
+    """3 fractions (train, dev, test), each > 0, summing to at most 1."""
+    ok = list_of(number(0.0, 1.0, open_low=True), "", 3)(v) is None and sum(v) <= 1.0 + 1e-9
+    return None if ok else "must be 3 fractions (train, dev, test), each > 0, summing to <= 1"
+
+
+OPTIONS: Settings = {
+    "paths": (list_of(text(), "file paths"), "text files to read"),
+    "fractions": (fractions_rule, "train/dev/test shares of the text"),
+    "seq_len": (integer(2), "characters per row; one has no transition to learn"),
+    "max_chars": (integer(1, none=True), "characters used; null for all"),
+    "cache_dir": (text(none=True), "folder of the data caches"),
+    "allow_non_text": (boolean, "true trains on files that are not text (binary, not UTF-8)"),
+}
+"""The settings of ``dataset=chars`` (configs/dataset/chars.yaml)."""

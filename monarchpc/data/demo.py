@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from monarchpc.data import Splits
 from monarchpc.data.cache import text_record
-from monarchpc.data.chars import char_splits, encode, fraction_sizes, normalize_text8
+from monarchpc.data.chars import (
+    char_splits,
+    encode,
+    fraction_sizes,
+    fractions_rule,
+    normalize_text8,
+)
+from monarchpc.settings import Settings, integer
 
 
 def corpus() -> str:
@@ -26,3 +33,10 @@ def load(fractions: list[float] = (0.9, 0.05, 0.05), seq_len: int = 256) -> Spli
     info = {"name": "demo", "source": "pydoc_data.topics", "chars": int(codes.size),
             "sources": [text_record("pydoc_data.topics", text.encode())]}
     return char_splits(codes, fraction_sizes(codes.size, fractions), seq_len, info)
+
+
+OPTIONS: Settings = {
+    "fractions": (fractions_rule, "train/dev/test shares of the text"),
+    "seq_len": (integer(2), "characters per row; one has no transition to learn"),
+}
+"""The settings of ``dataset=demo`` (configs/dataset/demo.yaml)."""

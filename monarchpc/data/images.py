@@ -51,6 +51,7 @@ from monarchpc.data.transforms import (
     select_patches,
 )
 from monarchpc.paths import REPO_ROOT, resolve
+from monarchpc.settings import Settings, choice, integer, list_of, number, text
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 DOWNLOAD_PAGE = "https://image-net.org/download-images.php"
@@ -391,3 +392,39 @@ def patch_splits(train: tuple[np.ndarray, np.ndarray], dev: tuple[np.ndarray, np
                   test=eval_rows(*test, p, transform), vocab_size=512 if max(vocabs) > 256
                   else 256, metric="bpd", info=info, epoch_train=epoch_train,
                   vocab_sizes=[vocabs[v % 3] for v in range(d)])
+
+
+IMAGE_OPTIONS: Settings = {
+    "transform": (choice("lossless", "lossy", "rgb"), "the colour transform"),
+    "patch_size": (integer(1), "side of the patches that make the rows"),
+    "train_patches": (choice("random", "all"), "training patches per image"),
+    "seed": (integer(0), "the seed of the splits and the random patches"),
+}
+HELD_OUT: Settings = {
+    "dev_fraction": (number(0.0, 1.0, open_low=True), "share held out as dev"),
+    "max_train_images": (integer(1, none=True), "cap on training images"),
+    "max_test_images": (integer(1, none=True), "cap on test images"),
+    "cache": (text(none=True), "folder of the decoded images"),
+}
+IMAGENET_OPTIONS: Settings = {
+    "resolution": (choice(32, 64), "the downsampled ImageNet"),
+    "root": (text(none=True), "the folder of the npz/pickle batches"),
+    "train_batches": (list_of(choice(*range(1, 11)), "numbers 1..10", none=True),
+                      "train_data_batch_i files; null for all"),
+    **IMAGE_OPTIONS, **HELD_OUT,
+}
+"""The settings of ``dataset=imagenet32`` / ``imagenet64``."""
+FOLDER_OPTIONS: Settings = {
+    "train": (text(), "folder or tar of training images"),
+    "test": (text(none=True), "folder or tar of test images; null holds some out"),
+    "image_size": (integer(1), "side the images are reduced to"),
+    "test_fraction": (number(0.0, 1.0, open_low=True), "share held out as test"),
+    **IMAGE_OPTIONS, **HELD_OUT,
+}
+"""The settings of ``dataset=image_folder``."""
+DEMO_OPTIONS: Settings = {
+    "image": (text(), "the demo photograph"),
+    "crop_size": (integer(1), "side of the demo's crops"),
+    **IMAGE_OPTIONS,
+}
+"""The settings of ``dataset=image_demo``."""

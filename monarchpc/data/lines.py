@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from monarchpc.data import DataError, Splits
-from monarchpc.data.token_rows import build_token_splits
+from monarchpc.data.token_rows import TOKEN_OPTIONS, build_token_splits
 from monarchpc.files import file_sha256
 from monarchpc.paths import resolve
+from monarchpc.settings import Settings, integer, number, text
 
 
 def read_lines(path: Path) -> list[str]:
@@ -74,3 +75,14 @@ def load(path: str, train_fraction: float = 0.8, dev_fraction: float = 0.1,
     splits.info.update(path=str(file), lines=len(lines), sources=[source],
                        split_rule=f"contiguous line blocks {train_fraction}/{dev_fraction}/rest")
     return splits
+
+
+OPTIONS: Settings = {
+    "path": (text(), "the text file of sentences, one per line"),
+    "train_fraction": (number(0.0, 1.0, open_low=True), "share of lines for train"),
+    "dev_fraction": (number(0.0, 1.0, open_low=True), "share of lines for dev"),
+    "max_lines": (integer(1, none=True), "lines used; null for all"),
+    **TOKEN_OPTIONS,
+}
+"""The settings of ``dataset=wikitext2`` (configs/dataset/wikitext2.yaml) and any text of
+lines."""

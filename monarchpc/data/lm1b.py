@@ -37,8 +37,9 @@ from typing import Any
 
 from monarchpc.data import DataError, Splits
 from monarchpc.data.cache import source_record
-from monarchpc.data.token_rows import Batches, build_token_splits, take
+from monarchpc.data.token_rows import TOKEN_OPTIONS, Batches, build_token_splits, take
 from monarchpc.paths import resolve
+from monarchpc.settings import Settings, boolean, choice, integer, text
 
 URL = ("http://www.statmt.org/lm-benchmark/"
        "1-billion-word-language-modeling-benchmark-r13output.tar.gz")
@@ -169,3 +170,16 @@ def load(source: str = "auto", root: str = "data/lm1b", dev_sentences: int = 30_
                                  f"training sentences; train = the rest")
     splits.info["sources"] = [source_record(f) for f in files]
     return splits
+
+
+OPTIONS: Settings = {
+    "source": (choice("auto", "tarball", "disk", "hf"), "where LM1B comes from"),
+    "root": (text(), "the folder of the LM1B release (or of a saved copy)"),
+    "allow_partial": (boolean, "accept an incomplete LM1B release"),
+    "hf_name": (text(), "the Hugging Face data set"),
+    "hf_revision": (text(none=True), "its revision"),
+    "dev_sentences": (integer(1), "training sentences held out as dev"),
+    "max_train_sentences": (integer(1, none=True), "cap on training sentences"),
+    **TOKEN_OPTIONS,
+}
+"""The settings of ``dataset=lm1b`` (configs/dataset/lm1b.yaml)."""

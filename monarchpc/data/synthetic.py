@@ -6,9 +6,10 @@ import math
 
 import torch
 
+from monarchpc.circuits.blocks import BlockSpec, SumBlocks
 from monarchpc.circuits.hmm import HMM
-from monarchpc.circuits.sum_blocks import BlockSpec, SumBlocks
 from monarchpc.data import Splits
+from monarchpc.settings import Settings, choice, integer, number
 
 
 def true_model(hidden_size: int, vocab_size: int, seed: int, block: str = "dense",
@@ -35,3 +36,17 @@ def load(hidden_size: int = 8, vocab_size: int = 6, seq_len: int = 32, n_train: 
             "true_test_bpc": true_bpc}
     return Splits(train=train, dev=dev, test=test, vocab_size=vocab_size, metric="bpc",
                   test_stream=test.reshape(-1).clone(), info=info)
+
+
+OPTIONS: Settings = {
+    "hidden_size": (integer(1), "hidden states of the generating HMM"),
+    "vocab_size": (integer(2), "vocabulary size"),
+    "seq_len": (integer(2), "tokens per row"),
+    "n_train": (integer(1), "training rows"),
+    "n_dev": (integer(1), "dev rows"),
+    "n_test": (integer(1), "test rows"),
+    "seed": (integer(0), "the data's seed"),
+    "block": (choice("dense", "monarch"), "the generating HMM's transition"),
+    "perturbation": (number(0.0), "peakedness of the generating HMM"),
+}
+"""The settings of ``dataset=synthetic`` (configs/dataset/synthetic.yaml)."""

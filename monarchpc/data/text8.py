@@ -10,15 +10,18 @@ also kept as one line for "long" evaluation. The verified characters are cached 
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import urllib.request
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from monarchpc.data import DataError, Splits
 from monarchpc.data.cache import load_array, save_array, text_record
 from monarchpc.data.chars import char_splits, encode
 from monarchpc.paths import resolve
+from monarchpc.settings import Settings, boolean, integer, list_of, text
 
 URL = "http://mattmahoney.net/dc/text8.zip"
 ZIP_SIZE = 31_344_016
@@ -119,3 +122,22 @@ def load(path: str | None = None, root: str = "data/text8", url: str = URL,
     info = {"name": "text8", "source": source, "chars": int(codes.size), "split": list(split),
             "sources": sources}
     return char_splits(codes, tuple(split), seq_len, info)
+
+
+def _sha256(v: Any) -> str | None:
+    ok = v is None or (isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None)
+    return None if ok else "must be 64 lowercase hex digits, or null to skip the check"
+
+
+OPTIONS: Settings = {
+    "path": (text(none=True), "a local text8.zip or unzipped text8 to use instead of root/"),
+    "root": (text(), "the folder text8.zip is downloaded to and cached in"),
+    "download": (boolean, "fetch the data when it is missing"),
+    "url": (text(), "where to download from"),
+    "zip_size": (integer(1, none=True), "expected size of the download; null skips the check"),
+    "text_size": (integer(1, none=True), "expected characters; null skips the check"),
+    "sha256": (_sha256, "expected sha256 of the text"),
+    "split": (list_of(integer(1), "positive integers", 3), "train/dev/test characters"),
+    "seq_len": (integer(2), "characters per row; one has no transition to learn"),
+}
+"""The settings of ``dataset=text8`` (configs/dataset/text8.yaml)."""

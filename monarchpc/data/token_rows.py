@@ -46,6 +46,7 @@ from monarchpc.data import DataError, Splits, rows
 from monarchpc.data import cache as data_cache
 from monarchpc.files import atomic_write, file_sha256
 from monarchpc.paths import resolve
+from monarchpc.settings import Settings, boolean, choice, integer, list_of, number, text
 
 log = logging.getLogger(__name__)
 
@@ -248,3 +249,17 @@ def take(batches: Iterable[list[str]], start: int = 0, stop: int | None = None,
         a, b = max(start - lo, 0), len(batch) if stop is None else min(stop - lo, len(batch))
         if a < b:
             yield batch[a:b]
+
+
+TOKEN_OPTIONS: Settings = {
+    "vocab_size": (integer(2), "SentencePiece pieces (ids 0 unknown, 1 </s>, 2 <s>)"),
+    "model_type": (choice("unigram", "bpe"), "the SentencePiece model"),
+    "character_coverage": (number(0.0, 1.0, open_low=True), "SentencePiece coverage"),
+    "max_chars": (integer(1), "characters the tokenizer is trained on"),
+    "user_defined_symbols": (list_of(text(), "strings", empty=True), "pieces kept whole"),
+    "tokenizer": (text(none=True), "an existing SentencePiece model; null trains one"),
+    "seq_len": (integer(2), "tokens per packed row"),
+    "add_bos": (boolean, "start every sentence with <s>"),
+    "cache_dir": (text(none=True), "folder of the tokenizers and packed rows"),
+}
+"""The tokenizer and packing settings of the token data sets (lm1b, lines)."""

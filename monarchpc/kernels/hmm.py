@@ -1,7 +1,7 @@
 """The element-wise halves of the fused HMM E-step: Triton kernels and their PyTorch twins.
 
 Two operations run once per time step, between the matrix products of
-:mod:`monarchpc.learning.forward_backward` (all values in linear space):
+:mod:`monarchpc.learning.hmm_estep` (all values in linear space):
 
 * ``emit``  (right to left): ``out = e * m / s`` and its column sums (N,) fp32, where
   ``e = B[:, tokens]`` is the emission column of every column's token and ``s`` (N,) a
@@ -23,6 +23,7 @@ implementations give the same values; the PyTorch one is the reference and the f
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -43,6 +44,14 @@ except ImportError:  # pragma: no cover - exercised on machines without Triton
     triton = None
 
 MAX_TRITON_VOCAB = 128  # the post kernel builds a (columns x vocabulary) one-hot in registers
+
+# Tile choices: each was the fastest of those measured on a GPU (docs/performance.md).
+COLUMN_SUM_ROWS = 128        # rows a program of column_sums reduces
+EMIT_PRODUCT_MAX_COLUMNS = 64  # columns a program of emit_product (of the layer's tiles)
+POST_ROWS = 64               # rows a program of post with flows (fewer below h = 2^14: ~256
+POST_ROWS_NO_FLOWS = 16      # programs share the GPU); without flows
+POST_COLUMNS, POST_FLOW_COLUMNS = 64, 32  # columns a step for out and for the flows
+GRAD_FLOWS_COLUMNS, GRAD_FLOWS_WARPS, GRAD_FLOWS_STAGES = 128, 4, 2
 
 
 def as_rows(state: Tensor) -> Tensor:
@@ -150,7 +159,7 @@ if triton is not None:
     def _emit_kernel(m_ptr, m_r1, m_s0, m_s1, y_ptr, y_r1, y_s0, y_s1, table_ptr, tok_ptr,
                      s_ptr, part_ptr, h, n, vocab,
                      BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr):
-        # (not through _tile: that ran 97.6 against 85.4 µs on an H200 at 2^18, bf16)
+        # its own offsets, not _tile's: measured faster
         rows = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
         cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         rmask, cmask = rows < h, cols < n
@@ -303,11 +312,11 @@ if triton is not None:
         tl.store(dst_ptr + tl.program_id(0) * n + cols, acc, mask=cols < n)
 
 
-def column_sums(partial: Tensor, rows_per_program: int = 128) -> Tensor:
-    """(N,) fp32 sums over the rows of a contiguous (P, N) fp32 tensor, in a fixed order:
+def column_sums(partial: Tensor, rows_per_program: int = COLUMN_SUM_ROWS) -> Tensor:
+    """(N,) fp32 sums over the rows of a contiguous (P, N) fp32 tensor, in a fixed order
+    (the same sums on every call, unlike ``partial.sum(0)``, which it also outruns):
     Triton programs of ``rows_per_program`` rows x 32 columns, repeated until one row is
-    left. On an H200 (N = 128, P = 512 to 8192) 128 rows took 3.7-4.4 microseconds against
-    6.9-13.1 for ``partial.sum(0)``, and more rows a program took longer."""
+    left."""
     while partial.shape[0] > 1:
         p, n = partial.shape
         grid = (triton.cdiv(p, rows_per_program), triton.cdiv(n, 32))
@@ -342,13 +351,12 @@ def emit_triton(m: Tensor, table: Tensor, tokens: Tensor, s: Tensor, out: Tensor
 
 
 def emit_product_triton(w: Tensor, x: Tensor, table: Tensor, tokens: Tensor, s: Tensor,
-                        out: Tensor) -> Tensor:
+                        out: Tensor, tf32: bool = False) -> Tensor:
     """``emit`` fused with the product of the last Monarch layer (the one mixing axis 0):
     out = B[:, tokens] * (W @ x) / s per block (see :mod:`monarchpc.kernels.monarch`);
     returns out's column sums (N,) fp32. The emission gather is exact for fp32 states and
-    within 2^-16 (relative) for 16-bit ones. Measured on an H200 (bf16, N = 128, output in
-    a segment slot; ``scripts/bench_element_kernels.py``): 100 microseconds at 2^18 (64^3)
-    against 128 for the product then ``emit``, 27 against 38 at 16^4, 21 against 23 at 32^3.
+    within 2^-16 (relative) for 16-bit ones. Saves writing and re-reading the product
+    (``python -m monarchpc.bench elements`` times it against the two kernels).
 
     w: (1, pre, post, b, b) (one block: an HMM's transition); x, out: (1, pre, b, post, N)
     views of states (any strides, unit column stride); table: B (h, V) fp32 with
@@ -360,9 +368,7 @@ def emit_product_triton(w: Tensor, x: Tensor, table: Tensor, tokens: Tensor, s: 
     n = x.shape[-1]
     blocks = pre * post
     t = monarch.default_tiles(b, blocks, n)
-    # up to 64 columns a program; against 128 on an H200 (bf16, N = 128): 3% faster at 2^18
-    # (64^3), 6% at 16^4, 6% slower at 32^3 (two blocks a program)
-    t = monarch.Tiles(t.bq, t.bi, t.bj, min(64, t.bn), t.warps, t.stages)
+    t = monarch.Tiles(t.bq, t.bi, t.bj, min(EMIT_PRODUCT_MAX_COLUMNS, t.bn), t.warps, t.stages)
     grid = (triton.cdiv(blocks, t.bq), triton.cdiv(b, t.bi), triton.cdiv(n, t.bn))
     partial = torch.empty(grid[0] * grid[1], n, dtype=torch.float32, device=x.device)
     _emit_product_kernel[grid](
@@ -370,43 +376,40 @@ def emit_product_triton(w: Tensor, x: Tensor, table: Tensor, tokens: Tensor, s: 
         table.shape[1], *monarch._strides(x, "x")[1:], *monarch._strides(out, "out")[1:],
         VP=max(16, triton.next_power_of_2(table.shape[1])),
         TERMS=2 if x.element_size() == 2 else 3, BQ=t.bq, BI=t.bi, BJ=t.bj,
-        BN=t.bn, PRECISION=monarch._precision(x.dtype), INTERPRET=interpreting(),
+        BN=t.bn, PRECISION=monarch.dot_precision(x.dtype, tf32), INTERPRET=interpreting(),
         num_warps=t.warps, num_stages=t.stages)
     return column_sums(partial)
 
 
 def post_triton(w: Tensor, y: Tensor, table: Tensor, tokens: Tensor, s: Tensor,
                 out: Tensor | None, flows: Tensor | None, block_h: int | None = None) -> None:
-    """:func:`post_torch` as one Triton kernel (vocabulary <= MAX_TRITON_VOCAB).
-
-    Programs of ``block_h`` rows (default: 64, fewer below h = 2^14 so that about 256
-    programs share the GPU; 16 without ``flows``), 64 columns at a time for ``out`` and 32
-    for the flows: the fastest of the tiles measured on an H200 (bf16, N = 128, h = 2^15
-    to 2^18: 130 against 222 microseconds at 2^18 for one pass over tiles of 32 rows x 128
-    columns; without the flows, 56 against 70 for 64 rows)."""
+    """:func:`post_torch` as one Triton kernel (vocabulary <= MAX_TRITON_VOCAB), in programs
+    of ``block_h`` rows (default: the POST_* tiles above)."""
     h, vocab = table.shape
     n = w.shape[-1]
     if block_h is None:
-        block_h = 16 if flows is None else max(16, min(64, triton.next_power_of_2(h) // 256))
+        block_h = POST_ROWS_NO_FLOWS if flows is None else \
+            max(16, min(POST_ROWS, triton.next_power_of_2(h) // 256))
     wv, yv = _view_args(w), _view_args(y)
     av = _view_args(out) if out is not None else (w, 1, 0, 0)
     width = max(16, triton.next_power_of_2(n))
     _post_kernel[(triton.cdiv(h, block_h),)](
         *wv, *yv, *av, table, tokens, s, table if flows is None else flows, h, vocab, N=n,
         OUT_COLS=0 if out is None else n, FLOWS=flows is not None,
-        VP=max(16, triton.next_power_of_2(vocab)), BLOCK_H=block_h, BLOCK_A=min(64, width),
-        BLOCK_F=min(32, width), INTERPRET=interpreting())
+        VP=max(16, triton.next_power_of_2(vocab)), BLOCK_H=block_h,
+        BLOCK_A=min(POST_COLUMNS, width), BLOCK_F=min(POST_FLOW_COLUMNS, width),
+        INTERPRET=interpreting())
 
 
 MAX_GRAD_FLOWS_BLOCK = 64  # grad_flows holds whole blocks (their W^T) in one program
-GPU_GRAD_FLOWS_BLOCKS = (16, 32, 64)  # run and measured on an H200 (bf16), see below
+GPU_GRAD_FLOWS_BLOCKS = (16, 32, 64)  # the blocks it has run with on a GPU (16-bit states)
 
 
 def grad_flows_runs(block: int, dtype: torch.dtype, device: torch.device) -> bool:
     """Whether :func:`grad_flows_triton` takes blocks of ``block`` in states of ``dtype``
     here: any block up to MAX_GRAD_FLOWS_BLOCK under the Triton interpreter; on a GPU 16-bit
-    states in the blocks it was run with (fp32 states made it fault on an H200 with Triton
-    3.6, at 32^3)."""
+    states in the blocks it has run with (fp32 states made it fault with Triton 3.6 at 32^3,
+    so TF32 and fp32 E-steps keep ``post``'s flows)."""
     if device.type != "cuda":
         return block <= MAX_GRAD_FLOWS_BLOCK
     return dtype.itemsize == 2 and block in GPU_GRAD_FLOWS_BLOCKS
@@ -429,15 +432,13 @@ def grad_flows_torch(w: Tensor, grad: Tensor, a: Tensor, x: Tensor, tokens: Tens
 
 
 def grad_flows_triton(w: Tensor, grad: Tensor, a: Tensor, x: Tensor, tokens: Tensor,
-                      flows: Tensor, bk: int = 128, warps: int = 4, stages: int = 2) -> None:
+                      flows: Tensor, bk: int = GRAD_FLOWS_COLUMNS, warps: int = GRAD_FLOWS_WARPS,
+                      stages: int = GRAD_FLOWS_STAGES, tf32: bool = False) -> None:
     """:func:`grad_flows_torch` as one Triton kernel (b <= MAX_GRAD_FLOWS_BLOCK, vocabulary
     <= MAX_TRITON_VOCAB). A program stacks the rows of whole blocks into one tile of up to
     64 rows, so W^T a and the flows of its rows need no other program (no atomics); the
     posterior is split into two bf16 terms for the one-hot product (relative error
-    < 2^-16). ``bk`` columns a step: on an H200 (bf16, 64^3, a segment of 16 x 128
-    columns) 128 columns, 4 warps and 2 stages took 48 microseconds a step (64 columns:
-    67; 8 warps: twice as long) against 33 for the weight gradient alone and 63 for
-    ``post``'s flows."""
+    < 2^-16). ``bk`` columns a step."""
     e, pre, post, b, _ = w.shape
     if e != 1 or b > MAX_GRAD_FLOWS_BLOCK:
         raise ValueError(f"grad_flows takes one block of blocks up to {MAX_GRAD_FLOWS_BLOCK}, "
@@ -456,7 +457,7 @@ def grad_flows_triton(w: Tensor, grad: Tensor, a: Tensor, x: Tensor, tokens: Ten
         *monarch._strides(a, "a")[1:], *monarch._strides(x, "x")[1:],
         VP=max(16, triton.next_power_of_2(vocab)), BB=bb, R=rows, BK=bk,
         EVEN=ncols % bk == 0 and b == bb and blocks % (rows // bb) == 0,
-        PRECISION=monarch._precision(a.dtype), INTERPRET=interpreting(), num_warps=warps,
+        PRECISION=monarch.dot_precision(a.dtype, tf32), INTERPRET=interpreting(), num_warps=warps,
         num_stages=stages)
 
 
@@ -471,11 +472,15 @@ class ElementOps:
     grad_flows: Callable[..., None] | None = None  # likewise
 
 
-def element_ops(kind: str, device: torch.device, vocab: int) -> ElementOps:
-    """``kind``: ``triton``, ``torch`` or ``auto`` (Triton on a GPU when the vocabulary fits)."""
+def element_ops(kind: str, device: torch.device, vocab: int, tf32: bool = False
+                ) -> ElementOps:
+    """``kind``: ``triton``, ``torch`` or ``auto`` (Triton on a GPU when the vocabulary fits).
+    ``tf32``: the kernels that multiply (``emit_product``, ``grad_flows``) round fp32
+    operands to TF32."""
     if choose(kind, device) == "triton":
         if vocab > MAX_TRITON_VOCAB:  # the emission one-hot would not fit in registers
             return ElementOps("triton", emit_triton, post_torch)
-        return ElementOps("triton", emit_triton, post_triton, emit_product_triton,
-                          grad_flows_triton)
+        return ElementOps("triton", emit_triton, post_triton,
+                          functools.partial(emit_product_triton, tf32=tf32),
+                          functools.partial(grad_flows_triton, tf32=tf32))
     return ElementOps("torch", emit_torch, post_torch)

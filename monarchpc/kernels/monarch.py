@@ -81,7 +81,9 @@ def layer_product(w: Tensor, x: Tensor, out: Tensor | None = None,
 
     w: (E, pre, post, b, b); x, out: (E, pre, b, post, N), any strides, unit column stride.
     Returns ``out`` (written in place, directly where its strides flatten) or a new tensor
-    of x's dtype (a permuted view of the batched product's output).
+    of x's dtype (a permuted view of the batched product's output). fp32 products follow
+    torch's TF32 switch, which the E-step's :class:`~monarchpc.learning.precision.Precision`
+    sets while it runs (the Triton kernels take it as their ``tf32`` argument instead).
     """
     e, pre, post, b, _ = w.shape
     n = x.shape[-1]
@@ -161,6 +163,13 @@ def default_tiles(b: int, blocks: int, n: int) -> Tiles:
     return Tiles(bq=bq, bi=bb, bj=bb, bn=min(128, max(16, _pow2(n))))
 
 
+# The stacked-row passes (whole blocks of up to 64 stacked into 32- or 64-row tiles, see
+# _rows_settings): the blocks they take by default, where they measured faster than the
+# tiles above (docs/performance.md), and how many programs they aim at.
+STACKED_ROWS_BLOCKS = range(17, 65)
+ROWS_PROGRAMS = 528  # about 4 programs per SM (an H200 has 132)
+
+
 def _pow2(v: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(v, 1))))
 
@@ -208,7 +217,7 @@ if triton is not None:
         """acc + a @ b (2D, or 3D batched) with fp32 accumulation; one block as a 2D product
         (the common path, warp-group MMA on Hopper). TF32 operands are rounded to nearest
         first: the tensor cores truncate fp32 inputs, which made every product a little low
-        (a Monarch-HCLT's log p -0.40 nats a patch on an H200; cuBLAS rounds)."""
+        (biasing every log-likelihood low; cuBLAS rounds)."""
         if PRECISION == "tf32" and a.dtype == tl.float32:
             a, b = _round_tf32(a), _round_tf32(b)
         if INTERPRET:  # the interpreter's dot mishandles 16-bit floats: the same in fp32
@@ -370,11 +379,10 @@ if triton is not None:
                    BB, R, BK, TRANSPOSE, False, False, PRECISION, INTERPRET)
 
 
-def _precision(dtype: torch.dtype) -> str:
-    """tl.dot's input precision: exact fp32 products for fp32 operands where torch disallows
-    TF32 (as cuBLAS does), else the default (TF32 for fp32; 16-bit operands are exact)."""
-    exact = dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
-    return "ieee" if exact else "tf32"
+def dot_precision(dtype: torch.dtype, tf32: bool) -> str:
+    """tl.dot's ``input_precision``: exact products for fp32 operands unless ``tf32`` (then
+    rounded to TF32 first, see ``_dot``); 16-bit operands are exact either way."""
+    return "ieee" if dtype == torch.float32 and not tf32 else "tf32"
 
 
 def _strides(t: Tensor, name: str) -> tuple[int, int, int, int]:
@@ -386,23 +394,21 @@ def _strides(t: Tensor, name: str) -> tuple[int, int, int, int]:
 
 def layer_product_triton(w: Tensor, x: Tensor, out: Tensor | None = None,
                          transpose: bool = False, tiles: Tiles | None = None,
-                         stacked: bool = False) -> Tensor:
+                         stacked: bool = False, tf32: bool = False) -> Tensor:
     """:func:`layer_product` as one Triton kernel (strided reads and writes, no copies).
 
     w: (E, pre, post, b, b) contiguous; x, out: (E, pre, b, post, N), unit column stride.
     ``stacked``: the blocks are edges of an HCLT level (:func:`monarch_products` binds it):
-    blocks of 17 to 64 go to :func:`layer_rows_triton` (unless ``tiles`` are given). On an
-    H200, Monarch-HCLT E-steps with it ran 3% (TF32) / 6.5% (bf16) faster at h = 1024 and
-    within 1.3% either way at h = 4096 than with this kernel's tiles tuned for those levels
-    (docs/results/device/layer_rows_ab_h200.jsonl). Returns ``out``, or a new contiguous
-    tensor of x's dtype.
+    blocks in STACKED_ROWS_BLOCKS go to :func:`layer_rows_triton` (unless ``tiles`` are
+    given), which measured faster there than this kernel's tiles. Returns ``out``, or a new
+    contiguous tensor of x's dtype.
     """
     e, pre, post, b, _ = w.shape
     n = x.shape[-1]
     if out is None:
         out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    if stacked and tiles is None and 16 < b <= 64:
-        return layer_rows_triton(w, x, out, transpose)
+    if stacked and tiles is None and b in STACKED_ROWS_BLOCKS:
+        return layer_rows_triton(w, x, out, transpose, tf32=tf32)
     w = w.to(x.dtype).contiguous()
     blocks = e * pre * post
     t = tiles or default_tiles(b, blocks, n)
@@ -410,13 +416,13 @@ def layer_product_triton(w: Tensor, x: Tensor, out: Tensor | None = None,
     swi, swj = (1, b) if transpose else (b, 1)
     _layer_kernel[grid](w, x, out, pre, post, blocks, b, n, swi, swj, *_strides(x, "x"),
                         *_strides(out, "out"), BQ=t.bq, BI=t.bi, BJ=t.bj, BN=t.bn,
-                        PRECISION=_precision(x.dtype), INTERPRET=interpreting(),
+                        PRECISION=dot_precision(x.dtype, tf32), INTERPRET=interpreting(),
                         num_warps=t.warps, num_stages=t.stages)
     return out
 
 
-def grad_product_triton(grad: Tensor, a: Tensor, x: Tensor, tiles: Tiles | None = None
-                        ) -> Tensor:
+def grad_product_triton(grad: Tensor, a: Tensor, x: Tensor, tiles: Tiles | None = None,
+                        tf32: bool = False) -> Tensor:
     """:func:`grad_product` as one Triton kernel: grad (contiguous fp32) += a @ x^T per block."""
     e, pre, post, b, _ = grad.shape
     if grad.dtype != torch.float32 or not grad.is_contiguous():
@@ -427,28 +433,27 @@ def grad_product_triton(grad: Tensor, a: Tensor, x: Tensor, tiles: Tiles | None 
     grid = (triton.cdiv(blocks, t.bq), triton.cdiv(b, t.bi), triton.cdiv(b, t.bj))
     _grad_kernel[grid](grad, a, x, pre, post, blocks, b, ncols, *_strides(a, "a"),
                        *_strides(x, "x"),
-                       BQ=t.bq, BI=t.bi, BJ=t.bj, BK=t.bn, PRECISION=_precision(a.dtype),
+                       BQ=t.bq, BI=t.bi, BJ=t.bj, BK=t.bn, PRECISION=dot_precision(a.dtype, tf32),
                        INTERPRET=interpreting(), num_warps=t.warps, num_stages=t.stages)
     return grad
 
 
 def backward_product_triton(w: Tensor, grad: Tensor, a: Tensor, x: Tensor, out: Tensor,
-                            fuse: bool | None = None, split: int | None = None) -> Tensor:
+                            fuse: bool | None = None, split: int | None = None,
+                            tf32: bool = False) -> Tensor:
     """:func:`backward_product` on Triton: with ``fuse``, one kernel in which each tile of a
     and x is read once for both products (blocks up to 64, stacked into tiles of 32 rows
     for blocks up to 32, else 64; 64 columns a step, 32 for 4-byte operands in 64-row
-    tiles); without, the weight-gradient then the layer kernel. None fuses blocks of 17 to
-    64: on an H200, Monarch-HCLT E-steps ran 16% (TF32) / 9% (bf16) faster at h = 4096
-    (64 x 64 blocks) and 6% / 15% at h = 1024 (32 x 32), batch 512
-    (docs/results/device/backward_step_ab_h200.jsonl). The fused pass splits the columns
+    tiles); without, the weight-gradient then the layer kernel. None fuses the blocks in
+    STACKED_ROWS_BLOCKS, where fusing measured faster. The fused pass splits the columns
     into ``split`` ranges (default: :func:`_rows_settings`), whose programs add their
     gradients atomically. Returns ``out``."""
     e, pre, post, b, _ = w.shape
     if fuse is None:
-        fuse = 16 < b <= 64
+        fuse = b in STACKED_ROWS_BLOCKS
     if not fuse:
-        grad_product_triton(grad, a, x)
-        return layer_product_triton(w, a, out, transpose=True)
+        grad_product_triton(grad, a, x, tf32=tf32)
+        return layer_product_triton(w, a, out, transpose=True, tf32=tf32)
     if b > 64:
         raise ValueError(f"the fused backward step takes blocks up to 64, got {b}")
     if grad.dtype != torch.float32 or not grad.is_contiguous():
@@ -457,12 +462,10 @@ def backward_product_triton(w: Tensor, grad: Tensor, a: Tensor, x: Tensor, out: 
     _backward_kernel[grid](
         w.to(a.dtype).contiguous(), grad, a, x, out, pre, post, e * pre * post, b,
         a.shape[-1], chunk, *_strides(a, "a"), *_strides(x, "x"), *_strides(out, "out"),
-        ATOMIC=grid[1] > 1, PRECISION=_precision(a.dtype), INTERPRET=interpreting(),
+        ATOMIC=grid[1] > 1, PRECISION=dot_precision(a.dtype, tf32), INTERPRET=interpreting(),
         num_warps=4, num_stages=3, **tiles)
     return out
 
-
-ROWS_PROGRAMS = 528  # stacked-row passes aim at about 4 programs per SM of an H200 (132)
 
 
 def _rows_settings(w: Tensor, a: Tensor, split: int | None
@@ -488,7 +491,7 @@ def _rows_settings(w: Tensor, a: Tensor, split: int | None
 
 
 def layer_rows_triton(w: Tensor, x: Tensor, out: Tensor, transpose: bool = False,
-                      split: int | None = None) -> Tensor:
+                      split: int | None = None, tf32: bool = False) -> Tensor:
     """:func:`layer_product` by whole blocks of up to 64 (stacked into tiles of 32 or 64
     rows), each program over a range of columns (``split`` ranges, default:
     :func:`_rows_settings`) with its weights loaded once. Returns ``out``."""
@@ -499,7 +502,7 @@ def layer_rows_triton(w: Tensor, x: Tensor, out: Tensor, transpose: bool = False
     _layer_rows_kernel[grid](
         w.to(x.dtype).contiguous(), x, out, pre, post, e * pre * post, b, x.shape[-1], chunk,
         *_strides(x, "x"), *_strides(out, "out"), TRANSPOSE=transpose,
-        PRECISION=_precision(x.dtype), INTERPRET=interpreting(), num_warps=4, num_stages=3,
+        PRECISION=dot_precision(x.dtype, tf32), INTERPRET=interpreting(), num_warps=4, num_stages=3,
         **tiles)
     return out
 
@@ -518,15 +521,16 @@ class MonarchProducts:
 
 
 def monarch_products(kind: str, device: torch.device, factors: Sequence[int],
-                     stacked: bool = False) -> MonarchProducts:
+                     stacked: bool = False, tf32: bool = False) -> MonarchProducts:
     """``kind``: ``triton``, ``torch`` or ``auto``: Triton on a GPU wherever the twins would
     copy states in and out (k = len(factors) >= 3: the middle layers; Monarch blocks of
     several ``stacked`` edges, an HCLT level: the layers mixing a leading axis), cuBLAS for
-    dense blocks and a single Monarch-2 block (at its ceiling for large blocks; measured on
-    an H200, docs/results/device/monarch_kernels_h200.jsonl)."""
+    dense blocks and a single Monarch-2 block (at its ceiling for large blocks). ``tf32``:
+    the Triton kernels round fp32 operands to TF32 (the twins follow torch's switch)."""
     copies = len(factors) >= 3 or (stacked and len(factors) >= 2)
     if choose(kind, device, "products", auto_triton=copies) == "triton":
-        layer = functools.partial(layer_product_triton, stacked=True) if stacked else \
-            layer_product_triton
-        return MonarchProducts("triton", layer, grad_product_triton, backward_product_triton)
+        bind = functools.partial
+        return MonarchProducts("triton", bind(layer_product_triton, stacked=stacked, tf32=tf32),
+                               bind(grad_product_triton, tf32=tf32),
+                               bind(backward_product_triton, tf32=tf32))
     return MonarchProducts("torch", layer_product, grad_product, backward_product)

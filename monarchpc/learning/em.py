@@ -23,7 +23,23 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from monarchpc.learning.schedules import SCHEDULES
+from monarchpc.settings import Settings, choice, integer, number
+
 UPDATES = ("probs", "counts")
+
+OPTIM: Settings = {
+    "schedule": (choice(*SCHEDULES), "the step-size schedule"),
+    "eta0": (number(0.0, 1.0, open_low=True), "the first EM step size"),
+    "eta_min": (number(0.0, 1.0), "the last EM step size, <= optim.eta0"),
+    "update": (choice(*UPDATES), "the EM update: average probabilities or expected counts"),
+    "pseudocount": (number(0.0), "pseudo-count per sum node; 0.1 keeps EM finite"),
+    "floor": (number(0.0, 0.5), "smallest probability after an update (reference: 1e-10)"),
+    "batch_size": (integer(1), "rows per micro-batch"),
+    "accumulate": (integer(1), "micro-batches per EM update"),
+    "epochs": (integer(1), "passes over the training rows"),
+}
+"""The ``optim`` group: stochastic mini-batch EM and its schedule (configs/optim/em.yaml)."""
 
 
 def accumulate_flows(model: nn.Module, x: Tensor) -> Tensor:

@@ -21,10 +21,10 @@ log-likelihood and the same gradients with respect to the parameters (so
 The scales cancel in every backward formula, so the top-down pass needs none of them.
 States are hidden-major (D, h, N) in the model's breadth-first order, so each level is a
 contiguous range of nodes and of sum blocks: one product kernel, one batched product per
-block layer (:class:`~monarchpc.circuits.sum_blocks.HiddenMajor`) and one posterior kernel
+block layer (:class:`~monarchpc.circuits.blocks.HiddenMajor`) and one posterior kernel
 per level (:mod:`monarchpc.kernels.hclt`). Matrix operands may be bf16 or fp16 (fp32
-accumulation) or TF32; fp32 is exact whatever ``torch.backends.cuda.matmul.allow_tf32`` says
-outside (the E-step sets it while it runs, see ``in_precision``). Scales, posteriors and
+accumulation) or TF32 (:mod:`monarchpc.learning.precision`; fp32 is exact whatever the
+caller's TF32 switch says). Scales, posteriors and
 gradients stay fp32. States are stored in the operand type: bf16 has fp32's range, fp16 does
 not (u and m lie in [0, 1], but a = F / m and w grow as a column's scale shrinks), so prefer
 bf16 for peaked models.
@@ -40,10 +40,10 @@ import torch
 from torch import Tensor
 
 from monarchpc.circuits.hclt import HCLT
-from monarchpc.circuits.sum_blocks import HiddenMajor
 from monarchpc.kernels.hclt import Layout, leaf_table_torch, level_ops
-from monarchpc.learning.forward_backward import DTYPES, in_precision
-from monarchpc.learning.graphs import CapturedEStep, into_grads
+from monarchpc.learning.cuda_graphs import CapturedEStep, into_grads
+from monarchpc.learning.hidden_major import HiddenMajor
+from monarchpc.learning.precision import FP32, Precision
 
 _LAYOUTS: weakref.WeakKeyDictionary[HCLT, dict[torch.device, Layout]] = (
     weakref.WeakKeyDictionary())
@@ -112,13 +112,13 @@ def parameters(model: HCLT) -> list[Tensor]:
 
 
 @torch.no_grad()
-def hclt_estep(model: HCLT, x: Tensor, precision: str = "fp32", grad: bool = True,
+def hclt_estep(model: HCLT, x: Tensor, precision: Precision | str = FP32, grad: bool = True,
                kernels: str = "auto") -> Tensor:
     """Log-likelihood (N,) (nats) of rows ``x`` (N, D); adds d log p.sum() / d theta into
     every parameter's ``.grad``, as autograd on ``model.log_likelihood(x).sum()`` would.
 
     Entries MISSING (-1) are marginalized out. ``grad=False`` only scores. ``precision``:
-    fp32, tf32, bf16 or fp16 operands for the block products. ``kernels``: the per-level
+    the block products' operands (fp32, tf32, bf16 or fp16). ``kernels``: the per-level
     element-wise work in ``triton``, ``torch`` or ``auto`` (Triton on a GPU).
     """
     if not grad:
@@ -127,17 +127,23 @@ def hclt_estep(model: HCLT, x: Tensor, precision: str = "fp32", grad: bool = Tru
                       parameters(model), x.device)
 
 
-@in_precision
-def estep(model: HCLT, x: Tensor, precision: str = "fp32", grads: list[Tensor] | None = None,
-          kernels: str = "auto", validate: bool = True) -> Tensor:
+def estep(model: HCLT, x: Tensor, precision: Precision | str = FP32,
+          grads: list[Tensor] | None = None, kernels: str = "auto", validate: bool = True
+          ) -> Tensor:
     """:func:`hclt_estep` on explicit buffers: returns log p (N,) and adds d log p.sum() /
     d theta into ``grads`` (fp32 tensors shaped as :func:`parameters`; None: only scores).
+    Runs under ``precision.products()`` (torch's TF32 switch for cuBLAS).
 
     With ``validate=False`` the values of ``x`` are not checked (nothing waits for the GPU).
     """
-    if precision not in DTYPES:
-        raise ValueError(f"precision must be one of {sorted(DTYPES)}, got {precision!r}")
-    dtype, dev = DTYPES[precision], x.device
+    precision = Precision.of(precision)
+    with precision.products():
+        return _estep(model, x, precision, grads, kernels, validate)
+
+
+def _estep(model: HCLT, x: Tensor, precision: Precision, grads: list[Tensor] | None,
+           kernels: str, validate: bool) -> Tensor:
+    dtype, dev = precision.dtype, x.device
     layout = tree_layout(model, dev)
     ops = level_ops(kernels, dev)
     values = internal_values(model, x, layout, validate)
@@ -148,7 +154,7 @@ def estep(model: HCLT, x: Tensor, precision: str = "fp32", grads: list[Tensor] |
     def state() -> Tensor:
         return torch.empty(d, h, n, dtype=dtype, device=dev)
 
-    every_edge = HiddenMajor(blocks, dtype)  # the weights cast to the compute dtype once
+    every_edge = HiddenMajor(blocks, precision)  # the weights cast to the operand type once
 
     def edges(start: int, stop: int) -> HiddenMajor:
         """The blocks of the edges into nodes start..stop-1 (the edge into v is block v - 1)."""
@@ -203,15 +209,14 @@ def estep(model: HCLT, x: Tensor, precision: str = "fp32", grads: list[Tensor] |
     return log_likelihood
 
 
-def fused_hclt_estep(model: HCLT, device: torch.device, precision: str = "fp32",
+def fused_hclt_estep(model: HCLT, device: torch.device, precision: Precision | str = FP32,
                      graphs: str | bool = "auto") -> Callable[[Tensor], Tensor]:
     """The training E-step x (N, D) -> log p (N,): :func:`hclt_estep` in ``precision``,
     replayed from CUDA graphs when ``graphs`` is true or ``auto`` on a GPU (an HCLT runs a
     few kernels per level of its tree, too short to hide their launches)."""
     if graphs not in ("auto", True, False):
         raise ValueError(f"graphs must be auto, true or false, got {graphs!r}")
-    if precision not in DTYPES:
-        raise ValueError(f"precision must be one of {sorted(DTYPES)}, got {precision!r}")
+    precision = Precision.of(precision)
     if graphs == "auto":
         graphs = device.type == "cuda"
     if graphs:

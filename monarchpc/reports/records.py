@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from monarchpc.circuits.sum_blocks import BlockSpec
+from monarchpc.circuits.blocks import BlockSpec
 from monarchpc.errors import ConfigError
 
 METRICS = ("bpc", "bpd", "ppl")
@@ -267,7 +267,7 @@ def record_from_wandb(name: str, config: dict[str, Any], summary: dict[str, Any]
                       state: str = "finished", history: list[dict[str, Any]] | None = None,
                       project: str = "", run_id: str | None = None) -> RunRecord:
     """A :class:`RunRecord` from a wandb run: ``config`` is the composed config the run
-    was started with (monarchpc.tracking passes it to ``wandb.init``), ``summary`` the last
+    was started with (monarchpc.run.tracking passes it to ``wandb.init``), ``summary`` the last
     logged metrics (dev_bpc, test_bpc, ... as logged from metrics.jsonl), ``history`` the
     logged evaluation rows. run.json fields found in the config (under ``run``) or the
     summary are used as they are; the rest is derived from the config."""

@@ -26,7 +26,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from bench_records import JsonLines  # a sibling script (scripts/ is on the path)
+
+from monarchpc.bench.records import JsonLines, add_output_options, destination, device_tag
 
 CASES = [("monarch3 2^18", [64, 64, 64]), ("monarch3 2^15", [32, 32, 32]),
          ("monarch4 2^16", [16, 16, 16, 16]), ("monarch2 2^18", [512, 512]),
@@ -222,7 +223,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tiny", action="store_true", help="small cases on the CPU")
     parser.add_argument("--cases", default=None, help="comma-separated case indices to run")
@@ -231,8 +232,8 @@ def main() -> None:
                         help="comma-separated variant names to run (default: all)")
     parser.add_argument("--budget-s", type=float, default=240.0,
                         help="skip the variants left after this many seconds")
-    parser.add_argument("--out", default=None, help="also write the JSON lines here")
-    args = parser.parse_args()
+    add_output_options(parser)  # name: monarch_kernels_<device>.jsonl
+    args = parser.parse_args(argv)
     if args.tiny:  # before Triton is first imported
         os.environ.setdefault("TRITON_INTERPRET", "1")
         args.columns = min(args.columns, 16)
@@ -246,7 +247,7 @@ def main() -> None:
         cases = [cases[int(i)] for i in args.cases.split(",")]
     deadline = time.time() + args.budget_s
     ms = timer(device)
-    emit = JsonLines(args.out)
+    emit = JsonLines(destination(args, f"monarch_kernels_{device_tag(device)}.jsonl"))
 
     if device.type == "cuda":
         emit({"copy_tb_per_s": copy_tb_per_s(device, ms)})

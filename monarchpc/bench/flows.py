@@ -15,12 +15,11 @@ and leaves EM unchanged; the log-likelihood's bias shifts every BPD scored that 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
 import torch
-from bench_hclt import build, patches_and_tree  # a sibling script (scripts/ is on the path)
 
+from monarchpc.bench.hclt import build, patches_and_tree
+from monarchpc.bench.records import JsonLines, add_output_options, destination, device_tag
 from monarchpc.learning.em import flows
 from monarchpc.learning.hclt_estep import hclt_estep
 
@@ -53,16 +52,18 @@ def compare(ll: torch.Tensor, groups: dict[str, torch.Tensor], ll32: torch.Tenso
     return row
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", default="monarch-1024-1000,monarch-1024-512,monarch-4096-512",
                         help="comma-separated BLOCK-HIDDEN-BATCH (block: dense or monarch)")
     parser.add_argument("--precisions", default="bf16,tf32")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    args = parser.parse_args()
+    add_output_options(parser)  # name: precision_flows_hclt_<device>.jsonl
+    args = parser.parse_args(argv)
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if args.device == "auto" else args.device)
     data, parent = patches_and_tree(device.type == "cpu", device)
+    emit = JsonLines(destination(args, f"precision_flows_hclt_{device_tag(device)}.jsonl"))
     for case in args.cases.split(","):
         block, h, n = case.split("-")
         h, n = int(h), int(n)
@@ -74,9 +75,9 @@ def main() -> None:
             row = {"structure": "hclt", "block": block, "hidden_size": h, "batch": n,
                    "precision": precision, "device": torch.cuda.get_device_name(device)
                    if device.type == "cuda" else "cpu", **compare(ll, groups, ll32, groups32)}
-            print(json.dumps(row), flush=True)
+            emit(row)
         del model
-    sys.exit(0)
+    emit.close()
 
 
 if __name__ == "__main__":

@@ -5,10 +5,10 @@
 (:func:`space_states`).
 ``multiply``: circuit multiplication (paper Section 3, Table 2). Dense HMMs of sizes
 h_0..h_{k-1} (the model's Monarch factors), trained by the same loop before the run (the
-pipeline step :func:`monarchpc.factor_runs.factor_runs`) and listed in
+pipeline step :func:`monarchpc.init.factor_runs.factor_runs`) and listed in
 ``cfg.init.factor_runs``, are multiplied into the model: layer d of the Monarch transition
 = A_d in every block, initial = kron(g_d), emission = prod_d B_d renormalized per state
-(:mod:`monarchpc.circuits.multiply`). The factor run directories go from there into the
+(:mod:`monarchpc.init.multiply`). The factor run directories go from there into the
 run's saved config, checkpoint and ``run.json``.
 """
 
@@ -21,11 +21,28 @@ import torch
 from torch import nn
 
 from monarchpc.circuits.hmm import HMM
-from monarchpc.circuits.multiply import multiply_into
 from monarchpc.errors import ConfigError
-from monarchpc.factor_runs import factor_sizes, load_factor
+from monarchpc.init.factor_runs import factor_sizes, load_factor
+from monarchpc.init.multiply import multiply_into
+from monarchpc.settings import Settings, boolean, choice, integer, list_of, text
+from monarchpc.structures import structure_of
 
 INITS = ("random", "multiply")
+
+INIT: Settings = {
+    "name": (choice(*INITS), "the initialization"),
+    "factors": (list_of(integer(2), "integers >= 2", none=True),
+                "dense factor sizes of init=multiply; null: the model's factors"),
+    "seed": (integer(0), "factor d is trained with init.seed + d"),
+    "space_token": (integer(0, none=True), "the text8 initialization's space token; null: off"),
+    "renormalize": (boolean, "renormalize the product's emission rows"),
+    "cache_dir": (text(), "folder of the cached factor runs"),
+    "parallel": (boolean, "train the unfinished factor runs side by side, a process each"),
+    "factor_runs": (list_of(text(), "run directories", none=True),
+                    "finished factor runs to multiply; null trains them"),
+}
+"""The ``init`` group (configs/init/); its ``optim`` and ``trainer`` keys override the
+factor runs' settings and are checked against those groups' settings."""
 
 
 def check_init(cfg: Any) -> None:
@@ -33,12 +50,13 @@ def check_init(cfg: Any) -> None:
     name = cfg.init.name
     if name not in INITS:
         raise ConfigError(f"unknown init {name!r}; use init=random or init=multiply")
+    multiplies = structure_of(cfg.model.structure).multiply
     if name == "multiply":
-        if cfg.model.structure != "hmm":
+        if not multiplies:
             raise ConfigError(f"init=multiply builds HMMs; model.structure is "
                               f"{cfg.model.structure!r}")
         factor_sizes(cfg)
-    if cfg.init.get("space_token") is not None and cfg.model.structure != "hmm":
+    if cfg.init.get("space_token") is not None and not multiplies:
         raise ConfigError("init.space_token (the text8 initialization) is for HMMs; set "
                           "init.space_token=null")
 

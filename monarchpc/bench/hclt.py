@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -33,17 +32,17 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from bench import device_name, peak_gb, reset_memory, timed
-from bench_records import JsonLines
 
+from monarchpc.bench.hmm import device_name, peak_gb, reset_memory, timed
+from monarchpc.bench.records import JsonLines, add_output_options, destination, device_tag
+from monarchpc.circuits.blocks import BlockSpec, SumBlocks
 from monarchpc.circuits.chow_liu import chow_liu_tree
 from monarchpc.circuits.hclt import HCLT, MISSING
-from monarchpc.circuits.sum_blocks import BlockSpec, HiddenMajor, SumBlocks
+from monarchpc.learning.cuda_graphs import CapturedEStep
 from monarchpc.learning.em import accumulate_flows, flows
-from monarchpc.learning.forward_backward import DTYPES
-from monarchpc.learning.graphs import CapturedEStep
 from monarchpc.learning.hclt_estep import fused_hclt_estep, hclt_estep
-from monarchpc.paths import REPO_ROOT
+from monarchpc.learning.hidden_major import HiddenMajor
+from monarchpc.learning.precision import FP32, PRECISIONS, Precision
 
 SIDE, CHANNELS, VOCAB = 8, 3, 256
 GPU_CASES = [("dense", h, n) for h in (256, 512, 1024) for n in (512, 2048)] + [
@@ -92,11 +91,11 @@ def check(parent: np.ndarray, block: str, h: int, data: torch.Tensor,
           device: torch.device) -> dict[str, Any]:
     """Fused E-step vs autograd (fp32 products, no TF32): relative errors of log p and of
     the flows (largest flow error of a parameter over its largest flow)."""
-    torch.backends.cuda.matmul.allow_tf32 = False
     ref, fast = build(parent, block, h, device), build(parent, block, h, device)
     x = data[:64].clone().to(device)
     x[torch.rand(x.shape, device=device) < 0.1] = MISSING
-    ll_ref = accumulate_flows(ref, x)
+    with FP32.products():
+        ll_ref = accumulate_flows(ref, x)
     row: dict[str, Any] = {"check": f"{block} {h}", "device": device_name(device)}
 
     def record(key: str, ll: torch.Tensor) -> None:
@@ -171,7 +170,6 @@ def bench_ours(model: HCLT, x: torch.Tensor, engine: str, precision: str, reps: 
     if engine == "fused-no-blocks":
         with blocks_skipped():
             return bench_ours(model, x, "fused", precision, reps, device)
-    torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"
     clear(model)
     extra: dict[str, Any] = {}
     if engine.startswith("fused"):
@@ -179,7 +177,8 @@ def bench_ours(model: HCLT, x: torch.Tensor, engine: str, precision: str, reps: 
         extra["cuda_graph"] = isinstance(step, CapturedEStep)
     else:
         def step(x: torch.Tensor) -> torch.Tensor:
-            return accumulate_flows(model, x)
+            with Precision(precision).products():
+                return accumulate_flows(model, x)
     reset_memory(device)
     result = measure(lambda: step(x), len(x), device, reps)
     clear(model)
@@ -187,16 +186,16 @@ def bench_ours(model: HCLT, x: torch.Tensor, engine: str, precision: str, reps: 
 
 
 def bench_pyjuice(pc: Any, x: torch.Tensor, reps: int, device: torch.device) -> dict[str, Any]:
-    """One forward pass plus backward pass with parameter flows of PyJuice's circuit."""
-    torch.backends.cuda.matmul.allow_tf32 = True
-
+    """One forward pass plus backward pass with parameter flows of PyJuice's circuit (its
+    fp32 products in TF32)."""
     def step() -> None:
         pc(x)
         pc.backward(x, flows_memory=1.0)
 
-    step()  # compiles its kernels for this batch
-    reset_memory(device)
-    return measure(step, len(x), device, reps)
+    with Precision("tf32").products():
+        step()  # compiles its kernels for this batch
+        reset_memory(device)
+        return measure(step, len(x), device, reps)
 
 
 def run_variant(row: dict[str, Any], fn: Any) -> dict[str, Any]:
@@ -247,7 +246,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tiny", action="store_true", help="small CPU-sized cases")
     parser.add_argument("--cases", default=None,
@@ -265,23 +264,19 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--budget-s", type=float, default=270.0,
                         help="skip the variants that would start after this many seconds")
-    parser.add_argument("--out", default=None, help="JSON lines file ('' for none)")
-    args = parser.parse_args()
+    add_output_options(parser)  # name: bench_hclt_<gpu>.jsonl
+    args = parser.parse_args(argv)
     begin = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     cases = TINY_CASES if args.tiny else GPU_CASES
     if args.cases:
         cases = [(b, int(h), int(n)) for b, h, n in (c.split("-") for c in args.cases.split(","))]
     precisions = ["fp32"] if args.tiny else args.precisions.split(",")
-    if any(p not in DTYPES for p in precisions):
-        parser.error(f"--precisions must be among {sorted(DTYPES)}")
+    if any(p not in PRECISIONS for p in precisions):
+        parser.error(f"--precisions must be among {', '.join(PRECISIONS)}")
     reps = 1 if args.tiny else args.reps
     name = device_name(device)
-    if args.out is None:
-        model_name = re.search(r"\b[A-Z]+\d{2,}\b", name)  # "NVIDIA H200" -> h200
-        slug = (model_name.group(0) if model_name else name.split()[-1]).lower()
-        args.out = str(REPO_ROOT / "docs" / "results" / "device" / f"bench_hclt_{slug}.jsonl")
-    record = JsonLines(args.out)
+    record = JsonLines(destination(args, f"bench_hclt_{device_tag(device)}.jsonl"))
     rows: list[dict[str, Any]] = []
 
     def emit(row: dict[str, Any], keep: bool = True) -> None:

@@ -22,12 +22,11 @@ M is the Kronecker product A_0 (x) ... (x) A_{k-1}: circuit multiplication.
 Parameters are normalized along their last dimension (the package's EM convention). Two
 evaluation layouts share the weights: batch-major (N, h) rows with autograd
 (:meth:`SumBlocks.forward`, the reference path) and hidden-major states (b_0, ..., b_{k-1}, N)
-for the fused E-steps (:class:`HiddenMajor`).
+for the fused E-steps (:class:`monarchpc.learning.hidden_major.HiddenMajor`).
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +35,6 @@ import torch
 from torch import Tensor, nn
 
 from monarchpc.errors import ConfigError
-from monarchpc.kernels.monarch import monarch_products
 
 
 def normalize(t: Tensor, dim: int = -1) -> Tensor:
@@ -288,66 +286,3 @@ def monarch_block(factors: list[int], generator: torch.Generator | None = None,
                   axes: list[int] | None = None) -> SumBlocks:
     """Monarch sum block(s) over ``factors`` with random stochastic weights."""
     return SumBlocks(BlockSpec.monarch(factors, axes), num_blocks, generator, perturbation)
-
-
-class HiddenMajor:
-    """Blocks ``start .. stop - 1`` in a compute dtype, applied to hidden-major states.
-
-    A state holds the h values of N columns as (n, b_0, ..., b_{k-1}, N), or as
-    (b_0, ..., b_{k-1}, N) when one block is used (the HMM), with any strides and unit
-    column stride (slots of a segment buffer, outputs of a product). Layer l's product is
-    one batched matrix product over (pre, post) blocks of strided views, computed by
-    :mod:`monarchpc.kernels.monarch` (``products``: cuBLAS, whose views make the
-    permutations between layers free for k = 2, or Triton kernels that read and write any
-    strides; auto picks per GPU and k).
-    """
-
-    def __init__(self, blocks: SumBlocks, dtype: torch.dtype, products: str = "auto") -> None:
-        self.spec = blocks.spec
-        self.factors = list(blocks.spec.factors)
-        self.w = [w.detach().to(dtype).contiguous() for w in blocks.layers]
-        self.params = list(blocks.layers)  # the parameters the gradients belong to
-        self.ops = monarch_products(products, self.w[0].device, self.factors,
-                                    stacked=blocks.num_blocks > 1)
-
-    def part(self, start: int, stop: int) -> HiddenMajor:
-        """Blocks start..stop-1 of these, their weights as views (cast once, not per part)."""
-        part = copy.copy(self)
-        part.w = [w[start:stop] for w in self.w]
-        return part
-
-    def view(self, state: Tensor, l: int) -> Tensor:
-        """``state`` as (n, pre, b, post, N) for layer l (a view whenever strides allow)."""
-        _, pre, post, b, _ = self.w[l].shape
-        return state.reshape(-1, pre, b, post, state.shape[-1])
-
-    def apply(self, l: int, state: Tensor, transpose: bool = False,
-              out: Tensor | None = None) -> Tensor:
-        """L_l @ state (or L_l^T @ state) for every column; into ``out`` (a state) when
-        given, directly where its strides allow. Returns the result state."""
-        x = self.view(state, l)
-        if out is None:
-            return self.ops.layer(self.w[l], x, None, transpose).reshape(state.shape)
-        try:  # out viewed as the product's (n, pre, b, post, N) output without a copy
-            target = out.view(x.shape)
-        except RuntimeError:
-            target = None
-        if target is None:
-            out.copy_(self.ops.layer(self.w[l], x, None, transpose).reshape(out.shape))
-        else:
-            self.ops.layer(self.w[l], x, target, transpose)
-        return out
-
-    def accumulate_grad(self, l: int, grad: Tensor, a: Tensor, x: Tensor) -> None:
-        """grad (n, pre, post, b, b) fp32 += sum over columns of a x^T per block.
-
-        a, x: states with K columns (a whole segment) in the compute dtype.
-        """
-        self.ops.grad(grad, self.view(a, l), self.view(x, l))
-
-    def backward(self, l: int, grad: Tensor, a: Tensor, x: Tensor, out: Tensor) -> Tensor:
-        """Layer l's backward step over the same columns: :meth:`accumulate_grad` with a and
-        x, then ``out`` = L_l^T @ a (one kernel where the products allow; ``out`` may be
-        ``x``). a, x, out: states (not copies: ``out`` must view as the layer's output)."""
-        self.ops.backward(self.w[l], grad, self.view(a, l), self.view(x, l), self.view(out, l))
-        return out

@@ -91,7 +91,7 @@ def bench(args: argparse.Namespace, gpus: int, out: Path) -> dict[str, Any]:
     return result
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gpus", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--hidden", type=int, default=2 ** 19)
@@ -101,11 +101,11 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=10)
     parser.add_argument("--precision", default="tf32")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--out", type=Path, default=Path("bench_ddp.json"))
+    parser.add_argument("--out", type=Path, default=Path("outputs/bench/ddp.json"))
     parser.add_argument("--runs-dir", type=Path, default=None,
                         help="where the run directories go (default: beside --out)")
     parser.add_argument("extra", nargs="*", help="Hydra overrides (after --)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     out = (args.runs_dir or args.out.resolve().parent / "bench_ddp_runs").resolve()
     out.mkdir(parents=True, exist_ok=True)
     results = [bench(args, g, out) for g in args.gpus]

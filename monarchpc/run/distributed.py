@@ -39,7 +39,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from monarchpc.errors import ConfigError
-from monarchpc.evaluate import Score, evaluate
+from monarchpc.run.evaluate import Score, evaluate
 
 log = logging.getLogger("monarchpc")
 T = TypeVar("T")
@@ -125,7 +125,7 @@ class Dist:
     def evaluate(self, score: Score, sets: Mapping[str, Tensor], metric: str,
                  batch_size: int, device: torch.device, show: bool = False
                  ) -> dict[str, float]:
-        """:func:`monarchpc.evaluate.evaluate` with the rows of every split shared out
+        """:func:`monarchpc.run.evaluate.evaluate` with the rows of every split shared out
         across ranks and the NLL and unit counts summed: ``{f"{name}_{metric}": value}``
         (``show``: a progress bar on rank 0)."""
         return evaluate(score, sets, metric, batch_size, device, self.shard, self.sum,

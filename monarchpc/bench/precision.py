@@ -18,16 +18,19 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
-from monarchpc import checkpoint
-from monarchpc.circuits.factory import build_model
 from monarchpc.data import build_dataset
-from monarchpc.evaluate import metric_value, total_nll
-from monarchpc.learning.engines import scorer
+from monarchpc.learning.precision import Precision
 from monarchpc.paths import REPO_ROOT
+from monarchpc.run import checkpoint
+from monarchpc.run.evaluate import metric_value, total_nll
+from monarchpc.structures import build_model, structure_of
 from monarchpc.train import run
 
 
-def main(overrides: list[str]) -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Train one preset (Hydra overrides ``argv``) in fp32, tf32 and bf16; print the dev
+    metrics and the fp32 model scored in each precision (JSON)."""
+    overrides = sys.argv[1:] if argv is None else argv
     out: dict = {"overrides": overrides, "train": {}, "score_fp32_model": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for precision in ("fp32", "tf32", "bf16"):
@@ -44,9 +47,9 @@ def main(overrides: list[str]) -> None:
                 model.load_state_dict(checkpoint.load(run_dir)["model"])
                 model.to("cuda" if torch.cuda.is_available() else "cpu")
                 dev = splits.dev[: cfg.trainer.eval_max_rows or None]
+                fused = structure_of(cfg.model.structure).fused
                 for p in ("fp32", "tf32", "bf16"):
-                    torch.backends.cuda.matmul.allow_tf32 = p != "fp32"
-                    nll, units = total_nll(scorer(model, p), dev, 128,
+                    nll, units = total_nll(fused.score(model, Precision(p)), dev, 128,
                                            next(model.parameters()).device)
                     out["score_fp32_model"][p] = metric_value(splits.metric, nll, units)
     base = out["train"]["fp32"]
@@ -59,4 +62,4 @@ def main(overrides: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -29,11 +29,21 @@ import torch
 
 from monarchpc.errors import DataError
 from monarchpc.files import atomic_write, free_space
+from monarchpc.settings import Settings, choice, list_of, text
 
 log = logging.getLogger(__name__)
 
 METRICS = "metrics.jsonl"
 
+
+LOGGER: Settings = {
+    "name": (choice("wandb", "none"), "where records are mirrored"),
+    "project": (text(), "the wandb project"),
+    "entity": (text(none=True), "the wandb entity; null for yours"),
+    "mode": (choice("offline", "online", "disabled"), "wandb's mode"),
+    "tags": (list_of(text(), "strings", empty=True), "wandb tags"),
+}
+"""The ``logger`` group (configs/logger/)."""
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write ``obj`` as JSON to ``path`` through a temporary file and an atomic rename."""

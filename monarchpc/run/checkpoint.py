@@ -11,7 +11,7 @@ pickle whose objects would run code when rebuilt) is refused with one line, neve
 Writes go through :func:`monarchpc.files.atomic_write`: a crash mid-write leaves the
 previous checkpoint; a full disk leaves it too, with no temporary file, and one
 :class:`CheckpointError` line. A model with a non-finite parameter is never saved (see
-:mod:`monarchpc.divergence`), so the last checkpoint is always a good one. A checkpoint
+:mod:`monarchpc.run.divergence`), so the last checkpoint is always a good one. A checkpoint
 is taken only between EM updates, when no partial flows exist, so resuming from it
 repeats exactly what the uninterrupted run would have done.
 """
@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from monarchpc.divergence import non_finite
 from monarchpc.errors import CheckpointError, DataError, DivergedError
 from monarchpc.files import atomic_write
+from monarchpc.run.divergence import non_finite
 
 FILENAME = "checkpoint.pt"
 FORMAT = 2

@@ -34,57 +34,22 @@ bf16 or fp16 (fp32 accumulation) or TF32; scales, sums and accumulated gradients
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import inspect
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from monarchpc.circuits.hmm import HMM
-from monarchpc.circuits.sum_blocks import HiddenMajor
 from monarchpc.kernels.hmm import element_ops, grad_flows_runs
-from monarchpc.learning.graphs import CapturedEStep, into_grads
+from monarchpc.learning.cuda_graphs import CapturedEStep, into_grads
+from monarchpc.learning.hidden_major import HiddenMajor
+from monarchpc.learning.precision import FP32, Precision
 
 GRAPH_MAX_HIDDEN = 2**18  # CUDA graphs by default up to this hidden size (launch-bound sizes)
-DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16,
-          "fp16": torch.float16}
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-@contextlib.contextmanager
-def matmul_precision(precision: str) -> Iterator[None]:
-    """torch's TF32 switch, which cuBLAS and the Triton products read, set to what
-    ``precision`` means while the block runs: off for fp32 (exact products), on for tf32;
-    16-bit operands leave it as the caller set it. Restored on exit."""
-    before = torch.backends.cuda.matmul.allow_tf32
-    if precision in ("fp32", "tf32"):
-        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = before
-
-
-def in_precision(fn: F) -> F:
-    """Decorator: ``fn`` runs under :func:`matmul_precision` of its ``precision`` argument,
-    so an E-step asked for fp32 is exact even where the trainer switched TF32 on (without
-    it, an HCLT trained in bf16 was scored in TF32: +0.0029 dev BPD on Tiny ImageNet 32)."""
-    signature = inspect.signature(fn)
-
-    @functools.wraps(fn)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        with matmul_precision(bound.arguments["precision"]):
-            return fn(*args, **kwargs)
-    return run  # type: ignore[return-value]
 
 
 @torch.no_grad()
-def hmm_estep(hmm: HMM, x: Tensor, segment: int = 16, precision: str = "fp32",
+def hmm_estep(hmm: HMM, x: Tensor, segment: int = 16, precision: Precision | str = FP32,
               grad: bool = True, kernels: str = "auto", keep_gb: float | str = 0.0,
               products: str = "auto") -> Tensor:
     """Log-likelihood (N,) of rows ``x`` (N, T); adds dlogp/dtheta to every ``param.grad``.
@@ -94,13 +59,13 @@ def hmm_estep(hmm: HMM, x: Tensor, segment: int = 16, precision: str = "fp32",
     ``segment`` (c >= 1): the first pass keeps every c-th hidden vector and the
     second recomputes c steps at a time. ``keep_gb``: memory for segments whose layer
     inputs the first pass keeps (no recomputation); each takes (k c + 1) states of N
-    columns (``auto``: :func:`auto_keep_gb`). ``precision``: fp32, tf32, bf16 or fp16
-    operands for the matrix products.
+    columns (``auto``: :func:`auto_keep_gb`). ``precision``: the products' operands
+    (:mod:`monarchpc.learning.precision`: fp32, tf32, bf16 or fp16).
     ``kernels``: the element-wise steps in ``triton``, ``torch`` or ``auto`` (Triton on a GPU).
     ``products``: the matrix products likewise (auto: Triton on a GPU for k >= 3, see
     :func:`~monarchpc.kernels.monarch.monarch_products`).
     """
-    settings = {"segment": segment, "precision": precision, "kernels": kernels,
+    settings = {"segment": segment, "precision": Precision.of(precision), "kernels": kernels,
                 "keep_gb": keep_gb, "products": products}
     if not grad:
         return estep(hmm, x, None, **settings)
@@ -131,14 +96,15 @@ def auto_keep_gb(device: torch.device, working_bytes: int) -> float:
 
 
 def fused_estep(hmm: HMM, device: torch.device, segment: int = 16,
-                precision: str = "fp32", keep_gb: float | str = 0.0, graphs: str | bool = "auto",
-                products: str = "auto") -> Callable[[Tensor], Tensor]:
+                precision: Precision | str = FP32, keep_gb: float | str = 0.0,
+                graphs: str | bool = "auto", products: str = "auto"
+                ) -> Callable[[Tensor], Tensor]:
     """The training E-step x (N, T) -> log p (N,): :func:`hmm_estep` with these settings,
     replayed from CUDA graphs when ``graphs`` is true, or ``auto`` and h <= GRAPH_MAX_HIDDEN
     on a GPU (small models, where launching the kernels takes longer than running them)."""
     if graphs not in ("auto", True, False):
         raise ValueError(f"graphs must be auto, true or false, got {graphs!r}")
-    settings = {"segment": segment, "precision": precision, "keep_gb": keep_gb,
+    settings = {"segment": segment, "precision": Precision.of(precision), "keep_gb": keep_gb,
                 "products": products}
     if graphs == "auto":
         graphs = device.type == "cuda" and hmm.hidden_size <= GRAPH_MAX_HIDDEN
@@ -150,24 +116,28 @@ def fused_estep(hmm: HMM, device: torch.device, segment: int = 16,
     return lambda x: hmm_estep(hmm, x, **settings)
 
 
-@in_precision
 def estep(hmm: HMM, x: Tensor, grads: list[Tensor] | None, segment: int = 16,
-          precision: str = "fp32", kernels: str = "auto", keep_gb: float | str = 0.0,
-          products: str = "auto") -> Tensor:
+          precision: Precision | str = FP32, kernels: str = "auto",
+          keep_gb: float | str = 0.0, products: str = "auto") -> Tensor:
     """:func:`hmm_estep` on explicit buffers: returns log p (N,) and adds d log p.sum() /
     d theta into ``grads`` (fp32 tensors shaped as :func:`parameters`; None: only the first
-    pass, scoring)."""
-    if precision not in DTYPES:
-        raise ValueError(f"precision must be one of {sorted(DTYPES)}, got {precision!r}")
-    dtype = DTYPES[precision]
+    pass, scoring). Runs under ``precision.products()`` (torch's TF32 switch for cuBLAS)."""
+    precision = Precision.of(precision)
+    with precision.products():
+        return _estep(hmm, x, grads, segment, precision, kernels, keep_gb, products)
+
+
+def _estep(hmm: HMM, x: Tensor, grads: list[Tensor] | None, segment: int,
+           precision: Precision, kernels: str, keep_gb: float | str, products: str) -> Tensor:
+    dtype = precision.dtype
     n, length = x.shape
     dev = x.device
-    layers = HiddenMajor(hmm.transition, dtype, products=products)
+    layers = HiddenMajor(hmm.transition, precision, products=products)
     factors = layers.factors
     k, h = len(factors), hmm.hidden_size
     table = hmm.emission.detach().float().contiguous()  # (h, V)
     initial = hmm.initial.detach().float()
-    ops = element_ops(kernels, dev, table.shape[1])
+    ops = element_ops(kernels, dev, table.shape[1], tf32=precision.tf32)
     fuse_emit = ops.emit_product is not None and layers.ops.name == "triton"
     # the emission flows of steps t >= 1 in layer k-1's weight-gradient kernel
     fuse_flows = (fuse_emit and ops.grad_flows is not None

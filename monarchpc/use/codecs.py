@@ -1,21 +1,15 @@
-"""Using a trained model: load a run directory, and encode/decode its data.
+"""The data side of a trained run: text <-> token ids, images <-> patch rows.
 
-    from monarchpc import load_run
-    model, config = load_run("outputs/demo-monarch2_hmm-h256-...")
+The data set's kind (:data:`monarchpc.data.DATASETS`) decides the codec:
 
-:func:`load_run` rebuilds the circuit of a run from its ``config.yaml`` and loads the
-parameters of its ``checkpoint.pt``. An HCLT is rebuilt over the tree saved in its
-``parent`` buffer (no data needed). The data side:
-
-* :func:`text_codec`: text <-> token ids of a text run (text8-style characters: space = 0,
-  a..z = 1..26; SentencePiece pieces for lm1b / WikiText-2 runs; integers for synthetic);
+* :func:`text_codec`: chars (text8-style characters: space = 0, a..z = 1..26), tokens
+  (SentencePiece pieces of lm1b / WikiText-2 runs), ints (integers, the synthetic data);
 * :func:`image_format`: the image size, patch size and colour transform of an image run,
   with :func:`image_to_rows` / :func:`rows_to_image` between RGB images and patch rows.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,91 +17,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
-from torch import nn
+from omegaconf import DictConfig
 
-from monarchpc import checkpoint
-from monarchpc.circuits.factory import build_model
-from monarchpc.circuits.hclt import hclt_from_tree
-from monarchpc.circuits.sum_blocks import BlockSpec
-from monarchpc.errors import ConfigError, DataError
+from monarchpc.data import dataset
+from monarchpc.errors import RunDirError, UsageError
+from monarchpc.use.load import run_info
 
 
-class RunDirError(FileNotFoundError):
-    """A run directory, or a file it needs, is missing; the message names the fix."""
-
-
-class UsageError(ValueError):
-    """A command-line argument or query that cannot work; the message names the fix."""
-
-
-CHAR_DATASETS = ("text8", "chars", "demo")
-TOKEN_DATASETS = ("lm1b", "lines")
-IMAGE_DATASETS = ("imagenet", "image_folder", "image_demo")
-
-
-# ------------------------------------------------------------------------------ loading
-
-def load_config(run_dir: str | Path) -> DictConfig:
-    """The resolved config a run used (``config.yaml``, else the checkpoint's copy)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise RunDirError(f"run directory {run_dir} does not exist; pass run_dir=outputs/<run>")
-    if (run_dir / "config.yaml").is_file():
-        return OmegaConf.load(run_dir / "config.yaml")  # type: ignore[return-value]
-    ckpt = checkpoint.load(run_dir)
-    if ckpt is None:
-        raise RunDirError(f"{run_dir} holds neither config.yaml nor {checkpoint.FILENAME}: "
-                          f"it is not a finished run directory")
-    return OmegaConf.create(ckpt["config"])
-
-
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu"
-             ) -> tuple[nn.Module, DictConfig]:
-    """The trained circuit of ``run_dir`` (in eval mode, on ``device``) and its config.
-
-    Parameters are the last checkpoint's (written at every evaluation, so a run still
-    going or interrupted gives its latest evaluated model).
-    """
-    run_dir = Path(run_dir)
-    config = load_config(run_dir)
-    ckpt = checkpoint.load(run_dir, map_location="cpu")
-    if ckpt is None:
-        raise RunDirError(f"{run_dir} has no {checkpoint.FILENAME}: only runs that kept their "
-                          f"checkpoint can be loaded (run records without one, such as those "
-                          f"under docs/results/runs, cannot)")
-    state: dict[str, torch.Tensor] = ckpt["model"]
-    if config.model.structure == "hclt":
-        model = rebuild_hclt(config, state)
-    else:
-        model = build_model(config.model, int(state["emission"].shape[1]))
-    model.load_state_dict(state)
-    return model.to(device).eval(), config
-
-
-def image_vocab_sizes(config: DictConfig, num_vars: int) -> list[int]:
-    """Each variable's vocabulary (D,) of an image run: its colour channel's (v % 3)."""
-    from monarchpc.data.transforms import CHANNEL_VOCABS
-
-    return [CHANNEL_VOCABS[config.dataset.transform][v % 3] for v in range(num_vars)]
-
-
-def rebuild_hclt(config: DictConfig, state: dict[str, torch.Tensor]) -> nn.Module:
-    """An HCLT of the run's model config over the tree saved in ``state["parent"]``."""
-    parent = state["parent"]
-    return hclt_from_tree(config.model, BlockSpec.from_config(config.model), parent,
-                          image_vocab_sizes(config, len(parent)))
-
-
-def run_info(run_dir: str | Path) -> dict[str, Any]:
-    """The run's ``run.json`` ({} if it has none)."""
-    path = Path(run_dir) / "run.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def seq_len(config: DictConfig) -> int:
-    """The training row length of a text run."""
-    return int(config.dataset.get("seq_len") or 256)
+def data_kind(config: DictConfig) -> str:
+    """The kind of a run's data: chars, tokens, ints or image."""
+    return dataset(config.dataset.name).kind
 
 
 # -------------------------------------------------------------------------------- text
@@ -186,12 +105,12 @@ Codec = CharCodec | IntCodec | PieceCodec
 
 def text_codec(config: DictConfig, run_dir: str | Path | None = None) -> Codec:
     """The codec of a text run (see the module docstring)."""
-    name = config.dataset.name
-    if name in CHAR_DATASETS:
+    kind = data_kind(config)
+    if kind == "chars":
         return CharCodec()
-    if name == "synthetic":
+    if kind == "ints":
         return IntCodec(int(config.dataset.vocab_size))
-    if name in TOKEN_DATASETS:
+    if kind == "tokens":
         import sentencepiece as spm
 
         info = run_info(run_dir) if run_dir is not None else {}
@@ -202,7 +121,8 @@ def text_codec(config: DictConfig, run_dir: str | Path | None = None) -> Codec:
                               f"the run; copy it there or set dataset.tokenizer in "
                               f"{run_dir}/config.yaml")
         return PieceCodec(spm.SentencePieceProcessor(model_file=str(path)))
-    raise UsageError(f"dataset {name!r} is not a text data set (image runs: use image=)")
+    raise UsageError(f"dataset {config.dataset.name!r} is not a text data set (image runs: "
+                     f"use image=)")
 
 
 # ------------------------------------------------------------------------------ images
@@ -224,10 +144,9 @@ class ImageFormat:
 def image_format(config: DictConfig) -> ImageFormat:
     """The :class:`ImageFormat` of an image run's config."""
     ds = config.dataset
-    if ds.name not in IMAGE_DATASETS:
+    if data_kind(config) != "image":
         raise UsageError(f"dataset {ds.name!r} is not an image data set")
-    size = {"imagenet": ds.get("resolution"), "image_folder": ds.get("image_size"),
-            "image_demo": ds.get("crop_size")}[ds.name]
+    size = next(ds[k] for k in ("resolution", "image_size", "crop_size") if k in ds)
     return ImageFormat(int(size), int(ds.patch_size), str(ds.transform))
 
 
@@ -296,54 +215,3 @@ def parse_region(text: str | None, size: int) -> tuple[int, int, int, int]:
         raise UsageError(f"region={text!r} must lie inside the {size}x{size} image with "
                           f"left < right and top < bottom")
     return left, top, right, bottom
-
-
-# -------------------------------------------------------------------------- command line
-
-Options = dict[str, tuple[Any, str]]
-"""Command-line options: name -> (default, one-line description); a default of None
-marks a required option. Values take the type of their default."""
-
-
-def parse_options(argv: list[str], options: Options, doc: str) -> dict[str, Any]:
-    """``key=value`` arguments -> {key: value} typed as the defaults; ``--help`` prints
-    ``doc`` and every option, then exits. A bad argument raises :class:`UsageError`."""
-    if any(a in ("-h", "--help", "help") for a in argv):
-        width = max(map(len, options))
-        lines = [f"  {k:<{width}}  {h}" + ("" if d is None or d == "" else f" (default {d})")
-                 for k, (d, h) in options.items()]
-        print(doc.strip() + "\n\noptions (key=value):\n" + "\n".join(lines))
-        raise SystemExit(0)
-    out = {k: d for k, (d, _) in options.items()}
-    for arg in argv:
-        key, eq, value = arg.partition("=")
-        if not eq or key not in options:
-            raise UsageError(f"unknown argument {arg!r}: use key=value with key one of "
-                              f"{', '.join(options)} (--help describes them)")
-        default = options[key][0]
-        try:
-            if isinstance(default, bool):
-                if value.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError(value)
-                out[key] = value.lower() in ("true", "1")
-            else:
-                out[key] = type(default)(value) if default is not None else value
-        except ValueError:
-            raise UsageError(f"{key}={value!r}: expected a {type(default).__name__}") from None
-    missing = [k for k, v in out.items() if v is None]
-    if missing:
-        raise UsageError(f"missing {', '.join(f'{k}=...' for k in missing)} "
-                          f"(--help lists the options)")
-    return out
-
-
-def run_cli(main: Any, argv: list[str] | None = None) -> None:
-    """Run a command's ``main(argv)`` (default: the process's arguments); a bad argument,
-    run directory or data file becomes one line on stderr and exit status 2."""
-    import sys
-
-    try:
-        main(sys.argv[1:] if argv is None else argv)
-    except (RunDirError, UsageError, ConfigError, DataError) as err:
-        print(f"monarchpc: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None

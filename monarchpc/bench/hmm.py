@@ -23,16 +23,16 @@ import time
 from typing import Any
 
 import torch
-from bench_records import JsonLines  # a sibling script (scripts/ is on the path)
 
+from monarchpc.bench.records import JsonLines, add_output_options, destination, device_tag
 from monarchpc.circuits import dense_block, monarch_block
 from monarchpc.circuits.hmm import HMM
 from monarchpc.kernels.hmm import element_ops
 from monarchpc.kernels.monarch import monarch_products
+from monarchpc.learning.cuda_graphs import CapturedEStep
 from monarchpc.learning.em import accumulate_flows, em_step, flows
-from monarchpc.learning.forward_backward import DTYPES, fused_estep, hmm_estep
-from monarchpc.learning.graphs import CapturedEStep
-from monarchpc.paths import REPO_ROOT
+from monarchpc.learning.hmm_estep import fused_estep, hmm_estep
+from monarchpc.learning.precision import FP32, PRECISIONS, Precision
 
 # (name, factors, batch): one factor is a dense block
 GPU_CASES = [("dense 4096", [4096], 128), ("dense 16384", [16384], 128),
@@ -139,8 +139,8 @@ def check_case(name: str, factors: list[int], args: argparse.Namespace,
     ref, fast = build(factors, args.vocab, device), build(factors, args.vocab, device)
     x = torch.randint(0, args.vocab, (16, 64), device=device,
                       generator=torch.Generator(device).manual_seed(2))
-    torch.backends.cuda.matmul.allow_tf32 = False
-    ll_ref = accumulate_flows(ref, x)
+    with FP32.products():
+        ll_ref = accumulate_flows(ref, x)
     row: dict[str, Any] = {"check": name, "device": device_name(device)}
 
     def record(key: str, ll: torch.Tensor) -> None:
@@ -173,7 +173,6 @@ def check_case(name: str, factors: list[int], args: argparse.Namespace,
             record("fp32_graph", run(x))
         except Exception as err:
             row["fp32_graph_error"] = f"{type(err).__name__}: {str(err)[:200]}"
-    torch.backends.cuda.matmul.allow_tf32 = args.precision != "fp32"
     return row
 
 
@@ -183,10 +182,10 @@ def ceilings(device: torch.device) -> list[dict[str, Any]]:
     for h, b, n in [(2**19, 1024, 128), (2**19, 512, 128), (2**18, 64, 128), (4096, 4096, 128),
                     (2**19, 1024, 512)]:
         for name, dtype in [("tf32", torch.float32), ("bf16", torch.bfloat16)]:
-            torch.backends.cuda.matmul.allow_tf32 = True
             w = torch.rand(h // b, b, b, device=device, dtype=dtype)
             y = torch.rand(h // b, b, n, device=device, dtype=dtype)
-            t = timed(lambda w=w, y=y: torch.bmm(w, y), device, 10)
+            with Precision(name).products():
+                t = timed(lambda w=w, y=y: torch.bmm(w, y), device, 10)
             rows.append({"gemm": f"h={h} b={b} n={n}", "dtype": name,
                          "tflops": 2 * h * b * n / t / 1e12})
     a = torch.empty(2**30, dtype=torch.uint8, device=device)
@@ -231,15 +230,6 @@ REFERENCE = {
              ((512, 1024), 128): (9_018, 74.5), ((64, 64, 64), 128): (16_196, 55.7)}}
 
 
-def gpu_tag(device: torch.device) -> str:
-    """A short name for the device: h100, h200, ... (else the lowercased name), or cpu."""
-    name = device_name(device).lower()
-    for tag in ("h100", "h200", "b200", "a100"):
-        if tag in name:
-            return tag
-    return "".join(c if c.isalnum() else "_" for c in name)
-
-
 def readme_table(rows: list[dict[str, Any]], tag: str) -> str:
     """The README's Performance table: reference vs kept-segments vs lean tokens/s (peak GB)."""
     def label(r: dict[str, Any]) -> tuple[str, str]:
@@ -276,10 +266,10 @@ def keep_gb_arg(value: str) -> float | str:
     return value if value == "auto" else float(value)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tiny", action="store_true", help="small CPU-sized cases")
-    parser.add_argument("--precision", default="bf16", choices=sorted(DTYPES))
+    parser.add_argument("--precision", default="bf16", choices=PRECISIONS)
     parser.add_argument("--segment", type=int, default=16)
     parser.add_argument("--keep-gb", type=keep_gb_arg, default=8.0,
                         help="memory for segments kept from the first pass (no recomputation); "
@@ -297,12 +287,9 @@ def main() -> None:
     parser.add_argument("--products", default="auto",
                         help="Monarch products, comma-separated: auto | torch | triton; each "
                              "case runs once per choice")
-    parser.add_argument("--out", default=None,
-                        help="write the JSON lines here (default on a GPU: "
-                             "docs/results/device/bench_<gpu>_<precision>.jsonl; '' for none)")
-    args = parser.parse_args()
+    add_output_options(parser)  # name: bench_<gpu>_<precision>.jsonl
+    args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
-    torch.backends.cuda.matmul.allow_tf32 = args.precision != "fp32"
     args.products = args.products.split(",")
     for products in args.products:  # a bad choice fails here, before any timing
         try:
@@ -314,10 +301,7 @@ def main() -> None:
     cases = TINY_CASES if args.tiny else GPU_CASES
     if args.cases:
         cases = [cases[int(i)] for i in args.cases.split(",")]
-    if args.out is None and device.type == "cuda":
-        args.out = str(REPO_ROOT / "docs" / "results" / "device" /
-                       f"bench_{gpu_tag(device)}_{args.precision}.jsonl")
-    emit = JsonLines(args.out)
+    emit = JsonLines(destination(args, f"bench_{device_tag(device)}_{args.precision}.jsonl"))
 
     if not args.no_check:
         for name, factors in (CHECK_CASES[:1] if args.tiny else CHECK_CASES):
@@ -333,7 +317,7 @@ def main() -> None:
             emit(row)
     print(markdown(rows))
     print(readme_table([r for r in rows if r["products_setting"] == args.products[0]],
-                       gpu_tag(device)))
+                       device_tag(device)))
     emit.close()
     sys.exit(0)
 

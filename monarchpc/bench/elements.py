@@ -29,8 +29,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from bench_monarch_kernels import rel_err, timer  # sibling scripts (scripts/ is on the path)
-from bench_records import JsonLines
+
+from monarchpc.bench.kernels import rel_err, timer
+from monarchpc.bench.records import JsonLines, add_output_options, destination, device_tag
 
 CASES = [("2^18 (64^3)", [64, 64, 64]), ("2^16 (16^4)", [16, 16, 16, 16]),
          ("2^15 (32^3)", [32, 32, 32]), ("dense 4096", [4096])]
@@ -145,12 +146,12 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tiny", action="store_true", help="small CPU-sized case")
     p.add_argument("--columns", type=int, default=None, help="N (default 128; tiny 16)")
-    p.add_argument("--out", default="", help="JSON lines file to append to")
-    args = p.parse_args()
+    add_output_options(p)  # name: element_kernels_<device>.jsonl
+    args = p.parse_args(argv)
     if args.tiny:  # before Triton is first imported
         os.environ.setdefault("TRITON_INTERPRET", "1")
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
@@ -158,7 +159,7 @@ def main() -> None:
         sys.exit("bench_element_kernels: no GPU found; use --tiny for the CPU smoke run")
     n = args.columns or (16 if args.tiny else 128)
     rows = []
-    record = JsonLines(args.out, mode="a")
+    record = JsonLines(destination(args, f"element_kernels_{device_tag(device)}.jsonl"), mode="a")
     for name, factors in TINY_CASES if args.tiny else CASES:
         for row in bench_case(name, factors, n, device):
             record(row)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from monarchpc import progress
+from monarchpc.run import progress
 
 METRICS = ("bpc", "bpd", "ppl")
 
@@ -28,7 +28,7 @@ def total_nll(score: Score, rows: Tensor, batch_size: int, device: torch.device 
               bar: Any = None) -> tuple[float, int]:
     """Sum of -log p over ``rows`` (N, T) in nats (float64 accumulation), and N * T.
 
-    ``bar``: a progress bar (:mod:`monarchpc.progress`) advanced once per batch.
+    ``bar``: a progress bar (:mod:`monarchpc.run.progress`) advanced once per batch.
     """
     nll = 0.0
     for start in range(0, len(rows), batch_size):

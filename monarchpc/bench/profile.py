@@ -25,20 +25,20 @@ import json
 import re
 import time
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
-import bench
-import bench_hclt
 import torch
 from torch.autograd import DeviceType
 
-from monarchpc.circuits.sum_blocks import factorize
+from monarchpc.bench import hclt as bench_hclt
+from monarchpc.bench import hmm as bench
+from monarchpc.bench.records import add_output_options, destination
+from monarchpc.circuits.blocks import factorize
 from monarchpc.kernels.hmm import element_ops
 from monarchpc.kernels.monarch import monarch_products
-from monarchpc.learning.forward_backward import DTYPES, fused_estep
 from monarchpc.learning.hclt_estep import fused_hclt_estep
-from monarchpc.paths import REPO_ROOT
+from monarchpc.learning.hmm_estep import fused_estep
+from monarchpc.learning.precision import PRECISIONS
 
 # A kernel (GPU) or op (CPU) goes to the first family whose pattern matches its own name, else
 # the name of the op that launched it, else that op's parents (innermost first); else "other".
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--structure", default="hmm", choices=["hmm", "hclt"])
     parser.add_argument("--case", required=True,
                         help="HMM: bench.py case name or index; HCLT: block-h-batch or index")
-    parser.add_argument("--precision", default="bf16", choices=sorted(DTYPES))
+    parser.add_argument("--precision", default="bf16", choices=PRECISIONS)
     parser.add_argument("--batch", type=int, default=None, help="instead of the case's batch")
     parser.add_argument("--hidden", type=int, default=None,
                         help="instead of the case's hidden size (same number of factors)")
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3, help="timed, then profiled E-steps")
     parser.add_argument("--top", type=int, default=15)
-    parser.add_argument("--out", default=None, help="JSON lines file to append to ('' none)")
+    add_output_options(parser)  # name: profile_<structure>_<case>_h<h>_b<batch>_<precision>
     parser.add_argument("--trace", default=None, help="Chrome trace file (optional)")
     parser.add_argument("--memory-snapshot", default=None,
                         help="GPU: a CUDA memory snapshot of one more E-step (pickle, for "
@@ -194,7 +194,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
                           if args.device == "auto" else args.device)
     on_gpu = device.type == "cuda"
-    torch.backends.cuda.matmul.allow_tf32 = args.precision != "fp32"
     step, x, info = (hmm_case if args.structure == "hmm" else hclt_case)(args, device)
 
     def run(n: int) -> float:
@@ -233,13 +232,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         run(1)
         torch.cuda.memory._dump_snapshot(args.memory_snapshot)
         torch.cuda.memory._record_memory_history(enabled=None)
-    if args.out is None:
-        slug = re.sub(r"[^a-z0-9]+", "_", record["case"].lower()).strip("_")
-        args.out = str(REPO_ROOT / "outputs" / "profile" / f"{args.structure}_{slug}_h"
-                       f"{record['hidden_size']}_b{record['batch']}_{args.precision}.jsonl")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "a") as f:
+    slug = re.sub(r"[^a-z0-9]+", "_", record["case"].lower()).strip("_")
+    out = destination(args, f"profile_{args.structure}_{slug}_h{record['hidden_size']}_b"
+                            f"{record['batch']}_{args.precision}.jsonl")
+    if out:
+        with open(out, "a") as f:
             f.write(json.dumps(record) + "\n")
     print(json.dumps(record))
     r = record

@@ -3,7 +3,7 @@
 The product of sum blocks with matrices A_0 (b_0 x b_0), ..., A_{k-1} is the Kronecker
 product M = A_0 (x) ... (x) A_{k-1} over the row-major multi-index (i_0, ..., i_{k-1}).
 It *is* a Monarch block over factors (b_0, ..., b_{k-1}) whose layer d holds A_d in every
-one of its blocks (:meth:`~monarchpc.circuits.sum_blocks.SumBlocks.tie`).
+one of its blocks (:meth:`~monarchpc.circuits.blocks.SumBlocks.tie`).
 
 The product of k HMMs over one vocabulary has states z = (z_0, ..., z_{k-1}) (row-major,
 h = h_0 * ... * h_{k-1}) and parameters
@@ -24,8 +24,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from monarchpc.circuits.blocks import SumBlocks, kron, monarch_block
 from monarchpc.circuits.hmm import HMM
-from monarchpc.circuits.sum_blocks import SumBlocks, kron, monarch_block
 
 
 def kronecker_block(matrices: Sequence[Tensor]) -> SumBlocks:

@@ -1,0 +1,2 @@
+"""Initialization of a circuit: random (seeded) or circuit multiplication of dense factor
+HMMs, trained first as ordinary runs and cached."""

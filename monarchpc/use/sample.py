@@ -1,0 +1,181 @@
+"""Sample from a trained run, or complete partial data exactly (conditional sampling).
+
+    python -m monarchpc.sample run_dir=outputs/<run> n=4
+    python -m monarchpc.sample run_dir=outputs/<run> prefix="the president of" length=60
+    python -m monarchpc.sample run_dir=outputs/<run> suffix="of the world" length=40
+    python -m monarchpc.sample run_dir=outputs/<run> mask="th_ qu__k br__n f_x" top=3
+    python -m monarchpc.sample run_dir=outputs/<image run> n=16            # PNG grid
+    python -m monarchpc.sample run_dir=outputs/<image run> image=photo.jpg region=8,8,24,24
+
+Text runs print one sample per line: prefix/suffix fix the start/end of every sample,
+mask fixes every character but the ``_`` ones; the rest is drawn from the model's exact
+conditional distribution given what is fixed. ``top=k`` also prints, for every unknown
+position, the k most likely values and their exact marginal probabilities. Image runs
+write PNGs: a grid of sampled patches, or, with ``image=``, the photograph with a region
+masked out (``<out>-before.png``) and inpainted (``<out>-after.png``, one column per
+sample).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from monarchpc.errors import UsageError
+from monarchpc.structures import Structure, structure_of
+from monarchpc.use.cli import parse_options
+from monarchpc.use.codecs import (
+    Codec,
+    data_kind,
+    image_format,
+    image_to_rows,
+    parse_region,
+    read_image,
+    rows_to_image,
+    text_codec,
+)
+from monarchpc.use.load import load_run, seq_len
+from monarchpc.use.queries import MISSING
+
+OPTIONS = {
+    "run_dir": (None, "the run directory (with its checkpoint.pt)"),
+    "n": (4, "number of samples"),
+    "length": (0, "text: tokens per sample (0: the run's row length)"),
+    "prefix": ("", "text: every sample starts with this"),
+    "suffix": ("", "text: every sample ends with this"),
+    "mask": ("", "text: a pattern whose _ characters are filled in (sets the length)"),
+    "top": (0, "text: also print the k most likely values of every unknown position"),
+    "image": ("", "image runs: a photograph to inpaint"),
+    "region": ("", "image runs: pixels left,top,right,bottom to inpaint (default: centre)"),
+    "out": ("", "text: also write the samples here; images: PNG path stem "
+                "(default <run_dir>/samples or <run_dir>/inpaint)"),
+    "scale": (4, "images: PNG pixels per image pixel"),
+    "seed": (0, "random seed"),
+    "device": ("cpu", "cpu, cuda, cuda:1, ..."),
+}
+
+
+# -------------------------------------------------------------------------------- text
+
+def text_pattern(codec: Codec, opts: dict[str, Any], default_length: int) -> list[int]:
+    """The row to complete: fixed ids and MISSING (-1) where the model fills in."""
+    if opts["mask"]:
+        if opts["prefix"] or opts["suffix"]:
+            raise UsageError("give either mask= or prefix=/suffix=, not both")
+        return codec.encode_mask(opts["mask"])
+    prefix, suffix = codec.encode(opts["prefix"]), codec.encode(opts["suffix"])
+    length = opts["length"] or max(default_length, len(prefix) + len(suffix))
+    if len(prefix) + len(suffix) > length:
+        raise UsageError(f"prefix and suffix take {len(prefix) + len(suffix)} tokens, more "
+                          f"than length={length}")
+    return prefix + [MISSING] * (length - len(prefix) - len(suffix)) + suffix
+
+
+def top_values(codec: Codec, marginals: Tensor, pattern: list[int], k: int) -> list[str]:
+    """One line per unknown position: its k most likely values with probabilities."""
+    lines = []
+    for t, v in enumerate(pattern):
+        if v != MISSING:
+            continue
+        probs, ids = marginals[t].topk(min(k, marginals.shape[-1]))
+        shown = ", ".join(f"{codec.decode([int(i)])!r} {float(p):.3f}"
+                          for p, i in zip(probs, ids, strict=True))
+        lines.append(f"position {t}: {shown}")
+    return lines
+
+
+def sample_text(model: torch.nn.Module, structure: Structure, codec: Codec,
+                opts: dict[str, Any], default_length: int) -> list[str]:
+    """Printed lines: the samples (and, with ``top``, the marginals of unknown positions)."""
+    pattern = text_pattern(codec, opts, default_length)
+    device = next(model.parameters()).device
+    x = torch.tensor([pattern], device=device)
+    gen = torch.Generator(device=device).manual_seed(opts["seed"])
+    samples = structure.sample(model, x.expand(opts["n"], -1), gen)
+    lines = [codec.decode(row) for row in samples.cpu()]
+    if opts["top"] > 0:
+        if structure.marginals is None:
+            raise UsageError(f"top= needs marginals, which {structure.name} models lack")
+        marginals = structure.marginals(model, x)[0].cpu()
+        lines += top_values(codec, marginals, pattern, opts["top"])
+    return lines
+
+
+# ------------------------------------------------------------------------------ images
+
+def save_png(rgb: np.ndarray, path: Path, scale: int) -> Path:
+    """Write uint8 RGB (H, W, 3), each pixel a ``scale`` x ``scale`` square."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    big = rgb.repeat(scale, axis=0).repeat(scale, axis=1)
+    Image.fromarray(big).save(path)
+    return path
+
+
+def grid(images: list[np.ndarray], columns: int, gap: int = 1) -> np.ndarray:
+    """Images (h, w, 3) side by side in rows of ``columns``, separated by white lines."""
+    h, w, _ = images[0].shape
+    rows = -(-len(images) // columns)
+    out = np.full((rows * (h + gap) - gap, columns * (w + gap) - gap, 3), 255, np.uint8)
+    for i, img in enumerate(images):
+        r, c = divmod(i, columns)
+        out[r * (h + gap): r * (h + gap) + h, c * (w + gap): c * (w + gap) + w] = img
+    return out
+
+
+def sample_images(model: torch.nn.Module, structure: Structure, config: Any,
+                  opts: dict[str, Any], run_dir: Path) -> list[Path]:
+    """Sampled patches as one PNG grid, or an inpainted photograph (before/after PNGs)."""
+    fmt = image_format(config)
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(opts["seed"])
+    n, scale = opts["n"], opts["scale"]
+    if not opts["image"]:
+        x = torch.full((n, fmt.num_vars), MISSING, device=device)
+        rows = structure.sample(model, x, gen).cpu()
+        patches = [rows_to_image(r[None], fmt) for r in rows]  # each a 1-patch image
+        stem = Path(opts["out"] or run_dir / "samples")
+        return [save_png(grid(patches, columns=int(np.ceil(np.sqrt(n)))),
+                         stem.with_suffix(".png"), scale)]
+    rgb = read_image(opts["image"], fmt.size)
+    left, top, right, bottom = parse_region(opts["region"] or None, fmt.size)
+    hole = np.zeros((fmt.size, fmt.size, 3), dtype=bool)
+    hole[top:bottom, left:right] = True
+    rows = image_to_rows(rgb, fmt)
+    hole_rows = image_to_rows(hole.astype(np.uint8), type(fmt)(fmt.size, fmt.patch, "rgb"))
+    masked = torch.where(hole_rows.bool(), MISSING, rows)
+    x = masked.repeat(n, 1).to(device)
+    filled = structure.sample(model, x, gen).cpu().reshape(n, *rows.shape)
+    stem = Path(opts["out"] or run_dir / "inpaint")
+    before = save_png(grid([rgb, rows_to_image(masked, fmt)], 2),
+                      stem.with_name(stem.name + "-before.png"), scale)
+    after = save_png(grid([rows_to_image(f, fmt) for f in filled], n),
+                     stem.with_name(stem.name + "-after.png"), scale)
+    return [before, after]
+
+
+def main(argv: list[str]) -> None:
+    opts = parse_options(argv, OPTIONS, __doc__ or "")
+    if opts["n"] < 1:
+        raise UsageError(f"n must be >= 1, got {opts['n']}")
+    run_dir = Path(opts["run_dir"])
+    model, config = load_run(run_dir, opts["device"])
+    structure = structure_of(config.model.structure)
+    if data_kind(config) == "image":
+        if opts["prefix"] or opts["suffix"] or opts["mask"]:
+            raise UsageError("prefix=, suffix= and mask= are for text runs; an image run "
+                              "takes image=<photo> [region=left,top,right,bottom]")
+        for path in sample_images(model, structure, config, opts, run_dir):
+            print(f"wrote {path}")
+        return
+    if opts["image"]:
+        raise UsageError("image= needs an image run; this run models text")
+    lines = sample_text(model, structure, text_codec(config, run_dir), opts, seq_len(config))
+    print("\n".join(lines))
+    if opts["out"]:
+        Path(opts["out"]).write_text("\n".join(lines) + "\n")
