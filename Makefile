@@ -29,7 +29,7 @@ TEXT_TARGETS := demo text8-hmm text8-monarch2 chars-text8-prefix text8-ablation-
 	lm1b-hmm lm1b-monarch2 lm1b-sweep wikitext2-hmm wikitext2-monarch2
 IMAGE_TARGETS := image-demo tiny-imagenet32-monarch-hclt imagenet32-monarch-hclt \
 	imagenet64-monarch-hclt fig7-sweep
-.PHONY: help install test lint bench bench-hclt bench-ddp profile tables plots results sampling-time pruning \
+.PHONY: help install test test-fast lint bench bench-hclt bench-ddp profile tables plots results sampling-time pruning \
 	clean-venv $(TEXT_TARGETS) $(IMAGE_TARGETS)
 
 help: ## this list (the default goal)
@@ -56,6 +56,9 @@ $(VENV)/.installed: pyproject.toml
 # One torch thread per process: the suite runs many tiny models, where threads only contend.
 test: install ## the test suite on the CPU (a few minutes)
 	OMP_NUM_THREADS=1 $(PY) -m pytest tests
+
+test-fast: install ## the suite without the tests marked slow (about half the time)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -m "not slow" tests
 
 lint: install ## ruff
 	$(BIN)/ruff check .
@@ -130,33 +133,35 @@ fig7-sweep: install ## [GPU] sweep: HCLT vs Monarch-HCLT on ImageNet64 (Figure 7
 	$(TRAIN) -m experiment=sweep_fig7 $(ARGS)
 
 # ---- speed ------------------------------------------------------------------------------
-# E-step / EM-update throughput (GPU: the issue's cases; CPU: BENCH_ARGS=--tiny). JSON + Markdown.
+# Benchmarks are tools of one command, python -m monarchpc.bench TOOL (docs/performance.md).
+# JSON lines go to outputs/bench/; add --record to BENCH_ARGS to write docs/results/device/.
+# E-step / EM-update throughput (GPU: the documented cases; CPU: BENCH_ARGS=--tiny).
 BENCH_ARGS ?= --precision bf16 --reps 5 --ceilings --lean
 bench: install ## [GPU] HMM E-step throughput (CPU: BENCH_ARGS=--tiny)
-	$(PY) scripts/bench.py $(BENCH_ARGS)
+	$(PY) -m monarchpc.bench hmm $(BENCH_ARGS)
 
 # HCLT / Monarch-HCLT E-step, beside PyJuice when it is installed (CPU: HCLT_BENCH_ARGS=--tiny).
 HCLT_BENCH_ARGS ?=
 bench-hclt: install ## [GPU] HCLT E-step throughput beside PyJuice (if installed)
-	$(PY) scripts/bench_hclt.py $(HCLT_BENCH_ARGS)
+	$(PY) -m monarchpc.bench hclt $(HCLT_BENCH_ARGS)
 
 # Tokens/s with 1 and 2 GPUs and the ranks' parameter divergence after 10 updates.
 BENCH_GPUS ?= 1 2
 bench-ddp: install ## [2 GPUs] data-parallel throughput, 1 vs 2 GPUs
-	NCCL_NVLS_ENABLE=0 $(PY) scripts/bench_ddp.py --gpus $(BENCH_GPUS) --out outputs/bench_ddp.json $(if $(ARGS),-- $(ARGS))
+	NCCL_NVLS_ENABLE=0 $(PY) -m monarchpc.bench ddp --gpus $(BENCH_GPUS) $(if $(ARGS),-- $(ARGS))
 
 # Where one E-step's time goes (torch.profiler, CUDA graphs off): top kernels and their
-# families, peak memory; one JSON line appended to a file in outputs/profile/.
+# families, peak memory; one JSON line appended to a file in outputs/bench/.
 #   make profile CASE="monarch4 2^16" PROFILE_ARGS="--hidden 4096"      (Monarch-4, 8 x 8 blocks)
 #   make profile STRUCTURE=hclt CASE=dense-512-512 PROFILE_ARGS="--precision tf32"
-# CASE: a case of scripts/bench.py (name or index) or of bench_hclt.py (block-h-batch);
+# CASE: a case of the hmm bench (name or index) or of the hclt bench (block-h-batch);
 # TRACE=file.json also writes a Chrome trace (chrome://tracing, ui.perfetto.dev).
 STRUCTURE ?= hmm
 CASE ?= $(if $(filter hclt,$(STRUCTURE)),dense-512-512,monarch3 2^18)
 PROFILE_ARGS ?=
 TRACE ?=
 profile: install ## [GPU] profile one E-step: STRUCTURE=hmm|hclt CASE="monarch3 2^18"
-	$(PY) scripts/profile_estep.py --structure $(STRUCTURE) --case "$(CASE)" \
+	$(PY) -m monarchpc.bench profile --structure $(STRUCTURE) --case "$(CASE)" \
 	  $(if $(TRACE),--trace $(TRACE)) $(PROFILE_ARGS)
 
 # ---- tables and plots from run directories ------------------------------------------------

@@ -1,6 +1,6 @@
 """Run a campaign of training runs on the GPUs of one machine, then export their records.
 
-    python scripts/campaign.py --jobs docs/results/campaigns/em_ablation.txt \
+    python lab/campaign.py --jobs docs/results/campaigns/em_ablation.txt \
         --out outputs/campaign --deadline 520 --export docs/results/runs/em_ablation
 
 A jobs file holds one run per line, ``name: override override ...`` (Hydra overrides of

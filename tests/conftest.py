@@ -1,4 +1,11 @@
-"""Shared fixtures."""
+"""Shared fixtures, and the markers of the suite.
+
+* ``kernel``: runs Triton kernels (through the interpreter on a CPU). Without an importable
+  Triton such a test fails with the fix in its message, never skips: set
+  MONARCHPC_ALLOW_NO_TRITON=1 to skip them knowingly.
+* ``slow``: takes more than a few seconds on 2 CPU cores (subprocess runs, kill -9, data
+  parallel ranks); ``make test-fast`` leaves them out.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,20 @@ import pytest
 
 from tests.helpers import TEXT8_PREFIX
 from tests.report_runs import shared_runs
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("kernel") is None:
+        return
+    from monarchpc.kernels import triton
+
+    if triton is None:
+        if os.environ.get("MONARCHPC_ALLOW_NO_TRITON") == "1":
+            pytest.skip("Triton is not installed (MONARCHPC_ALLOW_NO_TRITON=1)")
+        pytest.fail("Triton is not installed, so this kernel test cannot run: install the dev "
+                    "extra (make install; pip install triton on a machine without CUDA "
+                    "torch), or set MONARCHPC_ALLOW_NO_TRITON=1 to skip the kernel tests",
+                    pytrace=False)
 
 
 @pytest.fixture

@@ -71,6 +71,7 @@ def test_unknown_dataset_is_rejected(tmp_path: Path) -> None:
     (["dataset=text8", "dataset.download=false", "dataset.root=/nonexistent/text8"],
      "download http://mattmahoney.net/dc/text8.zip (31,344,016 bytes)"),
 ])
+@pytest.mark.slow
 def test_cli_fails_with_one_clear_line(tmp_path: Path, overrides: list[str], message: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "monarchpc.train", "logger=none",
@@ -124,6 +125,7 @@ def test_main_text8_recipe_and_init_ablation_presets() -> None:
     assert len(params["model.hidden_size"]) == 4
 
 
+@pytest.mark.slow
 def test_help_lists_every_setting_with_its_meaning() -> None:
     result = subprocess.run([sys.executable, "-m", "monarchpc.train", "--help"],
                             capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)

@@ -1,4 +1,5 @@
-"""The package has no import circle, counting imports inside functions too.
+"""The package has no import circle, counting imports inside functions too, and its layers
+import only downwards where the house map says so (the model knows nothing of kernels).
 
 An edge is an import statement of a package module (``import a.b``, ``from a.b import c``
 where ``a.b.c`` may itself be a module); the parent packages that Python initializes on the
@@ -69,7 +70,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_the_package_has_no_import_circle() -> None:
     graph = import_graph()
     # the graph is read at all, imports inside functions included
-    assert len(graph) > 30 and "monarchpc.learning.engines" in graph["monarchpc.train"]
+    assert len(graph) > 30 and "monarchpc.learning.engines" in graph["monarchpc.run.trainer"]
     assert "monarchpc.data" in graph["monarchpc.reports.measure"]
     cycle = find_cycle(graph)
     assert cycle is None, " -> ".join(cycle)
@@ -78,3 +79,20 @@ def test_the_package_has_no_import_circle() -> None:
 def test_the_circle_finder_finds_circles() -> None:
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+
+
+def test_the_layers_import_downwards() -> None:
+    """circuits/ (the model) imports no kernel, E-step, run or use module; kernels/ imports
+    nothing of the package but itself; nothing in the package imports the lab tooling."""
+    graph = import_graph()
+
+    def imports(prefix: str) -> set[str]:
+        return {t for m, ts in graph.items() if m.startswith(prefix) for t in ts}
+
+    circuits = imports("monarchpc.circuits")
+    assert circuits and not {t for t in circuits if t.startswith(
+        ("monarchpc.kernels", "monarchpc.learning", "monarchpc.run", "monarchpc.use",
+         "monarchpc.structures"))}, circuits
+    assert {t for t in imports("monarchpc.kernels") if not t.startswith("monarchpc.kernels")} \
+        == set()
+    assert not any("lab" in t for t in imports("monarchpc"))

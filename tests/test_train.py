@@ -102,6 +102,7 @@ def cli(args: list[str], **kwargs) -> subprocess.Popen:
                             **kwargs)
 
 
+@pytest.mark.slow
 def test_ctrl_c_leaves_a_checkpoint_and_resume_finishes(tmp_path: Path) -> None:
     args = [*SMALL, "optim.epochs=400", "trainer.eval_every=1000",
             "trainer.checkpoint_every=1", f"paths.output_dir={tmp_path}", "run_name=interrupted"]
@@ -130,6 +131,7 @@ def test_ctrl_c_leaves_a_checkpoint_and_resume_finishes(tmp_path: Path) -> None:
     assert checkpoint.load(run_dir)["trainer"]["update"] == state["update"] + 2
 
 
+@pytest.mark.slow
 def test_hydra_multirun_leaves_one_run_directory_per_job(tmp_path: Path) -> None:
     proc = cli(["-m", "model=hmm,monarch2_hmm", "model.hidden_size=16", "dataset=synthetic",
                 "dataset.n_train=64", "optim.epochs=1", f"paths.output_dir={tmp_path}"])

@@ -1,7 +1,7 @@
 """Data parallel throughput: training tokens/s with 1 and with N GPUs, and whether the ranks
 still hold identical parameters after the last update.
 
-    NCCL_NVLS_ENABLE=0 python scripts/bench_ddp.py --gpus 1 2 --out bench_ddp.json
+    NCCL_NVLS_ENABLE=0 python -m monarchpc.bench ddp --gpus 1 2   # outputs/bench/ddp.json
 
 Each world size is one real training run (``python -m monarchpc.train``; torchrun when
 N > 1) of a Monarch-2 HMM (default h = 2^19 = 512 x 1024, vocabulary 27, rows of 256) on

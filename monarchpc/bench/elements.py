@@ -1,7 +1,7 @@
 """Time the element-wise kernels of the fused HMM E-step against the memory they move.
 
-    python scripts/bench_element_kernels.py --out outputs/element_kernels.jsonl   # a GPU
-    python scripts/bench_element_kernels.py --tiny       # CPU smoke run (Triton interpreter)
+    python -m monarchpc.bench elements              # a GPU (JSON: outputs/bench/)
+    python -m monarchpc.bench elements --tiny       # CPU smoke run (Triton interpreter)
 
 For each case (N = 128 columns, bf16 states laid out as the E-step lays them out: product
 outputs contiguous, y and a in slots of segment buffers; vocabulary 27) the Triton

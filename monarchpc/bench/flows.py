@@ -1,7 +1,7 @@
 """How far the bf16 and TF32 HCLT E-steps land from fp32: log-likelihood and flows.
 
-    python scripts/precision_flows.py                        # Monarch h = 1024, 4096 on a GPU
-    python scripts/precision_flows.py --cases dense-512-512,monarch-1024-1000 --precisions bf16
+    python -m monarchpc.bench flows                        # Monarch h = 1024, 4096 on a GPU
+    python -m monarchpc.bench flows --cases dense-512-512,monarch-1024-1000 --precisions bf16
 
 Builds bench_hclt.py's HCLT (192 variables, the Chow-Liu tree of synthetic patches),
 runs one E-step in fp32 (exact products) and one per low precision on the same rows, and

@@ -1,8 +1,8 @@
 """Benchmark the HCLT E-step (forward + flows) of monarchpc beside PyJuice.
 
-    python scripts/bench_hclt.py                 # the issue's cases on a GPU (about 5 minutes)
-    python scripts/bench_hclt.py --tiny          # small sizes on the CPU (CI smoke test)
-    python scripts/bench_hclt.py --cases dense-256-512,monarch-1024-2048 --precisions bf16
+    python -m monarchpc.bench hclt               # the issue's cases on a GPU (about 5 minutes)
+    python -m monarchpc.bench hclt --tiny        # small sizes on the CPU (CI smoke test)
+    python -m monarchpc.bench hclt --cases dense-256-512,monarch-1024-2048 --precisions bf16
 
 An HCLT over 192 variables (8 x 8 patches x 3 channels) with 256 values each and one
 categorical leaf per variable, on the Chow-Liu tree of synthetic smooth image patches.

@@ -1,9 +1,9 @@
 """Benchmark the E-step (forward + flows) and the full EM update of HMMs.
 
-    python scripts/bench.py                       # the issue's cases on a GPU
-    python scripts/bench.py --tiny                # small sizes on the CPU (CI smoke test)
-    python scripts/bench.py --precision tf32 --segment 8 --out bench.jsonl
-    python scripts/bench.py --products torch,triton   # Monarch products: cuBLAS vs Triton
+    python -m monarchpc.bench hmm                    # the issue's cases on a GPU
+    python -m monarchpc.bench hmm --tiny             # small sizes on the CPU (CI smoke test)
+    python -m monarchpc.bench hmm --precision tf32 --segment 8 --record
+    python -m monarchpc.bench hmm --products torch,triton   # Monarch products: cuBLAS vs Triton
 
 One JSON line per case (tokens/s, achieved TFLOP/s counted as 6 x multiply-adds per token,
 peak GPU memory, precision, device), correctness checks of the fused path against the

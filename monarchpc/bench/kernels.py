@@ -1,7 +1,7 @@
 """Time the Monarch products of the fused E-step: cuBLAS (the torch twins) vs Triton tiles.
 
-    python scripts/bench_monarch_kernels.py --out outputs/monarch_kernels.jsonl   # a GPU
-    python scripts/bench_monarch_kernels.py --tiny       # CPU smoke run (Triton interpreter)
+    python -m monarchpc.bench kernels                # a GPU (JSON: outputs/bench/)
+    python -m monarchpc.bench kernels --tiny         # CPU smoke run (Triton interpreter)
 
 For each case (N = 128 columns, bf16), every variant is first checked against the torch
 twin (outputs, intermediate slots and weight gradients; largest error relative to the

@@ -4,7 +4,7 @@ Trains one configuration three times, with fp32, tf32 and bf16 matrix products i
 fused E-step (evaluation always in fp32), and scores the fp32-trained model's dev split in
 each precision. Prints one JSON object; the README's Performance section quotes it.
 
-    python scripts/precision_check.py dataset=chars model.hidden_size=4096 optim.epochs=1
+    python -m monarchpc.bench precision dataset=chars model.hidden_size=4096 optim.epochs=1
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """Profile the training E-step of one benchmark case: where its time goes, kernel by kernel.
 
-    python scripts/profile_estep.py --structure hmm --case "monarch3 2^18" --precision bf16
-    python scripts/profile_estep.py --structure hmm --case "monarch4 2^16" --hidden 4096  # 8^4
-    python scripts/profile_estep.py --structure hclt --case dense-512-512 --precision tf32
-    python scripts/profile_estep.py --structure hmm --case "dense 64" --length 32   # a CPU
+    python -m monarchpc.bench profile --structure hmm --case "monarch3 2^18" --precision bf16
+    python -m monarchpc.bench profile --structure hmm --case "monarch4 2^16" --hidden 4096  # 8^4
+    python -m monarchpc.bench profile --structure hclt --case dense-512-512 --precision tf32
+    python -m monarchpc.bench profile --structure hmm --case "dense 64" --length 32   # a CPU
 
-Builds the model and inputs of a case of scripts/bench.py (HMM: a name or an index of its
-GPU_CASES, or a name of TINY_CASES) or scripts/bench_hclt.py (HCLT: block-h-batch or an index
+Builds the model and inputs of a case of bench/hmm.py (HMM: a name or an index of its
+GPU_CASES, or a name of TINY_CASES) or bench/hclt.py (HCLT: block-h-batch or an index
 of its GPU_CASES) with their builders, runs ``--warmup`` E-steps, times ``--steps`` more,
 then profiles ``--steps`` more with torch.profiler (CUDA graphs off by default: they hide
 kernels). Appends one JSON line to ``--out`` (default outputs/profile/<structure>_<case>_h<h>

@@ -104,8 +104,9 @@ class BlockSpec:
     @classmethod
     def from_config(cls, model: Any) -> BlockSpec:
         """The spec of a ``model/`` config: ``block`` dense|monarch, ``hidden_size``, ``k``
-        or ``factors`` (null: the most equal split), and for HCLTs ``monarch_layers``
-        layers alternating between the two axes (3: the reference's Monarch-HCLT)."""
+        or ``factors`` (null: the most equal split); with ``monarch_layers`` (the HCLT
+        configs) a block of two factors whose layers alternate between the two axes (3:
+        the reference's Monarch-HCLT), else Monarch-k (one layer per factor)."""
         block, hidden = model.get("block"), int(model.get("hidden_size"))
         if hidden < 1:
             raise ConfigError(f"model.hidden_size must be >= 1, got {hidden}")
@@ -113,8 +114,8 @@ class BlockSpec:
             return cls.dense(hidden)
         if block != "monarch":
             raise ConfigError(f"unknown sum-block kind {block!r}; use model.block=dense|monarch")
-        hclt = model.get("structure") == "hclt"
-        k = 2 if hclt else model.get("k")
+        composed = model.get("monarch_layers") is not None  # of Monarch-2 matrices
+        k = 2 if composed else model.get("k")
         factors = model.get("factors")
         if factors is not None:
             factors = [int(b) for b in factors]
@@ -125,15 +126,15 @@ class BlockSpec:
                     f"model.factors=null to factor it automatically")
             if k is not None and len(factors) != int(k):
                 raise ConfigError(f"model.k={k} but model.factors has {len(factors)} entries"
-                                  + (" (an HCLT block has 2)" if hclt else ""))
+                                  + (" (an HCLT block has 2)" if composed else ""))
         else:
             try:
                 factors = factorize(hidden, int(k or 2))
             except ValueError as err:
                 raise ConfigError(str(err)) from None
-        if not hclt:
+        if not composed:
             return cls.monarch(factors)
-        layers = int(model.get("monarch_layers") or 3)
+        layers = int(model.get("monarch_layers"))
         if layers < 2:
             raise ConfigError(f"model.monarch_layers must be >= 2, got {layers}")
         return cls.monarch(factors, [l % 2 for l in range(layers)])

@@ -179,7 +179,7 @@ def load_factor(run_dir: Path, vocab_size: int) -> HMM:
         raise ConfigError(f"{run_dir} holds no checkpoint; it is not a finished factor run")
     model = build_model(ckpt["config"]["model"], vocab_size)
     model.load_state_dict(ckpt["model"])
-    if model.structure != "hmm":
+    if not isinstance(model, HMM):
         raise ConfigError(f"{run_dir} does not hold an HMM")
     return model
 

@@ -209,7 +209,7 @@ def gpu_seconds_left_out(records: Sequence[RunRecord], dataset: str
                 or r.value("test") is None:
             continue
         if r.gpu_seconds is None:
-            out.append((r, "no gpu_seconds in its run.json (scripts/campaign.py measures it)"))
+            out.append((r, "no gpu_seconds in its run.json (lab/campaign.py measures it)"))
         elif not r.finished:
             out.append((r, f"status {r.status!r}: finished runs only"))
     return out
@@ -250,7 +250,7 @@ def figure_bpc_vs_gpu_seconds(records: Sequence[RunRecord], out: str | Path,
         ax.legend(fontsize=8, title=note, title_fontsize=7)
     else:
         _message(ax, f"no finished run of ours on {dataset!r} with gpu_seconds yet\n"
-                     "(scripts/campaign.py measures it)")
+                     "(lab/campaign.py measures it)")
     return _save(fig, out, "figure_bpc_vs_gpu_seconds")
 
 

@@ -7,7 +7,7 @@ recognised by its ``run.json``. It holds
   hidden_size, madds_per_token, num_params, init, status, device,
   peak_gpu_memory_bytes, final, sampling_seconds_per_sequence, vocab_size, ...;
   ``gpu_seconds``, the measured wall time of the run's whole process on one GPU, is added
-  by ``scripts/campaign.py`` export);
+  by ``lab/campaign.py`` export);
 * ``metrics.jsonl``: one evaluation per line (update, epoch, tokens, train_flops,
   step_size, wall_time, ``<split>_<metric>``, final);
 * ``.hydra/config.yaml``: the composed config (what the Hydra CLI saves; ``config.yaml``
@@ -56,7 +56,7 @@ class RunRecord:
     status: str = "finished"
     device: str | None = None
     peak_gpu_memory_bytes: int | None = None
-    gpu_seconds: float | None = None  # run.json's, where scripts/campaign.py measured it
+    gpu_seconds: float | None = None  # run.json's, where lab/campaign.py measured it
     final: dict[str, Any] | None = None
     sampling_seconds_per_sequence: float | None = None
     vocab_size: int | None = None
@@ -78,7 +78,7 @@ class RunRecord:
     @property
     def jobs_per_gpu(self) -> int:
         """How many jobs shared the run's GPU at most (run.json's ``jobs_per_gpu``, written by
-        scripts/campaign.py; absent: 1). Above 1, ``gpu_seconds`` is an upper bound."""
+        lab/campaign.py; absent: 1). Above 1, ``gpu_seconds`` is an upper bound."""
         return int(self.info.get("jobs_per_gpu") or 1)
 
     def value(self, split: str = "test") -> float | None:
@@ -120,7 +120,7 @@ class RunRecord:
     @property
     def truncated_tf32(self) -> bool:
         """Whether its scores came from TF32 Triton products that truncated their operands
-        (fixed on 2026-12-01): trained below fp32 on a GPU, Triton layer products (a Monarch
+        (they now round them): trained below fp32 on a GPU, Triton layer products (a Monarch
         HMM of k >= 3 or a Monarch-HCLT, products auto or triton), run.json without
         ``eval_precision`` (older). Such HMMs were scored in TF32 by design, HCLTs by a fault
         (the trainer's TF32 switch overrode their fp32 evaluation); either way about 0.003

@@ -133,8 +133,8 @@ def run_cell(run: RunRecord | None) -> str:
 UNFINISHED_NOTE = "* the run has not finished: its latest evaluation is shown."
 TF32_MARK = "†"
 TF32_NOTE = (f"{TF32_MARK} scored with TF32 Triton products that truncated their operands "
-             "(fixed on 2026-12-01): about 0.003 too high (Monarch-3 HMMs +0.003 BPC, "
-             "Monarch-4 +0.004, Monarch-HCLTs +0.003 BPD; "
+             "(Triton now rounds them, as cuBLAS does): about 0.003 too high "
+             "(Monarch-3 HMMs +0.003 BPC, Monarch-4 +0.004, Monarch-HCLTs +0.003 BPD; "
              "docs/results/device/tf32_rounding_h200.jsonl).")
 
 
@@ -408,7 +408,7 @@ def runs_table(records: Sequence[RunRecord]) -> Table:
     return Table("table_runs", "Every run: final dev and test metric, measured cost",
                  ["Run", "Data set", "Model", "Hidden size", "Init", "Epochs", "Status", "Train",
                   "Dev", "Test", "GPU s", "Factor s"], rows,
-                 ["GPU s: wall time of the run's whole process on one GPU (scripts/campaign.py)"
+                 ["GPU s: wall time of the run's whole process on one GPU (lab/campaign.py)"
                   "; (xN): N jobs shared that GPU at most, so the time is an upper bound. "
                   "Factor s: training time of the dense factor runs of init=multiply. "
                   "Train: the mean over the updates before the last evaluation. Train, dev "

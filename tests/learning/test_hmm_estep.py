@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from monarchpc.circuits import dense_block, monarch_block
 from monarchpc.circuits.hmm import HMM
-from monarchpc.kernels.hmm import as_rows, element_ops, triton_usable
-from monarchpc.learning import graphs as graphs_module
+from monarchpc.kernels.hmm import as_rows, element_ops
+from monarchpc.learning import cuda_graphs as graphs_module
 from monarchpc.learning.cuda_graphs import CapturedEStep
 from monarchpc.learning.em import accumulate_flows, em_step, flows
 from monarchpc.learning.hmm_estep import (
@@ -24,7 +20,6 @@ from monarchpc.learning.hmm_estep import (
     hmm_estep,
     parameters,
 )
-from monarchpc.paths import REPO_ROOT
 from tests.helpers import eager_capture_graph
 
 BLOCKS = {
@@ -45,8 +40,7 @@ def twins(kind: str, vocab: int = 5) -> tuple[HMM, HMM]:
     return a, b
 
 
-NEEDS_TRITON = pytest.mark.skipif(not triton_usable(torch.device("cpu")),
-                                  reason="triton not installed")
+NEEDS_TRITON = pytest.mark.kernel
 KERNELS = ["torch", pytest.param("triton", marks=NEEDS_TRITON)]
 # Triton Monarch products where they run by default (k >= 3), with unequal factors
 PRODUCTS = [(kind, "torch") for kind in sorted(BLOCKS)] + [
@@ -132,7 +126,7 @@ def assert_matches(fast: HMM, ref: HMM, ll: torch.Tensor, ll_ref: torch.Tensor) 
         assert float((flows(p) - flows(q)).abs().max() / scale) < 1e-3
 
 
-@pytest.mark.skipif(not triton_usable(torch.device("cpu")), reason="triton not installed")
+@pytest.mark.kernel
 def test_triton_kernels_equal_torch_on_strided_states() -> None:
     """The two element-wise kernels read permuted states and write into buffer slots."""
     g = torch.Generator().manual_seed(5)
@@ -158,7 +152,7 @@ def test_triton_kernels_equal_torch_on_strided_states() -> None:
         element_ops("cuda", m.device, vocab)
 
 
-@pytest.mark.skipif(not triton_usable(torch.device("cpu")), reason="triton not installed")
+@pytest.mark.kernel
 @pytest.mark.parametrize("post_rows", [None, 64])
 def test_triton_kernels_cover_ragged_tiles(post_rows: int | None) -> None:
     """Row and column counts that fill no tile evenly (h = 104: 3.25 emit tiles of 32 rows,
@@ -300,52 +294,6 @@ def test_low_precision_is_close_and_bad_precision_fails() -> None:
     assert float(((ll - ll_ref).abs() / ll_ref.abs()).max()) < 1e-2
     with pytest.raises(ValueError, match="precision must be one of"):
         hmm_estep(fast, x, precision="fp8")
-
-
-def test_benchmark_runs_on_the_cpu_and_prints_json() -> None:
-    result = subprocess.run(
-        [sys.executable, "scripts/bench.py", "--tiny", "--cases", "0,1", "--precision", "fp32"],
-        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})  # this checkout, not an install
-    assert result.returncode == 0, result.stderr
-    rows = [json.loads(ln) for ln in result.stdout.splitlines() if ln.startswith("{")]
-    checks = [r for r in rows if "check" in r]
-    cases = [r for r in rows if "case" in r]
-    assert checks and checks[0]["fp32_ll_rel_err"] < 1e-4 and checks[0]["fp32_flow_rel_err"] < 1e-3
-    assert [r["case"] for r in cases] == ["dense 64", "monarch2 2^8"]
-    assert all(r["estep_tokens_per_s"] > 0 and r["device"] == "cpu" for r in cases)
-    assert all(r["products"] == "torch" for r in cases)  # auto: cuBLAS-style twins on a CPU
-    assert "| case |" in result.stdout and "| model | h | reference" in result.stdout
-
-
-@pytest.mark.skipif(not triton_usable(torch.device("cpu")), reason="triton not installed")
-def test_product_benchmark_checks_and_times_variants_on_the_cpu() -> None:
-    result = subprocess.run(
-        [sys.executable, "scripts/bench_monarch_kernels.py", "--tiny", "--cases", "1",
-         "--variants", "torch,triton"],
-        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
-    assert result.returncode == 0, result.stderr
-    rows = [json.loads(ln) for ln in result.stdout.splitlines() if ln.startswith("{")]
-    assert [r["variant"] for r in rows] == ["torch", "triton"]
-    assert all(r["ok"] and r["forward_ms"] > 0 and r["grad_ms"] > 0 for r in rows)
-    assert len(rows[1]["forward_layer_ms"]) == 2 and "| case | variant |" in result.stdout
-
-
-@pytest.mark.skipif(not triton_usable(torch.device("cpu")), reason="triton not installed")
-def test_element_kernel_benchmark_checks_and_times_on_the_cpu() -> None:
-    result = subprocess.run(
-        [sys.executable, "scripts/bench_element_kernels.py", "--tiny"],
-        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
-    assert result.returncode == 0, result.stderr
-    rows = [json.loads(ln) for ln in result.stdout.splitlines() if ln.startswith("{")]
-    assert [r["kernel"] for r in rows] == ["copy", "emit", "post", "post flows only",
-                                           "post out only", "emit torch", "post torch",
-                                           "product", "product, emit", "emit_product",
-                                           "grad (per step)", "grad_flows (per step)"]
-    assert all(r["ok"] and r["us"] > 0 and r["tb_per_s"] > 0 for r in rows)
-    assert rows[0]["of_copy"] == 1.0 and "| case | kernel |" in result.stdout
 
 
 def test_bad_engine_settings_fail_with_the_fix() -> None:

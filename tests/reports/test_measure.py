@@ -6,22 +6,24 @@ import json
 import math
 import shutil
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from monarchpc.structures import build_model
 from monarchpc.circuits.hmm import MISSING
+from monarchpc.paths import REPO_ROOT
 from monarchpc.reports import tables
-from monarchpc.reports.measure import evaluate_pruning, load_model, measure_sampling
 from monarchpc.reports.measure import (
+    evaluate_pruning,
     keep_top,
+    load_model,
+    measure_sampling,
     pruned_log_likelihood,
     sampling_seconds_per_sequence,
 )
 from monarchpc.reports.records import load_run, load_runs
-from tests.report_runs import REPO_ROOT, text8_rows
+from monarchpc.structures import build_model
+from tests.report_runs import text8_rows
 
 CONFIGS = [{"structure": "hmm", "block": "dense", "hidden_size": 12},
            {"structure": "hmm", "block": "monarch", "hidden_size": 16, "k": 2},
@@ -106,7 +108,7 @@ def test_checkpoint_reproduces_the_recorded_test_bpc(runs):
 
 
 def test_measure_sampling_writes_run_json(runs, tmp_path, monkeypatch, capsys):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
     import measure_sampling as script
 
     run = runs["hmm8"]

@@ -10,7 +10,6 @@ import math
 import pytest
 import torch
 
-from monarchpc.kernels.hmm import triton_usable
 from monarchpc.kernels.monarch import (
     Tiles,
     backward_product,
@@ -22,8 +21,7 @@ from monarchpc.kernels.monarch import (
     monarch_products,
 )
 
-pytestmark = pytest.mark.skipif(not triton_usable(torch.device("cpu")),
-                                reason="triton not installed")
+pytestmark = pytest.mark.kernel  # every test runs Triton kernels (the interpreter on a CPU)
 
 FP32, BF16, FP16 = torch.float32, torch.bfloat16, torch.float16
 # (factors, E, N, tiles, dtype): k = 1 (one block per program: 2D products), 2, 3, 4, blocks
@@ -105,9 +103,12 @@ def test_dispatcher_picks_and_forces_products(monkeypatch: pytest.MonkeyPatch) -
     assert monarch_products("auto", gpu, [64, 64, 64]).name == "triton"
     assert monarch_products("auto", gpu, [512, 512]).name == "torch"
     assert monarch_products("auto", cpu, [4, 4, 4]).name == "torch"
-    assert monarch_products("triton", cpu, [4, 4]).layer is layer_product_triton
-    stacked = monarch_products("triton", cpu, [4, 4], stacked=True).layer  # an HCLT level
-    assert stacked.func is layer_product_triton and stacked.keywords == {"stacked": True}
+    plain = monarch_products("triton", cpu, [4, 4]).layer
+    assert plain.func is layer_product_triton
+    assert plain.keywords == {"stacked": False, "tf32": False}
+    stacked = monarch_products("triton", cpu, [4, 4], stacked=True, tf32=True).layer
+    assert stacked.func is layer_product_triton  # an HCLT level, TF32 operands
+    assert stacked.keywords == {"stacked": True, "tf32": True}
     assert monarch_products("torch", gpu, [4, 4, 4]).grad is grad_product
     with pytest.raises(ValueError, match="products must be auto, triton or torch"):
         monarch_products("cuda", cpu, [4, 4])
@@ -126,6 +127,7 @@ def test_triton_products_reject_bad_layouts() -> None:
         grad_product_triton(torch.zeros(1, 2, 3, 4, 4, dtype=torch.float64), x, x)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("factors,e,n,tiles,dtype", [*LAYOUTS, ([4, 8], 2, 70, None, FP32),
                                                       ([4, 8], 2, 70, None, BF16)])
 def test_backward_products_equal_gradient_then_transposed_product(
@@ -163,7 +165,7 @@ def test_backward_step_fuses_where_measured_faster(monkeypatch: pytest.MonkeyPat
     from monarchpc.kernels import monarch
 
     calls: list[str] = []
-    monkeypatch.setattr(monarch, "grad_product_triton", lambda *a: calls.append("grad"))
+    monkeypatch.setattr(monarch, "grad_product_triton", lambda *a, **k: calls.append("grad"))
     monkeypatch.setattr(monarch, "layer_product_triton", lambda *a, **k: calls.append("layer"))
     for b, dtype, fused in [(16, BF16, False), (17, FP32, True), (32, BF16, True),
                             (33, FP32, True), (64, FP32, True), (80, BF16, False)]:
@@ -179,6 +181,7 @@ def test_backward_step_fuses_where_measured_faster(monkeypatch: pytest.MonkeyPat
                                 torch.rand(1, 1, 80, 1, 8), fuse=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("factors,e,n,tiles,dtype", [*LAYOUTS, ([4, 8], 2, 70, None, FP32)])
 def test_stacked_row_layer_products_equal_einsum(
         factors: list[int], e: int, n: int, tiles: Tiles | None, dtype: torch.dtype) -> None:
@@ -210,14 +213,11 @@ def round_tf32(t: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("kernel", ["layer", "rows", "grad", "backward"])
-def test_tf32_products_round_their_operands_to_nearest(kernel: str,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """With TF32 on, every Triton product takes its fp32 operands rounded to the nearest
+def test_tf32_products_round_their_operands_to_nearest(kernel: str) -> None:
+    """With ``tf32``, every Triton product takes its fp32 operands rounded to the nearest
     TF32 value (as cuBLAS does), not truncated (as the tensor cores would: every product
     about 2^-11 low, which moved a Monarch-HCLT's log p by -0.40 nats a patch)."""
     from monarchpc.kernels.monarch import layer_rows_triton
-
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
     g = torch.Generator().manual_seed(5)
     e, pre, b, post, n = 2, 3, 20, 2, 24
     w = torch.rand(e, pre, post, b, b, generator=g) + 0.5  # positive, like probabilities
@@ -225,13 +225,13 @@ def test_tf32_products_round_their_operands_to_nearest(kernel: str,
     grad = torch.zeros(e, pre, post, b, b)
     out = torch.empty_like(x)
     if kernel == "layer":
-        got = layer_product_triton(w, x, out)
+        got = layer_product_triton(w, x, out, tf32=True)
     elif kernel == "rows":
-        got = layer_rows_triton(w, x, out)
+        got = layer_rows_triton(w, x, out, tf32=True)
     elif kernel == "grad":
-        got = grad_product_triton(grad, a, x)
+        got = grad_product_triton(grad, a, x, tf32=True)
     else:
-        backward_product_triton(w, grad, a, x, out, fuse=True)
+        backward_product_triton(w, grad, a, x, out, fuse=True, tf32=True)
         got = grad
     if kernel in ("layer", "rows"):
         def exact(w_, x_):

@@ -76,6 +76,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_torchrun_ranks_equal_one_process(single: Path, tmp_path: Path) -> None:
     # Each rank names its own run (r0, r1), as clocks a second apart would: rank 0's wins.
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
@@ -101,6 +102,7 @@ def _rank(rank: int, world: int, port: int, overrides: list[str], run_dir: Path)
     run(compose_config(overrides, run_dir))
 
 
+@pytest.mark.slow
 def test_checkpoints_resume_under_another_world_size(single: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     run(compose_config([*SMALL, "trainer.stop_after=4"], run_dir))  # 1 rank: updates 1-4

@@ -21,8 +21,9 @@ from monarchpc.data.transforms import (
     ycocg_r,
     ycocg_r_inverse,
 )
+from tests.helpers import SHARED_DATA
 
-TINY_IMAGENET = Path(__file__).resolve().parents[1] / "../shared/data/tiny_imagenet"
+TINY_IMAGENET = SHARED_DATA / "tiny_imagenet"
 
 
 def rows_to_images(rows: torch.Tensor, p: int, size: int) -> np.ndarray:

@@ -8,17 +8,12 @@ import copy
 import pytest
 from omegaconf import OmegaConf
 
-from monarchpc.config import (
-    DATASET,
-    LOGGER,
-    MODEL,
-    OPTIM,
-    TOP,
-    TRAINER,
-    check_config,
-)
+from monarchpc.config import GROUPS, check_config
+from monarchpc.data import dataset_settings
 from monarchpc.errors import ConfigError
 from monarchpc.paths import REPO_ROOT
+from monarchpc.run.trainer import TOP
+from monarchpc.structures import model_settings
 from tests.helpers import compose_config, with_user_data
 
 CONFIGS = REPO_ROOT / "configs"
@@ -29,15 +24,38 @@ def options(group: str) -> list[str]:
 
 
 def test_every_key_of_the_configs_has_a_rule() -> None:
-    groups = {"trainer": TRAINER, "optim": OPTIM, "dataset": DATASET, "model": MODEL,
-              "logger": LOGGER}
-    for group, rules in groups.items():
+    """Each key of every option of every group has a rule in its owner's settings table
+    (the dataset's own for dataset/, the structure's for model/)."""
+    for group in ("trainer", "optim", "init", "logger", "paths", "dataset", "model"):
         for option in options(group):
-            keys = set(OmegaConf.load(CONFIGS / group / f"{option}.yaml")) - {"defaults"}
+            values = OmegaConf.load(CONFIGS / group / f"{option}.yaml")
+            if group == "dataset":
+                rules = dataset_settings(values["name"])
+            elif group == "model":
+                base = "hclt" if option == "monarch_hclt" else option  # defaults: [hclt]
+                rules = model_settings(OmegaConf.load(CONFIGS / group / f"{base}.yaml")
+                                       ["structure"])
+            else:
+                rules = GROUPS[group]
+            keys = set(values) - {"defaults"} - ({"optim", "trainer"} if group == "init"
+                                                 else set())
             assert keys <= set(rules), f"configs/{group}/{option}.yaml: no rule for " \
                                        f"{keys - set(rules)}"
     top = set(OmegaConf.load(CONFIGS / "train.yaml")) - {"defaults", "hydra"}
     assert top <= set(TOP)
+
+
+def test_a_key_no_owner_declares_is_refused() -> None:
+    """A typo or a stray key (``+optim.epoch=3``, ``+bogus_key=1``) is an error naming the
+    settings that exist, not silently ignored."""
+    for extra, where in [("+bogus_key=1", "bogus_key is not a setting"),
+                         ("+optim.epoch=3", "optim.epoch is not a setting"),
+                         ("+dataset.seq_length=9", "dataset.seq_length is not a setting of "
+                                                   "dataset demo"),
+                         ("+model.leaf_tying=none", "model.leaf_tying is not a setting of "
+                                                    "model.structure=hmm")]:
+        with pytest.raises(ConfigError, match=where):
+            check_config(compose_config([extra]))
 
 
 SINGLE_RUNS = [e for e in options("experiment")

@@ -1,4 +1,4 @@
-"""scripts/campaign.py: jobs files and records exported without absolute paths."""
+"""lab/campaign.py: jobs files and records exported without absolute paths."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from monarchpc.files import file_sha256
 from monarchpc.paths import REPO_ROOT
 from tests.helpers import compose_config
 
-spec = importlib.util.spec_from_file_location("campaign", REPO_ROOT / "scripts" / "campaign.py")
+spec = importlib.util.spec_from_file_location("campaign", REPO_ROOT / "lab" / "campaign.py")
 campaign = importlib.util.module_from_spec(spec)
 sys.modules["campaign"] = campaign  # (its dataclasses look their module up there)
 spec.loader.exec_module(campaign)
@@ -85,6 +85,7 @@ def test_scheduler_packs_jobs_keeps_solo_jobs_alone_and_records_sharing(tmp_path
     assert late == {} and campaign.recorded_seconds(tmp_path / "late", "d") is None
 
 
+@pytest.mark.slow
 def test_a_run_stopped_on_one_machine_resumes_on_the_next(tmp_path: Path) -> None:
     """--keep copies a run stopped mid-way (checkpoint, records, process seconds) out of the
     first machine's folder; --resume-from seeds the next one, where it resumes and finishes

@@ -32,9 +32,9 @@ from monarchpc.init.factor_runs import (
     train_parallel,
 )
 from monarchpc.init.multiply import kron, kronecker_block, multiply_hmms, multiply_into
-from monarchpc.learning.engines import scorer
 from monarchpc.run import checkpoint
 from monarchpc.run.evaluate import evaluate
+from monarchpc.structures import STRUCTURES
 from monarchpc.train import run
 from tests.helpers import compose_config
 
@@ -214,7 +214,8 @@ def test_init_multiply_with_three_factors_starts_from_their_product(tmp_path: Pa
     assert info["factors"] == [2, 2, 2] and len(info["factor_runs"]) == 3
     product = multiply_hmms([load_factor(Path(d), 6) for d in info["factor_runs"]])
     splits = build_dataset(compose_config(overrides).dataset)
-    expected = evaluate(scorer(product), {"dev": splits.dev}, "bpc", 256)["dev_bpc"]
+    score = STRUCTURES["hmm"].fused.score(product, "fp32")
+    expected = evaluate(score, {"dev": splits.dev}, "bpc", 256)["dev_bpc"]
     assert records(run_dir)[0]["dev_bpc"] == pytest.approx(expected, abs=1e-6)
 
 
@@ -226,6 +227,7 @@ def factor_params(run_dir: Path) -> list[tuple[Path, dict[str, torch.Tensor]]]:
     return [(Path(d).name, checkpoint.load(Path(d))["model"]) for d in dirs]
 
 
+@pytest.mark.slow
 def test_parallel_factor_runs_equal_sequential_ones_and_are_reused(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     par, seq = tmp_path / "par" / "run", tmp_path / "seq" / "run"  # separate caches
@@ -249,6 +251,7 @@ def test_parallel_factor_runs_equal_sequential_ones_and_are_reused(
     assert [n for n, _ in factor_params(par.parent / "again")] == names
 
 
+@pytest.mark.slow
 def test_failed_parallel_factor_run_names_its_log(tmp_path: Path) -> None:
     cfg = compose_config([*TINY, "init=multiply"], tmp_path / "run")
     good, bad = factor_config(cfg, 4, 0), factor_config(cfg, 4, 1)
@@ -261,6 +264,7 @@ def test_failed_parallel_factor_run_names_its_log(tmp_path: Path) -> None:
         "status"] == "finished"  # the other one finished
 
 
+@pytest.mark.slow
 def test_signal_stops_parallel_factor_runs_with_a_checkpoint(tmp_path: Path) -> None:
     config = factor_config(compose_config([*TINY, "init=multiply", "optim.epochs=5000"],
                                           tmp_path / "run"), 4, 0)

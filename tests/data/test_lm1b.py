@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from monarchpc.circuits.blocks import dense_block
 from monarchpc.circuits.hmm import HMM
-from monarchpc.data import EVAL_KEYS, LOADERS, DataError, build_dataset, lines, lm1b
+from monarchpc.data import DATASETS, EVAL_KEYS, DataError, build_dataset, lines, lm1b
 from monarchpc.data import token_rows as tok
 from tests.helpers import SHARED_DATA, compose_config
 
@@ -254,8 +254,8 @@ def test_dataset_configs_match_the_loaders(dataset: str) -> None:
     """Every key of configs/dataset/<name>.yaml is an argument of the loader or of the
     tokenizer pipeline it forwards to (the loaders take **token_options)."""
     cfg = OmegaConf.to_container(compose_config([f"dataset={dataset}"]).dataset, resolve=True)
-    module, func = LOADERS[cfg["name"]].split(":")
-    loader = getattr(__import__(module, fromlist=[func]), func)
+    entry = DATASETS[cfg["name"]]
+    loader = entry.resolve(entry.loader)
     own = set(inspect.signature(loader).parameters) - {"token_options"}
     pipeline = set(inspect.signature(tok.build_token_splits).parameters) - {
         "name", "source", "train", "dev", "test", "tokenizer_text", "tokenizer_source"}

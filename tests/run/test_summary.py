@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 from hydra.core.utils import JobStatus
 from hydra.types import RunMode
 from omegaconf import OmegaConf
@@ -18,6 +19,7 @@ from monarchpc.paths import REPO_ROOT
 from monarchpc.run.summary import ERROR_FILE, SweepSummary, write_summary
 
 
+@pytest.mark.slow
 def test_multirun_writes_and_prints_its_summary(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     proc = subprocess.run(

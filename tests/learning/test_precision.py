@@ -1,25 +1,31 @@
-"""A precision means the same whatever torch's global TF32 switch says: E-steps and scorers
-asked for fp32 run exact products, tf32 runs TF32, 16-bit precisions leave the switch alone,
-and the caller's switch is restored afterwards (also after an error).
+"""A precision is one value passed down: E-steps and scorers run their cuBLAS products
+under the switch their precision sets (fp32: off, anything else: on) and restore the
+caller's afterwards (also after an error); Triton products take ``tf32`` from it as an
+argument and never read the switch. The trainer no longer touches the switch.
 
-The switch decides cuBLAS's and the Triton products' (``kernels.monarch._precision``) fp32
-products on a GPU; on the CPU it changes no number, so these tests watch the switch that the
-sum blocks see while they run."""
+On the CPU the switch changes no number, so these tests watch the switch that the sum
+blocks see while they run, and the ``tf32`` the Triton products were bound with."""
 
 from __future__ import annotations
+
+import ast
 
 import numpy as np
 import pytest
 import torch
 
 from monarchpc.circuits import monarch_block
-from monarchpc.circuits.blocks import BlockSpec, HiddenMajor, SumBlocks
+from monarchpc.circuits.blocks import BlockSpec, SumBlocks
 from monarchpc.circuits.hclt import HCLT
 from monarchpc.circuits.hmm import HMM
-from monarchpc.kernels.monarch import _precision
-from monarchpc.learning.engines import scorer
+from monarchpc.errors import ConfigError
+from monarchpc.learning.engines import autograd_scorer
 from monarchpc.learning.hclt_estep import hclt_estep
-from monarchpc.learning.hmm_estep import hmm_estep, matmul_precision
+from monarchpc.learning.hidden_major import HiddenMajor
+from monarchpc.learning.hmm_estep import hmm_estep
+from monarchpc.learning.precision import Precision
+from monarchpc.paths import REPO_ROOT
+from monarchpc.structures import STRUCTURES
 
 
 def hclt() -> HCLT:
@@ -49,7 +55,6 @@ def switch_seen(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
 
     def spy(self, *args, **kwargs):
         seen.append(torch.backends.cuda.matmul.allow_tf32)
-        assert _precision(torch.float32) == ("tf32" if seen[-1] else "ieee")
         return apply(self, *args, **kwargs)
 
     monkeypatch.setattr(HiddenMajor, "apply", spy)
@@ -69,7 +74,7 @@ def run_estep(model: torch.nn.Module, precision: str, grad: bool) -> torch.Tenso
 @pytest.mark.parametrize("make", [hclt, hmm], ids=["hclt", "hmm"])
 @pytest.mark.parametrize("grad", [False, True], ids=["score", "flows"])
 @pytest.mark.parametrize("precision, outside, inside", [
-    ("fp32", True, False), ("tf32", False, True), ("bf16", True, True), ("bf16", False, False)])
+    ("fp32", True, False), ("tf32", False, True), ("bf16", False, True), ("fp16", True, True)])
 def test_estep_sets_the_switch_for_its_precision(make, grad, precision, outside, inside,
                                                  switch_seen):
     model = make()
@@ -82,9 +87,9 @@ def test_estep_sets_the_switch_for_its_precision(make, grad, precision, outside,
 
 @pytest.mark.parametrize("make", [hclt, hmm], ids=["hclt", "hmm"])
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "autograd"])
-def test_fp32_scorer_is_exact_after_training_switched_tf32_on(make, fused, monkeypatch):
-    # the trainer switches TF32 on for the whole run when it trains below fp32; an HCLT's
-    # evaluation (fp32) must still run exact products
+def test_fp32_scorer_is_exact_whatever_the_caller_switched(make, fused, monkeypatch):
+    # an fp32 evaluation runs exact products even where the caller has TF32 on (once, the
+    # trainer's global switch made HCLTs trained in bf16 score in TF32)
     model = make()
     seen: list[bool] = []
     if not fused:
@@ -95,6 +100,7 @@ def test_fp32_scorer_is_exact_after_training_switched_tf32_on(make, fused, monke
             return log_likelihood(x)
 
         monkeypatch.setattr(model, "log_likelihood", spy)
+        score = autograd_scorer(model, "fp32")
     else:
         apply = HiddenMajor.apply
 
@@ -103,11 +109,11 @@ def test_fp32_scorer_is_exact_after_training_switched_tf32_on(make, fused, monke
             return apply(self, *args, **kwargs)
 
         monkeypatch.setattr(HiddenMajor, "apply", spy_apply)
+        score = STRUCTURES[model.structure].fused.score(model, Precision("fp32"))
     before = torch.backends.cuda.matmul.allow_tf32
     try:
         torch.backends.cuda.matmul.allow_tf32 = True
-        score = scorer(model, "fp32", fused=fused)(rows(model))
-        assert torch.isfinite(score).all()
+        assert torch.isfinite(score(rows(model))).all()
         assert seen and not any(seen)
         assert torch.backends.cuda.matmul.allow_tf32 is True
     finally:
@@ -118,9 +124,42 @@ def test_switch_restored_after_an_error():
     before = torch.backends.cuda.matmul.allow_tf32
     try:
         torch.backends.cuda.matmul.allow_tf32 = True
-        with pytest.raises(RuntimeError, match="inside"), matmul_precision("fp32"):
+        with pytest.raises(RuntimeError, match="inside"), Precision("fp32").products():
             assert torch.backends.cuda.matmul.allow_tf32 is False
             raise RuntimeError("inside")
         assert torch.backends.cuda.matmul.allow_tf32 is True
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before
+
+
+@pytest.mark.parametrize("name, dtype, tf32, switch", [
+    ("fp32", torch.float32, False, False), ("tf32", torch.float32, True, True),
+    ("bf16", torch.bfloat16, False, True), ("fp16", torch.float16, False, True)])
+def test_a_precision_says_what_it_means(name, dtype, tf32, switch):
+    p = Precision(name)
+    assert (p.dtype, p.tf32, p.switch) == (dtype, tf32, switch)
+    assert Precision.of(name) == p and Precision.of(p) is p
+    with pytest.raises(ConfigError, match="precision must be one of fp32, tf32, bf16, fp16"):
+        Precision("fp8")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
+def test_triton_products_take_tf32_from_the_precision(precision):
+    """HiddenMajor binds the Triton products' ``tf32`` argument from its precision (they
+    do not read torch's switch)."""
+    blocks = monarch_block([4, 4], torch.Generator().manual_seed(0))
+    ops = HiddenMajor(blocks, precision, products="triton").ops
+    assert ops.name == "triton"
+    for fn in (ops.layer, ops.grad, ops.backward):
+        assert fn.keywords["tf32"] is (precision == "tf32")
+
+
+def test_only_the_precision_module_touches_the_switch():
+    """No module of the package but learning/precision.py reads or sets torch's TF32 switch
+    (``allow_tf32``): a process-wide setting left by library code caused a wrong score."""
+    users = []
+    for path in sorted((REPO_ROOT / "monarchpc").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        if any(isinstance(n, ast.Attribute) and n.attr == "allow_tf32" for n in ast.walk(tree)):
+            users.append(path.relative_to(REPO_ROOT).as_posix())
+    assert users == ["monarchpc/learning/precision.py"]

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from monarchpc.circuits.blocks import factorize, monarch_block
+from monarchpc.paths import REPO_ROOT
 from monarchpc.reports import paper, plots, provenance, tables
 from monarchpc.reports.records import (
     RunRecord,
@@ -249,7 +250,7 @@ def test_table3_and_b2(runs):
 
 
 def test_make_tables_script_writes_files(runs, tmp_path, monkeypatch, capsys):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
     import make_tables
 
     out = tmp_path / "results"
@@ -303,7 +304,7 @@ def test_plots_without_runs(tmp_path):
 
 
 def test_make_plots_script(runs, tmp_path, monkeypatch, capsys):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
     import make_plots
 
     monkeypatch.setattr(sys, "argv", ["make_plots.py", "--runs", str(root_of(runs)),
@@ -389,7 +390,7 @@ def test_gpu_seconds_and_dev_curve_figures(tmp_path):
 
 
 def test_make_plots_names_runs_left_out_of_gpu_seconds(tmp_path, monkeypatch, capsys):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
     import make_plots
 
     stems = _fake_runs(tmp_path / "runs")

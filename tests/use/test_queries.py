@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from monarchpc.circuits.blocks import BlockSpec, SumBlocks
-from monarchpc.structures import build_model
 from monarchpc.circuits.hclt import HCLT
+from monarchpc.structures import build_model
 from monarchpc.use.queries import MISSING, hclt_sample, hmm_marginals, hmm_sample, transpose_apply
 from tests.helpers import renormalized
 

@@ -1,4 +1,4 @@
-"""scripts/profile_estep.py on the CPU: tiny HMMs (dense, Monarch-3) and a tiny HCLT."""
+"""python -m monarchpc.bench profile on the CPU: tiny HMMs (dense, Monarch-3) and a tiny HCLT."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
-from monarchpc.paths import REPO_ROOT
 
 CASES = [  # (argv, case, hidden size, factors)
     (["--structure", "hmm", "--case", "dense 64", "--batch", "4", "--length", "8"],
@@ -21,8 +19,7 @@ CASES = [  # (argv, case, hidden size, factors)
 
 def test_profile_estep_writes_a_consistent_record_per_case(tmp_path: Path, monkeypatch,
                                                            capsys) -> None:
-    monkeypatch.syspath_prepend(str(REPO_ROOT / "scripts"))
-    import profile_estep
+    from monarchpc.bench import profile as profile_estep
 
     out = tmp_path / "profile" / "p.jsonl"
     for argv, *_ in CASES:
@@ -53,9 +50,9 @@ def test_profile_estep_writes_a_consistent_record_per_case(tmp_path: Path, monke
 def test_gpu_kernels_are_grouped_by_name_then_by_the_op_that_launched_them(monkeypatch) -> None:
     """The GPU branch on made-up events: a cuBLAS kernel counts as a product through its
     aten::bmm, a copy kernel inside aten::matmul as a copy (the innermost op decides)."""
-    monkeypatch.syspath_prepend(str(REPO_ROOT / "scripts"))
-    import profile_estep
     from torch.autograd import DeviceType
+
+    from monarchpc.bench import profile as profile_estep
 
     def event(name: str, id: int = 0, parent: object = None, link: int = 0, us: float = 0.0,
               cpu: bool = False) -> SimpleNamespace:

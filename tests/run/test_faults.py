@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from monarchpc.paths import REPO_ROOT
@@ -69,6 +70,7 @@ def records(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in json.loads(ln).items() if k != "wall_time"} for ln in lines]
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_points_then_resume_is_bitwise_equal(tmp_path: Path) -> None:
     full = tmp_path / "full"
     run(compose_config(SMALL, full))

@@ -15,10 +15,10 @@ from monarchpc.circuits.chow_liu import (
     mutual_information,
     tree_center,
 )
-from monarchpc.structures import build_model
 from monarchpc.circuits.hclt import HCLT, MISSING
 from monarchpc.errors import ConfigError
 from monarchpc.learning.em import accumulate_flows, em_step
+from monarchpc.structures import build_model
 from tests.helpers import renormalized
 
 

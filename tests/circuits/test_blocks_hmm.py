@@ -94,6 +94,7 @@ def test_marginal_of_missing_token_equals_brute_force_sum() -> None:
     torch.testing.assert_close(hmm.log_likelihood(query).exp().reshape(3, 3), marginal)
 
 
+@pytest.mark.slow
 def test_long_sequences_stay_finite() -> None:
     g = torch.Generator().manual_seed(5)
     hmm = HMM(monarch_block([4, 4], g), vocab_size=27, generator=g)

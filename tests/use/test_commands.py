@@ -30,17 +30,16 @@ from monarchpc.data.transforms import ycocg_r
 from monarchpc.paths import REPO_ROOT
 from monarchpc.train import run
 from monarchpc.use import score
-from monarchpc.use.load import (
+from monarchpc.use.cli import run_cli
+from monarchpc.use.codecs import (
     CharCodec,
     image_format,
     image_to_rows,
-    load_run,
     read_image,
     rows_to_image,
-    run_cli,
-    run_info,
     to_rgb,
 )
+from monarchpc.use.load import load_run, run_info
 from monarchpc.use.queries import hmm_marginals
 from tests.helpers import compose_config
 
@@ -106,6 +105,7 @@ def test_load_run_gives_the_trained_model(text_run: Path) -> None:
     assert bpc == pytest.approx(recorded(text_run, "test_bpc"), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_commands_run_as_a_user_runs_them(text_run: Path, tmp_path: Path) -> None:
     out = cli("sample", f"run_dir={text_run}", "n=2", "length=20")
     assert out.returncode == 0 and [len(s) for s in out.stdout.splitlines()] == [20, 20]

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from monarchpc.structures import build_model
 from monarchpc.circuits.hmm import MISSING
 from monarchpc.learning.em import flows
+from monarchpc.structures import build_model
 
 
 def reference_log_likelihood(initial, transition, emission, x):
