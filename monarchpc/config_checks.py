@@ -175,6 +175,8 @@ DATASET: dict[str, tuple[Rule, str]] = {
     "text_size": (integer(1, none=True), "expected characters; null skips the check"),
     "sha256": (sha256, "expected sha256 of the text"),
     "split": (list_of(integer(1), "positive integers", 3), "train/dev/test characters"),
+    "prefix_chars": (integer(1), "leading characters of text8 used"),
+    "prefix_sha256": (sha256, "expected sha256 of those characters"),
     # synthetic
     "hidden_size": (integer(1), "hidden states of the generating HMM"),
     "vocab_size": (integer(2), "vocabulary size"),

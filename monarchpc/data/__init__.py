@@ -21,6 +21,7 @@ from monarchpc.errors import DataError  # re-exported: loaders raise it from her
 
 LOADERS: dict[str, str] = {
     "text8": "monarchpc.data.text8:load",
+    "text8_prefix": "monarchpc.data.text8:load_prefix",
     "chars": "monarchpc.data.chars:load",
     "demo": "monarchpc.data.demo:load",
     "synthetic": "monarchpc.data.synthetic:load",
