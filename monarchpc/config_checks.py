@@ -196,6 +196,7 @@ DATASET: dict[str, tuple[Rule, str]] = {
     "character_coverage": (number(0.0, 1.0, open_low=True), "SentencePiece coverage"),
     "user_defined_symbols": (list_of(text(), "strings", empty=True), "pieces kept whole"),
     "tokenizer": (text(none=True), "an existing SentencePiece model; null trains one"),
+    "tokenizer_sha256": (sha256, "expected sha256 of the SentencePiece model"),
     "add_bos": (boolean, "start every sentence with <s>"),
     "train_fraction": (number(0.0, 1.0, open_low=True), "share of lines for train"),
     "max_lines": (integer(1, none=True), "lines used; null for all"),

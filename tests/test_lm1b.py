@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import inspect
+import json
 import lzma
+import os
 import random
 import re
+import subprocess
+import sys
 import unicodedata
 from pathlib import Path
 
@@ -17,6 +21,7 @@ from monarchpc.circuits.hmm import HMM
 from monarchpc.circuits.sum_blocks import dense_block
 from monarchpc.data import EVAL_KEYS, LOADERS, DataError, build_dataset, lines, lm1b
 from monarchpc.data import token_rows as tok
+from monarchpc.paths import REPO_ROOT
 from tests.helpers import SHARED_DATA, compose_config
 
 WIKITEXT = SHARED_DATA / "wikitext2" / "wikitext-2_valid.txt.xz"
@@ -85,6 +90,70 @@ def test_sentencepiece_round_trip_on_real_text(tmp_path: Path, wikitext_lines: l
         assert sp.decode(ids) == normalized(s)
     with pytest.raises(DataError, match="vocab_size=201"):
         tok.load_sentencepiece(path, 201)
+
+
+def test_tokenizer_bytes_do_not_depend_on_the_cores(tmp_path: Path, wikitext_lines: list[str],
+                                                    monkeypatch) -> None:
+    """SentencePiece's trainer gives other models with other thread counts; ours trains with
+    a fixed count, so any number of cores (or OMP/torch thread setting) gives the same bytes."""
+    sample = wikitext_lines[:800]
+
+    def model(name: str) -> bytes:
+        return tok.train_sentencepiece(sample, tmp_path / name, vocab_size=500).read_bytes()
+
+    with monkeypatch.context() as m:  # the trainer's own dependence, which the fix removes
+        m.setattr(tok, "SPM_THREADS", 1)
+        one = model("threads1.model")
+        m.setattr(tok, "SPM_THREADS", 2)
+        assert model("threads2.model") != one
+    models = set()
+    for cores in (1, 2, 16):
+        monkeypatch.setattr(os, "cpu_count", lambda cores=cores: cores)
+        models.add(model(f"cores{cores}.model"))
+    # another process on one core, with other OMP and torch thread settings
+    script = ("import os, sys, torch; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+              "torch.set_num_threads(3); from monarchpc.data import lines, token_rows as tok; "
+              "from pathlib import Path; s = lines.read_lines(Path(sys.argv[1]))[:800]; "
+              "tok.train_sentencepiece(s, Path(sys.argv[2]), vocab_size=500)")
+    subprocess.run([sys.executable, "-c", script, str(WIKITEXT), str(tmp_path / "other.model")],
+                   check=True, env={**os.environ, "OMP_NUM_THREADS": "3"}, cwd=REPO_ROOT)
+    models.add((tmp_path / "other.model").read_bytes())
+    assert len(models) == 1
+
+
+def test_wikitext2_tokenizer_against_the_committed_runs(tmp_path: Path, caplog,
+                                                         wikitext_lines: list[str]) -> None:
+    """The WikiText-2 preset's tokenizer, trained again, is the committed runs' (same name;
+    same bytes and token counts under their sentencepiece 0.2.2), or one line says it is not;
+    an expected sha256 that differs stops the load, and a resume names the tokenizer."""
+    import sentencepiece as spm
+
+    from monarchpc.data.fingerprint import compare, data_fingerprint
+
+    record = json.loads((REPO_ROOT / "docs/results/runs/wikitext2/wt2-hmm-h256/run.json")
+                        .read_text())["data"]
+    cfg = OmegaConf.to_container(compose_config(["dataset=wikitext2"]).dataset, resolve=True)
+    options = {**cfg, "path": str(WIKITEXT), "cache_dir": str(tmp_path)}
+    options.pop("long_rows", None)
+    splits = build_dataset(options)
+    assert Path(splits.info["tokenizer"]).name == record["tokenizer"]["name"]
+    sha = splits.info["tokenizer_sha256"]
+    assert (sha == record["tokenizer_sha256"]) == (spm.__version__ == "0.2.2")
+    if sha == record["tokenizer_sha256"]:
+        assert splits.info["train_split"] == record["train_split"]
+        assert splits.info["test_split"] == record["test_split"]
+        assert "will differ" not in caplog.text
+    else:
+        assert f"not {record['tokenizer_sha256'][:12]}..." in caplog.text
+        assert f"sentencepiece {spm.__version__}" in caplog.text
+        with pytest.raises(DataError, match=r"has sha256 .*dataset\.tokenizer_sha256=null") as e:
+            build_dataset({**options, "tokenizer_sha256": record["tokenizer_sha256"]})
+        assert "\n" not in str(e.value)
+    assert build_dataset({**options, "tokenizer_sha256": sha}).info["tokenizer_sha256"] == sha
+    saved = {**data_fingerprint(splits), "tokenizer_sha256": "0" * 64}
+    with pytest.raises(DataError, match=r"the SentencePiece model has sha256 "
+                                        f"{sha[:12]}\\.\\.\\. \\(checkpoint: 000000000000"):
+        compare(saved, data_fingerprint(splits))
 
 
 def test_too_large_vocabulary_names_the_fix(tmp_path: Path) -> None:
