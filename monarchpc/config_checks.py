@@ -98,6 +98,11 @@ def sha256(v: Any) -> str | None:
     return None if ok else "must be 64 lowercase hex digits, or null to skip the check"
 
 
+def heldout_shards(v: Any) -> str | None:
+    ok = v == "all" or list_of(choice(*range(50)), "")(v) is None
+    return None if ok else "must be a list of shard numbers in 0..49, or all"
+
+
 def device(v: Any) -> str | None:
     ok = isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None
     return None if ok else "must be auto, cpu, cuda or cuda:N"
@@ -190,6 +195,7 @@ DATASET: dict[str, tuple[Rule, str]] = {
     "allow_partial": (boolean, "accept an incomplete LM1B release"),
     "hf_name": (text(), "the Hugging Face data set"),
     "hf_revision": (text(none=True), "its revision"),
+    "heldout_shards": (heldout_shards, "LM1B heldout shards that make the test split"),
     "dev_sentences": (integer(1), "training sentences held out as dev"),
     "max_train_sentences": (integer(1, none=True), "cap on training sentences"),
     "model_type": (choice("unigram", "bpe"), "the SentencePiece model"),
