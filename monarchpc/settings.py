@@ -10,6 +10,7 @@ against them before any work.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -78,6 +79,12 @@ def list_of(item: Rule, what: str, length: int | None = None, none: bool = False
         count = length or ("any number of" if empty else "one or more")
         return f"must be a list of {count} {what}" + (" or null" if none else "")
     return rule
+
+
+def sha256(v: Any) -> str | None:
+    """64 lowercase hex digits (a sha256 to check a file against), or null (no check)."""
+    ok = v is None or (isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None)
+    return None if ok else "must be 64 lowercase hex digits, or null to skip the check"
 
 
 def nullable(settings: Settings) -> Settings:

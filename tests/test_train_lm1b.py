@@ -1,8 +1,10 @@
-"""The training CLI on real token-level text: the LM1B pipeline (`lines` loader) on WikiText-2."""
+"""The training CLI on real token-level text: the LM1B pipeline on WikiText-2 (`lines` loader)
+and on real LM1B sentences in LM1B's own layout (`lm1b` loader)."""
 
 from __future__ import annotations
 
 import json
+import lzma
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import torch
 
 from monarchpc.data import build_dataset
 from monarchpc.train import run
+from tests.data.test_lm1b import HELDOUT, lm1b_tree
 from tests.helpers import SHARED_DATA, compose_config
 
 WIKITEXT = SHARED_DATA / "wikitext2" / "wikitext-2_valid.txt.xz"
@@ -49,3 +52,34 @@ def test_wikitext2_monarch_run_lowers_dev_perplexity(tmp_path: Path, one_thread:
     info = json.loads((run_dir / "run.json").read_text())
     assert info["metric"] == "ppl" and info["vocab_size"] == 256
     assert info["data"]["source"]["max_lines"] == 800 and info["data"]["seq_len"] == 32
+
+
+def test_lm1b_run_on_real_lm1b_sentences(tmp_path: Path, one_thread: None) -> None:
+    """The lm1b_hmm preset through the CLI's run() on the official layout made of the real
+    heldout shard 00000: its first 5,400 sentences as three training shards, the other 675 as
+    the test shard (no sentence in both); SentencePiece and the HMM learn from them."""
+    if not HELDOUT.is_file():
+        pytest.skip(f"the real LM1B heldout shard not found at {HELDOUT}")
+    sentences = lzma.decompress(HELDOUT.read_bytes()).decode("utf-8").split("\n")[:-1]
+    train, test = sentences[:5400], sentences[5400:]
+    lm1b_tree(tmp_path / "lm1b", [train[:1800], train[1800:3600], train[3600:]], [test])
+    run_dir = tmp_path / "run"
+    cfg = compose_config(["experiment=lm1b_hmm", f"dataset.root={tmp_path / 'lm1b'}",
+                          "dataset.allow_partial=true", "dataset.dev_sentences=200",
+                          "dataset.max_train_sentences=1500", "dataset.vocab_size=256",
+                          "dataset.seq_len=32", "model.hidden_size=16", "optim.batch_size=64",
+                          "optim.accumulate=1", "optim.epochs=1", "trainer.eval_every=10",
+                          "trainer.device=cpu", "trainer.precision=fp32"], run_dir)
+    final = run(cfg)
+    recs = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert recs[0]["update"] == 0 and recs[-1]["final"] and recs[-1]["update"] >= 30
+    assert recs[0]["test_ppl"] > 200  # a random model over 256 tokens
+    assert final["test_ppl"] < 0.3 * recs[0]["test_ppl"]
+    splits = build_dataset(cfg.dataset)  # from the caches the run wrote
+    counts = torch.bincount(splits.train.long().flatten(), minlength=256).double() + 0.5
+    unigram_test_ppl = torch.exp(-(counts / counts.sum()).log()[splits.test.long()].mean())
+    assert final["test_ppl"] < 0.8 * unigram_test_ppl.item()
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["dataset"] == "lm1b" and info["metric"] == "ppl"
+    assert info["data"]["test_split"]["sentences"] == 675
+    assert info["data"]["split_rule"].startswith("test = heldout shard news.en.heldout-00000")

@@ -48,6 +48,8 @@ class Dataset:
 
 DATASETS: dict[str, Dataset] = {
     "text8": Dataset("monarchpc.data.text8:load", "monarchpc.data.text8:OPTIONS", "chars"),
+    "text8_prefix": Dataset("monarchpc.data.text8:load_prefix",
+                            "monarchpc.data.text8:PREFIX_OPTIONS", "chars"),
     "chars": Dataset("monarchpc.data.chars:load", "monarchpc.data.chars:OPTIONS", "chars"),
     "demo": Dataset("monarchpc.data.demo:load", "monarchpc.data.demo:OPTIONS", "chars"),
     "synthetic": Dataset("monarchpc.data.synthetic:load", "monarchpc.data.synthetic:OPTIONS",

@@ -2,7 +2,8 @@
 
 A fingerprint is plain JSON-like values (it goes into the checkpoint): the data set's
 name and vocabulary, its source files (name, size, sha256, as the loader recorded them in
-``Splits.info["sources"]``) and, for each split, the shape and sha256 of its rows. A
+``Splits.info["sources"]``), the SentencePiece model's sha256 (token data sets) and, for
+each split, the shape and sha256 of its rows. A
 resume on other data (the same path holding other text, another tokenizer, a changed
 file) stops at :func:`compare` with one line saying what differs.
 """
@@ -30,9 +31,12 @@ def rows_record(rows: Tensor) -> dict[str, Any]:
 
 def data_fingerprint(splits: Splits) -> dict[str, Any]:
     """The fingerprint of loaded data (see the module docstring); hashes the rows once."""
-    return {"name": splits.info.get("name"), "vocab_size": splits.vocab_size,
-            "files": [dict(f) for f in splits.info.get("sources", [])],
-            "splits": {name: rows_record(getattr(splits, name)) for name in SPLITS}}
+    record = {"name": splits.info.get("name"), "vocab_size": splits.vocab_size,
+              "files": [dict(f) for f in splits.info.get("sources", [])],
+              "splits": {name: rows_record(getattr(splits, name)) for name in SPLITS}}
+    if splits.info.get("tokenizer_sha256"):  # token data: the SentencePiece model too
+        record["tokenizer_sha256"] = splits.info["tokenizer_sha256"]
+    return record
 
 
 def short(digest: str | None) -> str:
@@ -58,6 +62,9 @@ def differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[st
         elif a.get("sha256") != b.get("sha256"):
             out.append(f"file {name} has sha256 {short(b.get('sha256'))} (checkpoint: "
                        f"{short(a.get('sha256'))})")
+    a, b = saved.get("tokenizer_sha256"), current.get("tokenizer_sha256")
+    if a and b and a != b:  # (checkpoints of before it was recorded: their rows still say it)
+        out.append(f"the SentencePiece model has sha256 {short(b)} (checkpoint: {short(a)})")
     for split in SPLITS:
         a, b = saved.get("splits", {}).get(split, {}), current.get("splits", {}).get(split, {})
         if a.get("shape") != b.get("shape"):

@@ -11,7 +11,7 @@ Where the sentences come from (``source``):
 
       1-billion-word-language-modeling-benchmark-r13output/
         training-monolingual.tokenized.shuffled/news.en-000NN-of-00100     (99 shards: 01..99)
-        heldout-monolingual.tokenized.shuffled/news.en.heldout-000NN-of-00050  (50 shards)
+        heldout-monolingual.tokenized.shuffled/news.en.heldout-000NN-of-00050  (50: 00..49)
 
   one sentence per line, shards read in sorted order;
 * ``disk`` - a Hugging Face ``DatasetDict`` saved with ``save_to_disk`` at ``root``
@@ -21,16 +21,21 @@ Where the sentences come from (``source``):
   a parquet copy of it, named by ``hf_name``/``hf_revision``);
 * ``auto`` (default) - ``tarball`` if it is found under ``root``, else ``disk``.
 
-Splits: **test** = all 50 heldout shards (306,688 sentences; the TFDS/HF ``test`` split,
-which D3PM reports on); **dev** = the first ``dev_sentences`` sentences of the training
-stream (the shards are already shuffled, so these are a random sample), removed from
-**train** = the rest (optionally capped at ``max_train_sentences`` for quick runs).
+Splits (official layout): **test** = the heldout shards of ``heldout_shards``, by default
+``[0]``: ``news.en.heldout-00000-of-00050`` (6,075 sentences), the benchmark's customary test
+set, on which LM1B perplexities are usually reported (``all``: the 50 heldout shards, 306,688
+sentences, TFDS's ``test`` split); only those shards are needed. **dev** = the first
+``dev_sentences`` sentences of the training stream (the shards are already shuffled, so
+these are a random sample), removed from **train** = the rest (optionally capped at
+``max_train_sentences`` for quick runs). A Hugging Face copy brings its own ``test`` split
+(TFDS's, all 50 heldout shards): ``heldout_shards`` cannot select from it.
 The tokenizer is trained on the first ``max_chars`` characters of train (after dev and
 before any cap, so capped runs share the full run's tokenizer).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,7 +44,9 @@ from monarchpc.data import DataError, Splits
 from monarchpc.data.cache import source_record
 from monarchpc.data.token_rows import TOKEN_OPTIONS, Batches, build_token_splits, take
 from monarchpc.paths import resolve
-from monarchpc.settings import Settings, boolean, choice, integer, text
+from monarchpc.settings import Settings, boolean, choice, integer, list_of, text
+
+log = logging.getLogger(__name__)
 
 URL = ("http://www.statmt.org/lm-benchmark/"
        "1-billion-word-language-modeling-benchmark-r13output.tar.gz")
@@ -83,23 +90,50 @@ def read_shards(files: list[Path]) -> Iterator[list[str]]:
             yield lines[i:i + BATCH]
 
 
-def official_source(root: Path, allow_partial: bool
+def train_shard(i: int) -> str:
+    return f"news.en-{i:05d}-of-00100"
+
+
+def heldout_shard(i: int) -> str:
+    return f"news.en.heldout-{i:05d}-of-00050"
+
+
+def shard_numbers(heldout_shards: list[int] | str) -> list[int]:
+    """The heldout shard numbers of ``dataset.heldout_shards`` (a list, or ``all``)."""
+    numbers = list(range(N_HELDOUT_SHARDS)) if heldout_shards == "all" else heldout_shards
+    if isinstance(numbers, str) or not numbers or any(
+            not isinstance(i, int) or not 0 <= i < N_HELDOUT_SHARDS for i in numbers):
+        raise DataError(f"dataset.heldout_shards={heldout_shards!r}: give heldout shard "
+                        f"numbers in 0..{N_HELDOUT_SHARDS - 1} (default [0], the customary test "
+                        f"set) or all")
+    return sorted(set(numbers))
+
+
+def official_source(root: Path, allow_partial: bool, heldout_shards: list[int] | str,
                     ) -> tuple[dict[str, Any], Batches, Batches, list[Path]]:
     """(source key, train stream, test stream, shard files) of the official layout."""
     top = find_official(root)
     if top is None:
         raise DataError(missing_data_message(root))
-    train_files = sorted((top / TRAIN_DIR).glob(TRAIN_GLOB))
-    test_files = sorted((top / HELDOUT_DIR).glob(HELDOUT_GLOB))
-    if not allow_partial and (len(train_files), len(test_files)) != (N_TRAIN_SHARDS,
-                                                                     N_HELDOUT_SHARDS):
+    test_files = [top / HELDOUT_DIR / heldout_shard(i) for i in shard_numbers(heldout_shards)]
+    missing_test = [f for f in test_files if not f.is_file()]
+    if missing_test:
         raise DataError(
-            f"found {len(train_files)} of {N_TRAIN_SHARDS} training shards and "
-            f"{len(test_files)} of {N_HELDOUT_SHARDS} heldout shards in {top}; unpack the "
-            f"whole release ({URL}) or set dataset.allow_partial=true to use what is there")
-    if not train_files or not test_files:
-        raise DataError(f"no training or heldout shards in {top}\n" + missing_data_message(root))
-    key = {"kind": "tarball", "root": str(top),
+            f"LM1B test shard {missing_test[0].name} is missing"
+            f"{f' (and {len(missing_test) - 1} more)' if len(missing_test) > 1 else ''}: "
+            f"expected at {missing_test[0]}; it is in the official release ({URL}), under "
+            f"{TOP}/{HELDOUT_DIR}/: unpack the release under {root}")
+    train_files = sorted((top / TRAIN_DIR).glob(TRAIN_GLOB))
+    found = {f.name for f in train_files}
+    missing = [train_shard(i) for i in range(1, N_TRAIN_SHARDS + 1) if train_shard(i) not in found]
+    if not train_files or (missing and not allow_partial):
+        raise DataError(
+            f"LM1B: {len(missing)} of the {N_TRAIN_SHARDS} training shards are missing in "
+            f"{top / TRAIN_DIR} ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})"
+            f"; unpack the whole release ({URL}) under {root}"
+            + (", or set dataset.allow_partial=true to train on the "
+               f"{len(train_files)} there" if train_files else ""))
+    key = {"kind": "tarball",  # files by name and size: a cache follows the data, not its path
            "train": [(f.name, f.stat().st_size) for f in train_files],
            "test": [(f.name, f.stat().st_size) for f in test_files]}
     return (key, lambda: read_shards(train_files), lambda: read_shards(test_files),
@@ -137,8 +171,8 @@ def hf_source(source: str, root: Path, hf_name: str, hf_revision: str | None,
 
 def load(source: str = "auto", root: str = "data/lm1b", dev_sentences: int = 30_000,
          max_train_sentences: int | None = None, allow_partial: bool = False,
-         hf_name: str = "lm1b", hf_revision: str | None = None, **token_options: Any,
-         ) -> Splits:
+         heldout_shards: list[int] | str = (0,), hf_name: str = "lm1b",
+         hf_revision: str | None = None, **token_options: Any) -> Splits:
     """LM1B as packed rows; see the module docstring for the sources and splits.
 
     ``token_options`` go to :func:`~monarchpc.data.token_rows.build_token_splits`
@@ -152,10 +186,18 @@ def load(source: str = "auto", root: str = "data/lm1b", dev_sentences: int = 30_
         if not source:
             raise DataError(missing_data_message(path))
     files: list[Path] = []  # source files to fingerprint (a Hugging Face copy: none)
+    heldout_shards = heldout_shards if isinstance(heldout_shards, str) else list(heldout_shards)
     if source == "tarball":
-        key, train_all, test, files = official_source(path, allow_partial)
+        key, train_all, test, files = official_source(path, allow_partial, heldout_shards)
+        names = [name for name, _ in key["test"]]
+        test_rule = (f"the {N_HELDOUT_SHARDS} heldout shards" if heldout_shards == "all" else
+                     f"heldout shard{'s' if len(names) > 1 else ''} {', '.join(names)}")
     elif source in ("disk", "hf"):
         key, train_all, test = hf_source(source, path, hf_name, hf_revision)
+        test_rule = "the copy's test split (TFDS: the 50 heldout shards)"
+        if heldout_shards != "all":
+            log.warning(f"dataset.heldout_shards={heldout_shards} cannot select shards of a "
+                        f"Hugging Face copy: its test split ({test_rule}) is the test set")
     else:
         raise DataError(f"unknown dataset.source {source!r}; use auto, tarball, disk or hf")
     stop = None if max_train_sentences is None else dev_sentences + int(max_train_sentences)
@@ -166,10 +208,15 @@ def load(source: str = "auto", root: str = "data/lm1b", dev_sentences: int = 30_
         dev=lambda: take(train_all(), 0, dev_sentences), test=test,
         tokenizer_text=lambda: take(train_all(), dev_sentences), tokenizer_source=key,
         **token_options)
-    splits.info["split_rule"] = (f"test = heldout shards; dev = first {dev_sentences} "
+    splits.info["split_rule"] = (f"test = {test_rule}; dev = first {dev_sentences} "
                                  f"training sentences; train = the rest")
     splits.info["sources"] = [source_record(f) for f in files]
     return splits
+
+
+def _heldout_shards(v: Any) -> str | None:
+    ok = v == "all" or list_of(choice(*range(N_HELDOUT_SHARDS)), "")(v) is None
+    return None if ok else f"must be a list of shard numbers in 0..{N_HELDOUT_SHARDS - 1}, or all"
 
 
 OPTIONS: Settings = {
@@ -178,6 +225,7 @@ OPTIONS: Settings = {
     "allow_partial": (boolean, "accept an incomplete LM1B release"),
     "hf_name": (text(), "the Hugging Face data set"),
     "hf_revision": (text(none=True), "its revision"),
+    "heldout_shards": (_heldout_shards, "LM1B heldout shards that make the test split"),
     "dev_sentences": (integer(1), "training sentences held out as dev"),
     "max_train_sentences": (integer(1, none=True), "cap on training sentences"),
     **TOKEN_OPTIONS,

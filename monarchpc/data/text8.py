@@ -5,23 +5,27 @@ Official source: http://mattmahoney.net/dc/text8.zip (31,344,016 bytes), holding
 train, the next 5M dev, the last 5M test, each cut into rows of 256; the test split is
 also kept as one line for "long" evaluation. The verified characters are cached as
 ``<root>/text8.npy`` (verified on every read, see :mod:`monarchpc.data.cache`).
+
+``dataset=text8_prefix`` (:func:`load_prefix`) trains on the first N characters of the same
+official file instead (default 12,500,000, one eighth: the data of the committed runs under
+docs/results/runs/text8_prefix), checked against their sha256 and split 90/5/5 % exactly as
+``dataset=chars`` split them (:func:`~monarchpc.data.chars.fraction_sizes`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
+import lzma
 import shutil
 import urllib.request
 import zipfile
 from pathlib import Path
-from typing import Any
 
 from monarchpc.data import DataError, Splits
 from monarchpc.data.cache import load_array, save_array, text_record
-from monarchpc.data.chars import char_splits, encode
+from monarchpc.data.chars import VOCAB, char_splits, encode, fraction_sizes, fractions_rule
 from monarchpc.paths import resolve
-from monarchpc.settings import Settings, boolean, integer, list_of, text
+from monarchpc.settings import Settings, boolean, integer, list_of, sha256, text
 
 URL = "http://mattmahoney.net/dc/text8.zip"
 ZIP_SIZE = 31_344_016
@@ -30,6 +34,11 @@ TEXT_SIZE = 100_000_000
 # reproduction notes; set dataset.sha256=null to skip the check.
 TEXT_SHA256 = "6e890197040d37d85beb962ae1f041ff1d9a9ca8d20c7d99c85027eebf51dca7"
 SPLIT = (90_000_000, 5_000_000, 5_000_000)
+PREFIX_CHARS = 12_500_000
+# sha256 of the first 12,500,000 characters of text8: those of the committed text8-prefix
+# runs (docs/results/runs/text8_prefix: dataset=chars on a copy of exactly these characters,
+# text8_first12500000.xz, 3,145,272 bytes, sha256 ac6a13da...).
+PREFIX_SHA256 = "0e535fcbf0064c2dda5c5b611de12ba3fb0d928fe2e9b9d7528e2934097b3cb7"
 
 
 def fix_hint(root: Path, url: str, zip_size: int | None) -> str:
@@ -124,9 +133,58 @@ def load(path: str | None = None, root: str = "data/text8", url: str = URL,
     return char_splits(codes, tuple(split), seq_len, info)
 
 
-def _sha256(v: Any) -> str | None:
-    ok = v is None or (isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None)
-    return None if ok else "must be 64 lowercase hex digits, or null to skip the check"
+def read_prefix(src: Path, n: int, url: str, zip_size: int | None) -> bytes:
+    """The first ``n`` characters of ``src``: text8.zip (its first member), an .xz copy, or
+    the unzipped text; only those are decompressed."""
+    hint = fix_hint(src.parent, url, zip_size)
+    try:
+        if src.suffix == ".zip":
+            if zip_size is not None and src.stat().st_size != zip_size:
+                raise DataError(f"text8: {src} has {src.stat().st_size:,} bytes, expected "
+                                f"{zip_size:,}: the download is incomplete or corrupt; delete "
+                                f"it and {hint}")
+            with zipfile.ZipFile(src) as zf, zf.open(zf.namelist()[0]) as f:
+                return f.read(n)
+        opener = lzma.open if src.suffix == ".xz" else open
+        with opener(src, "rb") as f:
+            return f.read(n)
+    except (zipfile.BadZipFile, IndexError, OSError, EOFError, lzma.LZMAError) as err:
+        raise DataError(f"text8: cannot read {src} ({err}): it is truncated or corrupt; delete "
+                        f"it and {hint}") from err
+
+
+def load_prefix(path: str | None = None, root: str = "data/text8", url: str = URL,
+                download: bool = True, zip_size: int | None = ZIP_SIZE,
+                prefix_chars: int = PREFIX_CHARS, prefix_sha256: str | None = PREFIX_SHA256,
+                fractions: list[float] = (0.9, 0.05, 0.05), seq_len: int = 256) -> Splits:
+    """The first ``prefix_chars`` characters of text8 as 27-symbol rows, split by ``fractions``.
+
+    Reads the official text8.zip (found, or downloaded, as :func:`load` does) or, with
+    ``path``, any copy holding at least those characters (plain, .zip or .xz). The
+    characters must hash to ``prefix_sha256`` (null: not checked). The record names them
+    ``text8[:N]`` whatever file they came from, so runs on the official zip and on a copy
+    of the prefix have the same data fingerprint.
+    """
+    src = locate(path, resolve(root), url, download, zip_size)
+    raw = read_prefix(src, prefix_chars, url, zip_size)
+    hint = fix_hint(src.parent, url, zip_size)
+    if len(raw) < prefix_chars:
+        raise DataError(f"text8_prefix: {src} holds {len(raw):,} characters, fewer than "
+                        f"dataset.prefix_chars={prefix_chars:,}; it is truncated: delete it "
+                        f"and {hint}")
+    digest = hashlib.sha256(raw).hexdigest()
+    if prefix_sha256 is not None and digest != prefix_sha256:
+        raise DataError(f"text8_prefix: the first {prefix_chars:,} characters of {src} have "
+                        f"sha256 {digest}, expected {prefix_sha256}: the file is corrupt or "
+                        f"not text8; delete it and {hint}")
+    if raw.translate(None, delete=VOCAB.encode()):
+        raise DataError(f"text8_prefix: {src} contains characters other than a-z and space; "
+                        f"it is not text8 (use dataset=chars for other text)")
+    codes = encode(raw.decode("ascii"))
+    info = {"name": "text8_prefix", "file": src.name, "url": url, "chars": prefix_chars,
+            "prefix_sha256": digest, "fractions": list(fractions),
+            "sources": [text_record(f"text8[:{prefix_chars}]", raw)]}
+    return char_splits(codes, fraction_sizes(prefix_chars, fractions), seq_len, info)
 
 
 OPTIONS: Settings = {
@@ -136,8 +194,18 @@ OPTIONS: Settings = {
     "url": (text(), "where to download from"),
     "zip_size": (integer(1, none=True), "expected size of the download; null skips the check"),
     "text_size": (integer(1, none=True), "expected characters; null skips the check"),
-    "sha256": (_sha256, "expected sha256 of the text"),
+    "sha256": (sha256, "expected sha256 of the text"),
     "split": (list_of(integer(1), "positive integers", 3), "train/dev/test characters"),
     "seq_len": (integer(2), "characters per row; one has no transition to learn"),
 }
 """The settings of ``dataset=text8`` (configs/dataset/text8.yaml)."""
+
+PREFIX_OPTIONS: Settings = {
+    "path": OPTIONS["path"], "root": OPTIONS["root"], "download": OPTIONS["download"],
+    "url": OPTIONS["url"], "zip_size": OPTIONS["zip_size"],
+    "prefix_chars": (integer(1), "leading characters of text8 used"),
+    "prefix_sha256": (sha256, "expected sha256 of those characters"),
+    "fractions": (fractions_rule, "train/dev/test shares of the prefix"),
+    "seq_len": OPTIONS["seq_len"],
+}
+"""The settings of ``dataset=text8_prefix`` (configs/dataset/text8_prefix.yaml)."""

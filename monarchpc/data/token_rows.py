@@ -8,7 +8,12 @@ A sentence source gives three splits of raw sentences (one string per sentence).
    file name keyed by the source and every setting that changes it, vocabulary included.
    Ids: 0 = unknown (piece ``<sp-unk>``, so that a corpus may define ``<unk>`` as a word),
    1 = ``</s>`` (EOS, the sentence separator), 2 = ``<s>`` (BOS, used only with
-   ``add_bos``); the vocabulary size counts them.
+   ``add_bos``); the vocabulary size counts them. Training uses a fixed number of threads
+   (:data:`SPM_THREADS`), so the model's bytes do not depend on the machine's cores; they do
+   depend on the sentencepiece release (0.2.2 and 0.2.3 train different models from the same
+   text). ``tokenizer_sha256`` makes a different model an error; a model of the text and
+   settings of committed runs (:data:`REFERENCE_TOKENIZERS`) that differs from theirs is
+   reported in one warning line.
 2. Every sentence is encoded and followed by EOS (D3PM wraps sentences in ``<S> ... </S>``;
    ``add_bos=True`` gives that two-delimiter form). The sentences of a split, in order,
    make one stream of ids.
@@ -46,13 +51,36 @@ from monarchpc.data import DataError, Splits, rows
 from monarchpc.data import cache as data_cache
 from monarchpc.files import atomic_write, file_sha256
 from monarchpc.paths import resolve
-from monarchpc.settings import Settings, boolean, choice, integer, list_of, number, text
+from monarchpc.settings import (
+    Settings,
+    boolean,
+    choice,
+    integer,
+    list_of,
+    number,
+    sha256,
+    text,
+)
 
 log = logging.getLogger(__name__)
 
 UNK_ID, EOS_ID, BOS_ID = 0, 1, 2
 UNK_PIECE = "<sp-unk>"
 MODEL_TYPES = ("unigram", "bpe")
+SPM_THREADS = 32
+"""Threads of SentencePiece training, whatever the cores: its unigram trainer splits the
+expected counts of each round between its threads and adds them up, so the model it writes
+changes with the thread count (it was os.cpu_count(): a 2-core machine trained another model
+than a 32-core one). 32 is what trained the committed WikiText-2 runs' tokenizer."""
+
+REFERENCE_TOKENIZERS: dict[str, tuple[str, str]] = {
+    # tokenizer name (text and settings, see build_token_splits) -> (sha256, who trained it)
+    "lines-wikitext-2_valid-unigram4096-82b59a175837": (
+        "7f856e0494f88d8cafd7dd6582a9a24db350125421a768924e388289304d0c54",
+        "the committed runs of docs/results/runs/wikitext2 (sentencepiece 0.2.2, 32 threads)"),
+}
+"""Tokenizers of committed runs: a model trained again from the same text and settings
+should have these bytes; if not, the tokens (and perplexities) differ from those runs'."""
 
 Batches = Callable[[], Iterator[list[str]]]
 """A split of raw sentences: a function that starts a fresh pass over its batches."""
@@ -96,7 +124,7 @@ def train_sentencepiece(sentences: Iterable[str], path: Path, vocab_size: int,
             model_type=model_type, character_coverage=character_coverage,
             unk_id=UNK_ID, eos_id=EOS_ID, bos_id=BOS_ID, pad_id=-1, unk_piece=UNK_PIECE,
             user_defined_symbols=list(user_defined_symbols), max_sentence_length=1 << 16,
-            num_threads=os.cpu_count() or 1, minloglevel=2)
+            num_threads=SPM_THREADS, minloglevel=2)
     except RuntimeError as err:
         raise DataError(
             f"SentencePiece training failed: {err}\nFix: lower dataset.vocab_size, use "
@@ -137,6 +165,26 @@ def load_sentencepiece(path: Path, vocab_size: int) -> Any:
     return sp
 
 
+def check_tokenizer(path: Path, sha: str, expected: str | None) -> None:
+    """Raise DataError if the model ``path`` (sha256 ``sha``) is not the ``expected`` one;
+    warn in one line if it differs from the committed runs' model of the same name."""
+    import sentencepiece as spm
+
+    version = f"sentencepiece {spm.__version__}, {SPM_THREADS} threads"
+    if expected is not None and sha != expected:
+        raise DataError(
+            f"SentencePiece model {path.name} has sha256 {sha}, expected {expected} "
+            f"(dataset.tokenizer_sha256): trained here with {version}, it gives other tokens; "
+            f"train it with the sentencepiece release that made the expected one (delete "
+            f"{path} first), point dataset.tokenizer at that model, or set "
+            f"dataset.tokenizer_sha256=null to accept this one")
+    reference = REFERENCE_TOKENIZERS.get(path.stem)
+    if expected is None and reference is not None and sha != reference[0]:
+        log.warning(f"tokenizer {path.name} has sha256 {sha[:12]}..., not {reference[0][:12]}..."
+                    f" as trained by {reference[1]} from this text and these settings (here "
+                    f"{version}): tokens and perplexities will differ from theirs")
+
+
 # --------------------------------------------------------------------------- encode and pack
 def encode_stream(sp: Any, batches: Iterable[list[str]], vocab_size: int,
                   add_bos: bool = False) -> tuple[np.ndarray, int]:
@@ -147,6 +195,7 @@ def encode_stream(sp: Any, batches: Iterable[list[str]], vocab_size: int,
     dtype = np.int16 if compact_dtype(vocab_size) == torch.int16 else np.int32
     parts, n = [], 0
     for batch in batches:
+        # (encoding is per sentence: its result does not depend on the threads)
         ids = sp.encode(batch, add_bos=add_bos, add_eos=True, num_threads=os.cpu_count() or 1)
         total = sum(map(len, ids))
         parts.append(np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=total))
@@ -165,8 +214,8 @@ def build_token_splits(
     vocab_size: int = 8192, model_type: str = "unigram", character_coverage: float = 1.0,
     max_chars: int = 10_000_000, user_defined_symbols: Iterable[str] = (),
     tokenizer: str | None = None, seq_len: int = 128, add_bos: bool = False,
-    cache_dir: str | None = "data", tokenizer_text: Batches | None = None,
-    tokenizer_source: dict[str, Any] | None = None,
+    cache_dir: str | None = "data", tokenizer_sha256: str | None = None,
+    tokenizer_text: Batches | None = None, tokenizer_source: dict[str, Any] | None = None,
 ) -> Splits:
     """Tokenize and pack three splits of sentences (see the module docstring), with caches.
 
@@ -175,7 +224,8 @@ def build_token_splits(
     training one (its size must equal ``vocab_size``). The tokenizer is trained on the
     first ``max_chars`` characters of ``tokenizer_text`` (default: ``train``), identified
     by ``tokenizer_source`` (default: ``source``), so that a capped training split can
-    share the tokenizer of the full one.
+    share the tokenizer of the full one. ``tokenizer_sha256``: the model's expected sha256
+    (trained, cached or given), checked before any encoding.
     """
     if seq_len < 1:
         raise DataError(f"dataset.seq_len must be positive, got {seq_len}")
@@ -205,6 +255,7 @@ def build_token_splits(
         sp_path = resolve(tokenizer)
     sp = load_sentencepiece(sp_path, vocab_size)
     sp_sha = file_sha256(sp_path)
+    check_tokenizer(sp_path, sp_sha, tokenizer_sha256)
 
     pack_settings = {"source": source, "tokenizer_sha256": sp_sha, "seq_len": seq_len,
                      "add_bos": add_bos, "vocab_size": vocab_size}
@@ -227,8 +278,11 @@ def build_token_splits(
         if len(data[split]) == 0:
             raise DataError(f"{name}: the {split} split has fewer than seq_len={seq_len} "
                             f"tokens; use more data or a smaller dataset.seq_len")
+    import sentencepiece as spm
+
     info = {"name": name, "source": source, "tokenizer": str(sp_path),
-            "tokenizer_sha256": sp_sha, "model_type": model_type, "vocab_size": vocab_size,
+            "tokenizer_sha256": sp_sha, "sentencepiece": spm.__version__,  # (the one in use)
+            "model_type": model_type, "vocab_size": vocab_size,
             "seq_len": seq_len, "separator": "EOS id 1 after every sentence",
             "add_bos": add_bos, "cache": str(packed_path),
             "token_count": "every position of the packed rows (separators included)",
@@ -258,6 +312,7 @@ TOKEN_OPTIONS: Settings = {
     "max_chars": (integer(1), "characters the tokenizer is trained on"),
     "user_defined_symbols": (list_of(text(), "strings", empty=True), "pieces kept whole"),
     "tokenizer": (text(none=True), "an existing SentencePiece model; null trains one"),
+    "tokenizer_sha256": (sha256, "expected sha256 of the SentencePiece model; null: any"),
     "seq_len": (integer(2), "tokens per packed row"),
     "add_bos": (boolean, "start every sentence with <s>"),
     "cache_dir": (text(none=True), "folder of the tokenizers and packed rows"),

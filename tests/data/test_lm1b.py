@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import lzma
+import os
 import random
 import re
+import subprocess
+import sys
 import unicodedata
 from pathlib import Path
 
@@ -17,9 +22,12 @@ from monarchpc.circuits.blocks import dense_block
 from monarchpc.circuits.hmm import HMM
 from monarchpc.data import DATASETS, EVAL_KEYS, DataError, build_dataset, lines, lm1b
 from monarchpc.data import token_rows as tok
+from monarchpc.paths import REPO_ROOT
 from tests.helpers import SHARED_DATA, compose_config
 
 WIKITEXT = SHARED_DATA / "wikitext2" / "wikitext-2_valid.txt.xz"
+HELDOUT = SHARED_DATA / "lm1b_heldout" / "news.en.heldout-00000-of-00050.xz"
+HELDOUT_SHA256 = "265dccd51762253e20425c21ff6ddf09e6da2e11a365da399b0390eebb2d52c8"
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +36,16 @@ def wikitext_lines() -> list[str]:
     if not WIKITEXT.is_file():
         pytest.skip(f"real WikiText-2 text not found at {WIKITEXT}")
     return lines.read_lines(WIKITEXT)
+
+
+@pytest.fixture(scope="module")
+def heldout_text() -> bytes:
+    """LM1B's real heldout shard 00000 (../shared/data, xz-compressed), decompressed, or skip."""
+    if not HELDOUT.is_file():
+        pytest.skip(f"the real LM1B heldout shard not found at {HELDOUT}")
+    text = lzma.decompress(HELDOUT.read_bytes())
+    assert hashlib.sha256(text).hexdigest() == HELDOUT_SHA256
+    return text
 
 
 def normalized(s: str) -> str:
@@ -46,23 +64,24 @@ def fake_sentences(n: int, seed: int) -> list[str]:
             for _ in range(n)]
 
 
+def lm1b_tree(root: Path, train: list[list[str]], heldout: list[list[str]]) -> Path:
+    """The official LM1B layout under ``root``: training shards 00001.. and heldout shards
+    00000.. holding the given sentences, one per line. Returns the release's top folder."""
+    top = root / lm1b.TOP
+    for folder, shards, name in ((lm1b.TRAIN_DIR, train, lambda i: lm1b.train_shard(i + 1)),
+                                 (lm1b.HELDOUT_DIR, heldout, lm1b.heldout_shard)):
+        (top / folder).mkdir(parents=True, exist_ok=True)
+        for i, sentences in enumerate(shards):
+            (top / folder / name(i)).write_text("\n".join(sentences) + "\n", encoding="utf-8")
+    return top
+
+
 def fake_lm1b(root: Path, train_shards: int = 3, heldout_shards: int = 2,
               per_shard: int = 150) -> dict[str, list[list[str]]]:
     """An official-layout tree under ``root`` with generated sentences; returns its shards."""
-    top = root / lm1b.TOP
-    shards: dict[str, list[list[str]]] = {"train": [], "test": []}
-    for i in range(train_shards):
-        s = fake_sentences(per_shard, seed=i)
-        f = top / lm1b.TRAIN_DIR / f"news.en-{i + 1:05d}-of-00100"
-        f.parent.mkdir(parents=True, exist_ok=True)
-        f.write_text("\n".join(s) + "\n", encoding="utf-8")
-        shards["train"].append(s)
-    for i in range(heldout_shards):
-        s = fake_sentences(per_shard, seed=100 + i)
-        f = top / lm1b.HELDOUT_DIR / f"news.en.heldout-{i:05d}-of-00050"
-        f.parent.mkdir(parents=True, exist_ok=True)
-        f.write_text("\n".join(s) + "\n", encoding="utf-8")
-        shards["test"].append(s)
+    shards = {"train": [fake_sentences(per_shard, seed=i) for i in range(train_shards)],
+              "test": [fake_sentences(per_shard, seed=100 + i) for i in range(heldout_shards)]}
+    lm1b_tree(root, shards["train"], shards["test"])
     return shards
 
 
@@ -85,6 +104,70 @@ def test_sentencepiece_round_trip_on_real_text(tmp_path: Path, wikitext_lines: l
         assert sp.decode(ids) == normalized(s)
     with pytest.raises(DataError, match="vocab_size=201"):
         tok.load_sentencepiece(path, 201)
+
+
+def test_tokenizer_bytes_do_not_depend_on_the_cores(tmp_path: Path, wikitext_lines: list[str],
+                                                    monkeypatch) -> None:
+    """SentencePiece's trainer gives other models with other thread counts; ours trains with
+    a fixed count, so any number of cores (or OMP/torch thread setting) gives the same bytes."""
+    sample = wikitext_lines[:800]
+
+    def model(name: str) -> bytes:
+        return tok.train_sentencepiece(sample, tmp_path / name, vocab_size=500).read_bytes()
+
+    with monkeypatch.context() as m:  # the trainer's own dependence, which the fix removes
+        m.setattr(tok, "SPM_THREADS", 1)
+        one = model("threads1.model")
+        m.setattr(tok, "SPM_THREADS", 2)
+        assert model("threads2.model") != one
+    models = set()
+    for cores in (1, 2, 16):
+        monkeypatch.setattr(os, "cpu_count", lambda cores=cores: cores)
+        models.add(model(f"cores{cores}.model"))
+    # another process on one core, with other OMP and torch thread settings
+    script = ("import os, sys, torch; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+              "torch.set_num_threads(3); from monarchpc.data import lines, token_rows as tok; "
+              "from pathlib import Path; s = lines.read_lines(Path(sys.argv[1]))[:800]; "
+              "tok.train_sentencepiece(s, Path(sys.argv[2]), vocab_size=500)")
+    subprocess.run([sys.executable, "-c", script, str(WIKITEXT), str(tmp_path / "other.model")],
+                   check=True, env={**os.environ, "OMP_NUM_THREADS": "3"}, cwd=REPO_ROOT)
+    models.add((tmp_path / "other.model").read_bytes())
+    assert len(models) == 1
+
+
+def test_wikitext2_tokenizer_against_the_committed_runs(tmp_path: Path, caplog,
+                                                         wikitext_lines: list[str]) -> None:
+    """The WikiText-2 preset's tokenizer, trained again, is the committed runs' (same name;
+    same bytes and token counts under their sentencepiece 0.2.2), or one line says it is not;
+    an expected sha256 that differs stops the load, and a resume names the tokenizer."""
+    import sentencepiece as spm
+
+    from monarchpc.data.fingerprint import compare, data_fingerprint
+
+    record = json.loads((REPO_ROOT / "docs/results/runs/wikitext2/wt2-hmm-h256/run.json")
+                        .read_text())["data"]
+    cfg = OmegaConf.to_container(compose_config(["dataset=wikitext2"]).dataset, resolve=True)
+    options = {**cfg, "path": str(WIKITEXT), "cache_dir": str(tmp_path)}
+    options.pop("long_rows", None)
+    splits = build_dataset(options)
+    assert Path(splits.info["tokenizer"]).name == record["tokenizer"]["name"]
+    sha = splits.info["tokenizer_sha256"]
+    assert (sha == record["tokenizer_sha256"]) == (spm.__version__ == "0.2.2")
+    if sha == record["tokenizer_sha256"]:
+        assert splits.info["train_split"] == record["train_split"]
+        assert splits.info["test_split"] == record["test_split"]
+        assert "will differ" not in caplog.text
+    else:
+        assert f"not {record['tokenizer_sha256'][:12]}..." in caplog.text
+        assert f"sentencepiece {spm.__version__}" in caplog.text
+        with pytest.raises(DataError, match=r"has sha256 .*dataset\.tokenizer_sha256=null") as e:
+            build_dataset({**options, "tokenizer_sha256": record["tokenizer_sha256"]})
+        assert "\n" not in str(e.value)
+    assert build_dataset({**options, "tokenizer_sha256": sha}).info["tokenizer_sha256"] == sha
+    saved = {**data_fingerprint(splits), "tokenizer_sha256": "0" * 64}
+    with pytest.raises(DataError, match=r"the SentencePiece model has sha256 "
+                                        f"{sha[:12]}\\.\\.\\. \\(checkpoint: 000000000000"):
+        compare(saved, data_fingerprint(splits))
 
 
 def test_too_large_vocabulary_names_the_fix(tmp_path: Path) -> None:
@@ -182,7 +265,7 @@ def test_official_layout_reader(tmp_path: Path) -> None:
         lm1b.load(**opts)  # 3 of 99 training shards: refused unless asked for
     splits = build_dataset({"name": "lm1b", **opts, "allow_partial": True})
     train_all = [s for shard in shards["train"] for s in shard]
-    test_all = [s for shard in shards["test"] for s in shard]
+    test_all = shards["test"][0]  # heldout shard 00000 only: the customary test set
     info = splits.info
     assert info["source"]["kind"] == "tarball"
     assert [n for n, _ in info["source"]["train"]] == [f"news.en-{i:05d}-of-00100"
@@ -194,9 +277,56 @@ def test_official_layout_reader(tmp_path: Path) -> None:
                             ("test", test_all)):
         rows = getattr(splits, name)
         assert rows.flatten().tolist() == expected_stream(sp, sentences)[:rows.numel()]
+    assert [n for n, _ in info["source"]["test"]] == ["news.en.heldout-00000-of-00050"]
+    assert info["split_rule"].startswith("test = heldout shard news.en.heldout-00000-of-00050;")
+    both = lm1b.load(**opts, allow_partial=True, heldout_shards=[0, 1])
+    assert both.info["test_split"]["sentences"] == sum(map(len, shards["test"]))
     capped = lm1b.load(**opts, allow_partial=True, max_train_sentences=100)
     assert capped.info["train_split"]["sentences"] == 100
     assert torch.equal(capped.dev, splits.dev)
+
+
+def test_lm1b_reads_its_own_layout_with_the_real_heldout_shard(tmp_path: Path,
+                                                              heldout_text: bytes) -> None:
+    """The official tree with the real news.en.heldout-00000-of-00050, byte for byte, as the
+    test split (and no other heldout shard), training shards made of parts of its lines."""
+    sentences = heldout_text.decode("utf-8").split("\n")[:-1]
+    assert len(sentences) == 6075 and all(s.strip() for s in sentences)
+    other = fake_sentences(50, 9)  # heldout shard 00001: present, not part of the test split
+    top = lm1b_tree(tmp_path / "lm1b", [sentences[:2000], sentences[2000:4000],
+                                        sentences[4000:]], [[], other])
+    (top / lm1b.HELDOUT_DIR / lm1b.heldout_shard(0)).write_bytes(heldout_text)
+    opts = {"root": str(tmp_path / "lm1b"), "vocab_size": 512, "seq_len": 64,
+            "cache_dir": str(tmp_path / "cache"), "dev_sentences": 100}
+    with pytest.raises(DataError, match=r"96 of the 99 training shards are missing in .*"
+                       r"news\.en-00004-of-00100, .*allow_partial=true to train on the 3 there"):
+        lm1b.load(**opts)
+    splits = lm1b.load(**opts, allow_partial=True)
+    info = splits.info
+    assert info["test_split"]["sentences"] == 6075
+    assert (info["dev_split"]["sentences"], info["train_split"]["sentences"]) == (100, 5975)
+    assert {"name": "news.en.heldout-00000-of-00050", "size": 829_492,
+            "sha256": HELDOUT_SHA256} in info["sources"]
+    assert len(info["sources"]) == 4  # 3 training shards and the test shard
+    sp = tok.load_sentencepiece(Path(info["tokenizer"]), 512)
+    assert splits.test.flatten().tolist() == \
+        expected_stream(sp, sentences)[:splits.test.numel()]
+    assert splits.train.flatten().tolist() == \
+        expected_stream(sp, sentences[100:])[:splits.train.numel()]
+    # what is missing is named: the file, where it goes, where it comes from; one line each
+    for options, message in (
+            ({"heldout_shards": "all"}, r"news\.en\.heldout-00002-of-00050 is missing \(and 47 "
+                                        r"more\): expected at .*heldout-monolingual"),
+            ({"heldout_shards": [0, 7]}, r"news\.en\.heldout-00007-of-00050 is missing: ")):
+        with pytest.raises(DataError, match=message) as err:
+            lm1b.load(**opts, allow_partial=True, **options)
+        assert lm1b.URL in str(err.value) and "\n" not in str(err.value)
+    (top / lm1b.HELDOUT_DIR / lm1b.heldout_shard(0)).unlink()
+    with pytest.raises(DataError, match=r"LM1B test shard news\.en\.heldout-00000-of-00050 is "
+                       r"missing: expected at .*lm1b/1-billion-word-language-modeling-benchmark-"
+                       r"r13output/heldout-monolingual\.tokenized\.shuffled/news\.en\.heldout-"
+                       r"00000-of-00050; it is in the official release"):
+        lm1b.load(**opts, allow_partial=True)
 
 
 def test_saved_hugging_face_copy(tmp_path: Path, monkeypatch) -> None:

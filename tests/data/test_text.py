@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import lzma
 import re
 import zipfile
@@ -12,11 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
+from omegaconf import OmegaConf
 
 from monarchpc.data import DataError, build_dataset
 from monarchpc.data import text8 as text8_data
 from monarchpc.data.chars import decode, encode, normalize_text8
 from monarchpc.data.demo import corpus
+from monarchpc.paths import REPO_ROOT
+from tests.helpers import compose_config
 
 
 def fake_text8(tmp_path: Path, n: int = 4000, seed: int = 0) -> tuple[Path, bytes]:
@@ -237,3 +242,117 @@ def test_token_caches_are_verified_and_rebuilt(tmp_path: Path, caplog) -> None:
     again = build_dataset(options)
     assert "not usable" in caplog.text and "does not load" in caplog.text
     assert torch.equal(again.train, first.train) and torch.equal(again.test, first.test)
+
+
+# --------------------------------------------------------------------------- text8 prefix
+RUNS = REPO_ROOT / "docs" / "results" / "runs"
+PREFIX_ROWS = {  # dataset=chars on the committed runs' prefix file: shapes and row hashes
+    "train": ([43945, 256], "5b244365b9e855c60e03a5141ce04687850652563a896496ca072ae866ac998c"),
+    "dev": ([2441, 256], "92ac8bdbc0753561a2756e3cbad23151419f42e24118412ccf8f71f891f2c88c"),
+    "test": ([2441, 256], "98c0b09ffdb25cb3932878ec2ef645eafcddd4f0594bbd797d3dbe66532e3aa2"),
+}
+
+
+def text8_shaped_zip(path: Path, text: bytes) -> Path:
+    """A zip shaped like the official text8.zip: one deflated member named ``text8``."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("text8", text)
+    return path
+
+
+def test_text8_prefix_from_the_official_zip_is_the_committed_runs_data(
+        text8_prefix: Path, tmp_path: Path) -> None:
+    """dataset=text8_prefix on a text8.zip whose first 12.5M characters are text8's gives the
+    rows the committed text8-prefix runs trained on (dataset=chars on the prefix file)."""
+    from monarchpc.data.fingerprint import data_fingerprint
+
+    raw = lzma.decompress(text8_prefix.read_bytes())
+    assert hashlib.sha256(raw).hexdigest() == text8_data.PREFIX_SHA256
+    # the real text8 goes on after the prefix; what follows must not matter
+    zpath = text8_shaped_zip(tmp_path / "text8.zip", raw + b" and the text goes on")
+    splits = build_dataset({"name": "text8_prefix", "path": str(zpath), "zip_size": None,
+                            "long_rows": 125})
+    fingerprint = data_fingerprint(splits)
+    assert {k: (v["shape"], v["sha256"]) for k, v in fingerprint["splits"].items()} == \
+        PREFIX_ROWS
+    assert fingerprint["files"] == [{"name": "text8[:12500000]", "size": 12_500_000,
+                                     "sha256": text8_data.PREFIX_SHA256}]
+    assert splits.info["name"] == "text8_prefix" and splits.info["file"] == "text8.zip"
+    assert decode(splits.test_stream) == raw[11_875_000:12_500_000].decode()
+    # the committed runs: dataset=chars on exactly this file, 12.5M characters, 90/5/5 %
+    # split, rows of 256; their token count is 20 epochs of these training rows
+    chars_splits = build_dataset({"name": "chars", "paths": [str(text8_prefix)],
+                                  "long_rows": 125})
+    assert data_fingerprint(chars_splits)["splits"] == fingerprint["splits"]
+    assert torch.equal(chars_splits.test_stream, splits.test_stream)
+    records = sorted((RUNS / "text8_prefix").glob("*/run.json"))
+    assert len(records) >= 20
+    for record in records:
+        info = json.loads(record.read_text())
+        config = yaml.safe_load((record.parent / "config.yaml").read_text())
+        assert info["data"]["chars"] == 12_500_000
+        assert info["data"]["sources"] == [{
+            "name": text8_prefix.name, "size": text8_prefix.stat().st_size,
+            "sha256": hashlib.sha256(text8_prefix.read_bytes()).hexdigest()}]
+        assert config["dataset"]["fractions"] == [0.9, 0.05, 0.05]
+        assert config["dataset"]["seq_len"] == 256 and config["dataset"]["long_rows"] == 125
+        assert info["tokens"] == config["optim"]["epochs"] * splits.train.numel()
+
+
+def test_committed_text8_prefix_runs_compose_from_the_user_command() -> None:
+    """Each committed text8-prefix run's config, with dataset=text8_prefix in place of the
+    developers' dataset=chars on a copy: the campaign line and its common overrides."""
+    common = ["dataset=text8_prefix", "optim.epochs=20", "optim.schedule=linear",
+              "trainer.precision=bf16", "trainer.eval_every=22", "trainer.eval_batch_size=1024"]
+    jobs = {}
+    for line in (RUNS.parent / "campaigns" / "text8_prefix.txt").read_text().splitlines():
+        name, _, rest = line.split("#", 1)[0].partition(":")
+        if rest.strip():
+            jobs[name.strip()] = rest.split()
+    checked = 0
+    for config_file in sorted((RUNS / "text8_prefix").glob("*/config.yaml")):
+        saved = yaml.safe_load(config_file.read_text())
+        cfg = OmegaConf.to_container(compose_config(
+            [*common, *jobs[config_file.parent.name]]), resolve=True)
+        for group in ("model", "optim"):
+            assert cfg[group] == saved[group], (config_file, group)
+        for key in set(saved["init"]) - {"factor_runs", "cache_dir"}:  # (keys added since:
+            assert cfg["init"][key] == saved["init"][key], (config_file, key)  # defaults)
+        assert cfg["seed"] == saved["seed"]
+        for key in ("fractions", "seq_len", "long_rows"):
+            assert cfg["dataset"][key] == saved["dataset"][key]
+        checked += 1
+    assert checked >= 20
+
+
+def test_text8_prefix_checks_what_it_reads(tmp_path: Path) -> None:
+    """A generated prefix with its own hash loads; a wrong hash, a short or truncated file
+    and a missing one each stop with one line naming text8.zip."""
+    rng = np.random.default_rng(1)
+    raw = bytes(rng.choice(list(b" abcdefghijklmnopqrstuvwxyz"), size=6000).tolist())
+    zpath = text8_shaped_zip(tmp_path / "text8.zip", raw)
+    options = {"path": str(zpath), "zip_size": None, "prefix_chars": 5000,
+               "prefix_sha256": hashlib.sha256(raw[:5000]).hexdigest(), "seq_len": 16}
+    splits = text8_data.load_prefix(**options)
+    assert (splits.train.shape, splits.dev.shape, splits.test.shape) == \
+        ((281, 16), (15, 16), (15, 16))  # 4500 / 250 / 250 characters
+    assert decode(splits.train.reshape(-1)) == raw[:4496].decode()
+    assert decode(splits.test_stream) == raw[4750:5000].decode()
+    fails = [
+        ({"prefix_sha256": "0" * 64}, r"first 5,000 characters of .*text8\.zip have sha256"),
+        ({"prefix_chars": 7000, "prefix_sha256": None}, "holds 6,000 characters, fewer than "
+                                                        r"dataset\.prefix_chars=7,000"),
+        ({"zip_size": 31_344_016}, r"expected 31,344,016: the download is incomplete"),
+        ({"path": str(tmp_path / "none.zip")}, "does not exist"),
+    ]
+    for change, message in fails:
+        with pytest.raises(DataError, match=message) as err:
+            text8_data.load_prefix(**{**options, **change})
+        assert "mattmahoney.net/dc/text8.zip" in str(err.value)
+        assert "\n" not in str(err.value)
+    cut = tmp_path / "cut.zip"
+    cut.write_bytes(zpath.read_bytes()[:1500])  # a download cut short
+    with pytest.raises(DataError, match=r"cut\.zip .*truncated or corrupt.*text8\.zip"):
+        text8_data.load_prefix(**{**options, "path": str(cut)})
+    with pytest.raises(DataError, match=r"text8\.zip"):  # none in root, no download
+        text8_data.load_prefix(root=str(tmp_path / "empty"), download=False)
