@@ -56,6 +56,7 @@ import struct
 import time
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -64,7 +65,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from monarchpc.api import RunDirError, UsageError, image_format, load_run, parse_options
+from monarchpc.api import (
+    RunDirError,
+    UsageError,
+    image_format,
+    load_config,
+    load_run,
+    parse_options,
+)
 from monarchpc.checkpoint import FILENAME as CHECKPOINT
 from monarchpc.circuits.hclt import HCLT
 from monarchpc.circuits.hmm import HMM
@@ -479,13 +487,12 @@ def compress_text(hmm: HMM, run: bytes, data: bytes, row: int = DEFAULT_ROW,
 def decompress_text(hmm: HMM, header: Header, states: np.ndarray, words: np.ndarray) -> bytes:
     """The text of a compressed file (its header and stream from :func:`unpack`)."""
     lengths = text_rows(header.length, header.row)
-    decoder = _decoder(states, words, header)
-    with _threads(header.threads), torch.no_grad():
+    with _decoding(states, words, header) as decoder:
         rows = [r[i, :int(n)] for r, ls in zip(
             decode_steps(_text_chunks(hmm, lengths, header.batch), decoder, header.lanes,
                          header.scale_bits),
-            lengths.split(header.batch), strict=True) for i, n in enumerate(ls)]
-    _finish(decoder)
+            lengths.split(header.batch) if len(lengths) else (), strict=True)
+            for i, n in enumerate(ls)]
     codes = torch.cat(rows).numpy() if rows else np.zeros(0, np.int64)
     data = np.where(codes == 0, 32, codes + 96).astype(np.uint8).tobytes()
     _check_crc(data, header)
@@ -584,11 +591,9 @@ def decompress_images(hclt: HCLT, patch: int, transform: str, header: Header,
            for e in header.images]
     d = 3 * patch * patch
     present = torch.cat(cut) if cut else torch.zeros(0, d, dtype=torch.bool)
-    decoder = _decoder(states, words, header)
-    with _threads(header.threads), torch.no_grad():
+    with _decoding(states, words, header) as decoder:
         decoded = list(decode_steps(_image_chunks(hclt, present, header.batch), decoder,
                                     header.lanes, header.scale_bits))
-    _finish(decoder)
     rows = torch.cat(decoded) if decoded else torch.zeros(0, d, dtype=torch.long)
     out, i = [], 0
     for e, m in zip(header.images, cut, strict=True):
@@ -614,15 +619,15 @@ class _threads:
         torch.set_num_threads(self.old)
 
 
-def _decoder(states: np.ndarray, words: np.ndarray, header: Header) -> rans.Decoder:
+@contextmanager
+def _decoding(states: np.ndarray, words: np.ndarray, header: Header
+              ) -> Iterator[rans.Decoder]:
+    """A decoder of the stream, run with the header's thread count and no gradients; it
+    must end exactly at the stream's end (a StreamError becomes one line)."""
     try:
-        return rans.Decoder(states, words, header.scale_bits)
-    except rans.StreamError as err:
-        raise CompressedFileError(str(err)) from None
-
-
-def _finish(decoder: rans.Decoder) -> None:
-    try:
+        with _threads(header.threads), torch.no_grad():
+            decoder = rans.Decoder(states, words, header.scale_bits)
+            yield decoder
         decoder.finish()
     except rans.StreamError as err:
         raise CompressedFileError(str(err)) from None
@@ -648,9 +653,10 @@ def _stats(out: bytes, header: Header, raw_bytes: int, symbols: int, nll: float
 
 
 def load_model(run_dir: Path) -> tuple[nn.Module, Any]:
-    """The run's circuit in float64 on the CPU without gradients, and its config; refuses
-    runs whose data compression does not support."""
-    model, config = load_run(run_dir, "cpu")
+    """The run's circuit in float64 on the CPU without gradients (every parameter
+    renormalized along its last dimension in float64), and its config; refuses runs whose
+    data compression does not support."""
+    config = load_config(run_dir)
     structure = config.model.structure
     if structure == "hmm" and config.dataset.name not in CHAR_DATASETS:
         raise UsageError(f"run {run_dir} models {config.dataset.name} data: compression "
@@ -658,7 +664,12 @@ def load_model(run_dir: Path) -> tuple[nn.Module, Any]:
     if structure == "hclt" and image_format(config).transform not in LOSSLESS:
         raise UsageError(f"run {run_dir} uses the lossy colour transform: only runs with "
                          f"dataset.transform lossless or rgb can code pixels exactly")
-    return model.double().requires_grad_(False), config
+    model, config = load_run(run_dir, "cpu")
+    model = model.double().requires_grad_(False)
+    with torch.no_grad():  # float32 rows sum to 1 +- 1e-7: exactly normalized in float64
+        for p in model.parameters():
+            p /= p.sum(-1, keepdim=True)
+    return model, config
 
 
 def check_header(header: Header, run: bytes, force: bool) -> None:
