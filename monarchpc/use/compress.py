@@ -58,6 +58,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -286,40 +287,118 @@ class HMMSteps:
         self.a = _normalize(transpose_block(self.hmm.transition, u))
 
 
-def transpose_block(blocks: SumBlocks, u: Tensor) -> Tensor:
-    """M^T u (N, h) for the first block M = L_0 ... L_{m-1} of ``blocks``, linear space:
+def transpose_block(blocks: SumBlocks, u: Tensor, index: int = 0) -> Tensor:
+    """M^T u (N, h) for block ``index`` M = L_0 ... L_{m-1} of ``blocks``, linear space:
     the layers' transposes in reverse order, L_{m-1}^T ... L_0^T u (layer 0 applied first).
     Equals :func:`monarchpc.conditional.transpose_apply` (tested) at the cost of one
     forward application instead of two."""
     y = u[None]
     for l, w in enumerate(blocks.layers):
-        y = blocks.apply_layer(l, y, w[:1].detach().transpose(-1, -2))
+        y = blocks.apply_layer(l, y, w[index:index + 1].detach().transpose(-1, -2))
     return y[0]
 
 
-class HCLTSteps:
-    """Patch rows of an HCLT coded variable by variable (v = 0..D-1), each given the earlier
-    ones; ``present`` (n, D) bool is False for values outside the image (never coded)."""
+class HCLTTree:
+    """What :class:`HCLTSteps` needs of an HCLT, computed once: the tree in internal
+    (breadth-first) positions, every variable's leaf, and the edge blocks.
 
-    def __init__(self, hclt: HCLT, present: Tensor) -> None:
-        self.hclt, self.present = hclt, present
-        n, self.n_steps = present.shape
-        self.values = torch.zeros(n, self.n_steps, dtype=torch.long)
-        self.known = torch.zeros(n, self.n_steps, dtype=torch.bool)
-        self.level_of = {p: (lvl, p - s) for lvl, (s, e) in enumerate(hclt.levels)
-                         for p in range(s, e)}
+    Internal position p is variable ``hclt.order[p]``; the edge into p > 0 is block p - 1.
+    Small blocks (h <= DENSE_EDGES) are materialized as dense (h, h) matrices: one matrix
+    product per application instead of one per Monarch layer.
+    """
+
+    DENSE_EDGES = 128
+
+    def __init__(self, hclt: HCLT) -> None:
+        self.hclt = hclt
+        d = hclt.num_vars
+        order, inverse = hclt.order.tolist(), hclt.inverse.tolist()
+        parent = hclt.parent.tolist()
+        self.parent = [-1 if parent[order[p]] < 0 else inverse[parent[order[p]]]
+                       for p in range(d)]
+        self.children: list[list[int]] = [[] for _ in range(d)]
+        for p in range(1, d):
+            self.children[self.parent[p]].append(p)
+        self.leaves = [leaf_matrix(hclt, p) for p in range(d)]  # (h, V_p)
+        self.root = _normalize(hclt.root.detach())
+        self.dense = hclt.blocks.dense() if hclt.hidden_size <= self.DENSE_EDGES else None
+
+    def path(self, p: int) -> list[int]:
+        """Internal positions from the root down to p."""
+        out = [p]
+        while self.parent[out[-1]] >= 0:
+            out.append(self.parent[out[-1]])
+        return out[::-1]
+
+    def message(self, p: int, y: Tensor) -> Tensor:
+        """M_p y (N, h): the edge block into p applied to child values y; linear space."""
+        if self.dense is not None:
+            return y @ self.dense[p - 1].t()
+        return self.hclt.blocks(y, p - 1)
+
+    def message_t(self, p: int, u: Tensor) -> Tensor:
+        """M_p^T u (N, h): parent-side values u carried down the edge into p."""
+        if self.dense is not None:
+            return u @ self.dense[p - 1]
+        return transpose_block(self.hclt.blocks, u, p - 1)
+
+
+class HCLTSteps:
+    """Patch rows of an HCLT coded in the tree's breadth-first order (step t codes
+    variable ``order[t]``), each value given all earlier ones; ``present`` (n, D) bool (in
+    variable order) is False for values outside the image, which are never coded.
+
+    Every prefix of the order holds the root and is closed under parents, so the values not
+    yet coded are whole subtrees, which sum to 1 (stochastic blocks and leaves). Then, with
+    u the parent of the next variable v and O the values coded so far,
+
+        p(z_u, x_O) ∝ down_u * l_u * prod_{c coded child of u} m_c,    m_c = M_c y_c,
+        p(x_v = k | x_O) = sum_z post_v(z) leaf_v[z, k],   post_v ∝ M_v^T p(z_u, x_O),
+
+    where y_c ∝ l_c * prod (coded children's messages) is c's upward value, l_c = leaf_c[:,
+    x_c] its leaf value, and down_u the message down the path from the root (down_root =
+    root, down_c ∝ M_c^T (down_w * l_w * prod_{coded children c' != c of w} m_c')). Coding v
+    changes the upward values of v's ancestors only: a step costs two passes along one
+    root-to-node path (about the tree's depth in block applications), not the whole tree.
+    All vectors are scaled to sum to one (only ratios matter); linear space, float64.
+    """
+
+    def __init__(self, tree: HCLTTree, present: Tensor) -> None:
+        self.tree = tree
+        hclt = tree.hclt
+        self.order = hclt.order
+        self.present = present[:, hclt.order]  # step order
+        n, self.n_steps = self.present.shape
+        ones = torch.ones(n, hclt.hidden_size, dtype=hclt.root.dtype)
+        self.leafval: list[Tensor] = [ones] * self.n_steps  # l_p of coded positions
+        self.msg: list[Tensor] = [ones] * self.n_steps  # m_p = M_p y_p of coded p > 0
+        self.coded = 0  # positions < coded are coded
+
+    def _product(self, w: int, skip: int = -1) -> Tensor:
+        """l_w * prod of the messages of w's coded children other than ``skip``."""
+        out = self.leafval[w]
+        for c in self.tree.children[w]:
+            if c < self.coded and c != skip:
+                out = out * self.msg[c]
+        return out
 
     def probs(self, t: int) -> tuple[Tensor, Tensor]:
-        hclt = self.hclt
-        pos = int(hclt.inverse[t])  # internal position of variable t
-        x = self.values[:, hclt.order]
-        missing = ~self.known[:, hclt.order]
-        g = leaf_gradient(hclt, x, missing, pos, self.level_of[pos])
-        return g @ leaf_matrix(hclt, pos), self.present[:, t]
+        tree = self.tree
+        path = tree.path(t)
+        down = tree.root.expand(self.present.shape[0], -1)
+        for w, c in pairwise(path):  # c: the next node down
+            down = tree.message_t(c, _normalize(down * self._product(w, skip=c)))
+        return _normalize(down) @ tree.leaves[t], self.present[:, t]
 
     def advance(self, t: int, symbols: Tensor) -> None:
-        self.values[:, t] = symbols
-        self.known[:, t] = self.present[:, t]
+        tree = self.tree
+        leaf = tree.leaves[t].t()[symbols]  # (n, h): leaf_t[:, x_t]
+        self.leafval[t] = torch.where(self.present[:, t, None], leaf, 1.0)
+        self.coded = t + 1
+        w = t
+        while w > 0:  # the upward values of t and its ancestors changed
+            self.msg[w] = tree.message(w, _normalize(self._product(w)))
+            w = tree.parent[w]
 
 
 def leaf_matrix(hclt: HCLT, pos: int) -> Tensor:
@@ -331,38 +410,6 @@ def leaf_matrix(hclt: HCLT, pos: int) -> Tensor:
                     w = hclt.leaves[g].detach()
                     return w[row] if hclt.tied else w[row + pos - gs]
     raise IndexError(pos)
-
-
-def leaf_gradient(hclt: HCLT, x: Tensor, missing: Tensor, pos: int,
-                  where: tuple[int, int]) -> Tensor:
-    """d log p(observed) / d l_v (n, h) for the leaf value vector l_v of the variable at
-    internal position ``pos`` (level, index in level ``where``), which must be missing.
-
-    ``x``, ``missing`` (n, D) are in internal order. p is linear in l_v, and l_v = 1 for a
-    missing value, so the result g satisfies p(x_obs, x_v = k) / p(x_obs) = g . leaf_v[:, k].
-    """
-    lvl, j = where
-    probe = torch.ones(x.shape[0], hclt.hidden_size, dtype=hclt.root.dtype, requires_grad=True)
-    leaf_values = hclt.leaf_values
-
-    def probed(xs: Tensor, level: int, tables: Any, miss: Tensor | None) -> Tensor:
-        vals = leaf_values(xs, level, tables, miss)
-        if level != lvl:
-            return vals
-        return torch.cat([vals[:j], (vals[j] * probe)[None], vals[j + 1:]])
-
-    # The upward pass is HCLT.upward itself, with the leaf values of v multiplied by the
-    # probe (an instance attribute shadows the method for this call only).
-    hclt.leaf_values = probed  # type: ignore[method-assign]
-    try:
-        with torch.enable_grad():
-            ys, log_scale = hclt.upward(x, missing)
-            tiny = torch.finfo(hclt.root.dtype).tiny
-            log_p = (ys[0][0] * hclt.root).sum(-1).clamp_min(tiny).log() + log_scale
-            (grad,) = torch.autograd.grad(log_p.sum(), probe)
-    finally:
-        del hclt.leaf_values
-    return grad
 
 
 # ------------------------------------------------------------------------------ driver
@@ -546,9 +593,9 @@ def patches_image(rows: Tensor, height: int, width: int, p: int, transform: str)
     return ycocg_r_inverse(a) if transform == "lossless" else a.astype(np.uint8)
 
 
-def _image_chunks(hclt: HCLT, present: Tensor, batch: int) -> Iterator[HCLTSteps]:
+def _image_chunks(tree: HCLTTree, present: Tensor, batch: int) -> Iterator[HCLTSteps]:
     for i in range(0, len(present), batch):
-        yield HCLTSteps(hclt, present[i:i + batch])
+        yield HCLTSteps(tree, present[i:i + batch])
 
 
 def _pixels_crc(images: list[np.ndarray]) -> int:
@@ -572,7 +619,9 @@ def compress_images(hclt: HCLT, run: bytes, patch: int, transform: str,
     present = torch.cat([m for _, m in cut]) if cut else values.bool()
     n_symbols = int(present.sum())
     lanes = lanes or auto_lanes(n_symbols, min(batch, max(len(values), 1)))
-    chunks = ((HCLTSteps(hclt, present[i:i + batch]), values[i:i + batch].long())
+    tree = HCLTTree(hclt)
+    in_order = values[:, hclt.order].long()  # step order
+    chunks = ((HCLTSteps(tree, present[i:i + batch]), in_order[i:i + batch])
               for i in range(0, len(values), batch))
     with _threads(threads), torch.no_grad():
         states, words, nll = encode_steps(chunks, lanes, scale_bits)
@@ -592,8 +641,9 @@ def decompress_images(hclt: HCLT, patch: int, transform: str, header: Header,
     d = 3 * patch * patch
     present = torch.cat(cut) if cut else torch.zeros(0, d, dtype=torch.bool)
     with _decoding(states, words, header) as decoder:
-        decoded = list(decode_steps(_image_chunks(hclt, present, header.batch), decoder,
-                                    header.lanes, header.scale_bits))
+        decoded = [rows[:, hclt.inverse] for rows in decode_steps(  # back to variable order
+            _image_chunks(HCLTTree(hclt), present, header.batch), decoder, header.lanes,
+            header.scale_bits)]
     rows = torch.cat(decoded) if decoded else torch.zeros(0, d, dtype=torch.long)
     out, i = [], 0
     for e, m in zip(header.images, cut, strict=True):

@@ -119,24 +119,33 @@ def test_hmm_conditionals_multiply_to_the_model_likelihood(text_run: Path) -> No
     assert torch.allclose(log_p, model.log_likelihood(x), rtol=1e-10, atol=0)
 
 
-def test_hclt_conditionals_are_ratios_of_marginals(image_run: Path) -> None:
+@pytest.mark.parametrize("dense_edges", [0, 1024])  # Monarch layers, materialized blocks
+def test_hclt_conditionals_are_ratios_of_marginals(image_run: Path, dense_edges: int,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mc.HCLTTree, "DENSE_EDGES", dense_edges)
     model, _ = mc.load_model(image_run)
+    tree = mc.HCLTTree(model)
+    assert (tree.dense is None) == (dense_edges == 0)
     x = model.sample(3, generator=torch.Generator().manual_seed(0))
     present = torch.ones_like(x, dtype=torch.bool)
     present[2, 100:] = False  # a patch overhanging the image: its tail is never coded
-    steps = mc.HCLTSteps(model, present)
+    steps = mc.HCLTSteps(tree, present)
     log_p = torch.zeros(3, dtype=torch.float64)
-    for v in range(model.num_vars):
-        probs, active = steps.probs(v)
+    for t in range(model.num_vars):
+        v = int(model.order[t])  # step t codes variable v, after those of steps < t
+        probs, active = steps.probs(t)
         assert torch.equal(active, present[:, v])
         assert torch.allclose(probs.sum(1), torch.ones(3, dtype=torch.float64), rtol=1e-12)
-        if v in (0, 37, 191):  # p(x_v | x_<v) = p(x_<=v) / p(x_<v), marginals by the model
-            before = torch.where(torch.arange(model.num_vars) < v, x, MISSING)
-            upto = torch.where(torch.arange(model.num_vars) <= v, x, MISSING)
+        if t in (0, 1, 37, 120, 191):  # p(x_v | x_O) = p(x_O, x_v) / p(x_O), by the model
+            coded = torch.zeros(model.num_vars, dtype=torch.bool)
+            coded[model.order[:t]] = True
+            before = torch.where(coded, x, MISSING)
+            coded[v] = True
+            upto = torch.where(coded, x, MISSING)
             ratio = (model.log_likelihood(upto[:2]) - model.log_likelihood(before[:2])).exp()
             assert torch.allclose(probs[torch.arange(2), x[:2, v]], ratio, rtol=1e-9)
         log_p += torch.where(active, probs[torch.arange(3), x[:, v]].log(), 0.0)
-        steps.advance(v, torch.where(active, x[:, v], 0))
+        steps.advance(t, torch.where(active, x[:, v], 0))
     expected = model.log_likelihood(torch.where(present, x, MISSING))
     assert torch.allclose(log_p, expected, rtol=1e-10, atol=0)
 
