@@ -129,17 +129,21 @@ class Decoder:
         lanes = len(self.x)
         if cum.shape[0] != lanes:
             raise ValueError(f"expected {lanes} table rows, got {cum.shape[0]}")
-        active = np.ones(lanes, dtype=bool) if active is None else np.asarray(active, bool)
+        every = active is None or bool(np.all(active))  # the common case: fewer operations
         slot = (self.x & self.mask).astype(np.int64)
         sym = (cum[:, 1:-1] <= slot[:, None]).sum(1)  # c_s <= slot < c_{s+1}
-        sym = np.where(active, sym, 0)
+        if not every:
+            sym = np.where(active, sym, 0)
         rows = np.arange(lanes)
         c = cum[rows, sym]
         f = cum[rows, sym + 1] - c
         x = f.astype(np.uint64) * (self.x >> np.uint64(self.scale_bits)) \
             + (slot - c).astype(np.uint64)
-        x = np.where(active, x, self.x)
-        need = active & (x < STATE_LOW)
+        if every:
+            need = x < STATE_LOW
+        else:
+            x = np.where(active, x, self.x)
+            need = active & (x < STATE_LOW)
         n = int(need.sum())
         if n:
             if self.pos + n > len(self.words):
