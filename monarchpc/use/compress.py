@@ -770,6 +770,7 @@ COMPRESS_OPTIONS = {
     "lanes": (0, "rANS lanes (0: one per 16384 symbols, at most 64)"),
     "batch": (0, "rows (text) or patches (images) per model pass (0: 1024 / 512)"),
     "threads": (1, "torch threads (recorded: decompression uses the same number)"),
+    "device": ("cpu", "cpu only (see the module docstring: Exactness)"),
     "json": (False, "print one JSON object instead of a sentence"),
 }
 
@@ -779,6 +780,7 @@ DECOMPRESS_OPTIONS = {
     "out": ("", "text: the output file; one image: a PNG; several: a folder "
                 "(default: file without .mpc, images as .png)"),
     "force": (False, "decode even where the recorded numerics differ from this machine's"),
+    "device": ("cpu", "cpu only (see the module docstring: Exactness)"),
     "json": (False, "print one JSON object instead of a sentence"),
 }
 
@@ -880,8 +882,16 @@ def _safe_name(name: str) -> str:
     return str(Path(*parts)) if parts else "image"
 
 
+def check_device(device: str) -> None:
+    if device != "cpu":
+        raise UsageError(f"device={device}: compression runs on the CPU only; encoder and "
+                         f"decoder must compute bit-identical float64 conditionals, which GPU "
+                         f"kernels do not promise across devices, drivers and launches")
+
+
 def compress_main(argv: list[str]) -> None:
     opts = parse_options(argv, COMPRESS_OPTIONS, __doc__ or "")
+    check_device(opts["device"])
     stats = compress_file(Path(opts["run_dir"]), Path(opts["file"]),
                           Path(opts["out"]) if opts["out"] else None, opts["normalize"],
                           opts["row"], opts["lanes"], opts["batch"], opts["threads"])
@@ -899,6 +909,7 @@ def compress_main(argv: list[str]) -> None:
 
 def decompress_main(argv: list[str]) -> None:
     opts = parse_options(argv, DECOMPRESS_OPTIONS, __doc__ or "")
+    check_device(opts["device"])
     stats = decompress_file(Path(opts["run_dir"]), Path(opts["file"]),
                             Path(opts["out"]) if opts["out"] else None, opts["force"])
     if opts["json"]:

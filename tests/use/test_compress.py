@@ -233,6 +233,9 @@ def test_another_run_or_another_machine_is_refused(text_run: Path, other_run: Pa
                                 f"out={tmp_path / 'x'}")
         assert code == 2 and len(err.splitlines()) == 1 and not (tmp_path / "x").exists()
         assert "the file was compressed with another run" in err
+    code, _, err = invoke(mc.decompress_main, f"run_dir={text_run}", f"file={src}.mpc",
+                          "device=cuda")
+    assert code == 2 and "CPU only" in err and len(err.splitlines()) == 1
     monkeypatch.setattr(mc, "numerics", lambda threads: f"another build, {threads} threads")
     code, _, err = invoke(mc.decompress_main, f"run_dir={text_run}", f"file={src}.mpc",
                           f"out={tmp_path / 'x'}")
