@@ -13,20 +13,31 @@ What is coded
   text8 normalization instead (lowercase, digits spelled out, every other run of
   characters one space: :func:`monarchpc.data.chars.normalize_text8`); decompression then
   returns that normalized text. Either way decompression returns the coded bytes exactly.
-  The text is cut into independent rows of ``row`` characters (the last one shorter), and
-  the HMM codes x_t | x_<t of each row from its start with forward messages:
+  The text is cut into independent rows of ``row`` characters (default 4096, the last one
+  shorter; ``batch`` rows go through the model at once), and the HMM codes x_t | x_<t of
+  each row from its start with forward messages:
   a_1 = g, p(x_t = v | x_<t) = a_t . B[:, v] (a_t normalized), a_{t+1} = A^T (a_t * B[:, x_t]).
 * Image runs (HCLT, colour transform ``lossless`` (YCoCg-R) or ``rgb``): the pixels of the
   image as the file holds them (RGB or greyscale, any size: not the centre-cropped,
   downsampled image the run trains on), under the run's colour transform, cut into the run's
   p x p patches (rows of 3 p^2 variables); variables of patches that overhang the right or
-  bottom edge are marginalized (MISSING), never coded. Each variable v = 0..3p^2 - 1 (raster
-  order within the patch: row, column, channel) is coded given the earlier ones:
-  p(x_v | x_<v) = p(x_<=v) / p(x_<v), all values at once from one upward pass with x_>=v
-  missing and its gradient with respect to the leaf of v (the circuit is multilinear in
-  that leaf, so the gradient is exactly p(z_v-side, x_<v) / p(x_<v)). Decompression writes
+  bottom edge are marginalized (MISSING), never coded. The variables of all patches are
+  coded in one fixed order, the tree's breadth-first order (root first, ``hclt.order``),
+  each given the earlier ones: p(x_v | x_<v) = p(x_<=v) / p(x_<v), all values of x_v at once
+  from messages along the root-to-v path (:class:`HCLTSteps`; the uncoded variables are
+  whole subtrees, marginalized exactly). Decompression writes
   PNGs with exactly the original pixel values (RGB, or L for greyscale sources); other
-  modes (alpha, palette, 16-bit) are refused.
+  modes (alpha, palette, 16-bit) are refused. Batches: ``batch`` patches (of all images of
+  a folder together) go through the model at once.
+
+Coding
+------
+rANS (:mod:`monarchpc.use.rans`) over R lanes (automatic: one per 16,384 symbols, at most
+64): the symbols of one model step, over all rows of a batch, are spread over the lanes,
+which the decoder steps together. Frequencies total 2^20 per table, every value at least
+1. The file exceeds the model's own NLL by the rounding of the frequencies, the coder
+(below 2^-11 bits a symbol), the lanes' final states (8 bytes each) and the header (about
+40 bytes, plus a few bytes and the name of every image of a folder).
 
 Exactness
 ---------
