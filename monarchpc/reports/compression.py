@@ -25,6 +25,21 @@ DATA_ORDER = ["text8_prefix_test", "tiny_imagenet_val"]
 SHORT = {"text8_prefix_test": "text8 prefix, test split", "tiny_imagenet_val": "Tiny ImageNet val"}
 KEY = "table_compression"
 FIGURE = "figure_compression"
+REFERENCES = [("text8_prefix_test", "runs/text8_prefix/b2-monarch2-h32768/run.json", "test_bpc",
+               "NLL only: Monarch-2 h=2^15, GPU, 20 epochs (no checkpoint here)")]
+"""Dashed lines in the figure: a committed run's test metric (docs/results/runs), the bits
+its model promises on the same data; its checkpoint is not kept, so it cannot be coded."""
+
+
+def references(results: Path) -> list[tuple[str, float, str]]:
+    """(data, bits per unit, label) of the REFERENCES found under ``results``."""
+    out = []
+    for data, path, key, label in REFERENCES:
+        if (results / path).is_file():
+            value = (json.loads((results / path).read_text()).get("final") or {}).get(key)
+            if value is not None:
+                out.append((data, float(value), label))
+    return out
 
 
 def load_records(folder: str | Path) -> list[dict[str, Any]]:
@@ -46,7 +61,8 @@ def model_label(rec: dict[str, Any]) -> str:
         kind = f"Monarch-{m.get('k')} HMM" if m.get("block") == "monarch" else "HMM"
     epochs = m.get("epochs")
     return (f"monarchpc: {kind} h={m.get('hidden_size')}"
-            + (f", {epochs} epochs" if epochs else "") + f" ({m.get('trained_on', '?')})")
+            + (f", {epochs} epoch{'s' * (epochs != 1)}" if epochs else "")
+            + f" ({m.get('trained_on', '?')})")
 
 
 def _order(rec: dict[str, Any]) -> tuple:
@@ -104,8 +120,10 @@ def table(records: Sequence[dict[str, Any]]) -> Table:
                   "compress MB/s", "decompress MB/s", "round trip"], rows, notes)
 
 
-def figure(records: Sequence[dict[str, Any]], out: str | Path) -> list[Path]:
-    """Bits per unit against compression (filled) and decompression (hollow) MB/s."""
+def figure(records: Sequence[dict[str, Any]], out: str | Path,
+           refs: Sequence[tuple[str, float, str]] = ()) -> list[Path]:
+    """Bits per unit against compression (filled) and decompression (hollow) MB/s; ``refs``
+    (data, bits, label) are drawn as dashed lines."""
     datas = sorted({r["data"] for r in records}, key=lambda d: (
         DATA_ORDER.index(d) if d in DATA_ORDER else len(DATA_ORDER), d)) or DATA_ORDER
     fig = Figure(figsize=(5.5 * len(datas), 4.2))
@@ -129,6 +147,12 @@ def figure(records: Sequence[dict[str, Any]], out: str | Path) -> list[Path]:
             ax.annotate(label, (x[0], y[0]), textcoords="offset points",
                         xytext=(4, 4 if i % 2 else -10),  # alternate: close rows overlap
                         fontsize=7, color=color)
+        for ref_data, bits, label in refs:
+            if ref_data == data:
+                ax.axhline(bits, ls="--", color="tab:red", lw=0.8, alpha=0.7)
+                ax.annotate(label, (0.02, bits), xycoords=("axes fraction", "data"),
+                            textcoords="offset points", xytext=(0, 3), fontsize=7,
+                            color="tab:red")
         ax.set_xscale("log")
         ax.set_xlabel("MB/s (filled: compression, hollow: decompression)")
         ax.set_ylabel(f"bits per {recs[0]['unit']}")
@@ -149,7 +173,7 @@ def write(records_dir: str | Path, out: str | Path) -> list[Path]:
         path = out / f"{KEY}{suffix}"
         path.write_text(text)
         paths.append(path)
-    return paths + figure(records, out)
+    return paths + figure(records, out, references(Path(records_dir).parent))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -287,13 +287,14 @@ class HMMSteps:
         self.hmm, self.lengths = hmm, lengths
         self.n_steps = int(lengths.max()) if len(lengths) else 0
         self.emission = hmm.emission.detach()  # (h, V)
+        self.columns = self.emission.t().contiguous()  # (V, h): B[:, v] is row v
         self.a = _normalize(hmm.initial.detach()).expand(len(lengths), -1)  # (n, h)
 
     def probs(self, t: int) -> tuple[Tensor, Tensor]:
         return self.a @ self.emission, self.lengths > t
 
     def advance(self, t: int, symbols: Tensor) -> None:
-        u = _normalize(self.a * self.emission.t()[symbols])
+        u = _normalize(self.a * self.columns[symbols])
         self.a = _normalize(transpose_block(self.hmm.transition, u))
 
 
