@@ -818,7 +818,7 @@ def compress_file(run_dir: Path, file: Path, out: Path | None = None, normalize:
         raise UsageError("row, threads (<= 255) must be >= 1 and lanes, batch >= 0")
     run = run_id(run_dir)
     model, config = load_model(run_dir)
-    out = out or file.with_name(file.name + SUFFIX)
+    out = out or _new(file.with_name(file.name + SUFFIX))
     start = time.perf_counter()
     if config.model.structure == "hclt":
         fmt = image_format(config)
@@ -866,7 +866,7 @@ def decompress_file(run_dir: Path, file: Path, out: Path | None = None, force: b
     if header.kind == KIND_TEXT:
         text = decompress_text(model, header, states, words)
         seconds = time.perf_counter() - start
-        out = out or stem
+        out = out or _new(stem)
         out.write_bytes(text)
         written, raw = [out], len(text)
     else:
@@ -874,10 +874,10 @@ def decompress_file(run_dir: Path, file: Path, out: Path | None = None, force: b
         images = decompress_images(model, fmt.patch, fmt.transform, header, states, words)
         seconds = time.perf_counter() - start
         if len(images) == 1:
-            out = out or stem.with_suffix(".png")
+            out = out or _new(stem.with_suffix(".png"))
             targets = [out]
         else:
-            out = out or stem
+            out = out or _new(stem)
             targets = [out / Path(_safe_name(e.name)).with_suffix(".png") for e in header.images]
         for path, rgb, e in zip(targets, images, header.images, strict=True):
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -886,6 +886,13 @@ def decompress_file(run_dir: Path, file: Path, out: Path | None = None, force: b
         written, raw = targets, sum(rgb.size for rgb in images)
     return {"file": str(file), "out": str(out), "written": len(written), "seconds": seconds,
             "raw_bytes": raw, "mb_per_s": raw / 1e6 / seconds if seconds else 0.0}
+
+
+def _new(path: Path) -> Path:
+    """A default output path, which must not exist yet (an explicit out= may overwrite)."""
+    if path.exists():
+        raise UsageError(f"{path} exists: pass out=<path> to write elsewhere (or over it)")
+    return path
 
 
 def _safe_name(name: str) -> str:

@@ -203,8 +203,13 @@ def test_compress_commands_round_trip_a_file(text_run: Path, test_text: bytes, t
     code, out, err = invoke(mc.decompress_main, f"run_dir={text_run}", f"file={src}.mpc",
                             f"out={back}")
     assert code == 0 and back.read_bytes() == src.read_bytes()
+    code, _, err = invoke(mc.decompress_main, f"run_dir={text_run}", f"file={src}.mpc")
+    assert code == 2 and f"{src} exists: pass out=<path>" in err  # never over the input
+    src.unlink()
     code, _, _ = invoke(mc.decompress_main, f"run_dir={text_run}", f"file={src}.mpc")
-    assert code == 0 and (tmp_path / "test.txt").read_bytes() == test_text[:5000]
+    assert code == 0 and src.read_bytes() == test_text[:5000]
+    code, _, err = invoke(mc.compress_main, f"run_dir={text_run}", f"file={src}", "row=512")
+    assert code == 2 and f"{src}.mpc exists" in err
 
 
 def test_text_outside_the_alphabet_is_refused_or_normalized(text_run: Path, tmp_path: Path
