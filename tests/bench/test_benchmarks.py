@@ -29,6 +29,12 @@ def test_benchmark_runs_on_the_cpu_and_prints_json() -> None:
     assert [r["case"] for r in cases] == ["dense 64", "monarch2 2^8"]
     assert all(r["estep_tokens_per_s"] > 0 and r["device"] == "cpu" for r in cases)
     assert all(r["products"] == "torch" for r in cases)  # auto: cuBLAS-style twins on a CPU
+    for r in cases:  # the timed configuration checked against autograd in the same run
+        c = r["timed_check"]
+        assert c["rows"] == 4 and c["ok"] and c["band"] == {"ll": 1e-5, "flows": 1e-4}
+        assert c["ll_rel_err"] < 1e-5 and c["flow_rel_err"] < 1e-4
+        assert set(c["flow_rel_err_by_param"]) == {"initial", "emission"} | {
+            f"transition.layers.{i}" for i in range(len(r["factors"]))}
     assert "| case |" in result.stdout and "| model | h | reference" in result.stdout
 
 
