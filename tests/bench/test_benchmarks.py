@@ -82,6 +82,12 @@ def test_hclt_benchmark_runs_on_the_cpu_and_prints_json() -> None:
                           for c in checks)
     assert {(r["block"], r["peer"]) for r in cases} == {("dense", "monarchpc"),
                                                         ("monarch", "monarchpc")}
+    # PyJuice cannot run on a CPU: its rows (dense cases, both constructions) say why
+    peers = [r for r in lines if r.get("peer") == "pyjuice"]
+    assert [(r["construction"], r["engine"]) for r in peers] == [
+        ("our-tree", "pyjuice"), ("pyjuice-hclt", "pyjuice"), ("pyjuice-hclt", "pyjuice-graphs")]
+    assert all(r["skipped"] in ("pyjuice not installed", "pyjuice needs a CUDA GPU (its "
+                                "compile asks torch.cuda for the device)") for r in peers)
     for r in cases:
         assert r["structure"] == "hclt" and r["samples_per_s"] > 0 and r["device"] == "cpu"
         assert {"hidden_size", "batch", "peak_memory_gb", "precision", "madds_per_sample"} <= set(r)
