@@ -60,6 +60,13 @@ test: install ## the test suite on the CPU (a few minutes)
 test-fast: install ## the suite without the tests marked slow (about half the time)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -m "not slow" tests
 
+# The GPU tier (tests/gpu, marker gpu): CUDA-graph replay, TF32 operand rounding on the tensor
+# cores, the fp32 fallback at 32^3, bf16 within bands; Triton compiled, not interpreted. Writes
+# its record to GPU_TEST_RECORD/test_gpu_<gpu>.json (docs/results/device to publish it).
+GPU_TEST_RECORD ?= outputs/bench
+test-gpu: install ## [GPU] the GPU test tier; GPU_TEST_RECORD=docs/results/device records it
+	TRITON_INTERPRET=0 $(PY) -m pytest -m gpu tests/gpu --gpu-record $(GPU_TEST_RECORD)
+
 lint: install ## ruff
 	$(BIN)/ruff check .
 
