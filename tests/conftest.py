@@ -40,7 +40,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if folder:
         from tests.gpu import record
 
-        path = record.write(folder, int(exitstatus), list(session.config.invocation_params.args))
+        args = list(session.config.invocation_params.args)
+        if "--gpu-record" in args:  # --gpu-record DIR: the folder is a machine's path
+            i = args.index("--gpu-record")
+            args = args[:i] + args[i + 2:]
+        path = record.write(folder, int(exitstatus), args)
         print(f"\nwrote {path}")
 
 

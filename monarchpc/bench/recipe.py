@@ -158,6 +158,19 @@ class Clock:
             torch.cuda.synchronize(self.device)
 
 
+def public(argv: list[str]) -> list[str]:
+    """``argv`` without ``--out PATH`` (a machine's path has no place in a record)."""
+    out, skip = [], False
+    for a in argv:
+        if skip or a.startswith("--out="):
+            skip = False
+            continue
+        skip = a == "--out"
+        if not skip:
+            out.append(a)
+    return out
+
+
 def summary(updates: list[dict[str, Any]]) -> dict[str, Any]:
     """Tokens/s and update times of a list of timed updates."""
     seconds = [u["seconds"] for u in updates]
@@ -243,7 +256,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
                 f"{args.warmup} warm-up + {args.updates} timed updates",
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "date": time.strftime("%Y-%m-%d"), "commit": git_commit(), "versions": versions(),
-        "command": "python -m monarchpc.bench recipe " + " ".join(args.argv),
+        "command": "python -m monarchpc.bench recipe " + " ".join(public(args.argv)),
         "experiment": args.experiment, "overrides": applied,
         "train_command": f"python -m monarchpc.train experiment={args.experiment} "
                          + " ".join(applied) + " (with the data and timing above)",

@@ -36,6 +36,7 @@ def test_recipe_times_the_presets_updates_in_the_training_loop(tmp_path: Path, c
     assert r["peak_gpu_memory_gb"] is None and r["rank_divergence"] == 0.0
     assert "synthetic" in r["data"] and "projected_hours_20_epochs" not in r  # tiny: none
     assert "steady state:" in capsys.readouterr().out
+    assert r["command"] == "python -m monarchpc.bench recipe --tiny --warmup 1 --updates 2"
     assert not any(Path(recipe.REPO_ROOT / "outputs" / "bench" / "recipe_runs").glob(
         "text8_monarch2-*/checkpoint.pt"))  # the run directory is removed
 

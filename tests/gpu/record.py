@@ -33,7 +33,8 @@ def collect(report: pytest.TestReport) -> None:
 
 
 def write(folder: str, exitstatus: int, args: list[str]) -> Path:
-    """The record of the collected results into ``folder`` (created); returns its path."""
+    """The record of the collected results into ``folder`` (created); returns its path.
+    ``args``: pytest's, recorded without ``--gpu-record=DIR`` (a machine's path)."""
     from monarchpc.bench.recipe import git_commit, versions
     from monarchpc.bench.records import device_tag
 
@@ -47,7 +48,8 @@ def write(folder: str, exitstatus: int, args: list[str]) -> Path:
               "device": torch.cuda.get_device_name(device) if cuda else "cpu",
               "date": time.strftime("%Y-%m-%d"), "commit": git_commit(),
               "versions": versions() | {"platform": platform.machine()},
-              "command": "pytest " + " ".join(args), "exit_status": exitstatus,
+              "command": "pytest " + " ".join(a for a in args if not a.startswith(
+                  "--gpu-record")), "exit_status": exitstatus,
               "counts": counts, "tests": tests}
     path = Path(folder) / f"test_gpu_{device_tag(device)}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
