@@ -124,6 +124,7 @@ class Clock:
         self.trainer, self.warmup = trainer, warmup
         self.device = trainer.device
         self.updates: list[dict[str, Any]] = []
+        self.warmup_peak: int | None = None  # bytes allocated at most before the timed updates
         self.estep_seconds = 0.0
         self.micro_batches = 0
         update, estep = trainer.update, trainer.engine.estep
@@ -139,6 +140,7 @@ class Clock:
         def timed_update(*args: Any) -> bool:
             s = trainer.state
             if len(self.updates) == warmup and self.device.type == "cuda":
+                self.warmup_peak = torch.cuda.max_memory_allocated(self.device)
                 torch.cuda.reset_peak_memory_stats(self.device)  # the steady state's peak
             seconds, tokens = s.train_seconds, s.tokens
             self.estep_seconds, self.micro_batches = 0.0, 0
@@ -234,7 +236,8 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         finally:
             trainer.tracker.close()
         divergence = trainer.ddp.max_divergence(trainer.model)  # collective: every rank
-        run_peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+        run_peak = (max(clock.warmup_peak or 0, torch.cuda.max_memory_allocated(device))
+                    if device.type == "cuda" else None)  # start-up, warm-up and timed updates
         if len(clock.updates) < total:
             raise RuntimeError(f"the run stopped after {len(clock.updates)} of {total} "
                                f"updates (see {trainer.run_dir}/train.log)")
