@@ -29,8 +29,8 @@ TEXT_TARGETS := demo text8-hmm text8-monarch2 text8-prefix chars-text8-prefix te
 	lm1b-hmm lm1b-monarch2 lm1b-sweep wikitext2-hmm wikitext2-monarch2
 IMAGE_TARGETS := image-demo tiny-imagenet32-monarch-hclt imagenet32-monarch-hclt \
 	imagenet64-monarch-hclt fig7-sweep
-.PHONY: help install test test-fast lint bench bench-hclt bench-ddp profile tables plots results sampling-time pruning \
-	compression-bench \
+.PHONY: help install test test-fast test-gpu lint bench bench-hclt bench-ddp bench-recipe \
+	bench-reference profile tables plots results sampling-time pruning compression-bench \
 	clean-venv $(TEXT_TARGETS) $(IMAGE_TARGETS)
 
 help: ## this list (the default goal)
@@ -60,6 +60,13 @@ test: install ## the test suite on the CPU (a few minutes)
 
 test-fast: install ## the suite without the tests marked slow (about half the time)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -m "not slow" tests
+
+# The GPU tier (tests/gpu, marker gpu): CUDA-graph replay, TF32 operand rounding on the tensor
+# cores, the fp32 fallback at 32^3, bf16 within bands; Triton compiled, not interpreted. Writes
+# its record to GPU_TEST_RECORD/test_gpu_<gpu>.json (docs/results/device to publish it).
+GPU_TEST_RECORD ?= outputs/bench
+test-gpu: install ## [GPU] the GPU test tier; GPU_TEST_RECORD=docs/results/device records it
+	TRITON_INTERPRET=0 $(PY) -m pytest -m gpu tests/gpu --gpu-record $(GPU_TEST_RECORD)
 
 lint: install ## ruff
 	$(BIN)/ruff check .
@@ -149,6 +156,26 @@ bench: install ## [GPU] HMM E-step throughput (CPU: BENCH_ARGS=--tiny)
 HCLT_BENCH_ARGS ?=
 bench-hclt: install ## [GPU] HCLT E-step throughput beside PyJuice (if installed)
 	$(PY) -m monarchpc.bench hclt $(HCLT_BENCH_ARGS)
+
+# make text8-monarch2's steady state: its config (init=random, text8-shaped synthetic rows, no
+# evaluation) in the real training loop, 2 warm-up + 10 timed updates; tokens/s, each update's
+# seconds, peak memory. RECIPE_ARGS=--record replaces docs/results/device/text8_monarch2_speed_<gpu>.json;
+# GPUS=2 runs it data parallel (torchrun); CPU: RECIPE_ARGS=--tiny.
+RECIPE_ARGS ?=
+ifeq ($(strip $(GPUS)),1)
+RECIPE := $(PY) -m monarchpc.bench recipe
+else
+RECIPE := NCCL_NVLS_ENABLE=0 $(PY) -m torch.distributed.run --standalone --nproc_per_node=$(GPUS) -m monarchpc.bench recipe
+endif
+bench-recipe: install ## [GPU] steady-state speed of make text8-monarch2 (CPU: RECIPE_ARGS=--tiny)
+	$(RECIPE) $(RECIPE_ARGS)
+
+# The reference implementation's E-step beside ours in one run (TF32 against TF32 and bf16):
+# REFERENCE=path to a copy of wangben88/MonarchCircuits (or its monarch_hmm/hmm.py).
+REFERENCE ?=
+REFERENCE_ARGS ?=
+bench-reference: install ## [GPU] the reference's HMM E-step beside ours (REFERENCE=MonarchCircuits copy)
+	$(PY) -m monarchpc.bench reference --reference "$(REFERENCE)" $(REFERENCE_ARGS)
 
 # Tokens/s with 1 and 2 GPUs and the ranks' parameter divergence after 10 updates.
 BENCH_GPUS ?= 1 2
