@@ -25,7 +25,7 @@ sample).
   with the model's latent states (HMM hidden states, HCLT latents, the intermediate indices
   between a Monarch block's layers), by max-product (Viterbi). It is the completion along
   the single most likely latent path, not the most likely completion with the latents
-  summed out (which no tractable query gives for these models);
+  summed out (marginal MAP, NP-hard in general);
 * ``marginal``: one completion, each unknown value set to its own most likely value (the
   argmax of its marginal, the first value ``top=`` prints); chosen one by one, so the
   whole need not be likely.
@@ -58,7 +58,7 @@ from monarchpc.use.queries import MISSING, marginal_argmax
 
 OPTIONS = {
     "run_dir": (None, "the run directory (with its checkpoint.pt)"),
-    "n": (4, "number of samples"),
+    "n": (4, "number of samples (mode=sample)"),
     "length": (0, "text: tokens per sample (0: the run's row length)"),
     "prefix": ("", "text: every sample starts with this"),
     "suffix": ("", "text: every sample ends with this"),
