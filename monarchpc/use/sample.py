@@ -43,6 +43,8 @@ from monarchpc.use.queries import MISSING
 
 OPTIONS = {
     "run_dir": (None, "the run directory (with its checkpoint.pt)"),
+    "checkpoint": ("auto", "auto (best.pt, the best dev model, where kept; else the last), "
+                           "best or last"),
     "n": (4, "number of samples"),
     "length": (0, "text: tokens per sample (0: the run's row length)"),
     "prefix": ("", "text: every sample starts with this"),
@@ -164,7 +166,7 @@ def main(argv: list[str]) -> None:
     if opts["n"] < 1:
         raise UsageError(f"n must be >= 1, got {opts['n']}")
     run_dir = Path(opts["run_dir"])
-    model, config = load_run(run_dir, opts["device"])
+    model, config = load_run(run_dir, opts["device"], opts["checkpoint"])
     structure = structure_of(config.model.structure)
     if data_kind(config) == "image":
         if opts["prefix"] or opts["suffix"] or opts["mask"]:
