@@ -151,6 +151,12 @@ class RunRecord:
         return None if raw is None else int(raw)
 
     @property
+    def train_images(self) -> int:
+        """How many images an image run trained on (run.json's ``data.images.train``); 0
+        for other runs and records without it."""
+        return int(_get(self.info, "data.images.train") or 0)
+
+    @property
     def truncated_tf32(self) -> bool:
         """Whether its scores came from TF32 Triton products that truncated their operands
         (they now round them): trained below fp32 on a GPU, Triton layer products (a Monarch
@@ -370,12 +376,13 @@ def matching(records: Iterable[RunRecord], require_test: bool = True,
 def best(records: Iterable[RunRecord]) -> RunRecord | None:
     """The run a table row shows among runs of one setting: finished runs first, then runs
     whose scores are sound (not from truncating TF32 products: a rerun replaces such a
-    run), then the lowest dev metric (model selection on dev, never on test), then the most
-    tokens."""
-    def rank(r: RunRecord) -> tuple[bool, bool, float, int]:
+    run), then image runs trained on the most images (their dev sets differ, so dev cannot
+    choose between them), then the lowest dev metric (model selection on dev, never on
+    test), then the most tokens."""
+    def rank(r: RunRecord) -> tuple[bool, bool, int, float, int]:
         dev = r.value("dev")
-        return (not r.finished, r.truncated_tf32, dev if dev is not None else math.inf,
-                -r.tokens)
+        return (not r.finished, r.truncated_tf32, -r.train_images,
+                dev if dev is not None else math.inf, -r.tokens)
 
     records = list(records)
     return min(records, key=rank) if records else None

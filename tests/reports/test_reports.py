@@ -449,7 +449,8 @@ def test_provenance_names_every_run_and_why_it_was_left_out():
     reasons = dict(line.split(": ", 1) for line in summary if line.startswith("  "))
     assert reasons == {
         "  worse": "chosen fills the rows of the same setting (finished runs first, then "
-                   "scores free of the TF32 truncation, then the lowest dev metric)",
+                   "scores free of the TF32 truncation, then the most training images, then "
+                   "the lowest dev metric)",
         "  demo-run": "its dataset 'demo' is not one the outputs read (text8 tables: 'text8', "
                       "lm1b table: 'lm1b'); name it with the script's --*-dataset options",
         "  fresh": "it has no test metric yet (never evaluated)"}
@@ -568,3 +569,25 @@ def test_a_rerun_drops_the_dagger(tmp_path):
     used = [r for r in load_runs([root]) if "rerun" in r.path]
     assert "scores free of the TF32 truncation" in provenance.skip_reason(
         old, used, {"text8 tables": "chars"})
+
+
+def test_image_runs_on_more_images_fill_the_rows():
+    """Two runs of one setting trained on different numbers of images (the first Tiny
+    ImageNet campaign, and the one on all the training images) have different dev sets:
+    the row takes the run on more images, whatever the devs say."""
+    def run(name, train, dev, test):
+        return RunRecord(name=name, dataset="image_folder", metric="bpd", structure="hclt",
+                         block="dense", hidden_size=512, madds_per_token=260781,
+                         final={"dev_bpd": dev, "test_bpd": test},
+                         info={"data": {"transform": "lossless", "image_size": 64,
+                                        "images": {"train": train, "dev": 454, "test": 1010}}})
+
+    small, full = run("im64-hclt-h512", 8636, 4.06, 4.04), run("full64-hclt-h512", 20200,
+                                                                  4.10, 3.99)
+    assert (small.train_images, full.train_images) == (8636, 20200)
+    assert select([small, full], dataset="image_folder", hidden_size=512) is full
+    rows = {r[0]: r for r in tables.table5([small, full], {32: "image_folder",
+                                                            64: "image_folder"}).rows}
+    assert rows["HCLT (dense)"][8] == "3.990"
+    assert "the most training images" in provenance.skip_reason(
+        small, [full], {"image tables": "image_folder"})
