@@ -89,8 +89,8 @@ def score(run_dir: Path, file: Path, length: int = 0, batch: int = 64,
     the run's model (``checkpoint``: see :func:`monarchpc.use.load.load_run`)."""
     if not file.exists():
         raise RunDirError(f"file {file} not found")
-    which = checkpoint_file(run_dir, checkpoint)
     model, config = load_run(run_dir, device, checkpoint)
+    which = checkpoint_file(run_dir, checkpoint)
     metric = dataset(config.dataset.name).metric
     extra: dict[str, Any] = {}
     if metric == "bpd":
