@@ -58,6 +58,8 @@ from monarchpc.use.load import load_run, seq_len
 
 OPTIONS = {
     "run_dir": (None, "the run directory (with its checkpoint.pt)"),
+    "checkpoint": ("auto", "auto (best.pt, the best dev model, where kept; else the last), "
+                           "best or last"),
     "n": (4, "number of samples (mode=sample)"),
     "length": (0, "text: tokens per sample (0: the run's row length)"),
     "prefix": ("", "text: every sample starts with this"),
@@ -208,7 +210,7 @@ def main(argv: list[str]) -> None:
     if opts["mode"] not in MODES:
         raise UsageError(f"mode={opts['mode']!r}: use one of {', '.join(MODES)}")
     run_dir = Path(opts["run_dir"])
-    model, config = load_run(run_dir, opts["device"])
+    model, config = load_run(run_dir, opts["device"], opts["checkpoint"])
     structure = structure_of(config.model.structure)
     if data_kind(config) == "image":
         if opts["prefix"] or opts["suffix"] or opts["mask"]:

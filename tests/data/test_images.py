@@ -58,6 +58,9 @@ def test_folder_and_tar_reading(tmp_path):
     np.testing.assert_array_equal(decode_images(tmp_path / "imgs", 32), expected)
     np.testing.assert_array_equal(decode_images(tmp_path / "imgs.tar", 32), expected)
     np.testing.assert_array_equal(decode_images(tmp_path / "imgs.tar", 64), originals)
+    with tarfile.open(tmp_path / "imgs.tar.xz", "w:xz") as tar:  # compressed tars too
+        tar.add(tmp_path / "imgs", arcname="imgs")
+    np.testing.assert_array_equal(decode_images(tmp_path / "imgs.tar.xz", 32), expected)
 
     cache = tmp_path / "cache"
     splits = load_folder(str(tmp_path / "imgs.tar"), image_size=32, patch_size=8,
@@ -242,3 +245,36 @@ def test_a_cut_short_image_cache_is_rebuilt(tmp_path):
                         dev_fraction=0.2, test_fraction=0.2, cache=str(tmp_path / "cache"))
     assert torch.equal(again.train, first.train) and torch.equal(again.test, first.test)
     assert again.info["sources"] == first.info["sources"] and first.info["sources"][0]["files"]
+
+
+def test_dev_from_the_test_images(tmp_path):
+    """dataset.dev_from=test: every training image trains; dev and test split the test
+    images between them, disjoint, covering all of them."""
+    train_imgs = box_downsample(make_images(tmp_path / "train", 6), 2)
+    rng = np.random.default_rng(1)  # other pixels than the training images'
+    (tmp_path / "held").mkdir()
+    held = rng.integers(0, 256, size=(10, 32, 32, 3), dtype=np.uint8)
+    for i, img in enumerate(held):
+        Image.fromarray(img).save(tmp_path / "held" / f"v_{i:02d}.png")
+    splits = load_folder(str(tmp_path / "train"), test=str(tmp_path / "held"), image_size=32,
+                         transform="lossless", patch_size=8, train_patches="all",
+                         dev_fraction=0.5, dev_from="test", cache=str(tmp_path / "cache"))
+    assert splits.info["images"] == {"train": 6, "dev": 5, "test": 5}
+    assert splits.info["dev_from"] == "test"
+    got = {split: [a.tobytes() for a in ycocg_r_inverse(
+        rows_to_images(getattr(splits, split).long(), 8, 32))] for split in
+        ("train", "dev", "test")}
+    assert sorted(got["train"]) == sorted(a.tobytes() for a in train_imgs)  # all of them
+    assert not set(got["dev"]) & set(got["test"])
+    assert sorted(got["dev"] + got["test"]) == sorted(a.tobytes() for a in held)
+    # the same seed gives the same halves; another seed others
+    again = load_folder(str(tmp_path / "train"), test=str(tmp_path / "held"), image_size=32,
+                        patch_size=8, train_patches="all", dev_fraction=0.5, dev_from="test",
+                        cache=str(tmp_path / "cache"))
+    assert torch.equal(again.dev, splits.dev)
+    other = load_folder(str(tmp_path / "train"), test=str(tmp_path / "held"), image_size=32,
+                        patch_size=8, train_patches="all", dev_fraction=0.5, dev_from="test",
+                        seed=3, cache=str(tmp_path / "cache"))
+    assert not torch.equal(other.dev, splits.dev)
+    with pytest.raises(DataError, match=r"dev_from=test holds dev out of dataset\.test"):
+        load_folder(str(tmp_path / "train"), dev_from="test", cache=str(tmp_path / "cache"))

@@ -204,6 +204,16 @@ def test_score_of_the_test_split_is_the_recorded_test_bpc(text_run: Path, tmp_pa
     assert out.returncode == 0, out.stderr
     assert f"BPC {recorded(text_run, 'test_bpc'):.4f} over {test.numel():,} characters in " \
            f"{len(test)} rows" in out.stdout
+    # one evaluation (the final one) is the best: best.pt and checkpoint.pt hold one model
+    assert "(NLL " in out.stdout and "; best.pt)" in out.stdout
+    for which, name in (("best", "best.pt"), ("last", "checkpoint.pt")):
+        got = invoke("score", f"run_dir={text_run}", f"file={text}", f"checkpoint={which}",
+                     "json=true")
+        result = json.loads(got.stdout)
+        assert result["checkpoint"] == name
+        assert result["value"] == pytest.approx(recorded(text_run, "test_bpc"), abs=1e-5)
+    bad = invoke("score", f"run_dir={text_run}", f"file={text}", "checkpoint=middle")
+    assert bad.returncode == 2 and "checkpoint='middle': use auto" in bad.stderr
 
 
 # ------------------------------------------------------------------------------ images
