@@ -59,3 +59,69 @@ def renormalized(model: torch.nn.Module) -> torch.nn.Module:
         for p in model.parameters():
             p /= p.sum(-1, keepdim=True)
     return model
+
+
+# ---- bounds of the fused E-step tests against float64 autograd --------------------------
+# Measured with ``python -m tests.tolerances`` (every E-step case of tests/learning, 2-core
+# CPU): the largest fp32 errors were 3.0e-7 of |log p| (1.4e-6 on the 60-variable HCLTs)
+# and 5.0e-7 of a flow (1.3e-6 on the 60-variable HCLTs), element by element. The bounds
+# are about 10x those. Triton's element kernels gather and scatter through a one-hot
+# product on the posterior split into two bf16 terms (relative error < 2^-16 a term, by
+# design: monarchpc/kernels/hmm.py ``_split_dot``): 1.9e-5 measured, bounded at 2e-4.
+FP32_LL_RTOL = 3e-6
+FP32_FLOW_RTOL = 5e-6
+DEEP_FP32_RTOL = 1.5e-5  # the 60-variable chain and star (log p and flows)
+TRITON_FLOW_RTOL = 2e-4
+# An absolute floor for flows near zero (expected counts, so 1e-7 is fp32's epsilon of
+# one count): a flow that underflows is compared absolutely, every other relatively.
+FLOW_ATOL = 1e-7
+FLOW_FLOOR = 1e-6  # tests/tolerances.py: flows above it are measured relatively
+
+# Unit roundoff of an operand of the 16-bit and TF32 products (round to nearest: half of
+# 2^-7, 2^-10 and 2^-10, the spacing of the stored significand).
+UNIT_ROUNDOFF = {"bf16": 2.0**-8, "fp16": 2.0**-11, "tf32": 2.0**-11}
+
+
+def rounding_bands(precision: str, layers: int, edges: int) -> tuple[float, float]:
+    """(log p in nats, flow relative) bounds of an E-step whose products round operands.
+
+    Each of ``edges`` sum blocks on the way to the root (an HMM: T - 1 transitions; an
+    HCLT: D - 1 tree edges) runs ``layers`` products, each reading a rounded state and a
+    rounded weight (2u) of positive terms, and stores a rounded node state (u): log p moves
+    by at most (2 layers + 1) u a block, to first order. A flow is theta * alpha * beta / p:
+    the forward and backward states and p each bring that much again, so 2x (+ u for
+    theta). Worst case, and a wrong E-step is off by O(1), far outside it."""
+    u = UNIT_ROUNDOFF[precision]
+    ll = (2 * layers + 1) * u * edges
+    return ll, 2 * ll + u
+
+
+def flow_pairs(fast: torch.nn.Module, ref: torch.nn.Module) -> list[tuple[torch.Tensor,
+                                                                          torch.Tensor]]:
+    """(flows of ``fast`` in float64, flows of ``ref``) for every parameter, in order."""
+    from monarchpc.learning.em import flows
+
+    return [(flows(p).double(), flows(q).double())
+            for p, q in zip(fast.parameters(), ref.parameters(), strict=True)]
+
+
+def assert_estep_matches(fast: torch.nn.Module, ref: torch.nn.Module, ll: torch.Tensor,
+                         ll_ref: torch.Tensor, ll_rtol: float = FP32_LL_RTOL,
+                         flow_rtol: float = FP32_FLOW_RTOL) -> None:
+    """log p (N,) within ``ll_rtol`` of |log p| (at least 1 nat) row by row, and every flow
+    within ``flow_rtol`` of itself (+ FLOW_ATOL), element by element: the fused E-step of
+    ``fast`` against autograd on ``ref`` (float64, the same parameters)."""
+    err = (ll.double() - ll_ref.double()).abs() / ll_ref.double().abs().clamp_min(1.0)
+    assert float(err.max()) <= ll_rtol, f"log p off by {float(err.max()):.2e} of |log p|"
+    for i, (f, r) in enumerate(flow_pairs(fast, ref)):
+        torch.testing.assert_close(f, r, rtol=flow_rtol, atol=FLOW_ATOL,
+                                   msg=lambda m, i=i: f"flows of parameter {i}: {m}")
+
+
+def low_precision_errors(fast: torch.nn.Module, ref: torch.nn.Module, ll: torch.Tensor,
+                         ll_ref: torch.Tensor) -> tuple[float, float]:
+    """(largest |log p - log p_64| in nats, largest |F - F_64| / F_64 of any flow)."""
+    ll_err = float((ll.double() - ll_ref.double()).abs().max())
+    flow_err = max(float(((f - r).abs() / r.clamp_min(FLOW_ATOL)).max())
+                   for f, r in flow_pairs(fast, ref))
+    return ll_err, flow_err

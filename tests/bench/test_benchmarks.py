@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from monarchpc.paths import REPO_ROOT
+from tests.helpers import FP32_FLOW_RTOL, FP32_LL_RTOL, rounding_bands
 
 BENCH = [sys.executable, "-m", "monarchpc.bench"]
 pytestmark = pytest.mark.slow  # each runs a benchmark in a subprocess
@@ -25,7 +26,9 @@ def test_benchmark_runs_on_the_cpu_and_prints_json() -> None:
     rows = [json.loads(ln) for ln in result.stdout.splitlines() if ln.startswith("{")]
     checks = [r for r in rows if "check" in r]
     cases = [r for r in rows if "case" in r]
-    assert checks and checks[0]["fp32_ll_rel_err"] < 1e-4 and checks[0]["fp32_flow_rel_err"] < 1e-3
+    # fp32 against autograd within the E-step tests' bounds (tests/helpers.py)
+    assert checks and checks[0]["fp32_ll_rel_err"] < FP32_LL_RTOL
+    assert checks[0]["fp32_flow_rel_err"] < FP32_FLOW_RTOL
     assert [r["case"] for r in cases] == ["dense 64", "monarch2 2^8"]
     assert all(r["estep_tokens_per_s"] > 0 and r["device"] == "cpu" for r in cases)
     assert all(r["products"] == "torch" for r in cases)  # auto: cuBLAS-style twins on a CPU
@@ -72,8 +75,8 @@ def test_hclt_benchmark_runs_on_the_cpu_and_prints_json() -> None:
     cases = [r for r in lines if "samples_per_s" in r]
     floor = [r for r in cases if r["engine"] == "fused-no-blocks"]
     assert [r["block"] for r in floor] == ["monarch"]  # Monarch cases only, once per precision
-    assert checks and all(c["fp32_ll_rel_err"] < 1e-5 and c["fp32_flow_rel_err"] < 1e-4
-                          for c in checks)
+    assert checks and all(c["fp32_ll_rel_err"] < FP32_LL_RTOL
+                          and c["fp32_flow_rel_err"] < FP32_FLOW_RTOL for c in checks)
     assert {(r["block"], r["peer"]) for r in cases} == {("dense", "monarchpc"),
                                                         ("monarch", "monarchpc")}
     for r in cases:
@@ -82,17 +85,25 @@ def test_hclt_benchmark_runs_on_the_cpu_and_prints_json() -> None:
     assert "| block |" in result.stdout
 
 
-def test_precision_flows_bench_bounds_bf16_errors_on_the_cpu() -> None:
-    # on the CPU, tf32 runs exact fp32 products (no tensor cores): its errors are zero; bf16
-    # operands move log p and the flows by a little, never by nothing or by much
+def test_precision_flows_bench_stays_within_rounding_bands_on_the_cpu() -> None:
+    """bf16 and TF32 E-steps of the bench's Monarch-HCLT (192 variables, 3 layers) against
+    fp32: log p and the flows' L1 error within the operands' worst-case rounding band
+    (tests/helpers.py ``rounding_bands``; a per-element bound holds for the L1 ratio too).
+    bf16 rounds on a CPU as anywhere, so its errors are also above zero. The bench's
+    products are PyTorch's on a CPU, where TF32 rounds nothing: its rows are held to the
+    TF32 band only, which a GPU's must meet as well (their size on a GPU is measured by
+    ``python -m monarchpc.bench flows`` there, not asserted here)."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     result = subprocess.run([*BENCH, "flows", "--cases", "monarch-16-16", "--device", "cpu",
                              "--out", ""],
                             capture_output=True, text=True, timeout=300, cwd=REPO_ROOT, env=env)
     assert result.returncode == 0, result.stderr
     rows = {r["precision"]: r for r in map(json.loads, result.stdout.splitlines())}
-    errors = [k for k in rows["bf16"] if k.endswith(("_l1_rel", "_max_abs_nats"))]
-    assert len(errors) == 6 and all(rows["tf32"][k] == 0.0 for k in errors)
-    assert all(0.0 < rows["bf16"][k] < 0.1 for k in errors)
-    assert abs(rows["bf16"]["ll_bias_nats"]) < 0.05
-
+    assert sorted(rows) == ["bf16", "tf32"]
+    for precision, row in rows.items():
+        ll_band, flow_band = rounding_bands(precision, layers=3, edges=191)
+        flow_errors = [v for k, v in row.items() if k.endswith("_l1_rel")]
+        assert len(flow_errors) == 5  # three layers, the leaves, the root
+        assert row["ll_max_abs_nats"] <= ll_band and max(flow_errors) <= flow_band, row
+        if precision == "bf16":
+            assert row["ll_max_abs_nats"] > 0 and min(flow_errors) > 0
