@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -34,6 +35,69 @@ def with_user_data(cfg: DictConfig) -> DictConfig:
     for key in OmegaConf.missing_keys(cfg):
         OmegaConf.update(cfg, key, ["user.txt"] if key.endswith("paths") else "user.txt")
     return cfg
+
+
+def forward_log_likelihood(initial: torch.Tensor, transition: torch.Tensor,
+                           emission: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """log p(x) (N,) of an HMM by the left-to-right forward algorithm in log space: initial
+    (h,), a dense transition (h, h) (rows sum to one), emission (h, V); x (N, T), MISSING
+    (-1) marginalized. The model's own recursion runs right to left in scaled linear space,
+    so this is an independent oracle."""
+    from monarchpc.circuits.hmm import MISSING
+
+    log_b = torch.cat([emission.t().log(), emission.new_zeros(1, emission.shape[0])])  # (V+1, h)
+    x = torch.where(x == MISSING, emission.shape[1], x)
+    alpha = initial.log() + log_b[x[:, 0]]
+    log_a = transition.log()[None]
+    for t in range(1, x.shape[1]):
+        alpha = torch.logsumexp(alpha[:, :, None] + log_a, dim=1) + log_b[x[:, t]]
+    return torch.logsumexp(alpha, dim=1)
+
+
+def chi2_critical(df: int, z: float = 3.0902) -> float:
+    """The chi-square quantile at 1 - 0.001 (z = the normal 0.999 quantile) by the
+    Wilson-Hilferty approximation (within 1% for df >= 3: df = 10 gives 29.62, the
+    tabulated value is 29.59)."""
+    a = 2.0 / (9.0 * df)
+    return df * (1.0 - a + z * math.sqrt(a)) ** 3
+
+
+def chi2(samples: torch.Tensor, probs: dict[tuple[int, ...], float]) -> tuple[float, int]:
+    """Pearson's statistic of the rows ``samples`` against ``probs`` (outcome -> p) and its
+    degrees of freedom; outcomes expected fewer than 5 times are pooled into one cell."""
+    n = len(samples)
+    counts: dict[tuple[int, ...], int] = {}
+    for row in map(tuple, samples.tolist()):
+        counts[row] = counts.get(row, 0) + 1
+    assert set(counts) <= set(probs), "a sample outside the support"
+    cells, pooled_o, pooled_e = [], 0.0, 0.0
+    for outcome, p in probs.items():
+        o, e = counts.get(outcome, 0), n * p
+        if e >= 5:
+            cells.append((o, e))
+        else:
+            pooled_o, pooled_e = pooled_o + o, pooled_e + e
+    if pooled_e > 0:
+        cells.append((pooled_o, pooled_e))
+    return sum((o - e) ** 2 / e for o, e in cells), len(cells) - 1
+
+
+def assert_samples_follow(samples: torch.Tensor, outcomes: torch.Tensor, p: torch.Tensor,
+                          wrong_by: float = 0.02, seed: int = 0) -> None:
+    """Pearson's chi-square test of ``samples`` (n, D) against the exact probabilities
+    ``p`` of ``outcomes`` (M, D) at level 0.001, with a power control: as many draws from
+    a distribution ``wrong_by`` away in total variation (p moved toward the uniform) are
+    rejected by the same test."""
+    probs = {tuple(o): float(q) for o, q in zip(outcomes.tolist(), p, strict=True)}
+    stat, df = chi2(samples, probs)
+    assert stat < chi2_critical(df), (stat, df)
+    uniform = torch.full_like(p, 1.0 / len(p))
+    eps = wrong_by / (0.5 * float((p - uniform).abs().sum()))
+    wrong = (1 - eps) * p + eps * uniform
+    draws = torch.multinomial(wrong.float(), len(samples), replacement=True,
+                              generator=torch.Generator().manual_seed(seed))
+    stat, df = chi2(outcomes[draws], probs)
+    assert stat > chi2_critical(df), ("no power", stat, df)
 
 
 class EagerGraph:
