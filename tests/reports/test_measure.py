@@ -12,6 +12,7 @@ import torch
 
 from monarchpc.circuits.hmm import MISSING
 from monarchpc.paths import REPO_ROOT
+from monarchpc.reports import measure as measure_module
 from monarchpc.reports import tables
 from monarchpc.reports.measure import (
     evaluate_pruning,
@@ -91,11 +92,33 @@ def test_pruning_matches_reference_and_never_raises_likelihood(cfg, between):
             assert (got < full).any()
 
 
-def test_sampling_time_is_positive_and_finite():
+class FakeClock:
+    """``time.perf_counter`` that moves only when a draw runs: draw i takes ``durations[i]``
+    seconds."""
+
+    def __init__(self, durations: list[float]) -> None:
+        self.now, self.durations, self.draws = 100.0, list(durations), []
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def sample(self, n: int, length: int, generator: torch.Generator) -> torch.Tensor:
+        self.draws.append((n, length))
+        self.now += self.durations.pop(0)
+        return torch.zeros(n, length, dtype=torch.long)
+
+
+def test_sampling_time_is_the_median_draw_per_sequence(monkeypatch):
+    """On a fake clock: one untimed warm-up draw (9 s), then 3 timed draws of 4, 1 and 2 s:
+    the median 2 s of 16 sequences is 0.125 s a sequence."""
     hmm = model_of(CONFIGS[1]).float()
-    r = sampling_seconds_per_sequence(hmm, n=16, length=32, repeats=2)
-    assert math.isfinite(r["seconds_per_sequence"]) and r["seconds_per_sequence"] > 0
-    assert r["seconds_per_sequence"] == pytest.approx(r["median_seconds"] / 16)
+    clock = FakeClock([9.0, 4.0, 1.0, 2.0])
+    monkeypatch.setattr(measure_module.time, "perf_counter", clock.perf_counter)
+    monkeypatch.setattr(hmm, "sample", clock.sample)
+    r = sampling_seconds_per_sequence(hmm, n=16, length=32, repeats=3, warmup=1)
+    assert r == {"seconds_per_sequence": 0.125, "median_seconds": 2.0, "n": 16, "length": 32,
+                 "repeats": 3}
+    assert clock.draws == [(16, 32)] * 4 and not clock.durations
 
 
 def test_checkpoint_reproduces_the_recorded_test_bpc(runs):
