@@ -24,7 +24,7 @@ from monarchpc.reports.measure import (
 )
 from monarchpc.reports.records import load_run, load_runs
 from monarchpc.structures import build_model
-from tests.report_runs import text8_rows
+from tests.report_runs import corpus_rows
 
 CONFIGS = [{"structure": "hmm", "block": "dense", "hidden_size": 12},
            {"structure": "hmm", "block": "monarch", "hidden_size": 16, "k": 2},
@@ -123,7 +123,7 @@ def test_sampling_time_is_the_median_draw_per_sequence(monkeypatch):
 
 def test_checkpoint_reproduces_the_recorded_test_bpc(runs):
     model, config, info = load_model(runs["m2_16_multiply"])
-    rows = text8_rows()["test"]
+    rows = corpus_rows()["test"]
     with torch.no_grad():
         bpc = -float(model.log_likelihood(rows).double().sum()) / rows.numel() / math.log(2)
     assert bpc == pytest.approx(info["final"]["test_bpc"], abs=1e-6)
@@ -159,7 +159,7 @@ def test_measure_sampling_writes_run_json(runs, tmp_path, monkeypatch, capsys):
 
 def test_eval_pruning_writes_pruning_json(runs, tmp_path):
     run = runs["m2_64_multiply"]
-    rows = text8_rows()["test"][:40]
+    rows = corpus_rows()["test"][:40]
     r = evaluate_pruning(run, [0.9, 0.0, 0.5], rows=rows, device="cpu", batch_size=16)
     saved = json.loads((run / "pruning.json").read_text())
     assert saved == json.loads(json.dumps(r))
@@ -177,13 +177,11 @@ def test_eval_pruning_writes_pruning_json(runs, tmp_path):
     assert all(p.stat().st_size > 1000 for p in paths)
 
 
-@pytest.mark.skipif(not (REPO_ROOT / "monarchpc" / "data" / "chars.py").is_file(),
-                    reason="the chars data loader is not in this checkout yet")
 def test_eval_pruning_rebuilds_the_test_split_from_the_config(runs, tmp_path):
     run = tmp_path / "copy"
     shutil.copytree(runs["hmm16"], run)
     r = evaluate_pruning(run, [0.0, 0.5], device="cpu", max_rows=1000)
-    rows = text8_rows()["test"]
+    rows = corpus_rows()["test"]
     assert r["rows"] == len(rows) and r["seq_len"] == rows.shape[1]
     assert r["points"][0]["bits_per_token"] == pytest.approx(
         json.loads((run / "run.json").read_text())["final"]["test_bpc"], abs=1e-5)

@@ -27,7 +27,7 @@ from monarchpc.reports.records import (
     source_parser,
 )
 
-DS = "chars"  # the tiny runs are on the text8 prefix, recorded as "chars"
+DS = "chars"  # the tiny runs are on the demo corpus, recorded as "chars"
 
 
 def root_of(runs: dict[str, Path]) -> Path:
