@@ -16,6 +16,20 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 TEXT8_PREFIX = SHARED_DATA / "text8_prefix" / "text8_first12500000.xz"
 
 
+def english_lines() -> list[str]:
+    """2,626 lines of English prose from Python's help texts (``pydoc_data.topics``, which
+    ships with every CPython), topics in sorted order: the non-blank lines, stripped, of
+    4 words or more and only letters, spaces and ,.;:'()- (no code, so a tokenizer trained
+    on a few hundred of them covers the characters of the next). The token-level tests run
+    on them without data from outside the repository."""
+    import re
+    from pydoc_data.topics import topics
+
+    prose = re.compile(r"[A-Za-z ,.;:'()-]+")
+    return [s.strip() for name in sorted(topics) for s in topics[name].splitlines()
+            if prose.fullmatch(s.strip()) and len(s.split()) >= 4]
+
+
 def compose_config(overrides: list[str], run_dir: Path | None = None) -> DictConfig:
     """The composed training config for ``overrides`` (logger off, no progress bar).
 
