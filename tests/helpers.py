@@ -16,6 +16,23 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 TEXT8_PREFIX = SHARED_DATA / "text8_prefix" / "text8_first12500000.xz"
 
 
+def real_data(path: Path, what: str) -> Path:
+    """``path``, a file of the real data in ../shared/data, or skip the test: such tests are
+    extra checks beside ones on data made in the repository. Where MONARCHPC_REQUIRE_DATA=1
+    (CI, which has ../shared beside the clone) a missing file fails the test instead."""
+    import os
+
+    import pytest
+
+    if not path.is_file():
+        message = f"{what} not found at {path}"
+        if os.environ.get("MONARCHPC_REQUIRE_DATA") == "1":
+            pytest.fail(f"{message}, and MONARCHPC_REQUIRE_DATA=1: put ../shared/data beside "
+                        f"the repository", pytrace=False)
+        pytest.skip(message)
+    return path
+
+
 def english_lines() -> list[str]:
     """2,626 lines of English prose from Python's help texts (``pydoc_data.topics``, which
     ships with every CPython), topics in sorted order: the non-blank lines, stripped, of

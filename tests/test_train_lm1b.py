@@ -16,7 +16,7 @@ import torch
 from monarchpc.data import build_dataset
 from monarchpc.train import run
 from tests.data.test_lm1b import HELDOUT, lm1b_tree
-from tests.helpers import SHARED_DATA, compose_config, english_lines
+from tests.helpers import SHARED_DATA, compose_config, english_lines, real_data
 
 WIKITEXT = SHARED_DATA / "wikitext2" / "wikitext-2_valid.txt.xz"
 
@@ -40,9 +40,7 @@ def lines_file(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, in
         path = tmp_path / "pydoc.txt"
         path.write_text("\n".join(english_lines()) + "\n", encoding="utf-8")
         return path, 16
-    if not WIKITEXT.is_file():
-        pytest.skip(f"real WikiText-2 text not found at {WIKITEXT}")
-    return WIKITEXT, 64
+    return real_data(WIKITEXT, "real WikiText-2 text"), 64
 
 
 @pytest.fixture(params=["pydoc", "lm1b"])
@@ -51,8 +49,7 @@ def sentences(request: pytest.FixtureRequest) -> tuple[list[str], int]:
     00000 (6,075 sentences)."""
     if request.param == "pydoc":
         return english_lines(), 32
-    if not HELDOUT.is_file():
-        pytest.skip(f"the real LM1B heldout shard not found at {HELDOUT}")
+    real_data(HELDOUT, "the real LM1B heldout shard")
     return lzma.decompress(HELDOUT.read_bytes()).decode("utf-8").split("\n")[:-1], 64
 
 

@@ -13,8 +13,8 @@ case (block, hidden size h, batch), one E-step's samples per second (median) and
 memory for: monarchpc's fused engine (``--precisions``, CUDA graphs), its autograd engine
 (TF32, h <= ``--autograd-max``) and, when ``import pyjuice`` works, PyJuice's compiled
 HCLT on the same tree (forward + backward with parameter flows, TF32; dense blocks only).
-One JSON line per row to stdout and ``--out`` (default
-docs/results/device/bench_hclt_<device>.jsonl, rewritten), then Markdown tables. A
+One JSON line per row to stdout and to outputs/bench/bench_hclt_<device>.jsonl (rewritten;
+``--record``: docs/results/device/, ``--out``: any file), then Markdown tables. A
 variant that fails becomes a row with ``error``; variants past ``--budget-s`` are skipped.
 ``--floor`` also times Monarch cases with their sum blocks skipped (engine
 ``fused-no-blocks``): dense's time over that bounds what any faster Monarch layer could gain.

@@ -21,7 +21,7 @@ from monarchpc.data.transforms import (
     ycocg_r,
     ycocg_r_inverse,
 )
-from tests.helpers import SHARED_DATA
+from tests.helpers import SHARED_DATA, real_data
 
 TINY_IMAGENET = SHARED_DATA / "tiny_imagenet"
 
@@ -126,8 +126,7 @@ def test_jpegs_made_here(tmp_path):
 def test_tiny_imagenet_jpegs(tmp_path):
     """The same on real photographs (../shared/data; an extra check, skipped without it)."""
     tar_path = TINY_IMAGENET / "tiny-imagenet-200_val.tar"
-    if not tar_path.exists():
-        pytest.skip(f"real JPEGs not available here ({tar_path})")
+    real_data(tar_path, "real JPEGs")
     folder = tmp_path / "jpegs"
     folder.mkdir()
     kept, grey = 0, None

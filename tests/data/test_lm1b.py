@@ -23,7 +23,7 @@ from monarchpc.circuits.hmm import HMM
 from monarchpc.data import DATASETS, EVAL_KEYS, DataError, build_dataset, lines, lm1b
 from monarchpc.data import token_rows as tok
 from monarchpc.paths import REPO_ROOT
-from tests.helpers import SHARED_DATA, compose_config, english_lines
+from tests.helpers import SHARED_DATA, compose_config, english_lines, real_data
 
 WIKITEXT = SHARED_DATA / "wikitext2" / "wikitext-2_valid.txt.xz"
 HELDOUT = SHARED_DATA / "lm1b_heldout" / "news.en.heldout-00000-of-00050.xz"
@@ -33,9 +33,7 @@ HELDOUT_SHA256 = "265dccd51762253e20425c21ff6ddf09e6da2e11a365da399b0390eebb2d52
 @pytest.fixture(scope="module")
 def wikitext_lines() -> list[str]:
     """The non-blank lines of the real WikiText-2 validation text (../shared/data), or skip."""
-    if not WIKITEXT.is_file():
-        pytest.skip(f"real WikiText-2 text not found at {WIKITEXT}")
-    return lines.read_lines(WIKITEXT)
+    return lines.read_lines(real_data(WIKITEXT, "real WikiText-2 text"))
 
 
 @pytest.fixture(scope="module", params=["pydoc", "wikitext2"])
@@ -51,8 +49,7 @@ def text_lines(request: pytest.FixtureRequest) -> list[str]:
 @pytest.fixture(scope="module")
 def heldout_text() -> bytes:
     """LM1B's real heldout shard 00000 (../shared/data, xz-compressed), decompressed, or skip."""
-    if not HELDOUT.is_file():
-        pytest.skip(f"the real LM1B heldout shard not found at {HELDOUT}")
+    real_data(HELDOUT, "the real LM1B heldout shard")
     text = lzma.decompress(HELDOUT.read_bytes())
     assert hashlib.sha256(text).hexdigest() == HELDOUT_SHA256
     return text
