@@ -29,7 +29,8 @@ TEXT_TARGETS := demo text8-hmm text8-monarch2 text8-prefix chars-text8-prefix te
 	lm1b-hmm lm1b-monarch2 lm1b-sweep wikitext2-hmm wikitext2-monarch2
 IMAGE_TARGETS := image-demo tiny-imagenet32-monarch-hclt imagenet32-monarch-hclt \
 	imagenet64-monarch-hclt fig7-sweep
-.PHONY: help install lock test test-fast lint bench bench-hclt bench-ddp profile tables plots results sampling-time pruning \
+.PHONY: help install lock test test-fast test-gpu lint bench bench-hclt bench-ddp bench-recipe \
+	bench-reference profile tables plots results sampling-time pruning compression-bench \
 	clean-venv $(TEXT_TARGETS) $(IMAGE_TARGETS)
 
 help: ## this list (the default goal)
@@ -73,6 +74,13 @@ test: install ## the test suite on the CPU (a few minutes)
 
 test-fast: install ## the suite without the tests marked slow (about half the time)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -m "not slow" tests
+
+# The GPU tier (tests/gpu, marker gpu): CUDA-graph replay, TF32 operand rounding on the tensor
+# cores, the fp32 fallback at 32^3, bf16 within bands; Triton compiled, not interpreted. Writes
+# its record to GPU_TEST_RECORD/test_gpu_<gpu>.json (docs/results/device to publish it).
+GPU_TEST_RECORD ?= outputs/bench
+test-gpu: install ## [GPU] the GPU test tier; GPU_TEST_RECORD=docs/results/device records it
+	TRITON_INTERPRET=0 $(PY) -m pytest -m gpu tests/gpu --gpu-record $(GPU_TEST_RECORD)
 
 lint: install ## ruff
 	$(BIN)/ruff check .
@@ -163,6 +171,26 @@ HCLT_BENCH_ARGS ?=
 bench-hclt: install ## [GPU] HCLT E-step throughput beside PyJuice (if installed)
 	$(PY) -m monarchpc.bench hclt $(HCLT_BENCH_ARGS)
 
+# make text8-monarch2's steady state: its config (init=random, text8-shaped synthetic rows, no
+# evaluation) in the real training loop, 2 warm-up + 10 timed updates; tokens/s, each update's
+# seconds, peak memory. RECIPE_ARGS=--record replaces docs/results/device/text8_monarch2_speed_<gpu>.json;
+# GPUS=2 runs it data parallel (torchrun); CPU: RECIPE_ARGS=--tiny.
+RECIPE_ARGS ?=
+ifeq ($(strip $(GPUS)),1)
+RECIPE := $(PY) -m monarchpc.bench recipe
+else
+RECIPE := NCCL_NVLS_ENABLE=0 $(PY) -m torch.distributed.run --standalone --nproc_per_node=$(GPUS) -m monarchpc.bench recipe
+endif
+bench-recipe: install ## [GPU] steady-state speed of make text8-monarch2 (CPU: RECIPE_ARGS=--tiny)
+	$(RECIPE) $(RECIPE_ARGS)
+
+# The reference implementation's E-step beside ours in one run (TF32 against TF32 and bf16):
+# REFERENCE=path to a copy of wangben88/MonarchCircuits (or its monarch_hmm/hmm.py).
+REFERENCE ?=
+REFERENCE_ARGS ?=
+bench-reference: install ## [GPU] the reference's HMM E-step beside ours (REFERENCE=MonarchCircuits copy)
+	$(PY) -m monarchpc.bench reference --reference "$(REFERENCE)" $(REFERENCE_ARGS)
+
 # Tokens/s with 1 and 2 GPUs and the ranks' parameter divergence after 10 updates.
 BENCH_GPUS ?= 1 2
 bench-ddp: install ## [2 GPUs] data-parallel throughput, 1 vs 2 GPUs
@@ -211,6 +239,15 @@ results: install ## rebuild docs/results (tables, figures) from docs/results/run
 	  --imagenet32-dataset image_folder --imagenet64-dataset image_folder
 	$(PY) scripts/make_plots.py --out $(RESULTS) --runs $(RESULT_RUNS) \
 	  --text8-dataset chars --imagenet64-dataset image_folder --imagenet32-dataset image_folder
+	$(PY) -m monarchpc.reports.compression --records $(RESULTS)/compression --out $(RESULTS)
+
+# Lossless compression records (docs/results/compression): TEXT_RUN / IMAGE_RUN run directories
+# beside gzip, bzip2, xz, zstd, PNG and WebP, every one a checked round trip; then make results.
+TEXT_RUN ?=
+IMAGE_RUN ?=
+compression-bench: install ## compression records of TEXT_RUN=<dir> IMAGE_RUN=<dir> (CPU)
+	$(PY) -m monarchpc.bench compression --record $(if $(TEXT_RUN),--text-run $(TEXT_RUN)) \
+	  $(if $(IMAGE_RUN),--image-run $(IMAGE_RUN))
 
 # Table 1/4 "Time": writes sampling_seconds_per_sequence into $(RUN)/run.json
 sampling-time: install ## Tables 1/4 time: sampling seconds per sequence of RUN=<dir>

@@ -32,6 +32,12 @@ def test_benchmark_runs_on_the_cpu_and_prints_json() -> None:
     assert [r["case"] for r in cases] == ["dense 64", "monarch2 2^8"]
     assert all(r["estep_tokens_per_s"] > 0 and r["device"] == "cpu" for r in cases)
     assert all(r["products"] == "torch" for r in cases)  # auto: cuBLAS-style twins on a CPU
+    for r in cases:  # the timed configuration checked against autograd in the same run
+        c = r["timed_check"]
+        assert c["rows"] == 4 and c["ok"] and c["band"] == {"ll": 1e-5, "flows": 1e-4}
+        assert c["ll_rel_err"] < 1e-5 and c["flow_rel_err"] < 1e-4
+        assert set(c["flow_rel_err_by_param"]) == {"initial", "emission"} | {
+            f"transition.layers.{i}" for i in range(len(r["factors"]))}
     assert "| case |" in result.stdout and "| model | h | reference" in result.stdout
 
 
@@ -79,6 +85,12 @@ def test_hclt_benchmark_runs_on_the_cpu_and_prints_json() -> None:
                           and c["fp32_flow_rel_err"] < FP32_FLOW_RTOL for c in checks)
     assert {(r["block"], r["peer"]) for r in cases} == {("dense", "monarchpc"),
                                                         ("monarch", "monarchpc")}
+    # PyJuice cannot run on a CPU: its rows (dense cases, both constructions) say why
+    peers = [r for r in lines if r.get("peer") == "pyjuice"]
+    assert [(r["construction"], r["engine"]) for r in peers] == [
+        ("our-tree", "pyjuice"), ("pyjuice-hclt", "pyjuice"), ("pyjuice-hclt", "pyjuice-graphs")]
+    assert all(r["skipped"] in ("pyjuice not installed", "pyjuice needs a CUDA GPU (its "
+                                "compile asks torch.cuda for the device)") for r in peers)
     for r in cases:
         assert r["structure"] == "hclt" and r["samples_per_s"] > 0 and r["device"] == "cpu"
         assert {"hidden_size", "batch", "peak_memory_gb", "precision", "madds_per_sample"} <= set(r)

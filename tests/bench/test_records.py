@@ -73,4 +73,5 @@ def test_every_benchmark_that_writes_takes_the_output_options() -> None:
             if isinstance(node, ast.Constant) and isinstance(node.value, str) \
                     and id(node) not in docstrings:
                 assert "results/device" not in node.value, path.name
-    assert writers == ["elements", "flows", "hclt", "hmm", "kernels", "profile"]
+    assert writers == ["elements", "flows", "hclt", "hmm", "kernels", "profile", "recipe",
+                       "reference"]
