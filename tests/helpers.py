@@ -185,7 +185,10 @@ def rounding_bands(precision: str, layers: int, edges: int) -> tuple[float, floa
     rounded weight (2u) of positive terms, and stores a rounded node state (u): log p moves
     by at most (2 layers + 1) u a block, to first order. A flow is theta * alpha * beta / p:
     the forward and backward states and p each bring that much again, so 2x (+ u for
-    theta). Worst case, and a wrong E-step is off by O(1), far outside it."""
+    theta). Worst case, and a wrong E-step is off by O(1), far outside it. It holds while the
+    states stay in the format's normal range (fp16: above 2^-14; bf16 and TF32 have fp32's),
+    and it grows with the path: at T = 64 the flows' band passes 100% (a deeper model needs
+    a statistical bound, not this one)."""
     u = UNIT_ROUNDOFF[precision]
     ll = (2 * layers + 1) * u * edges
     return ll, 2 * ll + u
