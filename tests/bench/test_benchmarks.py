@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from monarchpc.paths import REPO_ROOT
-from tests.helpers import FP32_FLOW_RTOL, FP32_LL_RTOL, rounding_bands
+from tests.helpers import FP32_FLOW_RTOL, FP32_LL_RTOL, UNIT_ROUNDOFF
 
 BENCH = [sys.executable, "-m", "monarchpc.bench"]
 pytestmark = pytest.mark.slow  # each runs a benchmark in a subprocess
@@ -97,14 +97,15 @@ def test_hclt_benchmark_runs_on_the_cpu_and_prints_json() -> None:
     assert "| block |" in result.stdout
 
 
-def test_precision_flows_bench_stays_within_rounding_bands_on_the_cpu() -> None:
+def test_precision_flows_bench_bounds_low_precision_errors_on_the_cpu() -> None:
     """bf16 and TF32 E-steps of the bench's Monarch-HCLT (192 variables, 3 layers) against
-    fp32: log p and the flows' L1 error within the operands' worst-case rounding band
-    (tests/helpers.py ``rounding_bands``; a per-element bound holds for the L1 ratio too).
-    bf16 rounds on a CPU as anywhere, so its errors are also above zero. The bench's
-    products are PyTorch's on a CPU, where TF32 rounds nothing: its rows are held to the
-    TF32 band only, which a GPU's must meet as well (their size on a GPU is measured by
-    ``python -m monarchpc.bench flows`` there, not asserted here)."""
+    fp32. The worst-case rounding band (tests/helpers.py ``rounding_bands``) says nothing
+    over 191 edges (flows: over 100%), so bf16 is held to about 10x what this case measured
+    on a 2-core CPU (log p at most 0.059 nats off, mean -0.0007 nats; the flows' L1 error
+    at most 0.0072 in a group) and is above zero (bf16 rounds on a CPU as anywhere). TF32
+    rounds operands to 2^-11 against bf16's 2^-8: its rows are held to 1/8 of those bounds.
+    On a CPU the bench's products are PyTorch's, where TF32 rounds nothing (its rows are 0);
+    the bounds are what a GPU's rows must meet too, not a claim that they are zero."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     result = subprocess.run([*BENCH, "flows", "--cases", "monarch-16-16", "--device", "cpu",
                              "--out", ""],
@@ -113,9 +114,11 @@ def test_precision_flows_bench_stays_within_rounding_bands_on_the_cpu() -> None:
     rows = {r["precision"]: r for r in map(json.loads, result.stdout.splitlines())}
     assert sorted(rows) == ["bf16", "tf32"]
     for precision, row in rows.items():
-        ll_band, flow_band = rounding_bands(precision, layers=3, edges=191)
+        scale = UNIT_ROUNDOFF[precision] / UNIT_ROUNDOFF["bf16"]
         flow_errors = [v for k, v in row.items() if k.endswith("_l1_rel")]
         assert len(flow_errors) == 5  # three layers, the leaves, the root
-        assert row["ll_max_abs_nats"] <= ll_band and max(flow_errors) <= flow_band, row
+        assert row["ll_max_abs_nats"] <= 0.6 * scale, row
+        assert abs(row["ll_bias_nats"]) <= 0.01 * scale, row
+        assert max(flow_errors) <= 0.075 * scale, row
         if precision == "bf16":
             assert row["ll_max_abs_nats"] > 0 and min(flow_errors) > 0
