@@ -29,7 +29,7 @@ TEXT_TARGETS := demo text8-hmm text8-monarch2 text8-prefix chars-text8-prefix te
 	lm1b-hmm lm1b-monarch2 lm1b-sweep wikitext2-hmm wikitext2-monarch2
 IMAGE_TARGETS := image-demo tiny-imagenet32-monarch-hclt imagenet32-monarch-hclt \
 	imagenet64-monarch-hclt fig7-sweep
-.PHONY: help install test test-fast test-gpu lint bench bench-hclt bench-ddp bench-recipe \
+.PHONY: help install lock test test-fast test-gpu lint bench bench-hclt bench-ddp bench-recipe \
 	bench-reference profile tables plots results sampling-time pruning compression-bench \
 	clean-venv $(TEXT_TARGETS) $(IMAGE_TARGETS)
 
@@ -39,24 +39,38 @@ help: ## this list (the default goal)
 	  sed -E 's/^([^:]+):.*## (.*)$$/\1\t\2/' | \
 	  awk -F '\t' '{printf "  %-28s %s\n", $$1, $$2}'
 
-install: $(VENV)/.installed ## create .venv and install the project (and torch if missing)
+install: $(VENV)/.installed ## create .venv and install the project at the versions of constraints.txt
 
-# The venv sees the system's site-packages, so a CUDA torch you already have is kept;
-# only where no torch imports is the pinned CPU build installed.
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv --system-site-packages $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	@if $(PY) -c "import torch" 2>/dev/null; then \
-	  echo "keeping torch $$($(PY) -c 'import torch; print(torch.__version__)')"; \
-	else \
-	  echo "installing torch==$(TORCH_VERSION)"; $(PY) -m pip install -q torch==$(TORCH_VERSION); \
-	fi
-	$(PY) -m pip install -q -e ".[dev]"
+# A venv of its own (no system site-packages): every package at the version constraints.txt
+# pins (PIP_CONSTRAINT also reaches pip's build environments), torch at TORCH_VERSION: on a
+# CPU machine with the CPU wheel at hand (as here) pip takes 2.13.0+cpu, from PyPI it gets
+# the CUDA build of 2.13.0. sentencepiece is 0.2.2: the committed WikiText-2 runs' tokenizer
+# is reproducible with it only. `make lock` writes constraints.txt anew.
+CONSTRAINTS := $(abspath constraints.txt)
+$(VENV)/.installed: pyproject.toml constraints.txt
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	PIP_CONSTRAINT=$(CONSTRAINTS) $(PY) -m pip install -q --upgrade pip setuptools
+	PIP_CONSTRAINT=$(CONSTRAINTS) $(PY) -m pip install -q torch==$(TORCH_VERSION) -e ".[dev]"
 	touch $@
 
+# Resolve the newest versions pyproject's ranges allow in a fresh venv and pin them all
+# (torch and its CUDA packages stay with TORCH_VERSION; the project itself is editable).
+lock: ## write constraints.txt from a fresh resolve of pyproject.toml's dependencies
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install -q --upgrade pip setuptools
+	.venv-lock/bin/python -m pip install -q torch==$(TORCH_VERSION) -e ".[dev]" sentencepiece==0.2.2
+	{ echo "# pip constraints of make install and CI: every package at one version (make lock"; \
+	  echo "# writes this file; torch is pinned by the Makefile's TORCH_VERSION)."; \
+	  .venv-lock/bin/python -m pip freeze --all --exclude-editable | \
+	    grep -v -i -E '^(torch|nvidia-[a-z0-9-]+)=='; } > constraints.txt
+	rm -rf .venv-lock
+
 # One torch thread per process: the suite runs many tiny models, where threads only contend.
+# PYTEST_ARGS: more pytest options, e.g. PYTEST_ARGS="-m kernel" or "-x".
+PYTEST_ARGS ?=
 test: install ## the test suite on the CPU (a few minutes)
-	OMP_NUM_THREADS=1 $(PY) -m pytest tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest $(PYTEST_ARGS) tests
 
 test-fast: install ## the suite without the tests marked slow (about half the time)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -m "not slow" tests

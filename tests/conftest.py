@@ -20,7 +20,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 
-from tests.helpers import TEXT8_PREFIX
+from tests.helpers import TEXT8_PREFIX, real_data
 from tests.report_runs import shared_runs
 
 
@@ -70,9 +70,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 @pytest.fixture
 def text8_prefix() -> Path:
     """The real first 12.5M characters of text8 (../shared/data), or skip."""
-    if not TEXT8_PREFIX.is_file():
-        pytest.skip(f"real text8 prefix not found at {TEXT8_PREFIX}")
-    return TEXT8_PREFIX
+    return real_data(TEXT8_PREFIX, "real text8 prefix")
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from monarchpc.errors import ConfigError
 from monarchpc.paths import REPO_ROOT
 from monarchpc.run.trainer import TOP
 from monarchpc.structures import model_settings
-from tests.helpers import compose_config, with_user_data
+from tests.helpers import compose_config
 
 CONFIGS = REPO_ROOT / "configs"
 
@@ -56,16 +56,6 @@ def test_a_key_no_owner_declares_is_refused() -> None:
                                                     "model.structure=hmm")]:
         with pytest.raises(ConfigError, match=where):
             check_config(compose_config([extra]))
-
-
-SINGLE_RUNS = [e for e in options("experiment")
-               if "sweeper" not in (CONFIGS / "experiment" / f"{e}.yaml").read_text()]
-
-
-@pytest.mark.parametrize("overrides", [[f"experiment={e}"] for e in SINGLE_RUNS]
-                         + [["dataset=synthetic", "model=hmm"]])
-def test_every_preset_passes(overrides: list[str]) -> None:
-    check_config(with_user_data(compose_config(overrides)))
 
 
 @pytest.fixture(scope="module")

@@ -36,40 +36,12 @@ from monarchpc.queries import (
     transpose_apply,
 )
 from monarchpc.structures import build_model
-from tests.helpers import renormalized
+from tests.helpers import chi2, chi2_critical, renormalized
 
 HMM_CONFIGS = [{"structure": "hmm", "block": "dense", "hidden_size": 3},
                {"structure": "hmm", "block": "monarch", "hidden_size": 4, "k": 2}]
 V, T = 3, 4  # 81 sequences
 SAMPLES = 20_000
-
-
-def chi2_critical(df: int, z: float = 3.0902) -> float:
-    """The chi-square quantile at 1 - 0.001 (z = the normal 0.999 quantile) by the
-    Wilson-Hilferty approximation (within 1% for df >= 3: df = 10 gives 29.62, the
-    tabulated value is 29.59)."""
-    a = 2.0 / (9.0 * df)
-    return df * (1.0 - a + z * math.sqrt(a)) ** 3
-
-
-def chi2(samples: torch.Tensor, probs: dict[tuple[int, ...], float]) -> tuple[float, int]:
-    """Pearson's statistic of the rows ``samples`` against ``probs`` (outcome -> p) and its
-    degrees of freedom; outcomes expected fewer than 5 times are pooled into one cell."""
-    n = len(samples)
-    counts: dict[tuple[int, ...], int] = {}
-    for row in map(tuple, samples.tolist()):
-        counts[row] = counts.get(row, 0) + 1
-    assert set(counts) <= set(probs), "a sample outside the support"
-    cells, pooled_o, pooled_e = [], 0.0, 0.0
-    for outcome, p in probs.items():
-        o, e = counts.get(outcome, 0), n * p
-        if e >= 5:
-            cells.append((o, e))
-        else:
-            pooled_o, pooled_e = pooled_o + o, pooled_e + e
-    if pooled_e > 0:
-        cells.append((pooled_o, pooled_e))
-    return sum((o - e) ** 2 / e for o, e in cells), len(cells) - 1
 
 
 # --------------------------------------------------------------------------------- HMM

@@ -8,9 +8,9 @@
 One JSON line per case (tokens/s, achieved TFLOP/s counted as 6 x multiply-adds per token,
 peak GPU memory, precision, device), correctness checks of the fused path against the
 plain PyTorch (autograd) path, the GEMM and copy ceilings measured on this device, then a
-Markdown table and the README's table. On a GPU the JSON lines go to
-docs/results/device/bench_<gpu>_<precision>.jsonl (e.g. bench_h200_bf16.jsonl) unless
---out says otherwise.
+Markdown table and the README's table. The JSON lines go to
+outputs/bench/bench_<gpu>_<precision>.jsonl (e.g. bench_h200_bf16.jsonl); ``--record``
+writes docs/results/device/ instead, ``--out`` any file.
 """
 
 from __future__ import annotations

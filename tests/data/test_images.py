@@ -21,7 +21,7 @@ from monarchpc.data.transforms import (
     ycocg_r,
     ycocg_r_inverse,
 )
-from tests.helpers import SHARED_DATA
+from tests.helpers import SHARED_DATA, real_data
 
 TINY_IMAGENET = SHARED_DATA / "tiny_imagenet"
 
@@ -94,10 +94,42 @@ def test_random_patches_per_epoch(tmp_path):
     assert len({int(o[0]) for o in owners}) == 8  # of 8 different images
 
 
+def check_jpeg_folder(folder: Path, grey: str, tmp_path: Path) -> None:
+    """32 JPEGs of 64 x 64 in ``folder`` (``grey`` the greyscale one): decoded as PIL
+    decodes them, in RGB (greyscale: R = G = B), downsampled by 2 x 2 boxes, patched."""
+    full = decode_images(folder, 64)
+    assert full.shape == (32, 64, 64, 3) and full.dtype == np.uint8
+    assert full.std() > 10  # pictures, not blank
+    names = sorted(p.name for p in folder.iterdir())
+    for i in (0, names.index(grey), 31):  # the decoder's pixels are PIL's
+        with Image.open(folder / names[i]) as im:
+            np.testing.assert_array_equal(full[i], np.asarray(im.convert("RGB")))
+    g = names.index(grey)  # greyscale: R = G = B
+    assert (full[g, ..., 0] == full[g, ..., 1]).all() and (full[g, ..., 1] == full[g, ..., 2]).all()
+    np.testing.assert_array_equal(decode_images(folder, 32), box_downsample(full, 2))
+    splits = load_folder(str(folder), image_size=32, cache=str(tmp_path / "cache"))
+    assert splits.train.shape[1] == 192 and int(splits.train.max()) <= 510
+
+
+def test_jpegs_made_here(tmp_path):
+    """31 colour JPEGs and one greyscale JPEG (PIL, quality 90) of smooth random pictures:
+    the JPEG path in every checkout (the real Tiny ImageNet JPEGs: the next test)."""
+    folder = tmp_path / "jpegs"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(32):
+        small = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)  # smooth when enlarged
+        image = Image.fromarray(small).resize((64, 64), Image.Resampling.BICUBIC)
+        (image.convert("L") if i == 7 else image).save(folder / f"val_{i}.JPEG", quality=90)
+    with Image.open(folder / "val_7.JPEG") as im:
+        assert (im.format, im.mode) == ("JPEG", "L")
+    check_jpeg_folder(folder, "val_7.JPEG", tmp_path)
+
+
 def test_tiny_imagenet_jpegs(tmp_path):
+    """The same on real photographs (../shared/data; an extra check, skipped without it)."""
     tar_path = TINY_IMAGENET / "tiny-imagenet-200_val.tar"
-    if not tar_path.exists():
-        pytest.skip(f"real JPEGs not available here ({tar_path})")
+    real_data(tar_path, "real JPEGs")
     folder = tmp_path / "jpegs"
     folder.mkdir()
     kept, grey = 0, None
@@ -114,14 +146,7 @@ def test_tiny_imagenet_jpegs(tmp_path):
             if kept == 31 and grey is not None:
                 break
     assert grey is not None, "expected some greyscale JPEGs in Tiny ImageNet"
-    full = decode_images(folder, 64)
-    assert full.shape == (32, 64, 64, 3) and full.dtype == np.uint8
-    assert full.std() > 10  # real photographs, not blank
-    g = sorted(p.name for p in folder.iterdir()).index(grey)  # greyscale: R = G = B
-    assert (full[g, ..., 0] == full[g, ..., 1]).all() and (full[g, ..., 1] == full[g, ..., 2]).all()
-    np.testing.assert_array_equal(decode_images(folder, 32), box_downsample(full, 2))
-    splits = load_folder(str(folder), image_size=32, cache=str(tmp_path / "cache"))
-    assert splits.train.shape[1] == 192 and int(splits.train.max()) <= 510
+    check_jpeg_folder(folder, grey, tmp_path)
 
 
 def write_imagenet(root: Path, resolution: int, n: int, pickled: bool = False) -> np.ndarray:
