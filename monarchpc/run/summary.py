@@ -22,6 +22,8 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from monarchpc.files import atomic_write
+
 ERROR_FILE = "error.txt"
 METRIC_SUFFIXES = ("_bpc", "_bpd", "_ppl")
 
@@ -141,7 +143,8 @@ class SweepSummary(Callback):
         job_dir = Path(config.hydra.runtime.output_dir)
         if job_return.status == JobStatus.FAILED and job_dir.is_dir():
             err = job_return._return_value
-            (job_dir / ERROR_FILE).write_text(f"{type(err).__name__}: {err}\n")
+            text = f"{type(err).__name__}: {err}\n"
+            atomic_write(job_dir / ERROR_FILE, lambda f: f.write(text.encode()))  # no links
         if config.hydra.mode == RunMode.MULTIRUN:
             write_summary(Path(config.hydra.sweep.dir))
 
