@@ -89,3 +89,12 @@ def parameter_bytes(structure: str, factors: Sequence[int], axes: Sequence[int],
     else:
         count = block_parameters(factors, axes) + h + h * vocab_size
     return count * bytes_per
+
+
+def rows_bytes(rows: int, length: int, hidden: int, views: bool = False) -> int:
+    """Bytes of a pass over ``rows`` x ``length`` values of a circuit with ``hidden`` states:
+    float32 messages (rows x length x h), three int64 copies of the rows, a working set of
+    8 vectors (rows x h) per step, and with ``views`` one tensor view per position (the
+    HMM's per-step views of its emission lookup)."""
+    return (rows * length * (4 * hidden + 24) + 8 * rows * 4 * hidden
+            + (length * VIEW_BYTES if views else 0))

@@ -150,15 +150,16 @@ def check_model_memory(cfg: DictConfig, spec: BlockSpec, device: torch.device,
     three times over for training (parameters, flows, the E-step's working set), cannot fit:
     checked from the block spec before the data is read (the vocabulary as configured, else
     a lower bound of 1) and again with the data's sizes before the model is built."""
-    if vocab_size is None:
+    if vocab_size is None:  # before the data: as configured, else unknown (1: a lower bound)
         vocab_size = int(cfg.model.get("vocab_size") or cfg.dataset.get("vocab_size") or 1)
+    vocab = f", vocabulary {vocab_size}" if vocab_size > 1 else ""
     if num_vars is None:
         num_vars = 3 * int(cfg.dataset.get("patch_size") or 1) ** 2
     need = 3 * memory.parameter_bytes(cfg.model.structure, spec.factors, spec.axes,
                                       vocab_size, num_vars)
     memory.check_fits(f"training a {cfg.model.structure} of model.hidden_size="
-                      f"{spec.hidden_size} ({spec.kind} blocks, vocabulary {vocab_size}: "
-                      f"parameters, flows and E-step)", need, device,
+                      f"{spec.hidden_size} ({spec.kind} blocks{vocab}; its parameters, "
+                      f"flows and E-step)", need, device,
                       "lower model.hidden_size (or use Monarch blocks, model=monarch2_hmm), or "
                       "train on a device with more free memory", ConfigError)
 
