@@ -58,6 +58,19 @@ def free_space(folder: Path) -> str:
 NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
+def link_error(path: Path) -> DataError:
+    """The one line refusing a symbolic link where a run writes a file."""
+    return DataError(f"{path} is a symbolic link (to {os.readlink(path)}); monarchpc does not "
+                     f"write through links in a run directory: remove the link (rm {path}) "
+                     f"and run again")
+
+
+def refuse_link(path: Path) -> None:
+    """Raise :func:`link_error` if ``path`` is a symbolic link."""
+    if Path(path).is_symlink():
+        raise link_error(Path(path))
+
+
 def open_fd(path: Path, flags: int, mode: int = 0o644) -> int:
     """``os.open(path, flags | O_NOFOLLOW)``; a symbolic link at ``path`` raises one
     :class:`DataError` line (nothing is written through it)."""
@@ -65,9 +78,7 @@ def open_fd(path: Path, flags: int, mode: int = 0o644) -> int:
         return os.open(path, flags | NOFOLLOW, mode)
     except OSError as err:
         if err.errno == errno.ELOOP or (NOFOLLOW and Path(path).is_symlink()):
-            raise DataError(f"{path} is a symbolic link (to {os.readlink(path)}); monarchpc "
-                            f"does not write through links in a run directory: remove the "
-                            f"link (rm {path}) and run again") from None
+            raise link_error(Path(path)) from None
         raise
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from monarchpc.errors import DataError
-from monarchpc.files import atomic_write, open_append, write_failure
+from monarchpc.files import atomic_write, open_append, refuse_link, write_failure
 from monarchpc.settings import Settings, choice, list_of, text
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,7 @@ class Tracker:
                  wandb_id: str | None = None) -> None:
         self.run_dir = run_dir
         self.metrics_path = run_dir / METRICS
+        refuse_link(self.metrics_path)  # neither read nor rewritten through a planted link
         self.records, torn = read_metrics(self.metrics_path)
         if torn and self.metrics_path.is_file():
             write_metrics(self.metrics_path, self.records)  # without the partial last line
