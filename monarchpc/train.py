@@ -8,7 +8,7 @@ the training loop (:mod:`monarchpc.run.trainer`). A setting or data file that ca
 ends in one line on stderr (``monarchpc: error: ...``, exit status 2); a run that diverged
 exits 3; a run stopped by Ctrl-C or SIGTERM keeps its checkpoint and exits 130 / 143 (128 +
 the signal, also while training factor runs; SLURM's SIGUSR2: 140, after submitit has
-requeued the job, see monarchpc/run/slurm.py); a second Ctrl-C aborts at once (130).
+requeued the job, see monarchpc/run/requeue.py); a second Ctrl-C aborts at once (130).
 """
 
 from __future__ import annotations

@@ -77,7 +77,7 @@ def hand_over(signum: int) -> None:
     was installed before the run, if that is a Python function: submitit's, which for
     SIGUSR2 (time limit or preemption) requeues the job and for SIGTERM re-saves the job's
     submission so that a requeue by SLURM resumes it (both through the launcher's
-    checkpoint hook, :mod:`monarchpc.run.slurm`); both then exit. Outside submitit (the
+    checkpoint hook, hydra_plugins/monarchpc_launcher); both then exit. Outside submitit (the
     default handlers) this does nothing."""
     usr2 = signal.getsignal(signal.SIGUSR2)
     owner = getattr(usr2, "__self__", None)

@@ -1,6 +1,6 @@
 """Resuming a SLURM job that was requeued after a time limit or a preemption.
 
-``hydra/launcher=slurm`` (:mod:`monarchpc.run.slurm`) runs every job through submitit.
+``hydra/launcher=slurm`` (``hydra_plugins/monarchpc_launcher``) runs every job through submitit.
 SLURM warns a job with SIGUSR2 (``signal_delay_s`` before its time limit, and on
 preemption): the training loop stops at the next update boundary and writes its checkpoint
 (:mod:`monarchpc.run.interrupt`), then submitit's handler calls the launcher's checkpoint
@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -38,6 +39,14 @@ def requeue_overrides(overrides: list[str], run_dir: Path | None) -> list[str]:
 def job_run_dir() -> Path | None:
     """The run directory this process last locked (the job's run), or None."""
     return rundir.last_run_dir
+
+
+def resumable_args(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A launcher job's arguments (its sweep overrides first) as its requeue re-submits
+    them: with resume=true once the job's run directory holds a checkpoint."""
+    if not args:
+        return args
+    return (requeue_overrides(list(args[0]), job_run_dir()), *args[1:])
 
 
 def resume_if_requeued(cfg: DictConfig, environ: dict[str, str] | None = None) -> bool:

@@ -117,8 +117,11 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu"
     going or interrupted gives its latest evaluated model).
     """
     run_dir = Path(run_dir)
-    config = load_config(run_dir)
-    ckpt = checkpoint.load(run_dir, map_location="cpu")
+    if run_dir.is_dir() and not (run_dir / checkpoint.FILENAME).is_file():
+        ckpt = None  # said first: without it, the config does not matter
+    else:
+        config = load_config(run_dir)
+        ckpt = checkpoint.load(run_dir, map_location="cpu")
     if ckpt is None:
         raise RunDirError(f"{run_dir} has no {checkpoint.FILENAME}: only runs that kept their "
                           f"checkpoint can be loaded (run records without one, such as those "

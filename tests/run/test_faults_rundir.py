@@ -125,7 +125,7 @@ def test_a_model_too_large_for_memory_is_refused_before_anything(tmp_path: Path,
 def test_the_memory_bound_uses_the_free_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(memory, "available_bytes", lambda device="cpu": 1000)
     memory.check_fits("x", 800, "cpu", "fix", ValueError)  # 80%: allowed
-    with pytest.raises(ValueError, match="x needs about 8.01e-07 GB, but only 1e-06 GB"):
+    with pytest.raises(ValueError, match=r"x needs about 8\.01e-07 GB, but only 1e-06 GB"):
         memory.check_fits("x", 801, "cpu", "fix", ValueError)
     assert memory.parameter_bytes("hmm", (4, 4), (0, 1), 10) == 4 * (2 * 16 * 4 + 16 + 160)
 
@@ -242,9 +242,10 @@ def test_sigusr2_checkpoints_then_hands_over_to_submitit(tmp_path: Path) -> None
 
 def test_the_slurm_launcher_requeues_with_resume(tmp_path: Path) -> None:
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    from monarchpc.run import rundir, slurm
+    from hydra_plugins import monarchpc_launcher
+    from monarchpc.run import rundir
 
-    launcher = slurm.SlurmLauncher.__new__(slurm.SlurmLauncher)
+    launcher = monarchpc_launcher.SlurmLauncher.__new__(monarchpc_launcher.SlurmLauncher)
     (tmp_path / "checkpoint.pt").write_bytes(b"")
     rundir.last_run_dir = tmp_path
     delayed = launcher.checkpoint(["model=hmm"], "hydra.sweep.dir", 0, "id", {})

@@ -74,7 +74,7 @@ def test_a_malformed_config_yaml_is_one_line(text_run: Path, tmp_path: Path, tex
     for result in (invoke("sample", f"run_dir={run_dir}", "n=1", "length=4"),
                    invoke("score", f"run_dir={run_dir}", f"file={run_dir / 'train.log'}")):
         one_line(result, "config.yaml", ".hydra/config.yaml", *words)
-    with pytest.raises(RunDirError, match="config.yaml"):
+    with pytest.raises(RunDirError, match=r"config\.yaml"):
         monarchpc.load_run(run_dir)
 
 
