@@ -4,6 +4,7 @@ file naming a live process, a file-size limit, models too large for memory, sign
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -270,3 +271,38 @@ def test_every_sweep_job_has_its_hydra_dir_and_a_failed_job_fails_the_sweep(
                                                                 "overrides.yaml"}
     assert "optim.epochs=0" in (jobs[0] / "error.txt").read_text()
     assert json.loads((jobs[1] / "run.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.slow
+def test_a_job_stopped_by_sigusr2_is_requeued_and_resumes(tmp_path: Path) -> None:
+    """hydra/launcher=local (submitit's local executor, our requeue hook): SIGUSR2 to the
+    job, as SLURM sends before a time limit or on preemption, stops it with a checkpoint;
+    submitit requeues it and the requeued job resumes from that checkpoint and finishes."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    args = [*TINY, "optim.epochs=150", "trainer.checkpoint_every=5"]  # 600 updates
+    proc = subprocess.Popen([sys.executable, "-m", "monarchpc.train", "-m",
+                             "hydra/launcher=local", "logger=none", "trainer.progress=false",
+                             *args, f"paths.output_dir={tmp_path}"], cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, job = time.time() + 180, None
+        while time.time() < deadline and proc.poll() is None:
+            job = next((tmp_path / "multirun").glob("*/0-hmm-h8"), None) \
+                if (tmp_path / "multirun").is_dir() else None
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                if json.loads((job / "run.json").read_text())["updates"] >= 5:
+                    break  # in the EM loop
+            time.sleep(0.05)
+        assert job is not None and proc.poll() is None, "the job never checkpointed"
+        os.kill(json.loads((job / "run.lock").read_text())["pid"], signal.SIGUSR2)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    log = (job / "train.log").read_text()
+    assert "stop requested (SIGUSR2)" in log
+    stopped = int(log.split("stopped at update ")[1].split("/")[0])
+    assert f"resuming {job} at update {stopped}" in log and 0 < stopped < 600
+    info = json.loads((job / "run.json").read_text())
+    assert (info["status"], info["updates"]) == ("finished", 600)
