@@ -56,12 +56,16 @@ def main(cfg: DictConfig) -> float | None:
     try:
         resume_if_requeued(cfg)  # a SLURM job requeued after its checkpoint: resume it
         record = run(cfg, overrides=list(hydra_cfg.overrides.task))
-    except (ConfigError, DataError, DivergedError) as err:
-        kind, code = ("diverged", 3) if isinstance(err, DivergedError) else ("error", 2)
+    except (ConfigError, DataError) as err:
         if hydra_cfg.mode == RunMode.MULTIRUN:  # this job fails, the sweep goes on
-            job_failed(kind, err, hydra_cfg.runtime.output_dir)
+            job_failed(err, hydra_cfg.runtime.output_dir)
             return None
-        fail(kind, err, cfg.run_dir, code)
+        fail("error", err, cfg.run_dir, 2)
+    except DivergedError as err:
+        if hydra_cfg.mode == RunMode.MULTIRUN:  # a result of the sweep (run.json: diverged)
+            print(f"monarchpc: diverged: {err}", file=sys.stderr)
+            return None
+        fail("diverged", err, cfg.run_dir, 3)
     except Interrupted as err:  # the checkpoint is written (factor runs' too)
         hand_over(err.signum)  # under submitit: requeue the job (and exit)
         fail("stopped", err, cfg.run_dir, err.exit_code)
@@ -72,14 +76,14 @@ def main(cfg: DictConfig) -> float | None:
     return next((v for k, v in record.items() if k.startswith("dev_")), None)
 
 
-def job_failed(kind: str, err: Exception, job_dir: str) -> None:
+def job_failed(err: Exception, job_dir: str) -> None:
     """A sweep job that failed: its line on stderr and in ``error.txt`` in its directory
     (the sweep's summary lists it as failed, and the sweep exits 2 at its end; see
     monarchpc/run/summary.py); the other jobs still run."""
     from monarchpc.files import atomic_write
     from monarchpc.run.summary import ERROR_FILE
 
-    print(f"monarchpc: {kind}: {err}", file=sys.stderr)
+    print(f"monarchpc: error: {err}", file=sys.stderr)
     text = f"{type(err).__name__}: {err}\n"
     atomic_write(Path(job_dir) / ERROR_FILE, lambda f: f.write(text.encode()))
 
