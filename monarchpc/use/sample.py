@@ -33,6 +33,7 @@ from torch import Tensor
 
 from monarchpc import memory
 from monarchpc.errors import UsageError
+from monarchpc.files import refuse_link
 from monarchpc.structures import Structure, structure_of
 from monarchpc.use.cli import parse_options
 from monarchpc.use.codecs import (
@@ -158,9 +159,14 @@ def grid(images: list[np.ndarray], columns: int, gap: int = 1) -> np.ndarray:
 def image_paths(opts: dict[str, Any], run_dir: Path) -> list[Path]:
     """The PNGs ``sample`` writes for an image run (checked by :func:`output_path`)."""
     if not opts["image"]:
-        return [output_path(Path(opts["out"] or run_dir / "samples").with_suffix(".png"))]
-    stem = Path(opts["out"] or run_dir / "inpaint")
-    return [output_path(stem.with_name(stem.name + f"-{k}.png")) for k in ("before", "after")]
+        paths = [Path(opts["out"] or run_dir / "samples").with_suffix(".png")]
+    else:
+        stem = Path(opts["out"] or run_dir / "inpaint")
+        paths = [stem.with_name(stem.name + f"-{k}.png") for k in ("before", "after")]
+    if not opts["out"]:  # the run directory's own files: never through a planted link
+        for path in paths:
+            refuse_link(path)
+    return [output_path(path) for path in paths]
 
 
 def sample_images(model: torch.nn.Module, structure: Structure, config: Any,

@@ -158,6 +158,12 @@ def test_slurm_launcher_config_composes_with_the_plugin() -> None:
         cfg = compose("train", ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=4"],
                       return_hydra_config=True)
     launcher = cfg.hydra.launcher
-    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    # the plugin's SlurmLauncher with monarchpc's requeue hook (resume from the checkpoint)
+    from hydra_plugins import monarchpc_launcher
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+
+    assert launcher._target_ == "hydra_plugins.monarchpc_launcher.SlurmLauncher"
+    assert issubclass(monarchpc_launcher.SlurmLauncher, SlurmLauncher)
+    assert launcher.max_num_timeout > 0  # a job that hits its time limit is requeued
     assert launcher.tasks_per_node == 4 and launcher.nodes == 1
     assert "export NCCL_NVLS_ENABLE=0" in launcher.setup
