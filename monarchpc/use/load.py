@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from monarchpc.errors import CheckpointError, ConfigError, RunDirError
@@ -41,8 +41,9 @@ def checked_config(config: Any, where: str) -> DictConfig:
     from monarchpc.structures import STRUCTURES
 
     if not isinstance(config, DictConfig):
-        raise RunDirError(f"{where} holds a YAML {type(config).__name__}, not a run's config "
-                          f"(a mapping); {CONFIG_FIX}")
+        kind = "list" if isinstance(config, ListConfig) else type(config).__name__
+        raise RunDirError(f"{where} holds a YAML {kind}, not a run's config (a mapping); "
+                          f"{CONFIG_FIX}")
     try:
         resolved = OmegaConf.create(OmegaConf.to_container(config, resolve=True))
     except Exception as err:  # any interpolation error of OmegaConf

@@ -63,7 +63,7 @@ def one_line(result, *words: str) -> None:
     ("a: ${b}\nb: ${a}\n", ["does not resolve"]),  # recursive interpolation
     ("model: {structure: hmm, hidden_size: '${oc.env:MONARCHPC_SURELY_UNSET}'}\n"
      "dataset: {name: demo}\n", ["does not resolve", "MONARCHPC_SURELY_UNSET"]),
-    ("- 1\n- 2\n", ["YAML ListConfig", "not a run's config"]),
+    ("- 1\n- 2\n", ["holds a YAML list", "not a run's config"]),
     ("model: [unclosed\n", ["not valid YAML"]),
     ("model: {structure: tree}\ndataset: {name: demo}\n", ["lacks a run's model.structure"]),
 ])
