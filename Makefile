@@ -30,6 +30,7 @@ TEXT_TARGETS := demo text8-hmm text8-monarch2 text8-prefix chars-text8-prefix te
 IMAGE_TARGETS := image-demo tiny-imagenet32-monarch-hclt imagenet32-monarch-hclt \
 	imagenet64-monarch-hclt fig7-sweep
 .PHONY: help install test test-fast lint bench bench-hclt bench-ddp profile tables plots results sampling-time pruning \
+	compression-bench \
 	clean-venv $(TEXT_TARGETS) $(IMAGE_TARGETS)
 
 help: ## this list (the default goal)
@@ -197,6 +198,15 @@ results: install ## rebuild docs/results (tables, figures) from docs/results/run
 	  --imagenet32-dataset image_folder --imagenet64-dataset image_folder
 	$(PY) scripts/make_plots.py --out $(RESULTS) --runs $(RESULT_RUNS) \
 	  --text8-dataset chars --imagenet64-dataset image_folder --imagenet32-dataset image_folder
+	$(PY) -m monarchpc.reports.compression --records $(RESULTS)/compression --out $(RESULTS)
+
+# Lossless compression records (docs/results/compression): TEXT_RUN / IMAGE_RUN run directories
+# beside gzip, bzip2, xz, zstd, PNG and WebP, every one a checked round trip; then make results.
+TEXT_RUN ?=
+IMAGE_RUN ?=
+compression-bench: install ## compression records of TEXT_RUN=<dir> IMAGE_RUN=<dir> (CPU)
+	$(PY) -m monarchpc.bench compression --record $(if $(TEXT_RUN),--text-run $(TEXT_RUN)) \
+	  $(if $(IMAGE_RUN),--image-run $(IMAGE_RUN))
 
 # Table 1/4 "Time": writes sampling_seconds_per_sequence into $(RUN)/run.json
 sampling-time: install ## Tables 1/4 time: sampling seconds per sequence of RUN=<dir>

@@ -2,7 +2,7 @@
 
 Data flow: ``data`` -> ``circuits`` -> ``learning`` -> ``train`` (the loop) -> ``reports``.
 A trained run is used through ``monarchpc.load_run(run_dir) -> (model, config)``
-(:mod:`monarchpc.use.load`), exact conditional queries (:mod:`monarchpc.use.queries`) and the
+(:mod:`monarchpc.use.load`), exact conditional queries (:mod:`monarchpc.queries`) and the
 ``python -m monarchpc.sample`` / ``python -m monarchpc.score`` commands.
 """
 

@@ -1,6 +1,6 @@
 """The circuit structures, in one registry: name -> everything the package does with one.
 
-| ``model.structure`` | model (circuits/) | fused E-step (learning/) | queries (use/) |
+| ``model.structure`` | model (circuits/) | fused E-step (learning/) | queries |
 | --- | --- | --- | --- |
 | ``hmm`` | hmm.py: a sum block over a sequence | hmm_estep.py | queries.py ``hmm_*`` |
 | ``hclt`` | hclt.py: sum blocks on a Chow-Liu tree | hclt_estep.py | queries.py ``hclt_*`` |
@@ -9,8 +9,9 @@ Every decision that depends on the structure reads its :class:`Structure` here: 
 training loop builds the model and its engine, how ``load_run`` rebuilds a saved one, the
 precision of evaluation, the queries of ``sample`` and ``compress``, whether circuit
 multiplication applies, and the ``model.*`` settings it reads. It lives above
-``circuits``, ``learning`` and ``use`` (it names things of all three), so that none of
-them imports another's structure code. Adding a structure: docs/extending.md.
+``circuits``, ``learning`` and ``queries`` (it names things of all three) and below
+everything that decides by structure (init, run, use, config), so that no module
+branches on a structure's name. Adding a structure: docs/extending.md.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from monarchpc import queries
 from monarchpc.circuits.blocks import BlockSpec, SumBlocks
 from monarchpc.circuits.hclt import HCLT, build_hclt, hclt_from_tree
 from monarchpc.circuits.hmm import HMM
@@ -31,7 +33,6 @@ from monarchpc.learning.hclt_estep import fused_hclt_estep, hclt_estep
 from monarchpc.learning.hmm_estep import fused_estep, hmm_estep
 from monarchpc.learning.precision import Precision
 from monarchpc.settings import Settings, choice, integer, list_of, number, text
-from monarchpc.use import queries
 
 Generator = torch.Generator | None
 

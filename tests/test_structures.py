@@ -14,8 +14,8 @@ from monarchpc.data.transforms import CHANNEL_VOCABS
 from monarchpc.learning.engines import autograd_scorer
 from monarchpc.learning.precision import Precision
 from monarchpc.paths import REPO_ROOT
+from monarchpc.queries import MISSING
 from monarchpc.structures import STRUCTURES, build_model, load_model
-from monarchpc.use.queries import MISSING
 
 MODELS = {
     "hmm": {"name": "monarch2_hmm", "structure": "hmm", "block": "monarch", "hidden_size": 6,

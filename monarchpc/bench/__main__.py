@@ -10,6 +10,7 @@
 | ddp | data-parallel training, 1 vs 2 GPUs | make bench-ddp |
 | precision | one preset trained in fp32, tf32 and bf16, and its fp32 model scored in each | |
 | flows | bias and error of bf16 / TF32 log p and flows of HCLTs | |
+| compression | lossless compression beside gzip, bzip2, xz, zstd, PNG, WebP | |
 
 ``TOOL --help`` lists a tool's options; ``--tiny`` runs small cases on the CPU. Results are
 JSON lines on stdout and in ``outputs/bench/`` (``--record``: ``docs/results/device/``,
@@ -21,7 +22,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-TOOLS = ("hmm", "hclt", "kernels", "elements", "profile", "ddp", "precision", "flows")
+TOOLS = ("hmm", "hclt", "kernels", "elements", "profile", "ddp", "precision", "flows",
+         "compression")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
+from monarchpc import checkpoint
 from monarchpc.data import build_dataset
 from monarchpc.learning.precision import Precision
 from monarchpc.paths import REPO_ROOT
-from monarchpc.run import checkpoint
 from monarchpc.run.evaluate import metric_value, total_nll
 from monarchpc.structures import build_model, structure_of
 from monarchpc.train import run

@@ -39,11 +39,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from monarchpc import checkpoint
 from monarchpc.circuits.blocks import BlockSpec, factorize
 from monarchpc.circuits.hmm import HMM
 from monarchpc.data import Splits
 from monarchpc.errors import ConfigError, DataError, DivergedError
-from monarchpc.run import checkpoint
 from monarchpc.structures import build_model
 
 log = logging.getLogger("monarchpc")

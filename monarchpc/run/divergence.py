@@ -15,28 +15,11 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
+from monarchpc.checkpoint import non_finite
 from monarchpc.errors import DivergedError
 from monarchpc.learning.em import EM, InvalidUpdate
-
-
-def non_finite(tensors: Mapping[str, Tensor]) -> str | None:
-    """The name of the first floating tensor of ``tensors`` holding NaN or inf, else None.
-
-    Each tensor is summed (no temporary of its size): a NaN or inf anywhere makes its sum
-    non-finite, while probabilities and expected counts sum to far below the float range.
-    One device synchronization for all tensors together.
-    """
-    named = [(k, t) for k, t in tensors.items()
-             if isinstance(t, Tensor) and t.is_floating_point() and t.numel()]
-    if not named:
-        return None
-    device = named[0][1].device
-    sums = torch.stack([t.detach().sum(dtype=torch.float32).to(device) for _, t in named])
-    finite = torch.isfinite(sums).tolist()
-    return next((k for (k, _), ok in zip(named, finite, strict=True) if not ok), None)
 
 
 def hint(optim: Mapping[str, Any], trainer: Mapping[str, Any]) -> str:

@@ -153,7 +153,7 @@ def check_resume(run_dir: Path, resume: bool) -> bool:
     """Whether the run continues from ``run_dir``'s checkpoint (``resume=true`` and one
     exists); :class:`ConfigError` for a fresh run over a checkpoint or a resume without one.
     """
-    from monarchpc.run.checkpoint import FILENAME as CHECKPOINT  # here: the lock needs no torch
+    from monarchpc.checkpoint import FILENAME as CHECKPOINT  # here: the lock needs no torch
 
     exists = (Path(run_dir) / CHECKPOINT).is_file()
     if exists and not resume:

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from monarchpc import checkpoint
 from monarchpc.circuits.blocks import BlockSpec
 from monarchpc.data import Splits, build_dataset
 from monarchpc.data.fingerprint import compare, data_fingerprint
@@ -43,7 +44,7 @@ from monarchpc.learning.em import EM
 from monarchpc.learning.engines import ENGINES, Engine, make_engine, select_device
 from monarchpc.learning.precision import PRECISIONS
 from monarchpc.learning.schedules import step_size
-from monarchpc.run import checkpoint, distributed, divergence, progress
+from monarchpc.run import distributed, divergence, progress
 from monarchpc.run.evaluate import METRICS, long_rows, metric_value
 from monarchpc.run.interrupt import StopRequest
 from monarchpc.run.rundir import RunLock, check_resume, write_hydra_files

@@ -18,8 +18,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from monarchpc import checkpoint
 from monarchpc.errors import RunDirError
-from monarchpc.run import checkpoint
 from monarchpc.structures import load_model
 
 

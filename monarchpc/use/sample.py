@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from monarchpc.errors import UsageError
+from monarchpc.queries import MISSING
 from monarchpc.structures import Structure, structure_of
 from monarchpc.use.cli import parse_options
 from monarchpc.use.codecs import (
@@ -39,7 +40,6 @@ from monarchpc.use.codecs import (
     text_codec,
 )
 from monarchpc.use.load import load_run, seq_len
-from monarchpc.use.queries import MISSING
 
 OPTIONS = {
     "run_dir": (None, "the run directory (with its checkpoint.pt)"),

@@ -17,6 +17,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from monarchpc import checkpoint
 from monarchpc.circuits import dense_block, monarch_block
 from monarchpc.circuits.hmm import HMM
 from monarchpc.config import check_config as validate
@@ -32,7 +33,6 @@ from monarchpc.init.factor_runs import (
     train_parallel,
 )
 from monarchpc.init.multiply import kron, kronecker_block, multiply_hmms, multiply_into
-from monarchpc.run import checkpoint
 from monarchpc.run.evaluate import evaluate
 from monarchpc.structures import STRUCTURES
 from monarchpc.train import run

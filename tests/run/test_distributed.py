@@ -17,8 +17,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from monarchpc import checkpoint
 from monarchpc.paths import REPO_ROOT
-from monarchpc.run import checkpoint
 from monarchpc.run.distributed import Dist, cluster_env, first_host
 from monarchpc.run.interrupt import StopRequest
 from monarchpc.train import run

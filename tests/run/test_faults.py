@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from monarchpc import checkpoint
 from monarchpc.paths import REPO_ROOT
-from monarchpc.run import checkpoint
 from monarchpc.train import run
 from tests.helpers import compose_config
 

@@ -16,9 +16,9 @@ import pytest
 import yaml
 from omegaconf import DictConfig
 
+from monarchpc import checkpoint
 from monarchpc.errors import ConfigError
 from monarchpc.paths import REPO_ROOT
-from monarchpc.run import checkpoint
 from monarchpc.run.rundir import LOCK, RunLock, check_resume, write_hydra_files
 
 HOLDER = """

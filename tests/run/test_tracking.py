@@ -133,7 +133,7 @@ def test_wandb_says_one_line_where_its_offline_run_is(tmp_path: Path) -> None:
 
 
 def test_a_full_disk_while_appending_gives_one_line(tmp_path: Path) -> None:
-    from tests.run.test_checkpoint import file_size_limit
+    from tests.test_checkpoint import file_size_limit
 
     t = tracker(tmp_path)
     t.log({"update": 0})

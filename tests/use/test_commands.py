@@ -28,6 +28,7 @@ import monarchpc
 from monarchpc.data import build_dataset
 from monarchpc.data.transforms import ycocg_r
 from monarchpc.paths import REPO_ROOT
+from monarchpc.queries import hmm_marginals
 from monarchpc.train import run
 from monarchpc.use import score
 from monarchpc.use.cli import run_cli
@@ -40,7 +41,6 @@ from monarchpc.use.codecs import (
     to_rgb,
 )
 from monarchpc.use.load import load_run, run_info
-from monarchpc.use.queries import hmm_marginals
 from tests.helpers import compose_config
 
 QUICK = ["optim.epochs=1", "trainer.eval_every=1000", "trainer.eval_at_start=false",

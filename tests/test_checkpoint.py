@@ -19,11 +19,12 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from monarchpc import checkpoint
 from monarchpc.data import build_dataset
 from monarchpc.errors import CheckpointError, DivergedError
 from monarchpc.learning.em import EM, InvalidUpdate, accumulate_flows, invalid
 from monarchpc.paths import REPO_ROOT
-from monarchpc.run import checkpoint, divergence
+from monarchpc.run import divergence
 from monarchpc.structures import build_model
 
 
@@ -174,8 +175,7 @@ KILLER = """
 import json, os, random, signal, sys, time
 import torch
 from torch import nn
-from monarchpc import files
-from monarchpc.run import checkpoint
+from monarchpc import checkpoint, files
 torch.set_num_threads(1)  # nothing parallel before fork
 model = nn.Linear(1024, 1024)  # 4 MB a checkpoint
 rng = random.Random(0)

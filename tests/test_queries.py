@@ -17,8 +17,8 @@ import torch
 
 from monarchpc.circuits.blocks import BlockSpec, SumBlocks
 from monarchpc.circuits.hclt import HCLT
+from monarchpc.queries import MISSING, hclt_sample, hmm_marginals, hmm_sample, transpose_apply
 from monarchpc.structures import build_model
-from monarchpc.use.queries import MISSING, hclt_sample, hmm_marginals, hmm_sample, transpose_apply
 from tests.helpers import renormalized
 
 HMM_CONFIGS = [{"structure": "hmm", "block": "dense", "hidden_size": 3},

@@ -18,6 +18,7 @@ repeats exactly what the uninterrupted run would have done.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,6 @@ from torch import Tensor, nn
 
 from monarchpc.errors import CheckpointError, DataError, DivergedError
 from monarchpc.files import atomic_write
-from monarchpc.run.divergence import non_finite
 
 FILENAME = "checkpoint.pt"
 FORMAT = 2
@@ -35,6 +35,23 @@ SECTIONS = ("format", "model", "trainer", "config")
 PLAIN = (str, int, float, bool, type(None), Tensor)
 FIX = ("move it away and start the run afresh (or choose another run_name); a checkpoint "
        "from elsewhere must hold tensors and plain values only")
+
+
+def non_finite(tensors: Mapping[str, Tensor]) -> str | None:
+    """The name of the first floating tensor of ``tensors`` holding NaN or inf, else None.
+
+    Each tensor is summed (no temporary of its size): a NaN or inf anywhere makes its sum
+    non-finite, while probabilities and expected counts sum to far below the float range.
+    One device synchronization for all tensors together.
+    """
+    named = [(k, t) for k, t in tensors.items()
+             if isinstance(t, Tensor) and t.is_floating_point() and t.numel()]
+    if not named:
+        return None
+    device = named[0][1].device
+    sums = torch.stack([t.detach().sum(dtype=torch.float32).to(device) for _, t in named])
+    finite = torch.isfinite(sums).tolist()
+    return next((k for (k, _), ok in zip(named, finite, strict=True) if not ok), None)
 
 
 def check_plain(value: Any, where: str = "checkpoint") -> None:
