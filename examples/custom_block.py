@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="less text, one epoch")
     args = parser.parse_args()
     torch.manual_seed(0)
+    torch.set_num_threads(1)  # small models: one thread beats several waiting on a busy CPU
 
     # 1. The block: four layers over 4 x 4 x 4, the last applied first (layer m-1 first).
     spec = BlockSpec.monarch([4, 4, 4], axes=[0, 1, 2, 0])

@@ -97,10 +97,10 @@ def main() -> None:
     dataset = {"name": "stdlib_source", "package": "json" if args.tiny else "email",
                "fractions": [0.9, 0.05, 0.05], "seq_len": 128, "long_rows": 4}
     overrides = ["model=monarch2_hmm", "model.hidden_size=64" if args.tiny else
-                 "model.hidden_size=256", "optim.batch_size=32", "optim.accumulate=1",
+                 "model.hidden_size=256", "optim.batch_size=64", "optim.accumulate=1",
                  "optim.epochs=2" if args.tiny else "optim.epochs=4", "optim.schedule=linear",
-                 "trainer.eval_every=1000", f"run_dir={run_dir}", "logger=none",
-                 "trainer.progress=false", "trainer.device=cpu"]
+                 "trainer.eval_every=1000", "trainer.cpu_threads=1", f"run_dir={run_dir}",
+                 "logger=none", "trainer.progress=false", "trainer.device=cpu"]
     with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     cfg.dataset = OmegaConf.create(dataset)

@@ -28,7 +28,7 @@ import pytest
 from monarchpc.paths import REPO_ROOT
 
 README = REPO_ROOT / "README.md"
-DOCS = sorted((REPO_ROOT / "docs").glob("*.md"))
+DOCS = [*sorted((REPO_ROOT / "docs").glob("*.md")), REPO_ROOT / "examples" / "README.md"]
 VENV_PYTHON = ".venv/bin/python"
 USING = "## Using a trained model"
 
