@@ -29,8 +29,8 @@ TEXT_TARGETS := demo text8-hmm text8-monarch2 text8-prefix chars-text8-prefix te
 	lm1b-hmm lm1b-monarch2 lm1b-sweep wikitext2-hmm wikitext2-monarch2
 IMAGE_TARGETS := image-demo tiny-imagenet32-monarch-hclt imagenet32-monarch-hclt \
 	imagenet64-monarch-hclt fig7-sweep
-.PHONY: help install test test-fast lint examples bench bench-hclt bench-ddp profile tables plots results sampling-time pruning \
-	compression-bench \
+.PHONY: help install lock test test-fast test-gpu lint examples bench bench-hclt bench-ddp bench-recipe \
+	bench-reference profile tables plots results sampling-time pruning compression-bench \
 	clean-venv $(TEXT_TARGETS) $(IMAGE_TARGETS)
 
 help: ## this list (the default goal)
@@ -39,27 +39,48 @@ help: ## this list (the default goal)
 	  sed -E 's/^([^:]+):.*## (.*)$$/\1\t\2/' | \
 	  awk -F '\t' '{printf "  %-28s %s\n", $$1, $$2}'
 
-install: $(VENV)/.installed ## create .venv and install the project (and torch if missing)
+install: $(VENV)/.installed ## create .venv and install the project at the versions of constraints.txt
 
-# The venv sees the system's site-packages, so a CUDA torch you already have is kept;
-# only where no torch imports is the pinned CPU build installed.
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv --system-site-packages $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	@if $(PY) -c "import torch" 2>/dev/null; then \
-	  echo "keeping torch $$($(PY) -c 'import torch; print(torch.__version__)')"; \
-	else \
-	  echo "installing torch==$(TORCH_VERSION)"; $(PY) -m pip install -q torch==$(TORCH_VERSION); \
-	fi
-	$(PY) -m pip install -q -e ".[dev]"
+# A venv of its own (no system site-packages): every package at the version constraints.txt
+# pins (PIP_CONSTRAINT also reaches pip's build environments), torch at TORCH_VERSION: on a
+# CPU machine with the CPU wheel at hand (as here) pip takes 2.13.0+cpu, from PyPI it gets
+# the CUDA build of 2.13.0. sentencepiece is 0.2.2: the committed WikiText-2 runs' tokenizer
+# is reproducible with it only. `make lock` writes constraints.txt anew.
+CONSTRAINTS := $(abspath constraints.txt)
+$(VENV)/.installed: pyproject.toml constraints.txt
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	PIP_CONSTRAINT=$(CONSTRAINTS) $(PY) -m pip install -q --upgrade pip setuptools
+	PIP_CONSTRAINT=$(CONSTRAINTS) $(PY) -m pip install -q torch==$(TORCH_VERSION) -e ".[dev]"
 	touch $@
 
+# Resolve the newest versions pyproject's ranges allow in a fresh venv and pin them all
+# (torch and its CUDA packages stay with TORCH_VERSION; the project itself is editable).
+lock: ## write constraints.txt from a fresh resolve of pyproject.toml's dependencies
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install -q --upgrade pip setuptools
+	.venv-lock/bin/python -m pip install -q torch==$(TORCH_VERSION) -e ".[dev]" sentencepiece==0.2.2
+	{ echo "# pip constraints of make install and CI: every package at one version (make lock"; \
+	  echo "# writes this file; torch is pinned by the Makefile's TORCH_VERSION)."; \
+	  .venv-lock/bin/python -m pip freeze --all --exclude-editable | \
+	    grep -v -i -E '^(torch|nvidia-[a-z0-9-]+)=='; } > constraints.txt
+	rm -rf .venv-lock
+
 # One torch thread per process: the suite runs many tiny models, where threads only contend.
+# PYTEST_ARGS: more pytest options, e.g. PYTEST_ARGS="-m kernel" or "-x".
+PYTEST_ARGS ?=
 test: install ## the test suite on the CPU (a few minutes)
-	OMP_NUM_THREADS=1 $(PY) -m pytest tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest $(PYTEST_ARGS) tests
 
 test-fast: install ## the suite without the tests marked slow (about half the time)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -m "not slow" tests
+
+# The GPU tier (tests/gpu, marker gpu): CUDA-graph replay, TF32 operand rounding on the tensor
+# cores, the fp32 fallback at 32^3, bf16 within bands; Triton compiled, not interpreted. Writes
+# its record to GPU_TEST_RECORD/test_gpu_<gpu>.json (docs/results/device to publish it).
+GPU_TEST_RECORD ?= outputs/bench
+test-gpu: install ## [GPU] the GPU test tier; GPU_TEST_RECORD=docs/results/device records it
+	TRITON_INTERPRET=0 $(PY) -m pytest -m gpu tests/gpu --gpu-record $(GPU_TEST_RECORD)
 
 lint: install ## ruff
 	$(BIN)/ruff check .
@@ -154,6 +175,26 @@ bench: install ## [GPU] HMM E-step throughput (CPU: BENCH_ARGS=--tiny)
 HCLT_BENCH_ARGS ?=
 bench-hclt: install ## [GPU] HCLT E-step throughput beside PyJuice (if installed)
 	$(PY) -m monarchpc.bench hclt $(HCLT_BENCH_ARGS)
+
+# make text8-monarch2's steady state: its config (init=random, text8-shaped synthetic rows, no
+# evaluation) in the real training loop, 2 warm-up + 10 timed updates; tokens/s, each update's
+# seconds, peak memory. RECIPE_ARGS=--record replaces docs/results/device/text8_monarch2_speed_<gpu>.json;
+# GPUS=2 runs it data parallel (torchrun); CPU: RECIPE_ARGS=--tiny.
+RECIPE_ARGS ?=
+ifeq ($(strip $(GPUS)),1)
+RECIPE := $(PY) -m monarchpc.bench recipe
+else
+RECIPE := NCCL_NVLS_ENABLE=0 $(PY) -m torch.distributed.run --standalone --nproc_per_node=$(GPUS) -m monarchpc.bench recipe
+endif
+bench-recipe: install ## [GPU] steady-state speed of make text8-monarch2 (CPU: RECIPE_ARGS=--tiny)
+	$(RECIPE) $(RECIPE_ARGS)
+
+# The reference implementation's E-step beside ours in one run (TF32 against TF32 and bf16):
+# REFERENCE=path to a copy of wangben88/MonarchCircuits (or its monarch_hmm/hmm.py).
+REFERENCE ?=
+REFERENCE_ARGS ?=
+bench-reference: install ## [GPU] the reference's HMM E-step beside ours (REFERENCE=MonarchCircuits copy)
+	$(PY) -m monarchpc.bench reference --reference "$(REFERENCE)" $(REFERENCE_ARGS)
 
 # Tokens/s with 1 and 2 GPUs and the ranks' parameter divergence after 10 updates.
 BENCH_GPUS ?= 1 2

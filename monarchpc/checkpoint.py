@@ -14,6 +14,13 @@ previous checkpoint; a full disk leaves it too, with no temporary file, and one
 :mod:`monarchpc.run.divergence`), so the last checkpoint is always a good one. A checkpoint
 is taken only between EM updates, when no partial flows exist, so resuming from it
 repeats exactly what the uninterrupted run would have done.
+
+``run_dir/best.pt`` (:data:`BEST`, ``trainer.keep_best``) is a second file of the same
+format and safety: the model at the evaluation of the lowest dev metric so far, with that
+evaluation in its ``"best"`` section; the loop writes it (atomically) right after the
+checkpoint of the update it belongs to, so it never holds a model the checkpoint has not
+reached (see :meth:`monarchpc.run.trainer.Trainer.save`). Both files are read by
+:func:`load`; ``filename`` chooses.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from monarchpc.errors import CheckpointError, DataError, DivergedError
 from monarchpc.files import atomic_write
 
 FILENAME = "checkpoint.pt"
+BEST = "best.pt"
+"""The model at the best dev evaluation (written when ``trainer.keep_best`` is true)."""
 FORMAT = 2
 """Checkpoint format: 2 holds ``"format"``; files without it (format 1) load alike."""
 SECTIONS = ("format", "model", "trainer", "config")
@@ -72,9 +81,9 @@ def check_plain(value: Any, where: str = "checkpoint") -> None:
 
 
 def save(run_dir: Path, model: nn.Module, state: dict[str, Any], config: dict[str, Any],
-         **sections: Any) -> Path:
+         filename: str = FILENAME, **sections: Any) -> Path:
     """Write ``{"format", "model", "trainer": state, "config", **sections}`` atomically to
-    ``run_dir/checkpoint.pt``; returns its path.
+    ``run_dir/<filename>`` (:data:`FILENAME` or :data:`BEST`); returns its path.
 
     Raises TypeError for a section that is not plain (see :func:`check_plain`),
     :class:`DivergedError` (nothing written) for a non-finite parameter and
@@ -90,7 +99,7 @@ def save(run_dir: Path, model: nn.Module, state: dict[str, Any], config: dict[st
     if bad:
         raise DivergedError(f"not saving a checkpoint: the model's {bad} holds NaN or inf; "
                             f"the last checkpoint in {run_dir} is kept")
-    path = Path(run_dir) / FILENAME
+    path = Path(run_dir) / filename
     try:
         atomic_write(path, lambda f: torch.save(payload, f))
     except DataError as err:
@@ -99,13 +108,14 @@ def save(run_dir: Path, model: nn.Module, state: dict[str, Any], config: dict[st
     return path
 
 
-def load(run_dir: Path, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
-    """The checkpoint of ``run_dir`` (a dict of sections), or None if it has none.
+def load(run_dir: Path, map_location: str | torch.device = "cpu",
+         filename: str = FILENAME) -> dict[str, Any] | None:
+    """The checkpoint ``run_dir/<filename>`` (a dict of sections), or None if there is none.
 
     Raises :class:`CheckpointError` for an empty, truncated, corrupt or crafted file, or
     one that is not a monarchpc checkpoint; nothing in the file is ever executed.
     """
-    path = Path(run_dir) / FILENAME
+    path = Path(run_dir) / filename
     if not path.is_file():
         return None
     if path.stat().st_size == 0:

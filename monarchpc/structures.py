@@ -57,8 +57,11 @@ class Structure:
     ``fused``: its fused E-step (None: autograd only);
     ``score_precision(training)``: the products' precision of evaluation, given training's;
     ``sample(model, x, generator)``: rows with every MISSING value drawn from p(missing |
-    observed); ``marginals(model, x)``: p(x_i = v | the observed values) (N, D, V);
-    ``complete(model, x)``: the most likely values of the MISSING entries;
+    observed); ``marginals(model, x)``: p(x_i = v | the observed values other than x_i)
+    (N, D, V), linear space; ``complete(model, x)``: (rows (N, D), log values (N,)): the
+    most likely joint assignment of the MISSING entries and the circuit's latent states
+    (hidden states and Monarch layer indices; max-product), observed values kept, and its
+    log joint probability (docs/queries.md);
     ``multiply``: circuit multiplication (``init=multiply``, ``init.space_token``) applies;
     ``settings``: the ``model.*`` keys only this structure reads.
     """
@@ -70,7 +73,7 @@ class Structure:
     score_precision: Callable[[str], str]
     sample: Callable[[Any, Tensor, Generator], Tensor]
     marginals: Callable[[Any, Tensor], Tensor] | None = None
-    complete: Callable[[Any, Tensor], Tensor] | None = None
+    complete: Callable[[Any, Tensor], tuple[Tensor, Tensor]] | None = None
     multiply: bool = False
     settings: Settings = field(default_factory=dict)
 
@@ -104,7 +107,8 @@ HMM_STRUCTURE = Structure(
     # TF32 evaluation when training runs below fp32: within 0.0001 dev BPC of fp32
     # (docs/performance.md), and the speed of the largest models
     score_precision=lambda training: "fp32" if training == "fp32" else "tf32",
-    sample=queries.hmm_sample, marginals=queries.hmm_marginals, multiply=True,
+    sample=queries.hmm_sample, marginals=queries.hmm_marginals, complete=queries.hmm_map,
+    multiply=True,
     settings={"k": (integer(1, none=True), "Monarch factors; null for dense blocks")})
 
 
@@ -140,7 +144,7 @@ HCLT_STRUCTURE = Structure(
     # fp32 always: TF32 scoring moved dev BPD by +0.003 (docs/performance.md), and
     # evaluation is a small cost beside training
     score_precision=lambda training: "fp32",
-    sample=queries.hclt_sample,
+    sample=queries.hclt_sample, marginals=queries.hclt_marginals, complete=queries.hclt_map,
     settings={
         "monarch_layers": (integer(2), "layers of a Monarch-HCLT block"),
         "leaf_tying": (choice("channel", "none"), "leaves shared per colour channel or not"),

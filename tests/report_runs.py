@@ -1,16 +1,16 @@
 """Small real run directories for the report tests.
 
 Runs train a real HMM for a few stochastic EM updates on the first 50,000 characters of
-the real text8 (shared/data/text8_prefix), recorded as data set "chars" (they are not the
-text8 benchmark), through the training loop (``monarchpc.train.run`` with the project's
-Hydra configs); runs initialized by circuit multiplication are given finished dense runs
-as their factor runs. Every number is measured.
+the embedded demo corpus (Python's own help texts, normalized the text8 way: it ships with
+every CPython, so these tests need no data from outside the repository), recorded as data
+set "chars" (they are not the text8 benchmark), through the training loop
+(``monarchpc.train.run`` with the project's Hydra configs); runs initialized by circuit
+multiplication are given finished dense runs as their factor runs. Every number is measured.
 """
 
 from __future__ import annotations
 
 import atexit
-import lzma
 import shutil
 import tempfile
 from functools import cache
@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from monarchpc.data.demo import corpus
 from monarchpc.train import run
 from tests.helpers import compose_config
 
@@ -26,21 +27,33 @@ from tests.helpers import compose_config
 # (threads spin while the other core is busy); one thread keeps the tests quick.
 torch.set_num_threads(1)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TEXT8 = REPO_ROOT.parent / "shared" / "data" / "text8_prefix" / "text8_first12500000.xz"
-if not TEXT8.is_file():  # a worktree beside /work/main
-    TEXT8 = Path("/work/shared/data/text8_prefix/text8_first12500000.xz")
 MAX_CHARS, FRACTIONS, SEQ_LEN, LONG_ROWS, VOCAB = 50_000, (0.8, 0.1, 0.1), 32, 10, 27
 BATCH, EVAL_EVERY = 256, 2
 
 
 @cache
-def text8_rows() -> dict[str, torch.Tensor]:
-    """The splits the "chars" loader makes of the first 50,000 characters with fractions
+def corpus_text() -> str:
+    """The first 50,000 characters of the demo corpus (only ' ' and a-z, single spaces)."""
+    text = corpus()[:MAX_CHARS]
+    assert len(text) == MAX_CHARS and set(text) <= set(" abcdefghijklmnopqrstuvwxyz")
+    return text
+
+
+def corpus_file(root: Path) -> Path:
+    """:func:`corpus_text` written to ``root``/corpus.txt (the runs' ``dataset.paths``)."""
+    path = root / "corpus.txt"
+    if not path.is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        path.write_text(corpus_text())
+    return path
+
+
+@cache
+def corpus_rows() -> dict[str, torch.Tensor]:
+    """The splits the "chars" loader makes of the 50,000 characters with fractions
     0.8/0.1/0.1 and rows of 32: train / dev / test (N, 32), and the test characters as
-    10 long rows ("test_long"). space = 0, a..z = 1..26 (text8 is already normalized)."""
-    with lzma.open(TEXT8, "rt") as f:
-        text = f.read(MAX_CHARS)
+    10 long rows ("test_long"). space = 0, a..z = 1..26 (computed here, not by the loader)."""
+    text = corpus_text()
     ids = torch.tensor([0 if c == " " else ord(c) - 96 for c in text], dtype=torch.long)
     assert int(ids.min()) >= 0 and int(ids.max()) < VOCAB
     n_train, n_dev = int(MAX_CHARS * FRACTIONS[0]), int(MAX_CHARS * FRACTIONS[1])
@@ -62,8 +75,9 @@ def train_run(run_dir: Path, block: str, hidden_size: int, k: int | None = None,
     """A run through ``monarchpc.train.run`` on the 50,000-character prefix (the encoded
     characters are cached in ``cache_dir``: share one between runs); ``init=multiply``
     multiplies the given finished ``factor_runs``."""
+    text = corpus_file(cache_dir or run_dir.parent)
     overrides = [
-        "trainer.device=cpu", "dataset=chars", f"dataset.paths=[{TEXT8}]",
+        "trainer.device=cpu", "dataset=chars", f"dataset.paths=[{text}]",
         f"dataset.max_chars={MAX_CHARS}", f"dataset.fractions=[{','.join(map(str, FRACTIONS))}]",
         f"dataset.seq_len={SEQ_LEN}", f"dataset.long_rows={LONG_ROWS}",
         f"model={model_name(block, k)}", f"model.hidden_size={hidden_size}",

@@ -62,9 +62,12 @@ def test_every_structure_builds_loads_scores_and_samples(name: str) -> None:
         assert structure.score_precision(s) in ("fp32", "tf32")
     drawn = structure.sample(model, x, torch.Generator().manual_seed(1))
     assert torch.equal(drawn[x >= 0], x[x >= 0]) and bool((drawn >= 0).all())
-    if structure.marginals is not None:
-        marginals = structure.marginals(model, x)
-        torch.testing.assert_close(marginals.sum(-1), torch.ones(x.shape, dtype=torch.float32))
+    marginals = structure.marginals(model, x)
+    torch.testing.assert_close(marginals.sum(-1), torch.ones(x.shape, dtype=torch.float32))
+    completed, log_p = structure.complete(model, x)
+    assert torch.equal(completed[x >= 0], x[x >= 0]) and bool((completed >= 0).all())
+    with torch.no_grad():  # the joint with the latents is at most the row's likelihood
+        assert bool((log_p <= model.log_likelihood(completed) + 1e-4).all())
 
 
 def test_no_module_but_the_registry_branches_on_a_structure_name() -> None:

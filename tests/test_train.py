@@ -4,6 +4,7 @@ and runs Hydra multiruns."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 from monarchpc import checkpoint
+from monarchpc.errors import RunDirError
 from monarchpc.paths import REPO_ROOT
 from monarchpc.train import run
 from tests.helpers import compose_config
@@ -140,3 +142,94 @@ def test_hydra_multirun_leaves_one_run_directory_per_job(tmp_path: Path) -> None
     infos = sorted(json.loads(p.read_text())["block"]
                    for p in (tmp_path / "multirun").glob("*/*/run.json"))
     assert infos == ["dense", "monarch"], out
+
+
+# A run that over-fits: 16 training rows, a 32-state HMM, constant step size 1 and almost no
+# pseudocount. Its dev BPC falls for two updates and then rises to the end.
+OVERFIT = ["dataset=synthetic", "dataset.n_train=16", "dataset.n_dev=64", "dataset.n_test=64",
+           "model=hmm", "model.hidden_size=32", "optim.batch_size=16", "optim.epochs=8",
+           "optim.schedule=constant", "optim.pseudocount=0.001", "trainer.eval_every=1",
+           "trainer.device=cpu", "trainer.cpu_threads=1"]
+
+
+def no_wall_time(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k != "wall_time"}
+
+
+def dev_bpc(model: torch.nn.Module, run_dir: Path) -> float:
+    """The model's dev BPC, computed here from the data (not read from any record)."""
+    from monarchpc.data import build_dataset
+    from monarchpc.use.load import load_config
+
+    dev = build_dataset(load_config(run_dir).dataset).dev.long()
+    with torch.no_grad():
+        return -float(model.log_likelihood(dev).double().sum()) / dev.numel() / math.log(2)
+
+
+def test_a_run_whose_dev_rises_keeps_its_best_model(tmp_path: Path) -> None:
+    from monarchpc.use.load import load_run
+
+    run_dir = tmp_path / "overfit"
+    final = run(compose_config(OVERFIT, run_dir))
+    recs = records(run_dir)
+    lowest = min(recs, key=lambda r: r["dev_bpc"])
+    assert final["dev_bpc"] > lowest["dev_bpc"] + 0.02  # it over-fits: best != last
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["best"] == {**lowest, "checkpoint": "best.pt"}
+    assert info["final"]["update"] == recs[-1]["update"] > lowest["update"]
+    best = checkpoint.load(run_dir, filename=checkpoint.BEST)
+    assert best["best"]["update"] == best["trainer"]["update"] == lowest["update"]
+    # the saved models score what the loop recorded at their evaluations
+    model, _ = load_run(run_dir)  # best.pt by default
+    assert dev_bpc(model, run_dir) == pytest.approx(lowest["dev_bpc"], abs=1e-6)
+    model, _ = load_run(run_dir, checkpoint="last")
+    assert dev_bpc(model, run_dir) == pytest.approx(final["dev_bpc"], abs=1e-6)
+    # keep_best=false: the best evaluation is still recorded, no best.pt
+    off = tmp_path / "off"
+    run(compose_config([*OVERFIT, "trainer.keep_best=false"], off))
+    info = json.loads((off / "run.json").read_text())
+    assert no_wall_time(info["best"]) == no_wall_time({**lowest, "checkpoint": None})
+    assert not (off / checkpoint.BEST).exists()
+    with pytest.raises(RunDirError, match=r"no best\.pt"):
+        load_run(off, checkpoint="best")
+    model, _ = load_run(off)  # auto: the last
+    assert dev_bpc(model, off) == pytest.approx(final["dev_bpc"], abs=1e-6)
+
+
+class Crash(BaseException):
+    """The process dying (kill -9) between two writes."""
+
+
+@pytest.mark.parametrize("stop", ["after_best", "between_writes"])
+def test_resume_ends_with_the_best_model_of_an_uninterrupted_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop: str) -> None:
+    full = tmp_path / "full"
+    run(compose_config(OVERFIT, full))
+    best_update = json.loads((full / "run.json").read_text())["best"]["update"]
+    part = tmp_path / "part"
+    if stop == "after_best":  # an interruption past the best evaluation
+        run(compose_config([*OVERFIT, f"trainer.stop_after={best_update + 3}"], part))
+    else:  # killed after the checkpoint of the best update, before best.pt was written
+        save = checkpoint.save
+
+        def crashing(run_dir, model, state, config, filename=checkpoint.FILENAME, **kw):
+            if filename == checkpoint.BEST and state["update"] == best_update:
+                raise Crash
+            return save(run_dir, model, state, config, filename, **kw)
+
+        monkeypatch.setattr(checkpoint, "save", crashing)
+        with pytest.raises(Crash):
+            run(compose_config(OVERFIT, part))
+        monkeypatch.setattr(checkpoint, "save", save)
+        assert checkpoint.load(part)["trainer"]["update"] == best_update
+        held = checkpoint.load(part, filename=checkpoint.BEST)["best"]["update"]
+        assert held < best_update  # best.pt holds an older model
+    run(compose_config([*OVERFIT, "resume=true"], part))
+    a = checkpoint.load(full, filename=checkpoint.BEST)
+    b = checkpoint.load(part, filename=checkpoint.BEST)
+    assert no_wall_time(a["best"]) == no_wall_time(b["best"])
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    info = [json.loads((d / "run.json").read_text())["best"] for d in (full, part)]
+    assert [no_wall_time(i) for i in info] == [no_wall_time(info[0])] * 2
+    assert info[1]["checkpoint"] == "best.pt"

@@ -1,5 +1,7 @@
-"""The training CLI on real token-level text: the LM1B pipeline on WikiText-2 (`lines` loader)
-and on real LM1B sentences in LM1B's own layout (`lm1b` loader)."""
+"""The training CLI on real token-level text: the LM1B pipeline on a text of lines (`lines`
+loader) and on sentences in LM1B's own layout (`lm1b` loader). Each runs on English prose
+made here from Python's help texts (tests/helpers.py ``english_lines``) and, as an extra
+check where ../shared/data is beside the repository, on real WikiText-2 and LM1B text."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import torch
 from monarchpc.data import build_dataset
 from monarchpc.train import run
 from tests.data.test_lm1b import HELDOUT, lm1b_tree
-from tests.helpers import SHARED_DATA, compose_config
+from tests.helpers import SHARED_DATA, compose_config, english_lines, real_data
 
 WIKITEXT = SHARED_DATA / "wikitext2" / "wikitext-2_valid.txt.xz"
 
@@ -28,13 +30,37 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(n)
 
 
-def test_wikitext2_monarch_run_lowers_dev_perplexity(tmp_path: Path, one_thread: None) -> None:
-    if not WIKITEXT.is_file():
-        pytest.skip(f"real WikiText-2 text not found at {WIKITEXT}")
+# The prose lines are shorter than WikiText-2's paragraphs and LM1B's sentences: smaller
+# batches give their runs as many EM updates.
+@pytest.fixture(params=["pydoc", "wikitext2"])
+def lines_file(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, int]:
+    """(A text of one sentence or paragraph per line, rows a batch): made here, or the real
+    WikiText-2."""
+    if request.param == "pydoc":
+        path = tmp_path / "pydoc.txt"
+        path.write_text("\n".join(english_lines()) + "\n", encoding="utf-8")
+        return path, 16
+    return real_data(WIKITEXT, "real WikiText-2 text"), 64
+
+
+@pytest.fixture(params=["pydoc", "lm1b"])
+def sentences(request: pytest.FixtureRequest) -> tuple[list[str], int]:
+    """(Sentences for an LM1B layout, rows a batch): made here, or the real heldout shard
+    00000 (6,075 sentences)."""
+    if request.param == "pydoc":
+        return english_lines(), 32
+    real_data(HELDOUT, "the real LM1B heldout shard")
+    return lzma.decompress(HELDOUT.read_bytes()).decode("utf-8").split("\n")[:-1], 64
+
+
+def test_wikitext2_monarch_run_lowers_dev_perplexity(tmp_path: Path, one_thread: None,
+                                                     lines_file: tuple[Path, int]) -> None:
+    path, batch = lines_file
     run_dir = tmp_path / "run"
-    cfg = compose_config(["experiment=wikitext2_monarch2", f"dataset.path={WIKITEXT}",
+    cfg = compose_config(["experiment=wikitext2_monarch2", f"dataset.path={path}",
                           "dataset.max_lines=800", "dataset.vocab_size=256",
-                          "dataset.seq_len=32", "model.hidden_size=16", "optim.batch_size=64",
+                          "dataset.seq_len=32", "model.hidden_size=16",
+                          f"optim.batch_size={batch}",
                           "optim.epochs=1", "trainer.eval_every=10", "trainer.device=cpu"],
                          run_dir)
     final = run(cfg)
@@ -54,20 +80,23 @@ def test_wikitext2_monarch_run_lowers_dev_perplexity(tmp_path: Path, one_thread:
     assert info["data"]["source"]["max_lines"] == 800 and info["data"]["seq_len"] == 32
 
 
-def test_lm1b_run_on_real_lm1b_sentences(tmp_path: Path, one_thread: None) -> None:
-    """The lm1b_hmm preset through the CLI's run() on the official layout made of the real
-    heldout shard 00000: its first 5,400 sentences as three training shards, the other 675 as
-    the test shard (no sentence in both); SentencePiece and the HMM learn from them."""
-    if not HELDOUT.is_file():
-        pytest.skip(f"the real LM1B heldout shard not found at {HELDOUT}")
-    sentences = lzma.decompress(HELDOUT.read_bytes()).decode("utf-8").split("\n")[:-1]
-    train, test = sentences[:5400], sentences[5400:]
-    lm1b_tree(tmp_path / "lm1b", [train[:1800], train[1800:3600], train[3600:]], [test])
+def test_lm1b_run_on_lm1b_sentences(tmp_path: Path, one_thread: None,
+                                    sentences: tuple[list[str], int]) -> None:
+    """The lm1b_hmm preset through the CLI's run() on the official layout made of the
+    sentences: the first 8/9 as three training shards, the last 1/9 as the test shard (no
+    sentence in both; the real shard: 5,400 and 675); SentencePiece and the HMM learn."""
+    sentences, batch = sentences
+    n_test = len(sentences) // 9
+    train, test = sentences[:-n_test], sentences[-n_test:]
+    third = len(train) // 3
+    lm1b_tree(tmp_path / "lm1b", [train[:third], train[third:2 * third], train[2 * third:]],
+              [test])
     run_dir = tmp_path / "run"
     cfg = compose_config(["experiment=lm1b_hmm", f"dataset.root={tmp_path / 'lm1b'}",
                           "dataset.allow_partial=true", "dataset.dev_sentences=200",
                           "dataset.max_train_sentences=1500", "dataset.vocab_size=256",
-                          "dataset.seq_len=32", "model.hidden_size=16", "optim.batch_size=64",
+                          "dataset.seq_len=32", "model.hidden_size=16",
+                          f"optim.batch_size={batch}",
                           "optim.accumulate=1", "optim.epochs=1", "trainer.eval_every=10",
                           "trainer.device=cpu", "trainer.precision=fp32"], run_dir)
     final = run(cfg)
@@ -81,5 +110,5 @@ def test_lm1b_run_on_real_lm1b_sentences(tmp_path: Path, one_thread: None) -> No
     assert final["test_ppl"] < 0.8 * unigram_test_ppl.item()
     info = json.loads((run_dir / "run.json").read_text())
     assert info["dataset"] == "lm1b" and info["metric"] == "ppl"
-    assert info["data"]["test_split"]["sentences"] == 675
+    assert info["data"]["test_split"]["sentences"] == n_test
     assert info["data"]["split_rule"].startswith("test = heldout shard news.en.heldout-00000")

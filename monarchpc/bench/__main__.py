@@ -10,6 +10,8 @@
 | ddp | data-parallel training, 1 vs 2 GPUs | make bench-ddp |
 | precision | one preset trained in fp32, tf32 and bf16, and its fp32 model scored in each | |
 | flows | bias and error of bf16 / TF32 log p and flows of HCLTs | |
+| recipe | a preset's steady-state EM updates in the training loop | make bench-recipe |
+| reference | the reference code's HMM E-step beside ours, one run | make bench-reference |
 | compression | lossless compression beside gzip, bzip2, xz, zstd, PNG, WebP | |
 
 ``TOOL --help`` lists a tool's options; ``--tiny`` runs small cases on the CPU. Results are
@@ -22,8 +24,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-TOOLS = ("hmm", "hclt", "kernels", "elements", "profile", "ddp", "precision", "flows",
-         "compression")
+TOOLS = ("hmm", "hclt", "kernels", "elements", "profile", "ddp", "precision", "flows", "recipe",
+         "reference", "compression")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,6 +1,6 @@
 """Benchmark the HCLT E-step (forward + flows) of monarchpc beside PyJuice.
 
-    python -m monarchpc.bench hclt               # the issue's cases on a GPU (about 5 minutes)
+    python -m monarchpc.bench hclt               # the issue's cases on a GPU (split by --cases)
     python -m monarchpc.bench hclt --tiny        # small sizes on the CPU (CI smoke test)
     python -m monarchpc.bench hclt --cases dense-256-512,monarch-1024-2048 --precisions bf16
 
@@ -11,10 +11,16 @@ errors of log p and of the flows, fp32 and bf16, and of a CUDA-graph replay; den
 Monarch h = 64 and 2304, whose 48 x 48 blocks take the fused backward step). Then, per
 case (block, hidden size h, batch), one E-step's samples per second (median) and peak
 memory for: monarchpc's fused engine (``--precisions``, CUDA graphs), its autograd engine
-(TF32, h <= ``--autograd-max``) and, when ``import pyjuice`` works, PyJuice's compiled
-HCLT on the same tree (forward + backward with parameter flows, TF32; dense blocks only).
-One JSON line per row to stdout and ``--out`` (default
-docs/results/device/bench_hclt_<device>.jsonl, rewritten), then Markdown tables. A
+(TF32, h <= ``--autograd-max``) and, when ``import pyjuice`` works on a GPU, PyJuice's
+compiled HCLT (forward + backward with parameter flows, TF32; dense blocks only) built two
+ways: on our Chow-Liu tree (``construction`` our-tree) and by ``pyjuice.structures.HCLT``
+from the same patches (pyjuice-hclt: what a PyJuice user writes, its own tree), run as
+PyJuice runs by default (no CUDA graphs) and, for its own HCLT, with its CUDA graphs. Our
+fused engine runs with CUDA graphs (``fused``: what a user gets, trainer.cuda_graphs=auto)
+and without (``fused-nograph``), for every batch and precision (``--nograph-rows``).
+Without PyJuice the PyJuice rows say why (not installed, or no GPU).
+One JSON line per row to stdout and a file (outputs/bench/bench_hclt_<device>.jsonl,
+rewritten; ``--record``: docs/results/device/), then Markdown tables. A
 variant that fails becomes a row with ``error``; variants past ``--budget-s`` are skipped.
 ``--floor`` also times Monarch cases with their sum blocks skipped (engine
 ``fused-no-blocks``): dense's time over that bounds what any faster Monarch layer could gain.
@@ -123,22 +129,96 @@ def pyjuice_madds(parent: np.ndarray, h: int) -> int:
     return int((inner.sum() - 1) * h * h + h)
 
 
-def pyjuice_circuit(parent: np.ndarray, h: int, device: torch.device) -> Any:
-    """PyJuice's HCLT (version 2.6.3 API) on the same tree, compiled on ``device``."""
+# PyJuice's circuits, two constructions (version 2.6.3 API):
+#   our-tree:     its hidden region graph on our Chow-Liu tree (our root): the same tree as ours
+#   pyjuice-hclt: pyjuice.structures.HCLT(data, num_latents=h, ...), what a PyJuice user
+#                 writes: its own tree (mutual information of Gaussian-binned values, 32 bins)
+#                 rooted at a center of the tree, from the same patches
+# and two ways of running them: PyJuice's default (no CUDA graphs: pc(x) then pc.backward)
+# and its opt-in graphs (record_cudagraph=True on both passes).
+PYJUICE_VARIANTS = [("our-tree", "pyjuice"), ("pyjuice-hclt", "pyjuice"),
+                    ("pyjuice-hclt", "pyjuice-graphs")]
+
+
+def pyjuice_status(device: torch.device) -> str | None:
+    """None when PyJuice can run here, else why not (the PyJuice rows say it)."""
+    try:
+        import pyjuice  # noqa: F401
+    except ImportError:
+        return "pyjuice not installed"
+    if device.type != "cuda":
+        return "pyjuice needs a CUDA GPU (its compile asks torch.cuda for the device)"
+    return None
+
+
+def pyjuice_nodes(construction: str, parent: np.ndarray, data: torch.Tensor, h: int,
+                  device: torch.device) -> Any:
+    """PyJuice's HCLT region graph (not compiled) of ``construction`` (our-tree or
+    pyjuice-hclt, see PYJUICE_VARIANTS), its parameters initialized by PyJuice."""
     import networkx as nx
-    import pyjuice as juice
-    from pyjuice.nodes.distributions import Categorical
+    import pyjuice.nodes.distributions as juice_dists
+    from pyjuice.structures import HCLT as PyJuiceHCLT
     from pyjuice.structures.compilation import BayesianTreeToHiddenRegionGraph
 
-    tree = nx.Graph()
-    tree.add_nodes_from(range(len(parent)))
-    tree.add_edges_from((v, int(p)) for v, p in enumerate(parent) if p >= 0)
-    root = int(np.flatnonzero(parent < 0)[0])
-    ns = BayesianTreeToHiddenRegionGraph(tree, root, h, Categorical, {"num_cats": VOCAB})
+    if construction == "pyjuice-hclt":  # the README's call, on the same patches
+        ns = PyJuiceHCLT(data.float().to(device), num_latents=h,
+                         input_dist=juice_dists.Categorical(num_cats=VOCAB))
+    elif construction == "our-tree":
+        tree = nx.Graph()
+        tree.add_nodes_from(range(len(parent)))
+        tree.add_edges_from((v, int(p)) for v, p in enumerate(parent) if p >= 0)
+        root = int(np.flatnonzero(parent < 0)[0])
+        ns = BayesianTreeToHiddenRegionGraph(tree, root, h, juice_dists.Categorical,
+                                             {"num_cats": VOCAB})
+    else:
+        raise ValueError(f"unknown PyJuice construction {construction!r}")
     ns.init_parameters()
+    return ns
+
+
+def pyjuice_tree(data: torch.Tensor, device: torch.device) -> np.ndarray:
+    """The parent array of the tree ``pyjuice.structures.HCLT`` builds from ``data``, with
+    its own functions and defaults (for the record: depth, multiply-adds)."""
+    import networkx as nx
+    from pyjuice.structures.hclt import chow_liu_tree as pyjuice_clt
+    from pyjuice.structures.hclt import mutual_information_chunked
+
+    mi = mutual_information_chunked(data.float().to(device), data.float().to(device), 32,
+                                    0.5 / 32, chunk_size=64).detach().cpu().numpy()
+    tree = pyjuice_clt(mi)
+    root = nx.center(tree)[0]
+    parent = np.full(data.shape[1], -1, dtype=np.int64)
+    for child, par in nx.bfs_predecessors(tree, root):
+        parent[child] = par
+    return parent
+
+
+def pyjuice_edges(ns: Any) -> int:
+    """Sum edges of a PyJuice region graph: its multiply-adds per sample."""
+    return int(sum(n.num_edges for n in ns if n.is_sum()))
+
+
+def pyjuice_circuit(construction: str, parent: np.ndarray, data: torch.Tensor, h: int,
+                    device: torch.device) -> tuple[Any, int]:
+    """PyJuice's compiled circuit of ``construction`` on ``device``, and its multiply-adds
+    per sample."""
+    import pyjuice as juice
+
+    ns = pyjuice_nodes(construction, parent, data, h, device)
     pc = juice.compile(ns, verbose=False)
     pc.to(device)
-    return pc
+    return pc, pyjuice_edges(ns)
+
+
+def tree_levels(parent: np.ndarray) -> int:
+    """Levels of a tree given as a parent array (a root alone: 1)."""
+    depth = np.zeros(len(parent), dtype=np.int64)
+    for v in range(len(parent)):
+        d, u = 0, v
+        while parent[u] >= 0:
+            u, d = int(parent[u]), d + 1
+        depth[v] = d
+    return int(depth.max()) + 1
 
 
 def measure(step: Any, batch: int, device: torch.device, reps: int) -> dict[str, Any]:
@@ -185,12 +265,13 @@ def bench_ours(model: HCLT, x: torch.Tensor, engine: str, precision: str, reps: 
     return result | extra
 
 
-def bench_pyjuice(pc: Any, x: torch.Tensor, reps: int, device: torch.device) -> dict[str, Any]:
+def bench_pyjuice(pc: Any, x: torch.Tensor, reps: int, device: torch.device,
+                  graphs: bool = False) -> dict[str, Any]:
     """One forward pass plus backward pass with parameter flows of PyJuice's circuit (its
-    fp32 products in TF32)."""
+    fp32 products in TF32); ``graphs``: its CUDA graphs, recorded in the untimed first step."""
     def step() -> None:
-        pc(x)
-        pc.backward(x, flows_memory=1.0)
+        pc(x, record_cudagraph=graphs)
+        pc.backward(x, flows_memory=1.0, record_cudagraph=graphs)
 
     with Precision("tf32").products():
         step()  # compiles its kernels for this batch
@@ -213,24 +294,58 @@ def run_variant(row: dict[str, Any], fn: Any) -> dict[str, Any]:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    """A table of all rows (speed-up over PyJuice where it ran) and, per (h, batch,
+    """A table of all rows (ours over each PyJuice construction where it ran, PyJuice's
+    default run, no graphs), what each side's user gets by default, and, per (h, batch,
     precision), Monarch-HCLT's speed-up over dense against half their multiply-add ratio."""
     def key(r: dict[str, Any], **kw: Any) -> tuple:
         r = r | kw
-        return (r["block"], r["hidden_size"], r["batch"], r["peer"], r["engine"], r["precision"])
+        return (r["block"], r["hidden_size"], r["batch"], r["peer"], r.get("construction"),
+                r["engine"], r["precision"])
 
     speed = {key(r): r["samples_per_s"] for r in rows if "samples_per_s" in r}
-    out = ["| block | h | batch | peer | engine | precision | samples/s | peak GB | "
-           "x PyJuice |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+    def peer(r: dict[str, Any], construction: str) -> float | None:
+        return speed.get(key(r, peer="pyjuice", construction=construction, engine="pyjuice",
+                             precision="tf32"))
+
+    out = ["| block | h | batch | peer | construction | engine | precision | samples/s | "
+           "peak GB | x PyJuice, our tree | x PyJuice HCLT |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        peer = speed.get(key(r, peer="pyjuice", engine="pyjuice", precision="tf32"))
         ours = r.get("samples_per_s")
         peak = r.get("peak_memory_gb")
         cells = (f"{ours:,.0f} | {'-' if peak is None else format(peak, '.2f')}" if ours else
                  f"{r.get('error') or r.get('skipped')} | -")
-        ratio = f"{ours / peer:.2f}" if ours and peer and r["peer"] != "pyjuice" else "-"
+        ratios = [f"{ours / p:.2f}" if ours and p and r["peer"] != "pyjuice" else "-"
+                  for p in (peer(r, "our-tree"), peer(r, "pyjuice-hclt"))]
         out.append(f"| {r['block']} | {r['hidden_size']} | {r['batch']} | {r['peer']} | "
-                   f"{r['engine']} | {r['precision']} | {cells} | {ratio} |")
+                   f"{r.get('construction', '-')} | {r['engine']} | {r['precision']} | {cells} | "
+                   f"{' | '.join(ratios)} |")
+    # what a user of each gets by default: ours fused with CUDA graphs (trainer.cuda_graphs
+    # auto), PyJuice's own HCLT run without graphs (recording them is opt-in)
+    user = ["", "What a user gets by default (TF32, samples/s): monarchpc's fused E-step replays "
+            "CUDA graphs (trainer.cuda_graphs=auto); PyJuice records none unless asked "
+            "(record_cudagraph=True).", "",
+            "| h | batch | monarchpc default (graphs) | monarchpc without graphs | PyJuice HCLT "
+            "default | PyJuice HCLT, its graphs | PyJuice on our tree | default / PyJuice "
+            "HCLT default | no graphs / PyJuice HCLT default |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    shown = 0
+    for r in rows:
+        if r["block"] != "dense" or r["peer"] != "monarchpc" or r["engine"] != "fused" \
+                or r["precision"] != "tf32":
+            continue
+        vals = [speed.get(key(r, engine="fused")), speed.get(key(r, engine="fused-nograph")),
+                peer(r, "pyjuice-hclt"),
+                speed.get(key(r, peer="pyjuice", construction="pyjuice-hclt",
+                              engine="pyjuice-graphs")),
+                peer(r, "our-tree")]
+        cells = [f"{v:,.0f}" if v else "-" for v in vals]
+        cells += [f"{a / vals[2]:.2f}x" if a and vals[2] else "-" for a in vals[:2]]
+        user.append(f"| {r['hidden_size']} | {r['batch']} | {' | '.join(cells)} |")
+        shown += 1
+    if shown:
+        out += user
     out += ["", "| h | batch | engine | precision | Monarch / dense samples/s | "
             "half the madds ratio |", "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
@@ -256,8 +371,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--monarch-layers", type=int, default=3)
     parser.add_argument("--autograd-max", type=int, default=1024,
                         help="largest h timed with the autograd engine")
-    parser.add_argument("--no-pyjuice", action="store_true")
-    parser.add_argument("--no-graphs", action="store_true", help="fused engine without CUDA graphs")
+    parser.add_argument("--no-pyjuice", action="store_true", help="no PyJuice rows at all")
+    parser.add_argument("--pyjuice", default=",".join(f"{c}:{e}" for c, e in PYJUICE_VARIANTS),
+                        help="PyJuice rows, construction:engine comma-separated (constructions "
+                             "our-tree, pyjuice-hclt; engines pyjuice, pyjuice-graphs)")
+    parser.add_argument("--no-graphs", action="store_true",
+                        help="fused engine without CUDA graphs only")
+    parser.add_argument("--nograph-rows", choices=("all", "first", "none"), default="all",
+                        help="on a GPU, also time the fused engine without CUDA graphs: for every "
+                             "batch and precision (all), the first of each (first), or never")
     parser.add_argument("--floor", action="store_true",
                         help="also time Monarch cases with their sum blocks skipped: the most "
                              "Monarch-HCLT can gain over dense is dense's time over that")
@@ -274,6 +396,10 @@ def main(argv: list[str] | None = None) -> None:
     precisions = ["fp32"] if args.tiny else args.precisions.split(",")
     if any(p not in PRECISIONS for p in precisions):
         parser.error(f"--precisions must be among {', '.join(PRECISIONS)}")
+    pyjuice_variants = [] if args.no_pyjuice else [
+        tuple(v.split(":")) for v in args.pyjuice.split(",") if v]
+    if any(v not in PYJUICE_VARIANTS for v in pyjuice_variants):
+        parser.error(f"--pyjuice: each of {', '.join(f'{c}:{e}' for c, e in PYJUICE_VARIANTS)}")
     reps = 1 if args.tiny else args.reps
     name = device_name(device)
     record = JsonLines(destination(args, f"bench_hclt_{device_tag(device)}.jsonl"))
@@ -289,6 +415,15 @@ def main(argv: list[str] | None = None) -> None:
                      [2] * len(parent)).levels)
     emit({"tree": "chow-liu of synthetic patches", "num_vars": len(parent), "levels": depth,
           "max_children": int(np.bincount(parent[parent >= 0]).max())}, keep=False)
+    missing = pyjuice_status(device) if pyjuice_variants else None
+    if pyjuice_variants and missing is None and any(c == "pyjuice-hclt"
+                                                    for c, _ in pyjuice_variants):
+        theirs = run_variant({}, lambda: {"parent": pyjuice_tree(data, device)})
+        if "parent" in theirs:
+            p = theirs["parent"]
+            emit({"tree": "pyjuice.structures.HCLT's (its mutual information, rooted at a "
+                          "center), same patches", "num_vars": len(p), "levels": tree_levels(p),
+                  "max_children": int(np.bincount(p[p >= 0]).max())}, keep=False)
     checks = [("dense", 8), ("monarch", 16)] if args.tiny else [
         ("dense", 64), ("monarch", 64), ("monarch", 2304)]  # 48 x 48: the fused backward step
     for block, h in checks:
@@ -301,14 +436,6 @@ def main(argv: list[str] | None = None) -> None:
     groups: dict[tuple[str, int], list[int]] = {}
     for block, h, batch in cases:
         groups.setdefault((block, h), []).append(batch)
-    have_pyjuice = False
-    if not args.no_pyjuice and device.type == "cuda":
-        try:
-            import pyjuice  # noqa: F401
-
-            have_pyjuice = True
-        except ImportError:
-            emit({"pyjuice": "not installed: no PyJuice rows"}, keep=False)
     gen = torch.Generator().manual_seed(1)
     for (block, h), batches in groups.items():
         base = {"structure": "hclt", "block": block, "hidden_size": h, "num_vars": len(parent),
@@ -327,8 +454,11 @@ def main(argv: list[str] | None = None) -> None:
                          "monarch_layers": len(model.blocks.spec.axes)}
         for batch, x in inputs.items():
             variants = [("fused-nograph" if args.no_graphs else "fused", p) for p in precisions]
-            if device.type == "cuda" and not args.no_graphs and batch == batches[0]:
-                variants.append(("fused-nograph", precisions[0]))  # what the graphs gain
+            if device.type == "cuda" and not args.no_graphs and args.nograph_rows != "none":
+                # without CUDA graphs (what the graphs gain; PyJuice runs none by default)
+                firsts = batch == batches[0]
+                variants += [("fused-nograph", p) for i, p in enumerate(precisions)
+                             if args.nograph_rows == "all" or (firsts and i == 0)]
             if args.floor and block == "monarch":
                 variants += [("fused-no-blocks", p) for p in precisions]
             if h <= args.autograd_max:
@@ -342,26 +472,35 @@ def main(argv: list[str] | None = None) -> None:
                     m, x, e, p, reps, device)))
         del model
         gc.collect()
-        if not (have_pyjuice and block == "dense"):
+        if block != "dense":  # PyJuice's HCLT has dense blocks only
             continue
-        # PyJuice: its compiled HCLT on the same tree, after ours is freed
-        info = {"peer": "pyjuice", "engine": "pyjuice", "precision": "tf32",
-                "madds_per_sample": pyjuice_madds(parent, h)}
-        pc = None
-        for batch, x in inputs.items():
-            row = base | info | {"batch": batch}
-            if over_budget():
-                emit(row | {"skipped": "past the time budget"})
-                continue
-            if pc is None:
-                built = run_variant(row, lambda h=h: {"pc": pyjuice_circuit(parent, h, device)})
-                pc = built.pop("pc", None)
-                if pc is None:
-                    emit(built)
-                    continue
-            emit(run_variant(row, lambda pc=pc, x=x: bench_pyjuice(pc, x, reps, device)))
-        del pc
-        gc.collect()
+        # PyJuice: each construction compiled once per h, after ours is freed
+        for construction in dict.fromkeys(c for c, _ in pyjuice_variants):
+            engines = [e for c, e in pyjuice_variants if c == construction]
+            pc = None
+            for batch, x in inputs.items():
+                for engine in engines:
+                    row = base | {"peer": "pyjuice", "construction": construction,
+                                  "engine": engine, "precision": "tf32", "batch": batch}
+                    if missing is not None:
+                        emit(row | {"skipped": missing})
+                        continue
+                    if over_budget():
+                        emit(row | {"skipped": "past the time budget"})
+                        continue
+                    if pc is None:
+                        built = run_variant(row, lambda c=construction, h=h: dict(zip(
+                            ("pc", "madds"), pyjuice_circuit(c, parent, data, h, device),
+                            strict=True)))
+                        pc, madds = built.pop("pc", None), built.pop("madds", None)
+                        if pc is None:
+                            emit(built)
+                            continue
+                    emit(run_variant(row | {"madds_per_sample": madds},
+                                     lambda pc=pc, x=x, g=engine == "pyjuice-graphs":
+                                     bench_pyjuice(pc, x, reps, device, graphs=g)))
+            del pc
+            gc.collect()
     print(f"total {time.perf_counter() - begin:.0f} s\n", flush=True)
     print(markdown(rows))
     record.close()

@@ -8,9 +8,9 @@
 One JSON line per case (tokens/s, achieved TFLOP/s counted as 6 x multiply-adds per token,
 peak GPU memory, precision, device), correctness checks of the fused path against the
 plain PyTorch (autograd) path, the GEMM and copy ceilings measured on this device, then a
-Markdown table and the README's table. On a GPU the JSON lines go to
-docs/results/device/bench_<gpu>_<precision>.jsonl (e.g. bench_h200_bf16.jsonl) unless
---out says otherwise.
+Markdown table and the README's table. The JSON lines go to
+outputs/bench/bench_<gpu>_<precision>.jsonl (e.g. bench_h200_bf16.jsonl); ``--record``
+writes docs/results/device/ instead, ``--out`` any file.
 """
 
 from __future__ import annotations
@@ -111,6 +111,8 @@ def bench_case(name: str, factors: list[int], batch: int, args: argparse.Namespa
         t_e = timed(lambda: run(x), device, args.reps)
         row |= {"estep_s": t_e, "estep_tokens_per_s": tokens / t_e,
                 "estep_tflops": 6 * madds * tokens / t_e / 1e12, "peak_memory_gb": peak_gb(device)}
+        if args.check_rows:  # the timed configuration against autograd, same run
+            row["timed_check"] = timed_check(hmm, run, x, args.check_rows, args.precision)
         clear()
         reset_memory(device)
         t_u = timed(lambda: (run(x), em_step(hmm, 0.5, 0.1)), device, args.reps)
@@ -129,6 +131,57 @@ def bench_case(name: str, factors: list[int], batch: int, args: argparse.Namespa
     except Exception as err:  # e.g. a kernel that fails to compile: report it, go on
         row["error"] = f"{type(err).__name__}: {str(err)[:200]}"
     return row
+
+
+# Bands of the check at the timed size (relative errors against fp32 autograd: log p of a
+# row; a parameter's flows, largest error over largest flow). fp32 products are exact up to
+# summation order; TF32 rounds operands to 10 mantissa bits (truncated operands moved log p
+# by about 6e-4 relative, outside its band); 16-bit operands by 2^-8 (bf16) or 2^-11: bf16
+# measured within 4e-5 (log p) and 9e-3 (flows) on the GPU at the checks' sizes, and up to
+# 3e-4 for log p on the CPU at h = 64, T = 16 (fewer terms to average the rounding over).
+TIMED_CHECK_BANDS = {"fp32": (1e-5, 1e-4), "tf32": (1e-4, 1e-2), "bf16": (1e-3, 5e-2),
+                     "fp16": (1e-3, 5e-2)}
+
+
+def timed_check(hmm: HMM, run: Any, x: torch.Tensor, rows: int, precision: str
+                ) -> dict[str, Any]:
+    """The timed E-step ``run`` (the same callable: its batch shape, segments kept, CUDA
+    graph, products and precision) against the autograd path in fp32 on ``rows`` rows of
+    ``x``. The batch is filled with copies of x[:rows] (column j holds row j mod rows), so
+    the fused log p of column j must equal the reference's of row j mod rows, and the fused
+    flows the reference's flows of the rows weighted by their copies. Leaves the gradients
+    cleared; the parameters are not changed."""
+    start = time.perf_counter()
+    n = x.shape[0]
+    r = max(1, min(rows, n))
+    index = torch.arange(n, device=x.device) % r
+    copies = torch.bincount(index, minlength=r).to(torch.float32)
+    params = list(hmm.parameters())
+
+    def clear() -> None:
+        for p in params:
+            p.grad = None
+
+    clear()
+    ll = run(x[:r][index]).float()
+    fused = [flows(p).clone() for p in params]
+    clear()
+    with torch.enable_grad(), FP32.products():
+        ll_ref = hmm.log_likelihood(x[:r])
+        (ll_ref * copies).sum().backward()
+    ll_ref = ll_ref.detach()[index]
+    by_param = {}
+    for (name, p), f in zip(hmm.named_parameters(), fused, strict=True):
+        ref = flows(p)
+        by_param[name] = float((f - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+    clear()
+    ll_err = float(((ll - ll_ref).abs() / ll_ref.abs()).max())
+    flow_err = max(by_param.values())
+    band = TIMED_CHECK_BANDS[precision]
+    return {"rows": r, "ll_rel_err": ll_err, "flow_rel_err": flow_err,
+            "flow_rel_err_by_param": by_param, "band": {"ll": band[0], "flows": band[1]},
+            "ok": bool(math.isfinite(ll_err) and ll_err <= band[0] and flow_err <= band[1]),
+            "seconds": time.perf_counter() - start}
 
 
 def check_case(name: str, factors: list[int], args: argparse.Namespace,
@@ -180,7 +233,7 @@ def ceilings(device: torch.device) -> list[dict[str, Any]]:
     """Batched GEMM TFLOP/s in the E-step's shapes, and device-to-device copy bandwidth."""
     rows = []
     for h, b, n in [(2**19, 1024, 128), (2**19, 512, 128), (2**18, 64, 128), (4096, 4096, 128),
-                    (2**19, 1024, 512)]:
+                    (2**19, 1024, 512), (2**19, 512, 512)]:  # batch 512: the text8 recipe's
         for name, dtype in [("tf32", torch.float32), ("bf16", torch.bfloat16)]:
             w = torch.rand(h // b, b, b, device=device, dtype=dtype)
             y = torch.rand(h // b, b, n, device=device, dtype=dtype)
@@ -202,25 +255,33 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     def num(r: dict[str, Any], key: str, fmt: str) -> str:
         return format(r[key], fmt) if r.get(key) is not None else "-"
 
+    def check(r: dict[str, Any]) -> str:
+        c = r.get("timed_check")
+        return "-" if c is None else (f"{c['ll_rel_err']:.1e} / {c['flow_rel_err']:.1e} "
+                                      f"{'ok' if c['ok'] else 'OUTSIDE BAND'}")
+
     out = ["| case | batch | precision | products | E-step tokens/s | TFLOP/s | peak GB | "
-           "EM update tokens/s | update peak GB | lean tokens/s | lean peak GB |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "EM update tokens/s | update peak GB | lean tokens/s | lean peak GB | "
+           "check log p / flows |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         if "error" in r:
             out.append(f"| {r['case']} | {r['batch']} | {r['precision']} | {r['products']} | "
-                       f"{r['error']} | | | | | | |")
+                       f"{r['error']} | | | | | | | {check(r)} |")
             continue
         out.append(f"| {r['case']} | {r['batch']} | {r['precision']} | {r['products']} | "
                    f"{num(r, 'estep_tokens_per_s', ',.0f')} | {num(r, 'estep_tflops', '.1f')} | "
                    f"{num(r, 'peak_memory_gb', '.1f')} | {num(r, 'update_tokens_per_s', ',.0f')} | "
                    f"{num(r, 'update_peak_memory_gb', '.1f')} | "
                    f"{num(r, 'lean_estep_tokens_per_s', ',.0f')} | "
-                   f"{num(r, 'lean_peak_memory_gb', '.1f')} |")
+                   f"{num(r, 'lean_peak_memory_gb', '.1f')} | {check(r)} |")
     return "\n".join(out)
 
 
-# The reference implementation's E-step (tokens/s, peak GB) measured beside ours
-# (../shared/REFERENCE.md), by GPU and (factors, batch)
+# The reference implementation's E-step (tokens/s, peak GB) in TF32, measured by another
+# session (../shared/REFERENCE.md: H100, and an H200 on 2026-11-30), by GPU and (factors,
+# batch). Printed for orientation only, labelled as such: a like-for-like ratio comes from
+# running the reference beside us in one run (python -m monarchpc.bench reference).
 REFERENCE = {
     "h100": {((4096,), 128): (153_000, 1.3), ((16384,), 128): (35_200, 8.2),
              ((256, 256), 128): (61_400, 8.6), ((512, 512), 128): (15_200, 35.5),
@@ -231,7 +292,10 @@ REFERENCE = {
 
 
 def readme_table(rows: list[dict[str, Any]], tag: str) -> str:
-    """The README's Performance table: reference vs kept-segments vs lean tokens/s (peak GB)."""
+    """Our kept-segments and lean tokens/s (peak GB) beside the reference's TF32 numbers
+    from another session's run (:data:`REFERENCE`, not measured here; the ratios mix that run
+    with this one, and our precision with its TF32: ``bench reference`` measures both sides
+    in one run)."""
     def label(r: dict[str, Any]) -> tuple[str, str]:
         f, h = r["factors"], r["hidden_size"]
         model = "dense HMM" if len(f) == 1 else f"Monarch-{len(f)}"
@@ -247,8 +311,10 @@ def readme_table(rows: list[dict[str, Any]], tag: str) -> str:
 
     keep = rows[0].get("keep_gb", 8.0) if rows else 8.0
     kept = "keep auto" if keep == "auto" else f"keep {keep:g} GB"
-    out = [f"| model | h | reference tokens/s (GB) | {kept}: tokens/s (GB) | speed-up | "
-           "lean: tokens/s (GB) | speed-up |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    ours = rows[0]["precision"] if rows else "?"
+    out = [f"| model | h | reference TF32, another session's run: tokens/s (GB) | ours {ours}, "
+           f"{kept}: tokens/s (GB) | ours {ours} / its TF32 | lean: tokens/s (GB) | "
+           f"lean / its TF32 |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         if "error" in r:
             continue
@@ -280,7 +346,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vocab", type=int, default=27)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--cases", default=None, help="comma-separated case indices to run")
-    parser.add_argument("--no-check", action="store_true")
+    parser.add_argument("--no-check", action="store_true",
+                        help="skip the checks on small separate models (CHECK_CASES)")
+    parser.add_argument("--check-rows", type=int, default=4,
+                        help="rows of each timed case checked against autograd in the same run "
+                             "(its batch filled with copies of them; 0: no check)")
     parser.add_argument("--ceilings", action="store_true", help="measure GEMM/copy ceilings")
     parser.add_argument("--lean", action="store_true",
                         help="also time each case with keep_gb = 0 (least memory)")

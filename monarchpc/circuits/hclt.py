@@ -276,7 +276,7 @@ def build_hclt(cfg: Any, spec: BlockSpec, train_rows: Tensor, vocab_sizes: list[
 def hclt_from_tree(cfg: Any, spec: BlockSpec, parent: np.ndarray | Tensor,
                    vocab_sizes: list[int], generator: torch.Generator | None = None) -> HCLT:
     """An HCLT of a ``model/`` config over a given tree ``parent`` (D,), random weights
-    (a saved run's tree: see monarchpc/api.py)."""
+    (a saved run's tree: see monarchpc/structures.py)."""
     d = len(parent)
     perturbation = float(cfg.get("perturbation", 2.0))
     blocks = SumBlocks(spec, d - 1, generator, perturbation)

@@ -8,8 +8,8 @@ paper's reference (sum blocks are matrix products, product blocks element-wise p
 A is one block of the sum-block core (:mod:`monarchpc.circuits.blocks`: dense or
 Monarch). Values are kept in scaled linear space: each y_t is divided by its sum and the
 log of that sum is added to the result, so long sequences never underflow. This autograd
-recursion is the reference that the fused E-step (learning/forward_backward.py) and the
-pruned passes (circuits/queries.py, through ``prune``) are checked against.
+recursion is the reference that the fused E-step (learning/hmm_estep.py) and the
+pruned passes (reports/measure.py, through ``prune``) are checked against.
 """
 
 from __future__ import annotations

@@ -96,6 +96,9 @@ def check_options(d: dict[str, Any]) -> None:
         raise ConfigError(f"dataset.train_fraction + dataset.dev_fraction = "
                           f"{d['train_fraction'] + d.get('dev_fraction', 0)} leaves no test "
                           f"lines; make their sum < 1")
+    if d.get("dev_from") == "test" and d.get("test") is None:
+        raise ConfigError("dataset.dev_from=test holds dev out of dataset.test, which is null: "
+                          "give dataset.test (a folder or tar of images) or dev_from=train")
     if d.get("text_size") and "split" in d and sum(d["split"]) > d["text_size"]:
         raise ConfigError(f"dataset.split={d['split']} needs {sum(d['split']):,} characters, "
                           f"more than dataset.text_size={d['text_size']:,}; shrink the split")

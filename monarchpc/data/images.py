@@ -195,16 +195,18 @@ def folder_images(path: Path) -> list[Path]:
 
 
 def image_bytes(path: Path) -> Iterator[tuple[str, bytes]]:
-    """(name, encoded bytes) of every image file of a folder or tar file, sorted by name."""
+    """(name, encoded bytes) of every image file of a folder or tar file (plain or
+    compressed: .tar.xz, .tar.gz, .tar.bz2), sorted by name."""
     if path.is_dir():
         for f in folder_images(path):
             yield str(f.relative_to(path)), f.read_bytes()
     elif path.is_file() and tarfile.is_tarfile(path):
+        # one pass in the archive's order, then sorted: a compressed tar (.tar.xz, .tar.gz)
+        # cannot seek back without decompressing again from its start
         with tarfile.open(path) as tar:
-            members = sorted((m for m in tar.getmembers() if m.isfile() and is_image(m.name)),
-                             key=lambda m: m.name)
-            for m in members:
-                yield m.name, tar.extractfile(m).read()  # type: ignore[union-attr]
+            found = {m.name: tar.extractfile(m).read()  # type: ignore[union-attr]
+                     for m in tar if m.isfile() and is_image(m.name)}
+        yield from sorted(found.items())
     else:
         raise DataError(f"{path} is neither a folder nor a tar file of images: set "
                         f"dataset.train (and dataset.test) to one, e.g. Tiny ImageNet's "
@@ -265,26 +267,44 @@ def load_folder(train: str, test: str | None = None, image_size: int = 32,
                 train_patches: str = "random", dev_fraction: float = 0.05,
                 test_fraction: float = 0.1, max_train_images: int | None = None,
                 max_test_images: int | None = None, seed: int = 0,
-                cache: str | None = None) -> Splits:
+                cache: str | None = None, dev_from: str = "train") -> Splits:
     """Images of a folder or tar file (``train``; ``test`` another one, or a held-out
-    ``test_fraction`` of ``train``), as patch rows; see the module docstring."""
+    ``test_fraction`` of ``train``), as patch rows; see the module docstring.
+
+    Dev is a seeded ``dev_fraction`` of the training images (``dev_from="train"``), or of
+    the ``test`` images (``dev_from="test"``: the rest of them is test, so dev and test
+    are disjoint halves of one held-out set at 0.5, and every training image trains).
+    ``max_test_images`` caps test after dev is taken."""
+    if dev_from not in ("train", "test"):
+        raise DataError(f"dataset.dev_from must be train or test, got {dev_from!r}")
+    if dev_from == "test" and test is None:
+        raise DataError("dataset.dev_from=test holds dev out of dataset.test, which is null: "
+                        "give dataset.test (a folder or tar of images) or dev_from=train")
     store = cache_dir(cache)
     train_images, sources = read_images(resolve(train), image_size, store)
-    if test is None:
+    if dev_from == "test":
+        test_images, test_sources = read_images(resolve(test), image_size, store)
+        sources = sources + test_sources
+        test_idx, dev_idx = split_indices(len(test_images), dev_fraction, seed)
+        train_idx, _ = split_indices(len(train_images), 0.0, seed, max_train_images)
+        dev_images = test_images
+    elif test is None:
         rest, test_idx = split_indices(len(train_images), test_fraction, seed + 1)
         test_images = train_images
         train_idx, dev_idx = split_indices(len(rest), dev_fraction, seed, max_train_images)
         train_idx, dev_idx = rest[train_idx], rest[dev_idx]
+        dev_images = train_images
     else:
         test_images, test_sources = read_images(resolve(test), image_size, store)
         sources = sources + test_sources
         test_idx = np.arange(len(test_images))
         train_idx, dev_idx = split_indices(len(train_images), dev_fraction, seed,
                                            max_train_images)
+        dev_images = train_images
     test_idx = test_idx[: max_test_images or len(test_idx)]
     info = {"source": str(resolve(train)), "test_source": str(resolve(test)) if test else None,
-            "sources": sources}
-    return patch_splits((train_images, train_idx), (train_images, dev_idx),
+            "dev_from": dev_from, "sources": sources}
+    return patch_splits((train_images, train_idx), (dev_images, dev_idx),
                         (test_images, test_idx), transform, patch_size, train_patches, seed,
                         info)
 
@@ -416,6 +436,8 @@ FOLDER_OPTIONS: Settings = {
     "test": (text(none=True), "folder or tar of test images; null holds some out"),
     "image_size": (integer(1), "side the images are reduced to"),
     "test_fraction": (number(0.0, 1.0, open_low=True), "share held out as test"),
+    "dev_from": (choice("train", "test"), "the images dev is held out of (dev_fraction of "
+                                          "them): train, or test (the rest is test)"),
     **IMAGE_OPTIONS, **HELD_OUT,
 }
 """The settings of ``dataset=image_folder``."""

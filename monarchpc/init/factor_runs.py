@@ -98,7 +98,8 @@ def factor_config(cfg: DictConfig, size: int, index: int) -> dict[str, Any]:
                   **{k: v for k, v in (init.get("optim") or {}).items() if v is not None}}
     c["trainer"] = {**parent["trainer"],
                     **{k: v for k, v in (init.get("trainer") or {}).items() if v is not None},
-                    "stop_after": None}
+                    "stop_after": None,
+                    "keep_best": False}  # multiplication takes a factor's last model
     c["seed"] = int(init.get("seed", parent["seed"])) + index
     return c
 

@@ -26,7 +26,7 @@ flows of steps t >= 1 (gamma_t = w_{t-1} * y_t, where w_{t-1} = L_{k-1}^T a_{k-1
 in the weight-gradient kernel of layer k-1, which reads a_{k-1} and y_{t+1} already.
 
 Hidden states are kept hidden-major, (b_0, ..., b_{k-1}, N), so every Monarch layer is one
-batched matrix product over strided views (circuits/sum_blocks.py ``HiddenMajor``, with
+batched matrix product over strided views (learning/hidden_major.py ``HiddenMajor``, with
 kernels/monarch.py: cuBLAS, where the permutations between layers cost nothing for k = 2,
 or Triton kernels that read and write any strides, for k >= 3). Matrix operands may be
 bf16 or fp16 (fp32 accumulation) or TF32; scales, sums and accumulated gradients stay fp32.

@@ -4,7 +4,8 @@ Figures are drawn on ``matplotlib.figure.Figure`` objects, never through pyplot,
 display or global backend is involved (PNG renders through Agg). Where the paper prints
 the numbers behind a figure (Table B.2 for Figures 4 and 5) they are drawn as dashed
 reference lines with hollow markers; our runs are solid lines. A figure with nothing of
-ours to show says so in its panel.
+ours to show says so in its panel. Our test values are those of the tables: at each run's
+best dev evaluation (:meth:`monarchpc.reports.records.RunRecord.value`).
 
 * Figure 4: test BPC vs multiply-adds per token (log x), one line per kind
   (HMM, Monarch-2/3/4);

@@ -47,6 +47,7 @@ def skip_reason(run: RunRecord, used: Sequence[RunRecord], datasets: Mapping[str
             and (u.hidden_size, u.init) == (run.hidden_size, run.init)]
     if same:
         return (f"{same[0].name} fills the rows of the same setting (finished runs first, "
+                f"then scores free of the TF32 truncation, then the most training images, "
                 f"then the lowest dev metric)")
     larger = [u for u in used if _setting(u) == _setting(run) and u.hidden_size > run.hidden_size]
     if larger:

@@ -17,6 +17,10 @@ recognised by its ``run.json``. It holds
 
 Runs logged to wandb become the same :class:`RunRecord` through :func:`record_from_wandb`
 (offline-testable) and :func:`load_wandb_runs` (the thin API call).
+
+A run's reported value (:meth:`RunRecord.value`) is taken at its best dev evaluation: the
+evaluation of ``metrics.jsonl`` with the lowest dev metric (the first of equal ones), the
+model the training loop keeps as ``best.pt``; test is never looked at to choose it.
 """
 
 from __future__ import annotations
@@ -81,10 +85,39 @@ class RunRecord:
         lab/campaign.py; absent: 1). Above 1, ``gpu_seconds`` is an upper bound."""
         return int(self.info.get("jobs_per_gpu") or 1)
 
-    def value(self, split: str = "test") -> float | None:
-        """The run's ``<split>_<metric>`` (e.g. test_bpc): from ``final``, else the last
-        evaluation that has it (a run still going); None if it was never evaluated."""
+    @property
+    def best_eval(self) -> dict[str, Any] | None:
+        """The evaluation the tables report: the one of the lowest dev metric in
+        ``metrics.jsonl`` (the first of equal ones; what ``best.pt`` holds), else run.json's
+        ``best``, else ``final`` (records without a history); None if none has a dev value."""
+        key = f"dev_{self.metric}"
+        best = None
+        for rec in self.history:
+            if finite(rec.get(key)) and (best is None or rec[key] < best[key]):
+                best = rec
+        if best is None:
+            for rec in (self.info.get("best"), self.final):
+                if isinstance(rec, dict) and finite(rec.get(key)):
+                    return rec
+        return best
+
+    @property
+    def best_is_last(self) -> bool:
+        """Whether the best dev evaluation is the run's last one (no early stop moved it)."""
+        best, last = self.best_eval, self.final or (self.history[-1] if self.history else None)
+        return best is None or last is None or best.get("update") == last.get("update")
+
+    def value(self, split: str = "test", at: str = "best") -> float | None:
+        """The run's ``<split>_<metric>`` (e.g. test_bpc); None if it was never evaluated.
+
+        ``at="best"``: at the best dev evaluation (:attr:`best_eval`), None where that
+        evaluation lacks ``split`` (the long test rows, scored at the end only); a run
+        without any dev value: as ``"last"``. ``at="last"``: from ``final``, else the last
+        evaluation that has it (a run still going)."""
         key = f"{split}_{self.metric}"
+        best = self.best_eval if at == "best" else None
+        if best is not None:
+            return float(best[key]) if finite(best.get(key)) else None
         if self.final and finite(self.final.get(key)):
             return float(self.final[key])
         for rec in reversed(self.history):
@@ -116,6 +149,12 @@ class RunRecord:
         raw = (_get(self.info, "data.image_size") or self.setting("dataset.image_size")
                or self.setting("dataset.resolution"))
         return None if raw is None else int(raw)
+
+    @property
+    def train_images(self) -> int:
+        """How many images an image run trained on (run.json's ``data.images.train``); 0
+        for other runs and records without it."""
+        return int(_get(self.info, "data.images.train") or 0)
 
     @property
     def truncated_tf32(self) -> bool:
@@ -335,11 +374,15 @@ def matching(records: Iterable[RunRecord], require_test: bool = True,
 
 
 def best(records: Iterable[RunRecord]) -> RunRecord | None:
-    """The run a table row shows among runs of one setting: finished runs first, then the
-    lowest dev metric (model selection on dev, never on test), then the most tokens."""
-    def rank(r: RunRecord) -> tuple[bool, float, int]:
+    """The run a table row shows among runs of one setting: finished runs first, then runs
+    whose scores are sound (not from truncating TF32 products: a rerun replaces such a
+    run), then image runs trained on the most images (their dev sets differ, so dev cannot
+    choose between them), then the lowest dev metric (model selection on dev, never on
+    test), then the most tokens."""
+    def rank(r: RunRecord) -> tuple[bool, bool, int, float, int]:
         dev = r.value("dev")
-        return (not r.finished, dev if dev is not None else math.inf, -r.tokens)
+        return (not r.finished, r.truncated_tf32, -r.train_images,
+                dev if dev is not None else math.inf, -r.tokens)
 
     records = list(records)
     return min(records, key=rank) if records else None

@@ -5,17 +5,18 @@ the dense factor runs) -> build and initialize the circuit (:mod:`monarchpc.stru
 its engine (fused E-step or autograd) -> EM updates, each from the flows of
 ``optim.accumulate`` micro-batches of ``optim.batch_size`` rows -> evaluate every
 ``trainer.eval_every`` updates and at the end -> records in the run directory
-(``metrics.jsonl``, ``run.json``, ``checkpoint.pt``) and wandb.
+(``metrics.jsonl``, ``run.json``, ``checkpoint.pt``, and ``best.pt``: the model at the
+lowest dev metric so far, ``trainer.keep_best``) and wandb.
 
 A run owns its directory (``run.lock``: a second run of the same name fails at once).
 Interruption (Ctrl-C, SIGTERM, kill -9) loses at most the updates since the last atomic
 checkpoint; ``resume=true`` continues the run in its directory to the same result as an
 uninterrupted run (data order is a function of seed and epoch, EM has no other
-randomness) after checking that the data is the same. An update that would write a
-non-finite or negative parameter stops the run (status "diverged") with the parameters and
-the last checkpoint unchanged. Under torchrun (or SLURM) the ranks share every micro-batch:
-see monarchpc/run/distributed.py. The settings are checked before this module runs
-(:mod:`monarchpc.config`, through :func:`monarchpc.train.run`).
+randomness), ``best.pt`` included, after checking that the data is the same. An update
+that would write a non-finite or negative parameter stops the run (status "diverged")
+with the parameters and the last checkpoint unchanged. Under torchrun (or SLURM) the
+ranks share every micro-batch: see monarchpc/run/distributed.py. The settings are checked
+before this module runs (:mod:`monarchpc.config`, through :func:`monarchpc.train.run`).
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ TRAINER: Settings = {
     "long_eval": (choice("never", "final", "always"), "when to evaluate long test rows"),
     "checkpoint_every": (integer(1, none=True), "updates between checkpoints; null for "
                          "trainer.eval_every"),
+    "keep_best": (boolean, "keep best.pt, the model at the lowest dev metric so far"),
     "stop_after": (integer(1, none=True), "end this invocation after this many updates; null "
                    "to train to the end"),
     "progress": (boolean, "show a progress bar"),
@@ -123,6 +125,18 @@ class TrainState:
     train_nll: float = 0.0  # training NLL (nats) of the updates since the last evaluation
     train_units: int = 0  # ... and the positions it covers
     wandb_id: str | None = None
+    best: dict[str, Any] | None = None  # the evaluation record of the lowest dev metric so far
+    best_saved: int | None = None  # the update whose model best.pt holds (None: no best.pt)
+
+
+def best_record(records: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
+    """The record of the lowest finite ``key`` (the first of equal ones); None if none has it."""
+    best = None
+    for r in records:
+        v = r.get(key)
+        if isinstance(v, int | float) and math.isfinite(v) and (best is None or v < best[key]):
+            best = r
+    return best
 
 
 def check_vocab(cfg: DictConfig, splits: Splits) -> None:
@@ -262,6 +276,9 @@ class Trainer:
         self.updates_per_epoch = math.ceil(self.micro_per_epoch / int(o.accumulate))
         self.total_updates = self.updates_per_epoch * int(o.epochs)
         self.last: dict[str, Any] = self.tracker.last_record() if self.state.update else {}
+        if self.state.update and self.state.best is None:  # a checkpoint from before best.pt
+            self.state.best = best_record(getattr(self.tracker, "records", []),
+                                          f"dev_{self.metric}")
         dirs = list(self.cfg.init.get("factor_runs") or [])  # finished: their cost is fixed
         costs = factor_runs.factor_costs(dirs)
         if not all((Path(d) / "run.json").is_file() for d in dirs):  # resumed without them:
@@ -283,6 +300,7 @@ class Trainer:
         self.save("finished" if s.update >= self.total_updates else "running")
         if s.update == 0 and t.eval_at_start:
             self.evaluate(final=False)
+            self.save("running")  # the initial model may be the best one (best.pt)
         bar = progress.bar(self.total_updates, self.run_dir.name, s.update, "upd",
                            enabled=bool(t.progress) and self.ddp.is_main)
         with StopRequest(deferred=self.ddp.enabled) as stop, progress.clean_logging():
@@ -363,6 +381,7 @@ class Trainer:
         record.update(self.ddp.evaluate(self.engine.score, sets, metric,
                                         int(t.eval_batch_size), self.device, bool(t.progress)))
         record["final"] = final
+        s.best = best_record([r for r in (s.best, record) if r is not None], f"dev_{metric}")
         s.train_nll, s.train_units = 0.0, 0
         self.tracker.log(record)
         self.model.train()
@@ -372,24 +391,49 @@ class Trainer:
         return record
 
     def record(self, status: str) -> dict[str, Any]:
-        """The run.json content now."""
+        """The run.json content now: ``final`` is the last evaluation, ``best`` the one of
+        the lowest dev metric, with ``"checkpoint": "best.pt"`` where that file holds its
+        model."""
+        s = self.state
+        best = None if s.best is None else {
+            **s.best, "checkpoint": checkpoint.BEST if s.best_saved == s.best["update"] else None}
         return run_record(self.cfg, self.spec, self.model, self.splits, self.device, status,
-                          self.last or None, self.state.update, self.state.tokens,
-                          self.state.wandb_id,
+                          self.last or None, s.update, s.tokens, s.wandb_id,
                           {**self.factors, "world_size": self.ddp.world,
                            "engine": self.engine.name, "precision": self.cfg.trainer.precision,
-                           "eval_precision": self.engine.score_precision})
+                           "eval_precision": self.engine.score_precision, "best": best})
 
     def save(self, status: str) -> None:
-        """Checkpoint and run.json (rank 0), at an update boundary."""
+        """Checkpoint, best.pt if due and run.json (rank 0), at an update boundary."""
         divergence = self.ddp.max_divergence(self.model)  # collective: all ranks take part
         if not self.ddp.is_main:
             return
         self.guard(lambda: checkpoint.save(self.run_dir, self.model, asdict(self.state),
                                            self.config, em=self.em.state_dict(),
                                            data=self.fingerprint))
+        self.save_best()
         write_json_atomic(self.run_dir / "run.json",
                           {**self.record(status), "rank_divergence": divergence})
+
+    def save_best(self) -> None:
+        """Write best.pt when this update's evaluation is the best so far and best.pt does
+        not hold it yet (``trainer.keep_best``).
+
+        Written after the checkpoint of the same update, never before: a crash in between
+        leaves a checkpoint at the best update whose ``best_saved`` is older (or best.pt
+        missing), and the resumed run's first :meth:`save` writes best.pt from it (the same
+        model). So best.pt never holds a model the checkpoint has not reached, and a
+        resumed run ends with the best.pt of an uninterrupted one."""
+        s = self.state
+        if not self.cfg.trainer.get("keep_best") or s.best is None \
+                or s.best["update"] != s.update:
+            return
+        if s.best_saved == s.update and (self.run_dir / checkpoint.BEST).is_file():
+            return
+        self.guard(lambda: checkpoint.save(self.run_dir, self.model, asdict(s), self.config,
+                                           filename=checkpoint.BEST, best=dict(s.best),
+                                           data=self.fingerprint))
+        s.best_saved = s.update
 
     def guard(self, action: Any) -> None:
         """Run ``action``; on a divergence record status "diverged" in run.json (the last

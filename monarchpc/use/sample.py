@@ -1,11 +1,14 @@
-"""Sample from a trained run, or complete partial data exactly (conditional sampling).
+"""Sample from a trained run, or complete partial data exactly (conditional sampling, or
+the most likely completion).
 
     python -m monarchpc.sample run_dir=outputs/<run> n=4
     python -m monarchpc.sample run_dir=outputs/<run> prefix="the president of" length=60
     python -m monarchpc.sample run_dir=outputs/<run> suffix="of the world" length=40
     python -m monarchpc.sample run_dir=outputs/<run> mask="th_ qu__k br__n f_x" top=3
+    python -m monarchpc.sample run_dir=outputs/<run> mask="th_ qu__k br__n f_x" mode=map
     python -m monarchpc.sample run_dir=outputs/<image run> n=16            # PNG grid
     python -m monarchpc.sample run_dir=outputs/<image run> image=photo.jpg region=8,8,24,24
+    python -m monarchpc.sample run_dir=outputs/<image run> image=photo.jpg mode=map
 
 Text runs print one sample per line: prefix/suffix fix the start/end of every sample,
 mask fixes every character but the ``_`` ones; the rest is drawn from the model's exact
@@ -14,6 +17,18 @@ position, the k most likely values and their exact marginal probabilities. Image
 write PNGs: a grid of sampled patches, or, with ``image=``, the photograph with a region
 masked out (``<out>-before.png``) and inpainted (``<out>-after.png``, one column per
 sample).
+
+``mode=`` chooses how the unknown values are filled in (all exact; docs/queries.md):
+
+* ``sample`` (default): n draws from p(unknown | fixed);
+* ``map``: one completion, the most likely joint assignment of the unknown values together
+  with the model's latent states (HMM hidden states, HCLT latents, the intermediate indices
+  between a Monarch block's layers), by max-product (Viterbi). It is the completion along
+  the single most likely latent path, not the most likely completion with the latents
+  summed out (marginal MAP, NP-hard in general);
+* ``marginal``: one completion, each unknown value set to its own most likely value (the
+  argmax of its marginal, the first value ``top=`` prints); chosen one by one, so the
+  whole need not be likely.
 """
 
 from __future__ import annotations
@@ -26,7 +41,7 @@ import torch
 from torch import Tensor
 
 from monarchpc.errors import UsageError
-from monarchpc.queries import MISSING
+from monarchpc.queries import MISSING, marginal_argmax
 from monarchpc.structures import Structure, structure_of
 from monarchpc.use.cli import parse_options
 from monarchpc.use.codecs import (
@@ -43,12 +58,18 @@ from monarchpc.use.load import load_run, seq_len
 
 OPTIONS = {
     "run_dir": (None, "the run directory (with its checkpoint.pt)"),
-    "n": (4, "number of samples"),
+    "checkpoint": ("auto", "auto (best.pt, the best dev model, where kept; else the last), "
+                           "best or last"),
+    "n": (4, "number of samples (mode=sample)"),
     "length": (0, "text: tokens per sample (0: the run's row length)"),
     "prefix": ("", "text: every sample starts with this"),
     "suffix": ("", "text: every sample ends with this"),
     "mask": ("", "text: a pattern whose _ characters are filled in (sets the length)"),
     "top": (0, "text: also print the k most likely values of every unknown position"),
+    "mode": ("sample", "sample: n draws from p(unknown | fixed); map: the most likely joint "
+                       "assignment of the unknown values and the latent states (max-product; "
+                       "one completion); marginal: each unknown value's most likely value "
+                       "(one completion)"),
     "image": ("", "image runs: a photograph to inpaint"),
     "region": ("", "image runs: pixels left,top,right,bottom to inpaint (default: centre)"),
     "out": ("", "text: also write the samples here; images: PNG path stem "
@@ -88,15 +109,36 @@ def top_values(codec: Codec, marginals: Tensor, pattern: list[int], k: int) -> l
     return lines
 
 
+MODES = ("sample", "map", "marginal")
+
+
+def fill(model: torch.nn.Module, structure: Structure, x: Tensor, opts: dict[str, Any],
+         generator: torch.Generator) -> Tensor:
+    """Rows ``x`` (N, D) with their MISSING values filled in by ``opts["mode"]``: n samples
+    of the rows (n N rows: the first sample of every row, then the second, ...), or one most
+    likely completion of each row (N rows)."""
+    mode = opts["mode"]
+    if mode == "sample":
+        return structure.sample(model, x.repeat(opts["n"], 1), generator)
+    if mode == "map":
+        if structure.complete is None:
+            raise UsageError(f"mode=map needs max-product completion, which {structure.name} "
+                             f"models lack")
+        return structure.complete(model, x)[0]
+    if structure.marginals is None:
+        raise UsageError(f"mode=marginal needs marginals, which {structure.name} models lack")
+    return marginal_argmax(x, structure.marginals(model, x))
+
+
 def sample_text(model: torch.nn.Module, structure: Structure, codec: Codec,
                 opts: dict[str, Any], default_length: int) -> list[str]:
-    """Printed lines: the samples (and, with ``top``, the marginals of unknown positions)."""
+    """Printed lines: the samples or the completion (and, with ``top``, the marginals of
+    unknown positions)."""
     pattern = text_pattern(codec, opts, default_length)
     device = next(model.parameters()).device
     x = torch.tensor([pattern], device=device)
     gen = torch.Generator(device=device).manual_seed(opts["seed"])
-    samples = structure.sample(model, x.expand(opts["n"], -1), gen)
-    lines = [codec.decode(row) for row in samples.cpu()]
+    lines = [codec.decode(row) for row in fill(model, structure, x, opts, gen).cpu()]
     if opts["top"] > 0:
         if structure.marginals is None:
             raise UsageError(f"top= needs marginals, which {structure.name} models lack")
@@ -136,8 +178,9 @@ def sample_images(model: torch.nn.Module, structure: Structure, config: Any,
     gen = torch.Generator(device=device).manual_seed(opts["seed"])
     n, scale = opts["n"], opts["scale"]
     if not opts["image"]:
-        x = torch.full((n, fmt.num_vars), MISSING, device=device)
-        rows = structure.sample(model, x, gen).cpu()
+        x = torch.full((1, fmt.num_vars), MISSING, device=device)
+        rows = fill(model, structure, x, opts, gen).cpu()
+        n = len(rows)
         patches = [rows_to_image(r[None], fmt) for r in rows]  # each a 1-patch image
         stem = Path(opts["out"] or run_dir / "samples")
         return [save_png(grid(patches, columns=int(np.ceil(np.sqrt(n)))),
@@ -149,8 +192,9 @@ def sample_images(model: torch.nn.Module, structure: Structure, config: Any,
     rows = image_to_rows(rgb, fmt)
     hole_rows = image_to_rows(hole.astype(np.uint8), type(fmt)(fmt.size, fmt.patch, "rgb"))
     masked = torch.where(hole_rows.bool(), MISSING, rows)
-    x = masked.repeat(n, 1).to(device)
-    filled = structure.sample(model, x, gen).cpu().reshape(n, *rows.shape)
+    filled = fill(model, structure, masked.to(device), opts, gen).cpu()
+    n = len(filled) // len(rows)  # completions of the photograph
+    filled = filled.reshape(n, *rows.shape)
     stem = Path(opts["out"] or run_dir / "inpaint")
     before = save_png(grid([rgb, rows_to_image(masked, fmt)], 2),
                       stem.with_name(stem.name + "-before.png"), scale)
@@ -163,13 +207,18 @@ def main(argv: list[str]) -> None:
     opts = parse_options(argv, OPTIONS, __doc__ or "")
     if opts["n"] < 1:
         raise UsageError(f"n must be >= 1, got {opts['n']}")
+    if opts["mode"] not in MODES:
+        raise UsageError(f"mode={opts['mode']!r}: use one of {', '.join(MODES)}")
     run_dir = Path(opts["run_dir"])
-    model, config = load_run(run_dir, opts["device"])
+    model, config = load_run(run_dir, opts["device"], opts["checkpoint"])
     structure = structure_of(config.model.structure)
     if data_kind(config) == "image":
         if opts["prefix"] or opts["suffix"] or opts["mask"]:
             raise UsageError("prefix=, suffix= and mask= are for text runs; an image run "
                               "takes image=<photo> [region=left,top,right,bottom]")
+        if opts["top"]:
+            raise UsageError("top= lists values of text positions; for an image run, "
+                              "mode=marginal fills every pixel with its most likely value")
         for path in sample_images(model, structure, config, opts, run_dir):
             print(f"wrote {path}")
         return

@@ -27,10 +27,12 @@ from monarchpc.learning.engines import autograd_scorer
 from monarchpc.run import evaluate
 from monarchpc.use.cli import parse_options
 from monarchpc.use.codecs import PieceCodec, image_format, image_to_rows, read_image, text_codec
-from monarchpc.use.load import load_run, seq_len
+from monarchpc.use.load import checkpoint_file, load_run, seq_len
 
 OPTIONS = {
     "run_dir": (None, "the run directory (with its checkpoint.pt)"),
+    "checkpoint": ("auto", "auto (best.pt, the best dev model, where kept; else the last), "
+                           "best or last"),
     "file": (None, "a text file (plain, .xz, .gz, .bz2, .zip), or an image file or folder"),
     "length": (0, "text: row length (0: the run's); -1: the whole file as one row"),
     "batch": (64, "rows per forward pass"),
@@ -82,11 +84,13 @@ def total_nll(model: torch.nn.Module, rows: list[Tensor], batch: int) -> float:
 
 
 def score(run_dir: Path, file: Path, length: int = 0, batch: int = 64,
-          device: str = "cpu") -> dict[str, Any]:
-    """{"metric", "value", "nll_nats", "units", "rows", ...} of ``file`` under the run's model."""
+          device: str = "cpu", checkpoint: str = "auto") -> dict[str, Any]:
+    """{"metric", "value", "nll_nats", "units", "rows", "checkpoint", ...} of ``file`` under
+    the run's model (``checkpoint``: see :func:`monarchpc.use.load.load_run`)."""
     if not file.exists():
         raise RunDirError(f"file {file} not found")
-    model, config = load_run(run_dir, device)
+    model, config = load_run(run_dir, device, checkpoint)
+    which = checkpoint_file(run_dir, checkpoint)
     metric = dataset(config.dataset.name).metric
     extra: dict[str, Any] = {}
     if metric == "bpd":
@@ -102,17 +106,18 @@ def score(run_dir: Path, file: Path, length: int = 0, batch: int = 64,
     units = sum(len(r) for r in rows)
     return {"file": str(file), "run_dir": str(run_dir), "metric": metric,
             "value": evaluate.metric_value(metric, nll, units), "nll_nats": nll, "units": units,
-            "rows": len(rows), "bits_per_unit": nll / units / math.log(2), **extra}
+            "rows": len(rows), "bits_per_unit": nll / units / math.log(2), "checkpoint": which,
+            **extra}
 
 
 def main(argv: list[str]) -> None:
     opts = parse_options(argv, OPTIONS, __doc__ or "")
     result = score(Path(opts["run_dir"]), Path(opts["file"]), opts["length"], opts["batch"],
-                   opts["device"])
+                   opts["device"], opts["checkpoint"])
     if opts["json"]:
         print(json.dumps(result))
         return
     unit = {"bpc": "characters", "bpd": "dimensions", "ppl": "tokens"}[result["metric"]]
     print(f"{result['file']}: {result['metric'].upper()} {result['value']:.4f} over "
           f"{result['units']:,} {unit} in {result['rows']:,} rows "
-          f"(NLL {result['nll_nats']:.1f} nats)")
+          f"(NLL {result['nll_nats']:.1f} nats; {result['checkpoint']})")

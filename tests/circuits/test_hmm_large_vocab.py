@@ -8,16 +8,7 @@ import torch
 from monarchpc.circuits.hmm import MISSING
 from monarchpc.learning.em import flows
 from monarchpc.structures import build_model
-
-
-def reference_log_likelihood(initial, transition, emission, x):
-    """log p(x) by the left-to-right forward algorithm in log space (dense A (h, h))."""
-    log_b = torch.cat([emission.t().log(), emission.new_zeros(1, emission.shape[0])])  # (V+1, h)
-    x = torch.where(x == MISSING, emission.shape[1], x)
-    alpha = initial.log() + log_b[x[:, 0]]
-    for t in range(1, x.shape[1]):
-        alpha = torch.logsumexp(alpha[:, :, None] + transition.log()[None], dim=1) + log_b[x[:, t]]
-    return torch.logsumexp(alpha, dim=1)
+from tests.helpers import forward_log_likelihood
 
 
 def test_hmm_flows_at_vocabulary_8192_match_a_reference() -> None:
@@ -31,7 +22,7 @@ def test_hmm_flows_at_vocabulary_8192_match_a_reference() -> None:
 
     initial = model.initial.detach().clone().requires_grad_()
     emission = model.emission.detach().clone().requires_grad_()
-    ref = reference_log_likelihood(initial, model.transition.dense()[0], emission, x)
+    ref = forward_log_likelihood(initial, model.transition.dense()[0], emission, x)
     ref.sum().backward()
     torch.testing.assert_close(ll.detach(), ref.detach(), rtol=1e-5, atol=1e-4)
     f = flows(model.emission)

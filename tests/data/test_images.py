@@ -21,7 +21,7 @@ from monarchpc.data.transforms import (
     ycocg_r,
     ycocg_r_inverse,
 )
-from tests.helpers import SHARED_DATA
+from tests.helpers import SHARED_DATA, real_data
 
 TINY_IMAGENET = SHARED_DATA / "tiny_imagenet"
 
@@ -58,6 +58,9 @@ def test_folder_and_tar_reading(tmp_path):
     np.testing.assert_array_equal(decode_images(tmp_path / "imgs", 32), expected)
     np.testing.assert_array_equal(decode_images(tmp_path / "imgs.tar", 32), expected)
     np.testing.assert_array_equal(decode_images(tmp_path / "imgs.tar", 64), originals)
+    with tarfile.open(tmp_path / "imgs.tar.xz", "w:xz") as tar:  # compressed tars too
+        tar.add(tmp_path / "imgs", arcname="imgs")
+    np.testing.assert_array_equal(decode_images(tmp_path / "imgs.tar.xz", 32), expected)
 
     cache = tmp_path / "cache"
     splits = load_folder(str(tmp_path / "imgs.tar"), image_size=32, patch_size=8,
@@ -91,10 +94,42 @@ def test_random_patches_per_epoch(tmp_path):
     assert len({int(o[0]) for o in owners}) == 8  # of 8 different images
 
 
+def check_jpeg_folder(folder: Path, grey: str, tmp_path: Path) -> None:
+    """32 JPEGs of 64 x 64 in ``folder`` (``grey`` the greyscale one): decoded as PIL
+    decodes them, in RGB (greyscale: R = G = B), downsampled by 2 x 2 boxes, patched."""
+    full = decode_images(folder, 64)
+    assert full.shape == (32, 64, 64, 3) and full.dtype == np.uint8
+    assert full.std() > 10  # pictures, not blank
+    names = sorted(p.name for p in folder.iterdir())
+    for i in (0, names.index(grey), 31):  # the decoder's pixels are PIL's
+        with Image.open(folder / names[i]) as im:
+            np.testing.assert_array_equal(full[i], np.asarray(im.convert("RGB")))
+    g = names.index(grey)  # greyscale: R = G = B
+    assert (full[g, ..., 0] == full[g, ..., 1]).all() and (full[g, ..., 1] == full[g, ..., 2]).all()
+    np.testing.assert_array_equal(decode_images(folder, 32), box_downsample(full, 2))
+    splits = load_folder(str(folder), image_size=32, cache=str(tmp_path / "cache"))
+    assert splits.train.shape[1] == 192 and int(splits.train.max()) <= 510
+
+
+def test_jpegs_made_here(tmp_path):
+    """31 colour JPEGs and one greyscale JPEG (PIL, quality 90) of smooth random pictures:
+    the JPEG path in every checkout (the real Tiny ImageNet JPEGs: the next test)."""
+    folder = tmp_path / "jpegs"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(32):
+        small = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)  # smooth when enlarged
+        image = Image.fromarray(small).resize((64, 64), Image.Resampling.BICUBIC)
+        (image.convert("L") if i == 7 else image).save(folder / f"val_{i}.JPEG", quality=90)
+    with Image.open(folder / "val_7.JPEG") as im:
+        assert (im.format, im.mode) == ("JPEG", "L")
+    check_jpeg_folder(folder, "val_7.JPEG", tmp_path)
+
+
 def test_tiny_imagenet_jpegs(tmp_path):
+    """The same on real photographs (../shared/data; an extra check, skipped without it)."""
     tar_path = TINY_IMAGENET / "tiny-imagenet-200_val.tar"
-    if not tar_path.exists():
-        pytest.skip(f"real JPEGs not available here ({tar_path})")
+    real_data(tar_path, "real JPEGs")
     folder = tmp_path / "jpegs"
     folder.mkdir()
     kept, grey = 0, None
@@ -111,14 +146,7 @@ def test_tiny_imagenet_jpegs(tmp_path):
             if kept == 31 and grey is not None:
                 break
     assert grey is not None, "expected some greyscale JPEGs in Tiny ImageNet"
-    full = decode_images(folder, 64)
-    assert full.shape == (32, 64, 64, 3) and full.dtype == np.uint8
-    assert full.std() > 10  # real photographs, not blank
-    g = sorted(p.name for p in folder.iterdir()).index(grey)  # greyscale: R = G = B
-    assert (full[g, ..., 0] == full[g, ..., 1]).all() and (full[g, ..., 1] == full[g, ..., 2]).all()
-    np.testing.assert_array_equal(decode_images(folder, 32), box_downsample(full, 2))
-    splits = load_folder(str(folder), image_size=32, cache=str(tmp_path / "cache"))
-    assert splits.train.shape[1] == 192 and int(splits.train.max()) <= 510
+    check_jpeg_folder(folder, grey, tmp_path)
 
 
 def write_imagenet(root: Path, resolution: int, n: int, pickled: bool = False) -> np.ndarray:
@@ -242,3 +270,36 @@ def test_a_cut_short_image_cache_is_rebuilt(tmp_path):
                         dev_fraction=0.2, test_fraction=0.2, cache=str(tmp_path / "cache"))
     assert torch.equal(again.train, first.train) and torch.equal(again.test, first.test)
     assert again.info["sources"] == first.info["sources"] and first.info["sources"][0]["files"]
+
+
+def test_dev_from_the_test_images(tmp_path):
+    """dataset.dev_from=test: every training image trains; dev and test split the test
+    images between them, disjoint, covering all of them."""
+    train_imgs = box_downsample(make_images(tmp_path / "train", 6), 2)
+    rng = np.random.default_rng(1)  # other pixels than the training images'
+    (tmp_path / "held").mkdir()
+    held = rng.integers(0, 256, size=(10, 32, 32, 3), dtype=np.uint8)
+    for i, img in enumerate(held):
+        Image.fromarray(img).save(tmp_path / "held" / f"v_{i:02d}.png")
+    splits = load_folder(str(tmp_path / "train"), test=str(tmp_path / "held"), image_size=32,
+                         transform="lossless", patch_size=8, train_patches="all",
+                         dev_fraction=0.5, dev_from="test", cache=str(tmp_path / "cache"))
+    assert splits.info["images"] == {"train": 6, "dev": 5, "test": 5}
+    assert splits.info["dev_from"] == "test"
+    got = {split: [a.tobytes() for a in ycocg_r_inverse(
+        rows_to_images(getattr(splits, split).long(), 8, 32))] for split in
+        ("train", "dev", "test")}
+    assert sorted(got["train"]) == sorted(a.tobytes() for a in train_imgs)  # all of them
+    assert not set(got["dev"]) & set(got["test"])
+    assert sorted(got["dev"] + got["test"]) == sorted(a.tobytes() for a in held)
+    # the same seed gives the same halves; another seed others
+    again = load_folder(str(tmp_path / "train"), test=str(tmp_path / "held"), image_size=32,
+                        patch_size=8, train_patches="all", dev_fraction=0.5, dev_from="test",
+                        cache=str(tmp_path / "cache"))
+    assert torch.equal(again.dev, splits.dev)
+    other = load_folder(str(tmp_path / "train"), test=str(tmp_path / "held"), image_size=32,
+                        patch_size=8, train_patches="all", dev_fraction=0.5, dev_from="test",
+                        seed=3, cache=str(tmp_path / "cache"))
+    assert not torch.equal(other.dev, splits.dev)
+    with pytest.raises(DataError, match=r"dev_from=test holds dev out of dataset\.test"):
+        load_folder(str(tmp_path / "train"), dev_from="test", cache=str(tmp_path / "cache"))

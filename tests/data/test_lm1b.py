@@ -23,7 +23,7 @@ from monarchpc.circuits.hmm import HMM
 from monarchpc.data import DATASETS, EVAL_KEYS, DataError, build_dataset, lines, lm1b
 from monarchpc.data import token_rows as tok
 from monarchpc.paths import REPO_ROOT
-from tests.helpers import SHARED_DATA, compose_config
+from tests.helpers import SHARED_DATA, compose_config, english_lines, real_data
 
 WIKITEXT = SHARED_DATA / "wikitext2" / "wikitext-2_valid.txt.xz"
 HELDOUT = SHARED_DATA / "lm1b_heldout" / "news.en.heldout-00000-of-00050.xz"
@@ -33,16 +33,23 @@ HELDOUT_SHA256 = "265dccd51762253e20425c21ff6ddf09e6da2e11a365da399b0390eebb2d52
 @pytest.fixture(scope="module")
 def wikitext_lines() -> list[str]:
     """The non-blank lines of the real WikiText-2 validation text (../shared/data), or skip."""
-    if not WIKITEXT.is_file():
-        pytest.skip(f"real WikiText-2 text not found at {WIKITEXT}")
-    return lines.read_lines(WIKITEXT)
+    return lines.read_lines(real_data(WIKITEXT, "real WikiText-2 text"))
+
+
+@pytest.fixture(scope="module", params=["pydoc", "wikitext2"])
+def text_lines(request: pytest.FixtureRequest) -> list[str]:
+    """Lines of real English text: Python's help texts (tests/helpers.py ``english_lines``:
+    in every checkout), and the real WikiText-2 validation text as an extra check (skipped
+    where ../shared/data is not beside the repository)."""
+    if request.param == "pydoc":
+        return english_lines()
+    return request.getfixturevalue("wikitext_lines")
 
 
 @pytest.fixture(scope="module")
 def heldout_text() -> bytes:
     """LM1B's real heldout shard 00000 (../shared/data, xz-compressed), decompressed, or skip."""
-    if not HELDOUT.is_file():
-        pytest.skip(f"the real LM1B heldout shard not found at {HELDOUT}")
+    real_data(HELDOUT, "the real LM1B heldout shard")
     text = lzma.decompress(HELDOUT.read_bytes())
     assert hashlib.sha256(text).hexdigest() == HELDOUT_SHA256
     return text
@@ -90,9 +97,9 @@ def expected_stream(sp, sentences: list[str]) -> list[int]:
     return [i for s in sentences for i in [*sp.encode(s), tok.EOS_ID]]
 
 
-def test_sentencepiece_round_trip_on_real_text(tmp_path: Path, wikitext_lines: list[str]
+def test_sentencepiece_round_trip_on_real_text(tmp_path: Path, text_lines: list[str]
                                                ) -> None:
-    sample = wikitext_lines[:300]
+    sample = text_lines[:300]
     path = tok.train_sentencepiece(sample, tmp_path / "sp.model", vocab_size=200,
                                    user_defined_symbols=["<unk>"])
     sp = tok.load_sentencepiece(path, 200)
@@ -106,11 +113,13 @@ def test_sentencepiece_round_trip_on_real_text(tmp_path: Path, wikitext_lines: l
         tok.load_sentencepiece(path, 201)
 
 
-def test_tokenizer_bytes_do_not_depend_on_the_cores(tmp_path: Path, wikitext_lines: list[str],
+def test_tokenizer_bytes_do_not_depend_on_the_cores(tmp_path: Path, text_lines: list[str],
                                                     monkeypatch) -> None:
     """SentencePiece's trainer gives other models with other thread counts; ours trains with
     a fixed count, so any number of cores (or OMP/torch thread setting) gives the same bytes."""
-    sample = wikitext_lines[:800]
+    sample = text_lines[:800]
+    source = tmp_path / "sample.txt"
+    source.write_text("\n".join(sample) + "\n", encoding="utf-8")
 
     def model(name: str) -> bytes:
         return tok.train_sentencepiece(sample, tmp_path / name, vocab_size=500).read_bytes()
@@ -129,7 +138,7 @@ def test_tokenizer_bytes_do_not_depend_on_the_cores(tmp_path: Path, wikitext_lin
               "torch.set_num_threads(3); from monarchpc.data import lines, token_rows as tok; "
               "from pathlib import Path; s = lines.read_lines(Path(sys.argv[1]))[:800]; "
               "tok.train_sentencepiece(s, Path(sys.argv[2]), vocab_size=500)")
-    subprocess.run([sys.executable, "-c", script, str(WIKITEXT), str(tmp_path / "other.model")],
+    subprocess.run([sys.executable, "-c", script, str(source), str(tmp_path / "other.model")],
                    check=True, env={**os.environ, "OMP_NUM_THREADS": "3"}, cwd=REPO_ROOT)
     models.add((tmp_path / "other.model").read_bytes())
     assert len(models) == 1
@@ -185,10 +194,10 @@ def test_pack_and_take() -> None:
     assert list(tok.take(iter(batches), 6)) == []
 
 
-def test_lines_packing_keeps_every_token_in_order(tmp_path: Path, wikitext_lines: list[str]
+def test_lines_packing_keeps_every_token_in_order(tmp_path: Path, text_lines: list[str]
                                                   ) -> None:
     text = tmp_path / "wiki.txt.xz"
-    sample = wikitext_lines[:240]
+    sample = text_lines[:240]
     with lzma.open(text, "wt", encoding="utf-8") as f:  # with blank lines, as in the file
         f.write("\n\n".join(sample) + "\n")
     splits = build_dataset({"name": "lines", "path": str(text), "vocab_size": 256,
@@ -330,7 +339,7 @@ def test_lm1b_reads_its_own_layout_with_the_real_heldout_shard(tmp_path: Path,
 
 
 def test_saved_hugging_face_copy(tmp_path: Path, monkeypatch) -> None:
-    datasets = pytest.importorskip("datasets")
+    import datasets  # a dependency of the package (pyproject), so never skipped
     train, test = fake_sentences(300, 1), fake_sentences(120, 2)
     dd = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": train}),
                                "test": datasets.Dataset.from_dict({"text": test})})

@@ -16,12 +16,12 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from monarchpc.data import DataError, build_dataset
+from monarchpc.data import DataError, build_dataset, synthetic
 from monarchpc.data import text8 as text8_data
 from monarchpc.data.chars import decode, encode, normalize_text8
 from monarchpc.data.demo import corpus
 from monarchpc.paths import REPO_ROOT
-from tests.helpers import compose_config
+from tests.helpers import compose_config, forward_log_likelihood
 
 
 def fake_text8(tmp_path: Path, n: int = 4000, seed: int = 0) -> tuple[Path, bytes]:
@@ -141,10 +141,24 @@ def test_unknown_dataset_and_bad_options_fail_clearly() -> None:
         build_dataset({"name": "chars", "paths": ["/nonexistent/corpus.txt"]})
 
 
-def test_synthetic_data_records_the_true_model() -> None:
+def test_synthetic_data_records_the_generating_models_bpc() -> None:
+    """``true_test_bpc`` is the generating HMM's NLL of the test rows, recomputed here by a
+    log-space forward pass in float64 over its parameters; the rows come from that model
+    (another HMM of the same shape scores them worse)."""
     splits = build_dataset({"name": "synthetic", "n_train": 64, "n_dev": 8, "n_test": 8})
     assert splits.train.shape == (64, 32) and int(splits.train.max()) < 6
-    assert 0 < splits.info["true_test_bpc"] < np.log2(6)
+    test = splits.test.long()
+
+    def bpc(model: torch.nn.Module) -> float:
+        model = model.double()
+        with torch.no_grad():
+            ll = forward_log_likelihood(model.initial, model.transition.dense()[0],
+                                        model.emission, test)
+        return float(-ll.sum() / (test.numel() * np.log(2)))
+
+    truth = bpc(synthetic.true_model(8, 6, 1234))  # the loader's defaults
+    assert splits.info["true_test_bpc"] == pytest.approx(truth, rel=1e-6)
+    assert truth < bpc(synthetic.true_model(8, 6, 4321)) and truth < np.log2(6)
 
 
 def chars(paths: list[Path], **options) -> object:
@@ -168,12 +182,23 @@ def test_chars_refuses_what_is_not_text_unless_allowed(tmp_path: Path, content: 
 
 
 def test_chars_accepts_text_with_a_few_odd_bytes(tmp_path: Path) -> None:
-    text = ("Punctuation, digits (42) and accents: café, naïve! " * 40).encode()
+    """2 bytes that are not UTF-8 text among ~2,000 (under the 1% refused) become one word
+    break, and the rest is normalized as text8 is: the expected text is written out."""
+    sentence = "Punctuation, digits (42) and accents: café, naïve! "
+    raw = (sentence * 20 + "Punctu").encode() + b"\xff\x00" + (sentence[6:] +
+                                                                sentence * 19).encode()
     path = tmp_path / "ok.txt"
-    path.write_bytes(text[:1000] + b"\xff\x00" + text[1000:])  # 2 bad of ~2000 characters
-    assert chars([path]).info["sources"] == [
-        {"name": "ok.txt", "size": len(text) + 2,
-         "sha256": hashlib.sha256(text[:1000] + b"\xff\x00" + text[1000:]).hexdigest()}]
+    path.write_bytes(raw)
+    normalized = "punctuation digits four two and accents caf na ve "  # one sentence
+    expected = normalized * 20 + "punctu ation digits four two and accents caf na ve " + \
+        normalized * 19
+    splits = chars([path])
+    assert splits.info["chars"] == len(expected) == 2001
+    train = decode(splits.train.reshape(-1))
+    assert train == expected[:len(train)] and len(train) == 1600  # 80% in rows of 16
+    assert train[1000:1013] == "punctu ation "
+    assert splits.info["sources"] == [
+        {"name": "ok.txt", "size": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}]
 
 
 def test_caches_are_atomic_and_rebuilt_when_cut_short(tmp_path: Path, caplog) -> None:

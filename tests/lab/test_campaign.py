@@ -21,10 +21,13 @@ spec.loader.exec_module(campaign)
 
 
 CAMPAIGNS = {  # jobs file -> its common overrides (data paths as placeholders), job count
-    "text8_prefix.txt": (["dataset=chars", "dataset.paths=[text.xz]", "logger=none"], 33),
+    "text8_prefix.txt": (["dataset=chars", "dataset.paths=[text.xz]", "logger=none"], 35),
     "wikitext2.txt": (["dataset.path=wiki.valid.raw", "logger=none"], 4),
     "tiny_imagenet.txt": (["experiment=tiny_imagenet32_monarch_hclt", "dataset.train=val.tar",
                            "dataset.test=null", "logger=none"], 12),
+    "tiny_imagenet_full.txt": (["experiment=tiny_imagenet32_monarch_hclt",
+                                "dataset.train=train.tar", "dataset.test=val.tar",
+                                "dataset.dev_from=test", "logger=none"], 12),
 }
 
 

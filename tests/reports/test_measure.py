@@ -12,6 +12,7 @@ import torch
 
 from monarchpc.circuits.hmm import MISSING
 from monarchpc.paths import REPO_ROOT
+from monarchpc.reports import measure as measure_module
 from monarchpc.reports import tables
 from monarchpc.reports.measure import (
     evaluate_pruning,
@@ -23,7 +24,7 @@ from monarchpc.reports.measure import (
 )
 from monarchpc.reports.records import load_run, load_runs
 from monarchpc.structures import build_model
-from tests.report_runs import text8_rows
+from tests.report_runs import corpus_rows
 
 CONFIGS = [{"structure": "hmm", "block": "dense", "hidden_size": 12},
            {"structure": "hmm", "block": "monarch", "hidden_size": 16, "k": 2},
@@ -91,16 +92,38 @@ def test_pruning_matches_reference_and_never_raises_likelihood(cfg, between):
             assert (got < full).any()
 
 
-def test_sampling_time_is_positive_and_finite():
+class FakeClock:
+    """``time.perf_counter`` that moves only when a draw runs: draw i takes ``durations[i]``
+    seconds."""
+
+    def __init__(self, durations: list[float]) -> None:
+        self.now, self.durations, self.draws = 100.0, list(durations), []
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def sample(self, n: int, length: int, generator: torch.Generator) -> torch.Tensor:
+        self.draws.append((n, length))
+        self.now += self.durations.pop(0)
+        return torch.zeros(n, length, dtype=torch.long)
+
+
+def test_sampling_time_is_the_median_draw_per_sequence(monkeypatch):
+    """On a fake clock: one untimed warm-up draw (9 s), then 3 timed draws of 4, 1 and 2 s:
+    the median 2 s of 16 sequences is 0.125 s a sequence."""
     hmm = model_of(CONFIGS[1]).float()
-    r = sampling_seconds_per_sequence(hmm, n=16, length=32, repeats=2)
-    assert math.isfinite(r["seconds_per_sequence"]) and r["seconds_per_sequence"] > 0
-    assert r["seconds_per_sequence"] == pytest.approx(r["median_seconds"] / 16)
+    clock = FakeClock([9.0, 4.0, 1.0, 2.0])
+    monkeypatch.setattr(measure_module.time, "perf_counter", clock.perf_counter)
+    monkeypatch.setattr(hmm, "sample", clock.sample)
+    r = sampling_seconds_per_sequence(hmm, n=16, length=32, repeats=3, warmup=1)
+    assert r == {"seconds_per_sequence": 0.125, "median_seconds": 2.0, "n": 16, "length": 32,
+                 "repeats": 3}
+    assert clock.draws == [(16, 32)] * 4 and not clock.durations
 
 
 def test_checkpoint_reproduces_the_recorded_test_bpc(runs):
     model, config, info = load_model(runs["m2_16_multiply"])
-    rows = text8_rows()["test"]
+    rows = corpus_rows()["test"]
     with torch.no_grad():
         bpc = -float(model.log_likelihood(rows).double().sum()) / rows.numel() / math.log(2)
     assert bpc == pytest.approx(info["final"]["test_bpc"], abs=1e-6)
@@ -136,7 +159,7 @@ def test_measure_sampling_writes_run_json(runs, tmp_path, monkeypatch, capsys):
 
 def test_eval_pruning_writes_pruning_json(runs, tmp_path):
     run = runs["m2_64_multiply"]
-    rows = text8_rows()["test"][:40]
+    rows = corpus_rows()["test"][:40]
     r = evaluate_pruning(run, [0.9, 0.0, 0.5], rows=rows, device="cpu", batch_size=16)
     saved = json.loads((run / "pruning.json").read_text())
     assert saved == json.loads(json.dumps(r))
@@ -154,13 +177,11 @@ def test_eval_pruning_writes_pruning_json(runs, tmp_path):
     assert all(p.stat().st_size > 1000 for p in paths)
 
 
-@pytest.mark.skipif(not (REPO_ROOT / "monarchpc" / "data" / "chars.py").is_file(),
-                    reason="the chars data loader is not in this checkout yet")
 def test_eval_pruning_rebuilds_the_test_split_from_the_config(runs, tmp_path):
     run = tmp_path / "copy"
     shutil.copytree(runs["hmm16"], run)
     r = evaluate_pruning(run, [0.0, 0.5], device="cpu", max_rows=1000)
-    rows = text8_rows()["test"]
+    rows = corpus_rows()["test"]
     assert r["rows"] == len(rows) and r["seq_len"] == rows.shape[1]
     assert r["points"][0]["bits_per_token"] == pytest.approx(
         json.loads((run / "run.json").read_text())["final"]["test_bpc"], abs=1e-5)

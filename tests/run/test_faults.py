@@ -83,8 +83,9 @@ def test_kill_9_at_random_points_then_resume_is_bitwise_equal(tmp_path: Path) ->
     said = [json.loads(line)["said"] for line in out.stdout.splitlines()]
     assert said == ["stalled", "started", "started"], out.stdout
     run(compose_config([*SMALL, f"resume={(part / 'checkpoint.pt').is_file()}".lower()], part))
-    a, b = checkpoint.load(full), checkpoint.load(part)
-    for key in a["model"]:
-        assert torch.equal(a["model"][key], b["model"][key]), key
+    for name in (checkpoint.FILENAME, checkpoint.BEST):  # best.pt too: the same model
+        a, b = checkpoint.load(full, filename=name), checkpoint.load(part, filename=name)
+        for key in a["model"]:
+            assert torch.equal(a["model"][key], b["model"][key]), (name, key)
     assert records(part) == records(full)
     assert [r["update"] for r in records(part)] == [0, 3, 6, 9, 12]

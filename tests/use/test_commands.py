@@ -28,7 +28,7 @@ import monarchpc
 from monarchpc.data import build_dataset
 from monarchpc.data.transforms import ycocg_r
 from monarchpc.paths import REPO_ROOT
-from monarchpc.queries import hmm_marginals
+from monarchpc.queries import MISSING, hclt_map, hmm_map, hmm_marginals, marginal_argmax
 from monarchpc.train import run
 from monarchpc.use import score
 from monarchpc.use.cli import run_cli
@@ -164,6 +164,36 @@ def test_mask_infill_and_marginals(text_run: Path) -> None:
     assert bad.returncode == 2 and "mask may hold only" in bad.stderr
 
 
+def test_most_likely_completions(text_run: Path) -> None:
+    """mode=map prints the max-product completion, mode=marginal every unknown position's
+    most likely value: one line each, whatever n and seed (both checked against brute
+    force in tests/use/test_queries.py)."""
+    mask = "th_ f_nct__n r_turns"
+    model, _ = load_run(text_run)
+    codec = CharCodec()
+    x = torch.tensor([codec.encode_mask(mask)])
+    out = invoke("sample", f"run_dir={text_run}", f"mask={mask}", "mode=map", "n=3")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [codec.decode(hmm_map(model, x)[0][0])]
+    assert all(m in ("_", c) for m, c in zip(mask, out.stdout.strip("\n"), strict=True))
+    assert invoke("sample", f"run_dir={text_run}", f"mask={mask}", "mode=map",
+                  "seed=5").stdout == out.stdout
+    out = invoke("sample", f"run_dir={text_run}", f"mask={mask}", "mode=marginal", "top=1")
+    lines = out.stdout.splitlines()
+    assert lines[0] == codec.decode(marginal_argmax(x, hmm_marginals(model, x))[0])
+    for line in lines[1:]:  # the marginal's first value is the one filled in
+        t = int(line.split(":")[0].removeprefix("position "))
+        assert line.split(": ")[1].startswith(repr(lines[0][t]))
+    out = invoke("sample", f"run_dir={text_run}", "prefix=the function", "length=30",
+                 "mode=map")
+    assert [len(s) for s in out.stdout.splitlines()] == [30]
+    assert out.stdout.startswith("the function")
+    bad = invoke("sample", f"run_dir={text_run}", "mode=best")
+    assert bad.returncode == 2 and "use one of sample, map, marginal" in bad.stderr
+    help_ = invoke("sample", "--help").stdout
+    assert "mode" in help_ and "max-product" in help_ and "marginal" in help_
+
+
 def test_score_of_the_test_split_is_the_recorded_test_bpc(text_run: Path, tmp_path: Path
                                                          ) -> None:
     _, config = load_run(text_run)
@@ -174,6 +204,16 @@ def test_score_of_the_test_split_is_the_recorded_test_bpc(text_run: Path, tmp_pa
     assert out.returncode == 0, out.stderr
     assert f"BPC {recorded(text_run, 'test_bpc'):.4f} over {test.numel():,} characters in " \
            f"{len(test)} rows" in out.stdout
+    # one evaluation (the final one) is the best: best.pt and checkpoint.pt hold one model
+    assert "(NLL " in out.stdout and "; best.pt)" in out.stdout
+    for which, name in (("best", "best.pt"), ("last", "checkpoint.pt")):
+        got = invoke("score", f"run_dir={text_run}", f"file={text}", f"checkpoint={which}",
+                     "json=true")
+        result = json.loads(got.stdout)
+        assert result["checkpoint"] == name
+        assert result["value"] == pytest.approx(recorded(text_run, "test_bpc"), abs=1e-5)
+    bad = invoke("score", f"run_dir={text_run}", f"file={text}", "checkpoint=middle")
+    assert bad.returncode == 2 and "checkpoint='middle': use auto" in bad.stderr
 
 
 # ------------------------------------------------------------------------------ images
@@ -228,6 +268,35 @@ def test_image_samples_and_inpainting(image_run: Path, tmp_path: Path) -> None:
     assert rows.shape == (16, 192)
     bad = invoke("sample", f"run_dir={image_run}", f"image={photo}", "region=0,0,40,8")
     assert bad.returncode == 2 and "must lie inside the 32x32 image" in bad.stderr
+
+
+def test_image_most_likely_completion(image_run: Path, tmp_path: Path) -> None:
+    photo = tmp_path / "photo.png"
+    rng = np.random.default_rng(2)
+    Image.fromarray(rng.integers(0, 256, (40, 40, 3)).astype(np.uint8)).save(photo)
+    model, config = load_run(image_run)
+    fmt = image_format(config)
+    original = read_image(photo, fmt.size)
+    hole = np.zeros((32, 32), bool)
+    hole[8:24, 12:28] = True
+    masked = image_to_rows(original, fmt)
+    masked[image_to_rows(np.repeat(hole[:, :, None], 3, 2).astype(np.uint8),
+                         type(fmt)(fmt.size, fmt.patch, "rgb")).bool()] = MISSING
+    want = rows_to_image(hclt_map(model, masked)[0], fmt)
+    for seed in (0, 1):
+        out = invoke("sample", f"run_dir={image_run}", f"image={photo}", "region=12,8,28,24",
+                     "mode=map", "n=3", f"seed={seed}", f"out={tmp_path / 'map'}", "scale=1")
+        assert out.returncode == 0, out.stderr
+        after = np.asarray(Image.open(tmp_path / "map-after.png"))
+        assert after.shape == (32, 32, 3)  # one completion, whatever n
+        assert np.array_equal(after, want)
+        assert np.array_equal(after[~hole], original[~hole])
+    out = invoke("sample", f"run_dir={image_run}", f"image={photo}", "mode=marginal",
+                 f"out={tmp_path / 'marginal'}", "scale=1")
+    assert out.returncode == 0, out.stderr
+    assert np.asarray(Image.open(tmp_path / "marginal-after.png")).shape == (32, 32, 3)
+    bad = invoke("sample", f"run_dir={image_run}", f"image={photo}", "top=3")
+    assert bad.returncode == 2 and "mode=marginal" in bad.stderr
 
 
 # ------------------------------------------------------------------ SentencePiece tokens
