@@ -124,8 +124,8 @@ def test_every_make_target_and_module_of_the_docs_exists(doc: Path) -> None:
             assert set(named) <= targets, f"{doc.name}: {command!r} names no make target"
         for module in re.findall(r"-m (monarchpc[\w.]*)", command):
             assert importlib.util.find_spec(module), f"{doc.name}: {command!r}: no {module}"
-        for word in words:
-            if word.endswith(".py") and "/" in word:  # a script the command runs
+        for before, word in zip(["", *words], words, strict=False):
+            if before.endswith(("python", "python3")) and word.endswith(".py"):  # a script
                 assert (REPO_ROOT / word).is_file(), f"{doc.name}: {command!r}: no {word}"
             if word.startswith("experiment="):
                 preset = REPO_ROOT / "configs" / "experiment" / f"{word.split('=')[1]}.yaml"
