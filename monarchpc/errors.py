@@ -6,6 +6,7 @@
 * :class:`DivergedError`: EM produced a non-finite log-likelihood or parameter.
 * :class:`RunDirError`: a run directory, or a file it needs, is missing.
 * :class:`UsageError`: a command-line argument or query of a command that cannot work.
+* :class:`Interrupted`: a run stopped by a signal after its checkpoint (exit 128 + signal).
 """
 
 from __future__ import annotations
@@ -33,3 +34,33 @@ class RunDirError(FileNotFoundError):
 
 class UsageError(ValueError):
     """A command-line argument or query that cannot work; the message names the fix."""
+
+
+class Interrupted(RuntimeError):
+    """A run stopped by a signal (Ctrl-C, SIGTERM, SLURM's SIGUSR2) at an update boundary,
+    its checkpoint written; rerunning with resume=true continues it. A command ends with
+    :attr:`exit_code`, 128 + the signal's number as a shell reports it (SIGINT: 130,
+    SIGTERM: 143), so that schedulers and ``make a && make b`` see it did not finish."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = int(signum)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    @property
+    def signal(self) -> str:
+        """The signal's name (``"SIGTERM"`` for 15)."""
+        return signal_name(self.signum)
+
+
+def signal_name(signum: int) -> str:
+    """``"SIGTERM"`` for 15 (the number itself if it names no signal)."""
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"

@@ -6,7 +6,9 @@ size, its sha256 and ``sources``, the files it was built from (name, size, sha25
 :func:`source_record`), which the data fingerprint reuses without reading them again. A
 cache whose sidecar is missing, or whose size or checksum does not match (a file cut
 short by a crash, a copy gone wrong, a cache of an older monarchpc), is removed with a
-warning and built again by its loader.
+warning and built again by its loader; so is an ``.npy`` cache whose sidecar matches but
+that numpy cannot read as a plain array (an object array, which would need pickle, or a
+damaged header): a cache never runs code and never ends a run in a traceback.
 """
 
 from __future__ import annotations
@@ -73,9 +75,7 @@ def verified(path: Path) -> list[dict[str, Any]] | None:
         problem = f"no valid {sidecar(path).name} ({type(err).__name__})"
     if problem is None:
         return list(meta["sources"])
-    log.warning(f"data cache {path} is not usable ({problem}); building it again")
-    path.unlink(missing_ok=True)
-    sidecar(path).unlink(missing_ok=True)
+    discard(path, problem)
     return None
 
 
@@ -84,13 +84,35 @@ def save_array(path: Path, array: np.ndarray, sources: list[dict[str, Any]]) -> 
     write(path, lambda f: np.save(f, np.ascontiguousarray(array)), sources)
 
 
+def discard(path: Path, problem: str) -> None:
+    """Remove a cache and its sidecar with a warning (the caller builds it again)."""
+    log.warning(f"data cache {path} is not usable ({problem}); building it again")
+    path.unlink(missing_ok=True)
+    sidecar(path).unlink(missing_ok=True)
+
+
+def read_npy(path: Path, mmap: bool = False) -> np.ndarray | None:
+    """The plain (numeric) array of an ``.npy`` file, never unpickled; None (the file
+    removed, see :func:`discard`) if it holds anything else or cannot be read."""
+    try:
+        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        discard(path, f"{type(err).__name__}: {str(err).splitlines()[0][:80] if str(err) else ''}")
+        return None
+    if not isinstance(array, np.ndarray) or array.dtype.hasobject:
+        discard(path, "not a plain numeric array")
+        return None
+    return array
+
+
 def load_array(path: Path, mmap: bool = False
                ) -> tuple[np.ndarray, list[dict[str, Any]]] | None:
     """(array, sources) of a verified ``.npy`` cache (memory-mapped with ``mmap``), or None."""
     sources = verified(path)
     if sources is None:
         return None
-    return np.load(path, mmap_mode="r" if mmap else None), sources
+    array = read_npy(path, mmap)
+    return None if array is None else (array, sources)
 
 
 def cached_array(path: Path, make: Callable[[], tuple[np.ndarray, list[dict[str, Any]]]],

@@ -58,14 +58,18 @@ def read_text(path: str | Path) -> str:
     return raw.decode("utf-8", errors="replace")
 
 
-def check_text(text: str, path: Path, allow_non_text: bool = False) -> None:
-    """Raise DataError if more than 1% of ``text`` (read from ``path``) is not text."""
+TRAIN_FIX = "convert it to UTF-8, or set dataset.allow_non_text=true to train on it anyway"
+
+
+def check_text(text: str, path: Path, allow_non_text: bool = False, fix: str = TRAIN_FIX
+               ) -> None:
+    """Raise DataError (ending with ``fix``) if more than 1% of ``text`` (read from
+    ``path``) is not text."""
     bad = len(NON_TEXT.findall(text))
     if text and bad > MAX_NON_TEXT * len(text) and not allow_non_text:
         raise DataError(f"chars: {path} is not UTF-8 text: {bad / len(text):.1%} of its "
                         f"characters are control characters or undecodable bytes (a binary "
-                        f"file or another encoding); convert it to UTF-8, or set "
-                        f"dataset.allow_non_text=true to train on it anyway")
+                        f"file or another encoding); {fix}")
 
 
 def normalize_text8(text: str) -> str:

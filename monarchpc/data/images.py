@@ -7,7 +7,9 @@ Three sources, one pipeline (:func:`patch_splits`):
   or as pickled batches, each holding ``data``: N x 3*S*S uint8, channel-planar RGB.
   Train = the official train minus a held-out dev fraction; test = the official val.
 * ``image_folder``: a folder or a tar file of image files (any format Pillow reads;
-  greyscale and palette images become RGB), e.g. Tiny ImageNet's folders. Non-square
+  greyscale and palette images become RGB; 16-bit images, Pillow's ``I;16`` modes, are
+  scaled to 8 bits, v -> round(v * 255 / 65535); 32-bit integer or float images are
+  refused with one line), e.g. Tiny ImageNet's folders. Non-square
   images are centre-cropped; images whose side is a multiple of ``image_size`` are
   box-downsampled exactly (64 -> 32: 2 x 2 boxes), other larger ones resized with
   Pillow's box filter; smaller images are an error.
@@ -214,10 +216,32 @@ def image_bytes(path: Path) -> Iterator[tuple[str, bytes]]:
                         f"tiny-imagenet-200.zip, unzipped)")
 
 
-def to_square(image: Image.Image, size: int) -> np.ndarray:
+EIGHT_BIT_MODES = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK",
+                   "YCbCr")
+"""Pillow modes of 8 bits per channel (or fewer) that ``convert("RGB")`` maps exactly."""
+
+
+def to_rgb8(image: Image.Image, name: str = "image") -> Image.Image:
+    """``image`` as 8-bit RGB. 16-bit modes (``I;16``, ``I;16B``, ...) are scaled,
+    v -> round(v * 255 / 65535); Pillow's own conversion would clip them to 255. Modes
+    without a known bit depth (``I``: 32-bit integers, ``F``: floats) raise DataError."""
+    mode = image.mode
+    if mode.startswith("I;16"):
+        values = np.asarray(image).astype(np.uint32)  # 0..65535, any byte order
+        grey = ((values * 255 + 32767) // 65535).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if mode in EIGHT_BIT_MODES:
+        return image.convert("RGB")
+    kind = {"I": "32-bit integers", "F": "floats"}.get(mode, "not 8 or 16 bits per channel")
+    raise DataError(f"{name} has Pillow mode {mode!r} ({kind}), "
+                    f"whose scale to 8 bits is unknown: convert it to an 8- or 16-bit "
+                    f"PNG (or remove it)")
+
+
+def to_square(image: Image.Image, size: int, name: str = "image") -> np.ndarray:
     """RGB uint8 (size, size, 3): centre crop to a square, then box-downsample or resize
-    (down only: the image's shorter side must be at least ``size``)."""
-    image = image.convert("RGB")
+    (down only: the image's shorter side must be at least ``size``); see :func:`to_rgb8`."""
+    image = to_rgb8(image, name)
     w, h = image.size
     s = min(w, h)
     if (w, h) != (s, s):
@@ -242,7 +266,7 @@ def decode_images(path: Path, image_size: int) -> np.ndarray:
             raise DataError(f"image {name} in {path} is {image.size[0]} x {image.size[1]} "
                             f"pixels, smaller than dataset.image_size={image_size} (images "
                             f"are not upscaled): remove it or lower dataset.image_size")
-        out.append(to_square(image, image_size))
+        out.append(to_square(image, image_size, f"image {name} in {path}"))
     if not out:
         raise DataError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {path}")
     return np.stack(out)
@@ -258,7 +282,8 @@ def read_images(path: Path, image_size: int, store: Path
                         f"http://cs231n.stanford.edu/tiny-imagenet-200.zip and give its "
                         f"train/ and val/images/ folders)")
     files = [path] if path.is_file() else folder_images(path)
-    key = cache_key("images", files, {"image_size": image_size})
+    # decoder 2: 16-bit images scaled to 8 bits (caches of decoder 1 clipped them)
+    key = cache_key("images", files, {"image_size": image_size, "decoder": 2})
     return cached_images(store / f"{key}.npy", lambda: decode_images(path, image_size), [path])
 
 

@@ -43,7 +43,8 @@ from monarchpc import checkpoint
 from monarchpc.circuits.blocks import BlockSpec, factorize
 from monarchpc.circuits.hmm import HMM
 from monarchpc.data import Splits
-from monarchpc.errors import ConfigError, DataError, DivergedError
+from monarchpc.errors import ConfigError, DataError, DivergedError, Interrupted, signal_name
+from monarchpc.files import atomic_write, open_append, open_fd, read_json_object
 from monarchpc.structures import build_model
 
 log = logging.getLogger("monarchpc")
@@ -52,8 +53,12 @@ DATASET_LOCATION_KEYS = ("cache_dir", "download")
 """Dataset keys that say where data is cached or whether to fetch it, not what it is."""
 
 
-class FactorRunIncomplete(RuntimeError):
-    """A factor run stopped before finishing (Ctrl-C, SIGTERM); rerunning resumes it."""
+class FactorRunIncomplete(Interrupted):
+    """A factor run stopped before finishing (Ctrl-C, SIGTERM); rerunning the same command
+    resumes it. Exit status 128 + the signal, as any stopped run."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(message, signum)
 
 
 def factor_sizes(cfg: DictConfig) -> list[int]:
@@ -123,9 +128,10 @@ def run_name(config: dict[str, Any]) -> str:
 
 
 def read_info(run_dir: Path) -> dict[str, Any] | None:
-    """The run.json of ``run_dir``, or None."""
-    path = run_dir / "run.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    """The run.json of ``run_dir``, or None; one DataError line if it is not a JSON object."""
+    return read_json_object(run_dir / "run.json",
+                            f"the factor run in {run_dir} is damaged: delete that directory "
+                            f"to train it again (or restore its run.json)")
 
 
 def is_finished(run_dir: Path) -> bool:
@@ -138,12 +144,15 @@ def is_finished(run_dir: Path) -> bool:
 def locked(path: Path) -> Iterator[None]:
     """An exclusive lock on ``path`` (created if missing) for the duration of the block."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    fd = open_fd(path, os.O_RDWR | os.O_CREAT)  # never through a planted link
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 Train = Callable[[Any, Splits | None], Any]
@@ -165,7 +174,13 @@ def train_factor(config: dict[str, Any], cache_dir: Path, train: Train,
                  f"of size {config['model']['hidden_size']}")
         cfg = OmegaConf.create({**config, "run_dir": str(run_dir), "run_name": name,
                                 "resume": resume})
-        train(cfg, splits)
+        try:
+            train(cfg, splits)
+        except Interrupted as err:  # not resume=true run_name=<factor>: the same command
+            raise FactorRunIncomplete(
+                f"factor run {run_dir} stopped by {signal_name(err.signum)} before finishing "
+                f"(its checkpoint is kept); run the same command again to resume it",
+                err.signum) from None
         if not is_finished(run_dir):
             raise FactorRunIncomplete(
                 f"factor run {run_dir} stopped before finishing; run the same command again "
@@ -239,10 +254,12 @@ def train_parallel(configs: list[dict[str, Any]], cache_dir: Path) -> None:
                 break
             run_dir = cache_dir / run_name(config)
             run_dir.mkdir(parents=True, exist_ok=True)
-            OmegaConf.save(config, run_dir / "factor_config.yaml")
-            with open(run_dir / "factor.log", "ab") as out:  # own session: Ctrl-C is ours
+            text = OmegaConf.to_yaml(OmegaConf.create(config))
+            atomic_write(run_dir / "factor_config.yaml", lambda f, t=text: f.write(t.encode()))
+            with open_append(run_dir / "factor.log") as out:  # own session: Ctrl-C is ours
                 child = subprocess.Popen([sys.executable, "-m", "monarchpc.train_factor",
-                                          "--config", str(run_dir / "factor_config.yaml")],
+                                          "--config", str(run_dir / "factor_config.yaml"),
+                                          "--parent", str(os.getpid())],
                                          stdout=out, stderr=subprocess.STDOUT, env=env,
                                          start_new_session=True)
             children[run_dir] = child, time.monotonic()
@@ -264,15 +281,15 @@ def train_parallel(configs: list[dict[str, Any]], cache_dir: Path) -> None:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if stopped or failed:
-        raise child_error(failed, bool(stopped))
+        raise child_error(failed, stopped)
 
 
-def child_error(failed: list[tuple[Path, int]], stopped: bool) -> Exception:
+def child_error(failed: list[tuple[Path, int]], stopped: list[int]) -> Exception:
     """One error for the failed children, of the kind the first one reported (or
     :class:`FactorRunIncomplete` after a stop), naming their logs."""
     kinds, lines = [], []
     for run_dir, code in failed:
-        if stopped and code == 130:  # stopped as asked
+        if stopped and code == 128 + signal.SIGINT:  # stopped as asked (SIGINT forwarded)
             continue
         path = run_dir / "factor.log"
         tail = path.read_text(errors="replace").splitlines()[-15:]
@@ -282,8 +299,9 @@ def child_error(failed: list[tuple[Path, int]], stopped: bool) -> Exception:
         lines.append(f"factor run {run_dir} failed: "
                      f"{said[-1][2] if said else f'exit status {code}'} (log: {path})")
     if stopped:
-        return FactorRunIncomplete("factor runs stopped before finishing; run the same command "
-                                   "again to resume them")
+        return FactorRunIncomplete(f"factor runs stopped by {signal_name(stopped[0])} before "
+                                   f"finishing (their checkpoints are kept); run the same "
+                                   f"command again to resume them", stopped[0])
     return kinds[0]("; ".join(lines))
 
 

@@ -6,7 +6,9 @@
   drops the lock when its process dies (kill -9 included), so the lock of a dead process
   is taken over; on file systems without flock the file's pid is checked instead (a
   dead process on this host: taken over). Holding the lock, nothing else writes in the
-  directory, so leftover ``*.tmp`` files of a killed writer are removed.
+  directory, so leftover ``*.tmp`` files of a killed writer are removed. The lock file is
+  opened without following links (a planted ``run.lock`` link is refused with one line,
+  its target untouched).
 * :func:`check_resume` says whether the run continues from its checkpoint: a fresh run
   (``resume=false``) over an existing checkpoint and ``resume=true`` without one are errors.
 * :func:`write_hydra_files` writes what Hydra would write to ``.hydra/`` (config.yaml,
@@ -31,9 +33,12 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from monarchpc.errors import ConfigError
-from monarchpc.files import TMP_SUFFIX, atomic_write
+from monarchpc.files import TMP_SUFFIX, atomic_write, open_fd
 
 log = logging.getLogger(__name__)
+
+last_run_dir: Path | None = None
+"""The run directory this process last locked (a SLURM job's run, for its requeue hook)."""
 
 LOCK = "run.lock"
 NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
@@ -71,7 +76,7 @@ class RunLock:
     def acquire(self) -> RunLock:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         while self.fd is None:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_fd(self.path, os.O_RDWR | os.O_CREAT)  # never through a planted link
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -99,14 +104,29 @@ class RunLock:
                 os.close(fd)
         previous = self._read_holder()
         if previous and previous.get("pid") is not None:
-            log.warning(f"{self.path}: took over the lock of pid {previous.get('pid')} on "
-                        f"{previous.get('host')}, which ended without releasing it")
+            log.warning(f"{self.path}: took over the lock of {self._stale(previous)}")
+        global last_run_dir
+        last_run_dir = self.run_dir
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, (json.dumps(holder_info()) + "\n").encode(), 0)
         os.fsync(self.fd)
         for tmp in self.run_dir.glob(f"*{TMP_SUFFIX}"):  # left by a writer that was killed
             tmp.unlink(missing_ok=True)
         return self
+
+    @staticmethod
+    def _stale(holder: dict[str, Any]) -> str:
+        """Who left a lock that nobody holds, said truthfully: a process of this host that
+        is still alive under that pid is another process (a reused pid, or a lock file
+        copied with its directory), not one that ended."""
+        pid, host = holder.get("pid"), holder.get("host")
+        who = f"pid {pid} on {host}"
+        if host != socket.gethostname():
+            return f"{who} (another host), which no longer holds it"
+        if isinstance(pid, int) and pid != os.getpid() and alive(pid):
+            return (f"{who}, which does not hold it: pid {pid} is alive but is not that run "
+                    f"(a reused pid, or a run directory copied with its lock file)")
+        return f"{who}, which ended without releasing it"
 
     def _read_holder(self) -> dict[str, Any]:
         """The holder's pid/host/started from the lock file ({} if empty or unreadable)."""

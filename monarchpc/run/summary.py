@@ -7,7 +7,9 @@ at the end of the multirun it prints the Markdown table. One row per job: its nu
 overrides that differ between jobs (the ones all jobs share are listed once above the
 table), status, final dev/test metrics, multiply-adds per token, updates and training wall
 time, read from the job's ``run.json`` and ``metrics.jsonl``. A job that raised gets status
-``failed`` and its error, which is also written to ``error.txt`` in its directory.
+``failed`` and its error, which is also written to ``error.txt`` in its directory; a sweep
+with a failed job exits 2 after its summary. Every job directory gets its ``.hydra/`` when
+the job starts (:meth:`SweepSummary.on_job_start`), failed jobs included.
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from monarchpc.files import atomic_write
 
 ERROR_FILE = "error.txt"
 METRIC_SUFFIXES = ("_bpc", "_bpd", "_ppl")
@@ -134,6 +139,18 @@ def write_summary(sweep_dir: Path) -> str:
 class SweepSummary(Callback):
     """Hydra callback: the sweep summary after every multirun job and at the end."""
 
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """A sweep job's directory gets its ``.hydra/`` now, as a single run's does once it
+        is accepted, so that every job, failed ones included, is listed in the summary."""
+        from hydra.types import RunMode
+
+        from monarchpc.run.rundir import write_hydra_files
+
+        job_dir = Path(config.hydra.runtime.output_dir)
+        if config.hydra.mode == RunMode.MULTIRUN and not (job_dir / ".hydra").is_dir():
+            task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+            write_hydra_files(job_dir, task)
+
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         from hydra.core.utils import JobStatus
         from hydra.types import RunMode
@@ -141,7 +158,8 @@ class SweepSummary(Callback):
         job_dir = Path(config.hydra.runtime.output_dir)
         if job_return.status == JobStatus.FAILED and job_dir.is_dir():
             err = job_return._return_value
-            (job_dir / ERROR_FILE).write_text(f"{type(err).__name__}: {err}\n")
+            text = f"{type(err).__name__}: {err}\n"
+            atomic_write(job_dir / ERROR_FILE, lambda f: f.write(text.encode()))  # no links
         if config.hydra.mode == RunMode.MULTIRUN:
             write_summary(Path(config.hydra.sweep.dir))
 
@@ -149,3 +167,8 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if sweep_dir.is_dir():
             print(write_summary(sweep_dir) + f"(also in {sweep_dir}/summary.md and summary.csv)")
+            failed = [r["dir"] for r in sweep_rows(sweep_dir) if r["status"] == "failed"]
+            if failed:  # a sweep with a failed job does not end as if all had finished
+                print(f"monarchpc: error: {len(failed)} job(s) of the sweep failed: "
+                      f"{', '.join(failed)} (their error.txt says why)", file=sys.stderr)
+                sys.exit(2)

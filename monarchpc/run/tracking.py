@@ -18,6 +18,7 @@ offline, how to ``wandb sync`` it).
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import logging.handlers
@@ -28,7 +29,7 @@ from typing import Any
 import torch
 
 from monarchpc.errors import DataError
-from monarchpc.files import atomic_write, free_space
+from monarchpc.files import atomic_write, open_append, refuse_link, write_failure
 from monarchpc.settings import Settings, choice, list_of, text
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ class Tracker:
                  wandb_id: str | None = None) -> None:
         self.run_dir = run_dir
         self.metrics_path = run_dir / METRICS
+        refuse_link(self.metrics_path)  # neither read nor rewritten through a planted link
         self.records, torn = read_metrics(self.metrics_path)
         if torn and self.metrics_path.is_file():
             write_metrics(self.metrics_path, self.records)  # without the partial last line
@@ -126,14 +128,14 @@ class Tracker:
         if self.records and int(self.records[-1]["update"]) >= update:
             self._keep(lambda r: int(r["update"]) < update)
         try:
-            with open(self.metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            with open_append(self.metrics_path) as f:  # never through a planted link
+                f.write((json.dumps(record) + "\n").encode())
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as err:  # a partial line is dropped when the run resumes
-            raise DataError(f"cannot append to {self.metrics_path} ({err.strerror}; "
-                            f"{free_space(self.run_dir)} free on its disk): free disk space "
-                            f"and continue with resume=true") from None
+            raise DataError(f"cannot append to {self.metrics_path} "
+                            f"({write_failure(err, self.run_dir)}): free disk space and "
+                            f"continue with resume=true") from None
         self.records.append(record)
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in record.items() if isinstance(v, int | float)},
@@ -210,7 +212,7 @@ class RunLog:
         self.root = logging.getLogger()
         self.memory = logging.handlers.MemoryHandler(capacity=1 << 20,
                                                      flushLevel=logging.CRITICAL + 1)
-        self.file: logging.Handler | None = None
+        self.file: logging.StreamHandler | None = None
 
     def __enter__(self) -> RunLog:
         self.root.addHandler(self.memory)
@@ -218,7 +220,9 @@ class RunLog:
 
     def open(self, run_dir: Path) -> None:
         """Write the held lines, and all later ones, to ``run_dir/train.log``."""
-        self.file = logging.FileHandler(run_dir / "train.log", mode="a")
+        stream = io.TextIOWrapper(open_append(run_dir / "train.log"), encoding="utf-8",
+                                  write_through=True)  # never through a planted link
+        self.file = logging.StreamHandler(stream)
         self.file.setFormatter(logging.Formatter(self.FORMAT, "%Y-%m-%d %H:%M:%S"))
         self.memory.setTarget(self.file)
         self.memory.flush()
@@ -230,3 +234,5 @@ class RunLog:
             if handler is not None:
                 self.root.removeHandler(handler)
                 handler.close()
+        if self.file is not None:
+            self.file.stream.close()

@@ -10,13 +10,15 @@ lowest dev metric so far, ``trainer.keep_best``) and wandb.
 
 A run owns its directory (``run.lock``: a second run of the same name fails at once).
 Interruption (Ctrl-C, SIGTERM, kill -9) loses at most the updates since the last atomic
-checkpoint; ``resume=true`` continues the run in its directory to the same result as an
-uninterrupted run (data order is a function of seed and epoch, EM has no other
-randomness), ``best.pt`` included, after checking that the data is the same. An update
-that would write a non-finite or negative parameter stops the run (status "diverged")
-with the parameters and the last checkpoint unchanged. Under torchrun (or SLURM) the
-ranks share every micro-batch: see monarchpc/run/distributed.py. The settings are checked
-before this module runs (:mod:`monarchpc.config`, through :func:`monarchpc.train.run`).
+checkpoint; a run stopped by a signal ends with :class:`~monarchpc.errors.Interrupted`
+after its checkpoint (the command exits 128 + the signal, e.g. 130 / 143);
+``resume=true`` continues the run in its directory to the same result as an uninterrupted
+run, ``best.pt`` included (data order is a function of seed and epoch, EM has no other
+randomness) after checking that the data is the same. An update that would write a
+non-finite or negative parameter stops the run (status "diverged") with the parameters and
+the last checkpoint unchanged. Under torchrun (or SLURM) the ranks share every micro-batch:
+see monarchpc/run/distributed.py. The settings are checked before this module runs
+(:mod:`monarchpc.config`, through :func:`monarchpc.train.run`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import contextlib
 import logging
 import math
 import re
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -34,11 +37,12 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from monarchpc import checkpoint
+from monarchpc import checkpoint, memory
 from monarchpc.circuits.blocks import BlockSpec
 from monarchpc.data import Splits, build_dataset
 from monarchpc.data.fingerprint import compare, data_fingerprint
-from monarchpc.errors import ConfigError, DataError, DivergedError
+from monarchpc.errors import ConfigError, DataError, DivergedError, Interrupted, signal_name
+from monarchpc.files import atomic_write
 from monarchpc.init import factor_runs
 from monarchpc.init.initialize import initialize
 from monarchpc.learning.em import EM
@@ -154,6 +158,26 @@ def check_vocab(cfg: DictConfig, splits: Splits) -> None:
                             f"it under data/ and rerun")
 
 
+def check_model_memory(cfg: DictConfig, spec: BlockSpec, device: torch.device,
+                       vocab_size: int | None = None, num_vars: int | None = None) -> None:
+    """Refuse (one ConfigError line with the device's free memory) a model whose parameters,
+    three times over for training (parameters, flows, the E-step's working set), cannot fit:
+    checked from the block spec before the data is read (the vocabulary as configured, else
+    a lower bound of 1) and again with the data's sizes before the model is built."""
+    if vocab_size is None:  # before the data: as configured, else unknown (1: a lower bound)
+        vocab_size = int(cfg.model.get("vocab_size") or cfg.dataset.get("vocab_size") or 1)
+    vocab = f", vocabulary {vocab_size}" if vocab_size > 1 else ""
+    if num_vars is None:
+        num_vars = 3 * int(cfg.dataset.get("patch_size") or 1) ** 2
+    need = 3 * memory.parameter_bytes(cfg.model.structure, spec.factors, spec.axes,
+                                      vocab_size, num_vars)
+    memory.check_fits(f"training a {cfg.model.structure} of model.hidden_size="
+                      f"{spec.hidden_size} ({spec.kind} blocks{vocab}; its parameters, "
+                      f"flows and E-step)", need, device,
+                      "lower model.hidden_size (or use Monarch blocks, model=monarch2_hmm), or "
+                      "train on a device with more free memory", ConfigError)
+
+
 def train(cfg: DictConfig, run: RunFn, splits: Splits | None = None,
           overrides: list[str] | None = None) -> dict[str, Any]:
     """Train as configured (a checked config); returns the last evaluation record.
@@ -182,6 +206,7 @@ def prepare(cfg: DictConfig, run: RunFn, splits: Splits | None, overrides: list[
     torch.set_flush_denormal(True)  # tiny probabilities must not fall onto the CPU's slow path
     torch.manual_seed(int(cfg.seed))
     device = select_device(cfg.trainer.device)
+    check_model_memory(cfg, spec, device)  # before the run directory or data is touched
     if device.type == "cpu" and cfg.trainer.get("cpu_threads"):
         torch.set_num_threads(int(cfg.trainer.cpu_threads))
     ddp = distributed.setup(device)  # ranks of torchrun / SLURM; one process: a no-op
@@ -202,6 +227,7 @@ def prepare(cfg: DictConfig, run: RunFn, splits: Splits | None, overrides: list[
         cfg.init.factor_runs = ckpt["config"]["init"]["factor_runs"]  # its factors not needed
     elif cfg.init.name == "multiply":  # pipeline step: the dense factor runs, trained first
         cfg.init.factor_runs = [str(d) for d in factor_runs.factor_runs(cfg, run, splits)]
+    check_model_memory(cfg, spec, device, splits.vocab_size, splits.train.shape[-1])
     generator = torch.Generator().manual_seed(int(cfg.seed))
     model = build_model(cfg.model, splits.vocab_size, generator, splits.train_rows(0),
                         vocab_sizes=splits.vocab_sizes)
@@ -229,7 +255,8 @@ def prepare(cfg: DictConfig, run: RunFn, splits: Splits | None, overrides: list[
     ddp.barrier()  # every rank has checked for a checkpoint before rank 0 writes one
     if ddp.is_main:  # the run is accepted: its config and log
         run_log.open(run_dir)
-        OmegaConf.save(config, run_dir / "config.yaml")  # resolved, init.factor_runs filled in
+        text = OmegaConf.to_yaml(OmegaConf.create(config))  # resolved, factor_runs filled in
+        atomic_write(run_dir / "config.yaml", lambda f: f.write(text.encode()))  # not via links
         if overrides is not None:  # a command-line run: .hydra/ as Hydra would write it
             write_hydra_files(run_dir, composed)
     model.to(device)
@@ -282,7 +309,10 @@ class Trainer:
         dirs = list(self.cfg.init.get("factor_runs") or [])  # finished: their cost is fixed
         costs = factor_runs.factor_costs(dirs)
         if not all((Path(d) / "run.json").is_file() for d in dirs):  # resumed without them:
-            before = factor_runs.read_info(self.run_dir) or {}  # their cost as recorded
+            try:  # their cost as recorded
+                before = factor_runs.read_info(self.run_dir) or {}
+            except DataError:  # a damaged run.json of this run: rewritten at the next save
+                before = {}
             costs = {k: before.get(k, v) for k, v in costs.items()}
         self.factors = {"factor_runs": dirs, **costs}
 
@@ -328,7 +358,12 @@ class Trainer:
         if s.update < self.total_updates:
             self.save("interrupted")
             log.warning(f"stopped at update {s.update}/{self.total_updates}; checkpoint in "
-                        f"{self.run_dir} (continue with resume=true run_name={self.run_dir.name})")
+                        f"{self.run_dir}")
+            if stop.signum is not None:  # a signal, not trainer.stop_after: not finished
+                raise Interrupted(f"stopped by {signal_name(stop.signum)} at update "
+                                  f"{s.update}/{self.total_updates}; the checkpoint in "
+                                  f"{self.run_dir} keeps it: continue with resume=true "
+                                  f"run_name={self.run_dir.name}", stop.signum)
         return self.last
 
     def update(self, rows: torch.Tensor, order: torch.Tensor, stop: StopRequest) -> bool:
@@ -349,6 +384,8 @@ class Trainer:
                 return False
         nll, units, agreed = self.ddp.reduce_update(self.model, nll, units, stop.pending)
         stop.requested = stop.requested or agreed  # all ranks end this same update
+        if agreed and stop.signum is None:  # another rank got the signal
+            stop.signum = int(signal.SIGTERM)
         fix = divergence.hint(self.cfg.optim, self.cfg.trainer)
         # the same flows on all ranks: all agree on a divergence, and all keep good parameters
         self.guard(lambda: divergence.check(self.model, -nll, s.update + 1, fix))

@@ -151,15 +151,30 @@ def image_format(config: DictConfig) -> ImageFormat:
 
 
 def read_image(path: str | Path, size: int) -> np.ndarray:
-    """An image file as uint8 RGB (size, size, 3): centre crop, then downsample (as the data)."""
+    """An image file as uint8 RGB (size, size, 3): centre crop, then downsample (as the data;
+    16-bit images are scaled to 8 bits). An unreadable image, or one smaller than ``size``,
+    raises one :class:`UsageError` line."""
     from PIL import Image
 
     from monarchpc.data.images import to_square
 
     path = Path(path)
     if not path.is_file():
-        raise RunDirError(f"image file {path} not found")
-    return to_square(Image.open(path), size)
+        raise RunDirError(f"image file {path} not found" if not path.exists() else
+                          f"{path} is not a regular file; give an image file (PNG, JPEG, ...)")
+    try:
+        image = Image.open(path)
+        image.load()
+    except Exception as err:  # empty, truncated, not an image: whatever Pillow raises
+        detail = str(err).strip().splitlines()[0][:120] if str(err).strip() else \
+            type(err).__name__
+        raise UsageError(f"cannot read image {path} ({detail}): give an image file Pillow "
+                         f"reads (PNG, JPEG, ...), whole and not empty") from None
+    if min(image.size) < size:
+        raise UsageError(f"image {path} is {image.size[0]} x {image.size[1]} pixels, smaller "
+                         f"than the run's image size {size} x {size} (images are not "
+                         f"upscaled, as in training): give a larger image")
+    return to_square(image, size, f"image {path}")
 
 
 def image_to_rows(rgb: np.ndarray, fmt: ImageFormat) -> torch.Tensor:

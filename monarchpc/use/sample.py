@@ -29,6 +29,12 @@ sample).
 * ``marginal``: one completion, each unknown value set to its own most likely value (the
   argmax of its marginal, the first value ``top=`` prints); chosen one by one, so the
   whole need not be likely.
+
+Arguments are checked before any work: ``n``, ``length``, ``top`` and ``scale`` ranges, the
+``out=`` path (its folder is created; a directory there is an error), an ``image=`` that
+Pillow cannot read or that is smaller than the run's image size (never upscaled, as in
+training), and the memory the samples need (n x length x h, :mod:`monarchpc.memory`)
+against the device's free memory.
 """
 
 from __future__ import annotations
@@ -40,7 +46,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from monarchpc import memory
 from monarchpc.errors import UsageError
+from monarchpc.files import refuse_link
 from monarchpc.queries import MISSING, marginal_argmax
 from monarchpc.structures import Structure, structure_of
 from monarchpc.use.cli import parse_options
@@ -82,17 +90,32 @@ OPTIONS = {
 
 # -------------------------------------------------------------------------------- text
 
-def text_pattern(codec: Codec, opts: dict[str, Any], default_length: int) -> list[int]:
-    """The row to complete: fixed ids and MISSING (-1) where the model fills in."""
+def check_memory(model: torch.nn.Module, rows: int, length: int, extra: int = 0) -> None:
+    """Refuse (one UsageError line) ``rows`` samples of ``length`` values whose buffers
+    (n x length x h messages, the rows, a working set per step; plus ``extra`` bytes)
+    cannot fit in the free memory of the model's device."""
+    h = int(model.hidden_size)
+    need = memory.rows_bytes(rows, length, h) + rows * (length + 64) + extra  # + the text
+    memory.check_fits(f"sampling n={rows:,} x length={length:,} (h={h})", need,
+                      next(model.parameters()).device,
+                      "ask for fewer or shorter samples (n=, length=)", UsageError)
+
+
+def text_pattern(codec: Codec, opts: dict[str, Any], default_length: int,
+                 check: Any = lambda length: None) -> list[int]:
+    """The row to complete: fixed ids and MISSING (-1) where the model fills in.
+    ``check(length)`` runs before the row is built (the memory check)."""
     if opts["mask"]:
         if opts["prefix"] or opts["suffix"]:
             raise UsageError("give either mask= or prefix=/suffix=, not both")
+        check(len(opts["mask"]))
         return codec.encode_mask(opts["mask"])
     prefix, suffix = codec.encode(opts["prefix"]), codec.encode(opts["suffix"])
     length = opts["length"] or max(default_length, len(prefix) + len(suffix))
     if len(prefix) + len(suffix) > length:
         raise UsageError(f"prefix and suffix take {len(prefix) + len(suffix)} tokens, more "
                           f"than length={length}")
+    check(length)
     return prefix + [MISSING] * (length - len(prefix) - len(suffix)) + suffix
 
 
@@ -134,7 +157,14 @@ def sample_text(model: torch.nn.Module, structure: Structure, codec: Codec,
                 opts: dict[str, Any], default_length: int) -> list[str]:
     """Printed lines: the samples or the completion (and, with ``top``, the marginals of
     unknown positions)."""
-    pattern = text_pattern(codec, opts, default_length)
+    vocab = int(getattr(model, "vocab_size", 0))
+    top = 4 * vocab + 4 * int(model.hidden_size) if opts["top"] > 0 else 0  # per position
+    rows = opts["n"] if opts["mode"] == "sample" else 1
+
+    def check(length: int) -> None:
+        check_memory(model, rows, length, top * length)
+
+    pattern = text_pattern(codec, opts, default_length, check)
     device = next(model.parameters()).device
     x = torch.tensor([pattern], device=device)
     gen = torch.Generator(device=device).manual_seed(opts["seed"])
@@ -153,9 +183,8 @@ def save_png(rgb: np.ndarray, path: Path, scale: int) -> Path:
     """Write uint8 RGB (H, W, 3), each pixel a ``scale`` x ``scale`` square."""
     from PIL import Image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     big = rgb.repeat(scale, axis=0).repeat(scale, axis=1)
-    Image.fromarray(big).save(path)
+    write_file(path, lambda p: Image.fromarray(big).save(p))
     return path
 
 
@@ -170,21 +199,34 @@ def grid(images: list[np.ndarray], columns: int, gap: int = 1) -> np.ndarray:
     return out
 
 
+def image_paths(opts: dict[str, Any], run_dir: Path) -> list[Path]:
+    """The PNGs ``sample`` writes for an image run (checked by :func:`output_path`)."""
+    if not opts["image"]:
+        paths = [Path(opts["out"] or run_dir / "samples").with_suffix(".png")]
+    else:
+        stem = Path(opts["out"] or run_dir / "inpaint")
+        paths = [stem.with_name(stem.name + f"-{k}.png") for k in ("before", "after")]
+    if not opts["out"]:  # the run directory's own files: never through a planted link
+        for path in paths:
+            refuse_link(path)
+    return [output_path(path) for path in paths]
+
+
 def sample_images(model: torch.nn.Module, structure: Structure, config: Any,
                   opts: dict[str, Any], run_dir: Path) -> list[Path]:
     """Sampled patches as one PNG grid, or an inpainted photograph (before/after PNGs)."""
     fmt = image_format(config)
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(opts["seed"])
-    n, scale = opts["n"], opts["scale"]
+    n, scale = (opts["n"] if opts["mode"] == "sample" else 1), opts["scale"]
+    paths = image_paths(opts, run_dir)  # checked before sampling
+    check_memory(model, n, fmt.num_vars, 3 * n * (fmt.size * scale) ** 2 * 2)  # + PNG grids
     if not opts["image"]:
         x = torch.full((1, fmt.num_vars), MISSING, device=device)
         rows = fill(model, structure, x, opts, gen).cpu()
         n = len(rows)
         patches = [rows_to_image(r[None], fmt) for r in rows]  # each a 1-patch image
-        stem = Path(opts["out"] or run_dir / "samples")
-        return [save_png(grid(patches, columns=int(np.ceil(np.sqrt(n)))),
-                         stem.with_suffix(".png"), scale)]
+        return [save_png(grid(patches, columns=int(np.ceil(np.sqrt(n)))), paths[0], scale)]
     rgb = read_image(opts["image"], fmt.size)
     left, top, right, bottom = parse_region(opts["region"] or None, fmt.size)
     hole = np.zeros((fmt.size, fmt.size, 3), dtype=bool)
@@ -195,20 +237,44 @@ def sample_images(model: torch.nn.Module, structure: Structure, config: Any,
     filled = fill(model, structure, masked.to(device), opts, gen).cpu()
     n = len(filled) // len(rows)  # completions of the photograph
     filled = filled.reshape(n, *rows.shape)
-    stem = Path(opts["out"] or run_dir / "inpaint")
-    before = save_png(grid([rgb, rows_to_image(masked, fmt)], 2),
-                      stem.with_name(stem.name + "-before.png"), scale)
-    after = save_png(grid([rows_to_image(f, fmt) for f in filled], n),
-                     stem.with_name(stem.name + "-after.png"), scale)
+    before = save_png(grid([rgb, rows_to_image(masked, fmt)], 2), paths[0], scale)
+    after = save_png(grid([rows_to_image(f, fmt) for f in filled], n), paths[1], scale)
     return [before, after]
+
+
+def output_path(path: Path) -> Path:
+    """``path`` as a file to write: its folder created, a directory there refused."""
+    if path.is_dir():
+        raise UsageError(f"out={path} is a directory; give a file path, e.g. "
+                         f"out={path / 'samples'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"out={path}: cannot create its folder {path.parent} "
+                         f"({err.strerror}); give a writable path") from None
+    return path
+
+
+def write_file(path: Path, write: Any) -> None:
+    """``write(path)``; an OSError (permissions, full disk) becomes one UsageError line."""
+    try:
+        write(path)
+    except OSError as err:
+        raise UsageError(f"cannot write {path} ({err.strerror}); give another out=") from None
+
+
+def check_options(opts: dict[str, Any]) -> None:
+    """The ranges of the numeric options and the mode (one UsageError line)."""
+    for key, low in (("n", 1), ("length", 0), ("top", 0), ("scale", 1)):
+        if opts[key] < low:
+            raise UsageError(f"{key} must be >= {low}, got {opts[key]}")
+    if opts["mode"] not in MODES:
+        raise UsageError(f"mode={opts['mode']!r}: use one of {', '.join(MODES)}")
 
 
 def main(argv: list[str]) -> None:
     opts = parse_options(argv, OPTIONS, __doc__ or "")
-    if opts["n"] < 1:
-        raise UsageError(f"n must be >= 1, got {opts['n']}")
-    if opts["mode"] not in MODES:
-        raise UsageError(f"mode={opts['mode']!r}: use one of {', '.join(MODES)}")
+    check_options(opts)
     run_dir = Path(opts["run_dir"])
     model, config = load_run(run_dir, opts["device"], opts["checkpoint"])
     structure = structure_of(config.model.structure)
@@ -224,7 +290,8 @@ def main(argv: list[str]) -> None:
         return
     if opts["image"]:
         raise UsageError("image= needs an image run; this run models text")
+    out = output_path(Path(opts["out"])) if opts["out"] else None  # before sampling
     lines = sample_text(model, structure, text_codec(config, run_dir), opts, seq_len(config))
     print("\n".join(lines))
-    if opts["out"]:
-        Path(opts["out"]).write_text("\n".join(lines) + "\n")
+    if out is not None:
+        write_file(out, lambda p: p.write_text("\n".join(lines) + "\n"))

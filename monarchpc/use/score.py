@@ -9,6 +9,12 @@ runs), then cut into rows of the run's row length (``length=`` to change it; the
 shorter row is scored too); images are centre-cropped and downsampled to the run's image
 size, colour-transformed and cut into patches. The metric is exact: the total negative
 log-likelihood over every scored unit (character, token or pixel channel).
+
+As in training, a file that is not text (more than 1% control characters or bytes that are
+not UTF-8) is refused unless the run was trained with ``dataset.allow_non_text=true``, and
+images smaller than the run's image size are refused, never upscaled. The memory a batch
+of rows takes (batch x length x h) is estimated before scoring and refused with one line
+if it cannot fit in the device's free memory (:mod:`monarchpc.memory`).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from monarchpc import memory
 from monarchpc.data import dataset
 from monarchpc.errors import RunDirError, UsageError
 from monarchpc.learning.engines import autograd_scorer
@@ -42,10 +49,14 @@ OPTIONS = {
 
 
 def text_ids(path: Path, config: Any, run_dir: Path) -> list[int]:
-    """The token ids of a text file through the run's pipeline."""
-    from monarchpc.data.chars import read_text
+    """The token ids of a text file through the run's pipeline (a file that is not text is
+    refused, as training refuses it)."""
+    from monarchpc.data.chars import check_text, read_text
 
     text = read_text(path)
+    check_text(text, path, bool(config.dataset.get("allow_non_text", False)),
+               "give a UTF-8 text file (the run was trained on text: its "
+               "dataset.allow_non_text is false)")
     codec = text_codec(config, run_dir)
     if isinstance(codec, PieceCodec):
         return [i for line in text.splitlines() if line.strip()
@@ -71,6 +82,22 @@ def image_rows(path: Path, config: Any) -> tuple[Tensor, int]:
     return torch.cat([image_to_rows(read_image(f, fmt.size), fmt) for f in files]), len(files)
 
 
+def check_memory(model: torch.nn.Module, rows: list[Tensor], batch: int) -> None:
+    """Refuse (one UsageError line) rows whose largest batch cannot fit in memory."""
+    lengths: dict[int, int] = {}
+    for r in rows:
+        lengths[len(r)] = lengths.get(len(r), 0) + 1
+    need = max(memory.rows_bytes(min(batch, count), length, int(model.hidden_size),
+                                 views=model.structure == "hmm")
+               for length, count in lengths.items())
+    longest = max(lengths)
+    memory.check_fits(f"scoring {min(batch, lengths[longest])} row(s) of {longest:,} units "
+                      f"at once (h={model.hidden_size})", need,
+                      next(model.parameters()).device,
+                      "score shorter rows (length=N, e.g. the run's row length: length=0) "
+                      "or fewer at once (batch=N)", UsageError)
+
+
 def total_nll(model: torch.nn.Module, rows: list[Tensor], batch: int) -> float:
     """Sum of -log p (nats, exact fp32 products) over ``rows`` of any lengths: rows of
     equal length go through :func:`monarchpc.run.evaluate.total_nll` together."""
@@ -89,6 +116,14 @@ def score(run_dir: Path, file: Path, length: int = 0, batch: int = 64,
     the run's model (``checkpoint``: see :func:`monarchpc.use.load.load_run`)."""
     if not file.exists():
         raise RunDirError(f"file {file} not found")
+    if not (file.is_file() or file.is_dir()):  # /dev/zero, a pipe, a socket: no end or size
+        raise UsageError(f"file={file} is not a regular file or folder: give a text file, an "
+                         f"image file or a folder of images")
+    if batch < 1:
+        raise UsageError(f"batch must be >= 1, got {batch}")
+    if length < -1:
+        raise UsageError(f"length must be -1 (the whole file as one row), 0 (the run's row "
+                         f"length) or a positive row length, got {length}")
     model, config = load_run(run_dir, device, checkpoint)
     which = checkpoint_file(run_dir, checkpoint)
     metric = dataset(config.dataset.name).metric
@@ -97,11 +132,14 @@ def score(run_dir: Path, file: Path, length: int = 0, batch: int = 64,
         patches, images = image_rows(file, config)
         rows = list(patches)
         extra["images"] = images
+    elif file.is_dir():
+        raise UsageError(f"file={file} is a folder; a text run scores one text file")
     else:
         ids = text_ids(file, config, run_dir)
         if not ids:
             raise UsageError(f"{file} holds no text the run's vocabulary can encode")
         rows = text_rows(ids, length or seq_len(config))
+    check_memory(model, rows, batch)  # before any batch is scored
     nll = total_nll(model, rows, batch)
     units = sum(len(r) for r in rows)
     return {"file": str(file), "run_dir": str(run_dir), "metric": metric,

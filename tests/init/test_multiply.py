@@ -277,8 +277,9 @@ def test_signal_stops_parallel_factor_runs_with_a_checkpoint(tmp_path: Path) -> 
         os.kill(os.getpid(), signal.SIGTERM)  # to the parent: forwarded as SIGINT
 
     threading.Thread(target=terminate_once_training, daemon=True).start()
-    with pytest.raises(FactorRunIncomplete, match="run the same command again"):
+    with pytest.raises(FactorRunIncomplete, match="run the same command again") as stopped:
         train_parallel([config], tmp_path / "factors")
+    assert stopped.value.exit_code == 143  # the parent's SIGTERM, as the command exits
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "interrupted" and 2 <= info["updates"] < 10000  # resumable
 

@@ -162,6 +162,13 @@ def test_slurm_launcher_config_composes_with_the_plugin() -> None:
         cfg = compose("train", ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=4"],
                       return_hydra_config=True)
     launcher = cfg.hydra.launcher
-    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    # the plugin's SlurmLauncher with monarchpc's requeue hook (resume from the checkpoint)
+    from hydra_plugins import monarchpc_launcher
+
+    assert launcher._target_ == "hydra_plugins.monarchpc_launcher.SlurmLauncher"
+    bases = [f"{c.__module__}.{c.__name__}" for c in monarchpc_launcher.SlurmLauncher.__mro__]
+    # (by name: Hydra's plugin scan may load the plugin's module a second time)
+    assert "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher" in bases
+    assert launcher.max_num_timeout > 0  # a job that hits its time limit is requeued
     assert launcher.tasks_per_node == 4 and launcher.nodes == 1
     assert "export NCCL_NVLS_ENABLE=0" in launcher.setup
