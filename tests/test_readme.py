@@ -56,7 +56,8 @@ def fenced_blocks(text: str) -> list[tuple[str, list[str]]]:
 
 def shell_commands(text: str) -> list[str]:
     """Every shell command of a Markdown text: bash lines (comments and continuations
-    joined), ``$`` lines of console blocks, and inline code spans that start a command."""
+    joined), ``$`` lines of console blocks, and inline code spans that start a command;
+    commands joined by ``&&`` count one by one."""
     commands = []
     for lang, lines in fenced_blocks(text):
         if lang == "bash":
@@ -66,7 +67,7 @@ def shell_commands(text: str) -> list[str]:
         elif lang == "console":
             commands += [s.command for s in console_steps(lines)]
     commands += re.findall(r"`((?:make|\.venv/bin/python) [^`]+)`", text)
-    return commands
+    return [part.strip() for c in commands for part in c.split(" && ")]
 
 
 def console_steps(lines: list[str]) -> list[Step]:
