@@ -29,7 +29,7 @@ TEXT_TARGETS := demo text8-hmm text8-monarch2 text8-prefix chars-text8-prefix te
 	lm1b-hmm lm1b-monarch2 lm1b-sweep wikitext2-hmm wikitext2-monarch2
 IMAGE_TARGETS := image-demo tiny-imagenet32-monarch-hclt imagenet32-monarch-hclt \
 	imagenet64-monarch-hclt fig7-sweep
-.PHONY: help install lock test test-fast test-gpu lint bench bench-hclt bench-ddp bench-recipe \
+.PHONY: help install lock test test-fast test-gpu lint examples bench bench-hclt bench-ddp bench-recipe \
 	bench-reference profile tables plots results sampling-time pruning compression-bench \
 	clean-venv $(TEXT_TARGETS) $(IMAGE_TARGETS)
 
@@ -84,6 +84,11 @@ test-gpu: install ## [GPU] the GPU test tier; GPU_TEST_RECORD=docs/results/devic
 
 lint: install ## ruff
 	$(BIN)/ruff check .
+
+# The scripts of examples/ (docs/extending.md); EXAMPLE_ARGS=--tiny: seconds each.
+EXAMPLE_ARGS ?=
+examples: install ## run the scripts of examples/ (CPU, about a minute each)
+	@set -e; for f in examples/*.py; do echo "== $$f"; $(PY) $$f $(EXAMPLE_ARGS); done
 
 # ---- text: the embedded demo, text8, the text8 prefix, LM1B, WikiText-2 -------------------
 demo: install ## Monarch-2 HMM on the embedded corpus, about a minute on a CPU

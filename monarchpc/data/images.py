@@ -13,8 +13,9 @@ Three sources, one pipeline (:func:`patch_splits`):
   images are centre-cropped; images whose side is a multiple of ``image_size`` are
   box-downsampled exactly (64 -> 32: 2 x 2 boxes), other larger ones resized with
   Pillow's box filter; smaller images are an error.
-* ``image_demo``: a real photograph shipped inside matplotlib (no download), cut into
-  aligned crops that are dealt to train/dev/test (see :func:`load_demo`).
+* ``image_demo``: a real photograph shipped in the repository (docs/usage/grace_hopper.jpg,
+  no download), cut into aligned crops that are dealt to train/dev/test (see
+  :func:`load_demo`).
 
 Pickled ImageNet batches are read by a restricted unpickler that builds numpy arrays,
 lists, dicts and plain values only, so a crafted batch file cannot run code. Images
@@ -55,6 +56,8 @@ from monarchpc.data.transforms import (
 from monarchpc.paths import REPO_ROOT, resolve
 from monarchpc.settings import Settings, choice, integer, list_of, number, text
 
+DEMO_IMAGE = "docs/usage/grace_hopper.jpg"
+"""The demo photograph, shipped in the repository (its source and license: docs/usage/)."""
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 DOWNLOAD_PAGE = "https://image-net.org/download-images.php"
 IMAGENET_ZIPS = {
@@ -332,26 +335,20 @@ def load_folder(train: str, test: str | None = None, image_size: int = 32,
 
 
 # ----------------------------------------------------------------------------- demo
-def load_demo(image: str = "grace_hopper.jpg", crop_size: int = 32,
+def load_demo(image: str = DEMO_IMAGE, crop_size: int = 32,
               transform: str = "lossless", patch_size: int = 8, train_patches: str = "all",
               seed: int = 0) -> Splits:
     """A photograph cut into aligned ``crop_size`` crops, dealt to train/dev/test.
 
-    ``image``: a file of matplotlib's sample data (default: grace_hopper.jpg, 512 x 600) or
-    a path. The image is cut from its top-left corner into a grid of crops (the remainder
+    ``image``: a path to any image (default: the shipped docs/usage/grace_hopper.jpg,
+    512 x 600). The image is cut from its top-left corner into a grid of crops (the remainder
     at the right and bottom is dropped); crop n, numbered row-major, goes to test if
     n % 10 == 0, to dev if n % 10 == 5, else to train (80/10/10, spread over the image).
     """
     path = resolve(image)
     if not path.is_file():
-        try:
-            import matplotlib.cbook
-
-            path = Path(matplotlib.cbook.get_sample_data(image, asfileobj=False))
-        except Exception as err:
-            raise DataError(f"demo image {image!r} not found ({err}): install matplotlib "
-                            f"(pip install matplotlib, which ships grace_hopper.jpg) or set "
-                            f"dataset.image to an image file") from None
+        raise DataError(f"demo image {image!r} not found: set dataset.image to an image file "
+                        f"(the default, {DEMO_IMAGE}, ships with the repository)")
     rgb = np.asarray(Image.open(path).convert("RGB"))
     rows, cols = rgb.shape[0] // crop_size, rgb.shape[1] // crop_size
     if rows * cols < 10:
