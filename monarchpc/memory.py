@@ -10,9 +10,10 @@ compared with the memory the device has free now:
 An estimate above :data:`SHARE` of the free memory is refused (the rest is left to what
 the estimate leaves out: the interpreter, temporaries, other processes). The estimates:
 
-* :func:`parameter_bytes`: a model's parameters, from the block spec and the data's sizes,
-  times 3 for training (parameters, their flows in ``.grad``, and the E-step's working set
-  of at least the same size);
+* the parameters of a model (counted by its structure in :mod:`monarchpc.structures`,
+  with :func:`block_parameters`) from the block spec and the data's sizes, times 3 for
+  training (parameters, their flows in ``.grad``, and the E-step's working set of at
+  least the same size);
 * sample buffers: n x length x h float32 backward messages plus the rows (use/sample.py);
 * score rows: batch x length x h float32 emissions plus a Python view per position
   (use/score.py).
@@ -75,20 +76,6 @@ def block_parameters(factors: Sequence[int], axes: Sequence[int], blocks: int = 
     """Parameters of ``blocks`` sum blocks of one spec: every layer holds h x b_axis."""
     h = math.prod(int(b) for b in factors)
     return blocks * sum(h * int(factors[a]) for a in axes)
-
-
-def parameter_bytes(structure: str, factors: Sequence[int], axes: Sequence[int],
-                    vocab_size: int, num_vars: int = 1, bytes_per: int = 4) -> int:
-    """float32 bytes of a model's parameters (before it is built): an HMM's transition,
-    initial and emission (h x V); an HCLT's D - 1 blocks, root and D leaves (h x V, an
-    upper bound where leaves are shared)."""
-    h = math.prod(int(b) for b in factors)
-    if structure == "hclt":
-        blocks = block_parameters(factors, axes, max(num_vars - 1, 1))
-        count = blocks + h + num_vars * h * vocab_size
-    else:
-        count = block_parameters(factors, axes) + h + h * vocab_size
-    return count * bytes_per
 
 
 def rows_bytes(rows: int, length: int, hidden: int, views: bool = False) -> int:

@@ -32,6 +32,7 @@ from monarchpc.learning.engines import Fused
 from monarchpc.learning.hclt_estep import fused_hclt_estep, hclt_estep
 from monarchpc.learning.hmm_estep import fused_estep, hmm_estep
 from monarchpc.learning.precision import Precision
+from monarchpc.memory import block_parameters
 from monarchpc.settings import Settings, choice, integer, list_of, number, text
 
 Generator = torch.Generator | None
@@ -63,7 +64,10 @@ class Structure:
     (hidden states and Monarch layer indices; max-product), observed values kept, and its
     log joint probability (docs/queries.md);
     ``multiply``: circuit multiplication (``init=multiply``, ``init.space_token``) applies;
-    ``settings``: the ``model.*`` keys only this structure reads.
+    ``settings``: the ``model.*`` keys only this structure reads;
+    ``parameters(spec, vocab_size, num_vars)``: how many parameters a model will hold, before
+    it is built (memory estimates); ``position_views``: its autograd likelihood keeps a
+    tensor view per position (memory estimates of long rows).
     """
 
     name: str
@@ -76,6 +80,8 @@ class Structure:
     complete: Callable[[Any, Tensor], tuple[Tensor, Tensor]] | None = None
     multiply: bool = False
     settings: Settings = field(default_factory=dict)
+    parameters: Callable[[BlockSpec, int, int], int] = lambda spec, vocab, num_vars: 0
+    position_views: bool = False
 
 
 # ---- hmm ----------------------------------------------------------------------------------
@@ -107,7 +113,11 @@ HMM_STRUCTURE = Structure(
     # TF32 evaluation when training runs below fp32: within 0.0001 dev BPC of fp32
     # (docs/performance.md), and the speed of the largest models
     score_precision=lambda training: "fp32" if training == "fp32" else "tf32",
-    sample=queries.hmm_sample, marginals=queries.hmm_marginals, complete=queries.hmm_map,
+    sample=queries.hmm_sample, marginals=queries.hmm_marginals,
+    # transition blocks, initial (h) and emission (h x V)
+    parameters=lambda spec, vocab, num_vars: (
+        block_parameters(spec.factors, spec.axes) + spec.hidden_size * (1 + vocab)),
+    position_views=True, complete=queries.hmm_map,
     multiply=True,
     settings={"k": (integer(1, none=True), "Monarch factors; null for dense blocks")})
 
@@ -144,7 +154,12 @@ HCLT_STRUCTURE = Structure(
     # fp32 always: TF32 scoring moved dev BPD by +0.003 (docs/performance.md), and
     # evaluation is a small cost beside training
     score_precision=lambda training: "fp32",
-    sample=queries.hclt_sample, marginals=queries.hclt_marginals, complete=queries.hclt_map,
+    sample=queries.hclt_sample,
+    # D - 1 edge blocks, root (h) and D leaves (h x V: an upper bound where leaves are tied)
+    parameters=lambda spec, vocab, num_vars: (
+        block_parameters(spec.factors, spec.axes, max(num_vars - 1, 1))
+        + spec.hidden_size * (1 + num_vars * vocab)),
+    marginals=queries.hclt_marginals, complete=queries.hclt_map,
     settings={
         "monarch_layers": (integer(2), "layers of a Monarch-HCLT block"),
         "leaf_tying": (choice("channel", "none"), "leaves shared per colour channel or not"),

@@ -169,8 +169,7 @@ def check_model_memory(cfg: DictConfig, spec: BlockSpec, device: torch.device,
     vocab = f", vocabulary {vocab_size}" if vocab_size > 1 else ""
     if num_vars is None:
         num_vars = 3 * int(cfg.dataset.get("patch_size") or 1) ** 2
-    need = 3 * memory.parameter_bytes(cfg.model.structure, spec.factors, spec.axes,
-                                      vocab_size, num_vars)
+    need = 3 * 4 * structure_of(cfg.model.structure).parameters(spec, vocab_size, num_vars)
     memory.check_fits(f"training a {cfg.model.structure} of model.hidden_size="
                       f"{spec.hidden_size} ({spec.kind} blocks{vocab}; its parameters, "
                       f"flows and E-step)", need, device,

@@ -32,6 +32,7 @@ from monarchpc.data import dataset
 from monarchpc.errors import RunDirError, UsageError
 from monarchpc.learning.engines import autograd_scorer
 from monarchpc.run import evaluate
+from monarchpc.structures import structure_of
 from monarchpc.use.cli import parse_options
 from monarchpc.use.codecs import PieceCodec, image_format, image_to_rows, read_image, text_codec
 from monarchpc.use.load import checkpoint_file, load_run, seq_len
@@ -88,7 +89,7 @@ def check_memory(model: torch.nn.Module, rows: list[Tensor], batch: int) -> None
     for r in rows:
         lengths[len(r)] = lengths.get(len(r), 0) + 1
     need = max(memory.rows_bytes(min(batch, count), length, int(model.hidden_size),
-                                 views=model.structure == "hmm")
+                                 views=structure_of(model.structure).position_views)
                for length, count in lengths.items())
     longest = max(lengths)
     memory.check_fits(f"scoring {min(batch, lengths[longest])} row(s) of {longest:,} units "

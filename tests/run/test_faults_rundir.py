@@ -19,11 +19,13 @@ from pathlib import Path
 import pytest
 
 from monarchpc import memory
+from monarchpc.circuits.blocks import BlockSpec
 from monarchpc.errors import ConfigError, DataError, Interrupted
 from monarchpc.files import atomic_write, write_failure
 from monarchpc.paths import REPO_ROOT
 from monarchpc.run import interrupt, requeue
 from monarchpc.run.rundir import RunLock
+from monarchpc.structures import STRUCTURES
 from monarchpc.train import run
 from tests.helpers import compose_config
 
@@ -128,7 +130,8 @@ def test_the_memory_bound_uses_the_free_memory(monkeypatch: pytest.MonkeyPatch) 
     memory.check_fits("x", 800, "cpu", "fix", ValueError)  # 80%: allowed
     with pytest.raises(ValueError, match=r"x needs about 8\.01e-07 GB, but only 1e-06 GB"):
         memory.check_fits("x", 801, "cpu", "fix", ValueError)
-    assert memory.parameter_bytes("hmm", (4, 4), (0, 1), 10) == 4 * (2 * 16 * 4 + 16 + 160)
+    spec = BlockSpec.monarch((4, 4))  # two layers of h x 4, initial 16, emission 16 x 10
+    assert STRUCTURES["hmm"].parameters(spec, 10, 1) == 2 * 16 * 4 + 16 + 160
 
 
 # ---------------------------------------------------------------------------- signals

@@ -106,7 +106,8 @@ def test_a_checkpoint_of_bad_tensors_is_one_line_never_a_nan_score(
     # tensors and plain values only: it passes weights_only=True; its values are the fault
     torch.save({"model": damaged(ckpt["model"], how), "config": ckpt["config"]},
                run_dir / "checkpoint.pt")
-    result = invoke("score", f"run_dir={run_dir}", f"file={run_dir / 'train.log'}")
+    result = invoke("score", f"run_dir={run_dir}", f"file={run_dir / 'train.log'}",
+                    "checkpoint=last")  # the damaged file (auto would take best.pt)
     one_line(result, "checkpoint.pt", *words)
     assert "nan" not in result.stdout.lower()
 
