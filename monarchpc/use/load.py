@@ -101,6 +101,8 @@ def checkpoint_file(run_dir: str | Path, which: str = "auto") -> str:
         raise UsageError(f"checkpoint={which!r}: use auto (best.pt if kept, else the last), "
                          f"best or last")
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunDirError(f"run directory {run_dir} does not exist; pass run_dir=outputs/<run>")
     has_best = (run_dir / checkpoint.BEST).is_file()
     if which == "best" and not has_best:
         raise RunDirError(f"{run_dir} has no {checkpoint.BEST} (a run with "
