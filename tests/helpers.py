@@ -223,3 +223,17 @@ def low_precision_errors(fast: torch.nn.Module, ref: torch.nn.Module, ll: torch.
     flow_err = max(float(((f - r).abs() / r.clamp_min(FLOW_ATOL)).max())
                    for f, r in flow_pairs(fast, ref))
     return ll_err, flow_err
+
+
+QUICK = ["optim.epochs=1", "trainer.eval_every=1000", "trainer.eval_at_start=false",
+         "trainer.long_eval=never", "trainer.device=cpu"]
+"""Overrides of a tiny run: one epoch, evaluated once at the end, on the CPU."""
+
+
+def tiny_run(run_dir: Path, experiment: str, *overrides: str) -> Path:
+    """Train ``experiment`` (demo or image_demo) with ``overrides`` and :data:`QUICK` into
+    ``run_dir`` through the training loop; returns ``run_dir``."""
+    from monarchpc.train import run
+
+    run(compose_config([f"experiment={experiment}", *overrides, *QUICK], run_dir))
+    return run_dir

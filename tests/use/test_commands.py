@@ -41,26 +41,19 @@ from monarchpc.use.codecs import (
     to_rgb,
 )
 from monarchpc.use.load import load_run, run_info
-from tests.helpers import compose_config
-
-QUICK = ["optim.epochs=1", "trainer.eval_every=1000", "trainer.eval_at_start=false",
-         "trainer.long_eval=never", "trainer.device=cpu"]
+from tests.helpers import QUICK, compose_config, tiny_run
 
 
 @pytest.fixture(scope="module")
 def text_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run_dir = tmp_path_factory.mktemp("use") / "demo"
-    run(compose_config(["experiment=demo", "model.hidden_size=64",
-                        "dataset.fractions=[0.3,0.02,0.02]", *QUICK], run_dir))
-    return run_dir
+    return tiny_run(tmp_path_factory.mktemp("use") / "demo", "demo", "model.hidden_size=64",
+                    "dataset.fractions=[0.3,0.02,0.02]")
 
 
 @pytest.fixture(scope="module")
 def image_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run_dir = tmp_path_factory.mktemp("use") / "image"
-    run(compose_config(["experiment=image_demo", "model.hidden_size=16",
-                        "model.chow_liu_bins=8", "optim.batch_size=512", *QUICK], run_dir))
-    return run_dir
+    return tiny_run(tmp_path_factory.mktemp("use") / "image", "image_demo",
+                    "model.hidden_size=16", "model.chow_liu_bins=8", "optim.batch_size=512")
 
 
 def cli(module: str, *args: str) -> subprocess.CompletedProcess:

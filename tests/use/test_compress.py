@@ -25,37 +25,27 @@ from monarchpc.circuits.hclt import MISSING
 from monarchpc.data import build_dataset
 from monarchpc.data.chars import VOCAB, normalize_text8
 from monarchpc.queries import transpose_apply
-from monarchpc.train import run
 from monarchpc.use import compress as mc
 from monarchpc.use.cli import run_cli
-from tests.helpers import compose_config
-
-QUICK = ["optim.epochs=1", "trainer.eval_every=1000", "trainer.eval_at_start=false",
-         "trainer.long_eval=never", "trainer.device=cpu"]
+from tests.helpers import tiny_run
 
 
 @pytest.fixture(scope="module")
 def text_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run_dir = tmp_path_factory.mktemp("compress") / "text"
-    run(compose_config(["experiment=demo", "model.hidden_size=64",
-                        "dataset.fractions=[0.3,0.02,0.05]", *QUICK], run_dir))
-    return run_dir
+    return tiny_run(tmp_path_factory.mktemp("compress") / "text", "demo",
+                    "model.hidden_size=64", "dataset.fractions=[0.3,0.02,0.05]")
 
 
 @pytest.fixture(scope="module")
 def other_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run_dir = tmp_path_factory.mktemp("compress") / "other"
-    run(compose_config(["experiment=demo", "model.hidden_size=16", "seed=1",
-                        "dataset.fractions=[0.05,0.02,0.02]", *QUICK], run_dir))
-    return run_dir
+    return tiny_run(tmp_path_factory.mktemp("compress") / "other", "demo",
+                    "model.hidden_size=16", "seed=1", "dataset.fractions=[0.05,0.02,0.02]")
 
 
 @pytest.fixture(scope="module")
 def image_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run_dir = tmp_path_factory.mktemp("compress") / "image"
-    run(compose_config(["experiment=image_demo", "model.hidden_size=16",
-                        "model.chow_liu_bins=8", "optim.batch_size=512", *QUICK], run_dir))
-    return run_dir
+    return tiny_run(tmp_path_factory.mktemp("compress") / "image", "image_demo",
+                    "model.hidden_size=16", "model.chow_liu_bins=8", "optim.batch_size=512")
 
 
 @pytest.fixture(scope="module")

@@ -19,25 +19,20 @@ from PIL import Image
 import monarchpc
 from monarchpc import checkpoint, memory
 from monarchpc.errors import RunDirError
-from monarchpc.train import run
-from tests.helpers import compose_config
-from tests.use.test_commands import QUICK, invoke
+from tests.helpers import tiny_run
+from tests.use.test_commands import invoke
 
 
 @pytest.fixture(scope="module")
 def text_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run_dir = tmp_path_factory.mktemp("faults") / "text"
-    run(compose_config(["experiment=demo", "model.hidden_size=16",
-                        "dataset.fractions=[0.05,0.02,0.02]", *QUICK], run_dir))
-    return run_dir
+    return tiny_run(tmp_path_factory.mktemp("faults") / "text", "demo", "model.hidden_size=16",
+                    "dataset.fractions=[0.05,0.02,0.02]")
 
 
 @pytest.fixture(scope="module")
 def image_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run_dir = tmp_path_factory.mktemp("faults") / "image"
-    run(compose_config(["experiment=image_demo", "model.hidden_size=4",
-                        "model.chow_liu_bins=8", "optim.batch_size=2048", *QUICK], run_dir))
-    return run_dir
+    return tiny_run(tmp_path_factory.mktemp("faults") / "image", "image_demo",
+                    "model.hidden_size=4", "model.chow_liu_bins=8", "optim.batch_size=2048")
 
 
 def copy_of(run_dir: Path, tmp_path: Path) -> Path:
